@@ -1,0 +1,7 @@
+//! medgen's operators, one module per operator, grouped by stage, plus the registry the engine
+//! builds graphs from.
+
+pub mod api;
+pub mod registry;
+pub mod sink;
+pub mod source;

@@ -1,0 +1,54 @@
+//! Every operator medgen knows, by name. The engine knows operators only through this list.
+
+use crate::api::{OpSpec, Operator};
+
+/// The operator registry.
+pub struct Registry {
+    ops: Vec<Box<dyn Operator>>,
+}
+
+impl Registry {
+    /// All built-in operators.
+    pub fn builtin() -> Registry {
+        let ops: Vec<Box<dyn Operator>> = vec![
+            Box::new(crate::source::files::SourceFiles),
+            Box::new(crate::source::manifest::SourceManifest),
+            Box::new(crate::sink::jsonl::SinkJsonl),
+        ];
+        Registry { ops }
+    }
+
+    pub fn get(&self, name: &str) -> Option<&dyn Operator> {
+        self.ops.iter().find(|o| o.spec().name == name).map(|b| b.as_ref())
+    }
+
+    pub fn names(&self) -> Vec<&'static str> {
+        let mut v: Vec<_> = self.ops.iter().map(|o| o.spec().name).collect();
+        v.sort();
+        v
+    }
+
+    pub fn specs(&self) -> Vec<OpSpec> {
+        let mut v: Vec<_> = self.ops.iter().map(|o| o.spec()).collect();
+        v.sort_by_key(|s| s.name);
+        v
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names_are_unique_and_staged() {
+        let r = Registry::builtin();
+        let names = r.names();
+        let mut dedup = names.clone();
+        dedup.dedup();
+        assert_eq!(names, dedup);
+        for n in names {
+            let (stage, op) = n.split_once('.').expect("stage.name");
+            assert!(!stage.is_empty() && !op.is_empty());
+        }
+    }
+}

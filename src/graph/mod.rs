@@ -1,0 +1,1 @@
+//! Graph files: parse, validate, plan.
