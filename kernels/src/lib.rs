@@ -1,0 +1,1 @@
+//! Tensor runtime and model networks.
