@@ -458,3 +458,140 @@ pub fn split_failures(coll: Coll<'_>) -> (Coll<'_>, Coll<'_>) {
     let failed = coll.filter(|r| matches!(r, Record::Failure(_)));
     (ok, failed)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::api::records::{Metric, Prompt};
+    use crate::api::services::MemServices;
+    use crate::api::spec::{OpSpec, RunSettings};
+    use differential_dataflow::input::Input;
+    use std::sync::Mutex;
+    use std::sync::atomic::AtomicU32;
+
+    fn spec() -> OpSpec {
+        OpSpec {
+            name: "test.pool",
+            summary: "",
+            doc: "",
+            version: 1,
+            inputs: &[],
+            outputs: &[],
+            is_source: false,
+            is_sink: false,
+        }
+    }
+
+    fn prompt(i: u32) -> Record {
+        Record::Prompt(Prompt { prompt_id: format!("p{i}"), text: format!("text {i}") })
+    }
+
+    /// Runs `pool_map` over epochs of (record, diff) updates; returns the consolidated output
+    /// per epoch and the node's stats.
+    fn run(
+        services: Arc<MemServices>,
+        epochs: Vec<Vec<(Record, isize)>>,
+        calls: Arc<AtomicU32>,
+    ) -> (Vec<Vec<(Record, isize)>>, Arc<NodeStats>) {
+        let stats = Arc::new(NodeStats::default());
+        let out = Arc::new(Mutex::new(BTreeMap::<u64, Vec<(Record, isize)>>::new()));
+        let (stats2, out2) = (stats.clone(), out.clone());
+        let n_epochs = epochs.len();
+        timely::execute_directly(move |worker| {
+            let services = services.clone();
+            let stats = stats2.clone();
+            let out = out2.clone();
+            let calls = calls.clone();
+            let (mut input, probe) = worker.dataflow::<u64, _, _>(|scope| {
+                let (handle, coll) = scope.new_collection::<Record, isize>();
+                let ctx = BuildCtx {
+                    scope,
+                    node: "n".into(),
+                    spec: spec(),
+                    services: services.clone(),
+                    stats: stats.clone(),
+                    settings: RunSettings { max_attempts: 2, quarantine_after: 2, ..Default::default() },
+                    base_epoch: 0,
+                    shutdown: Arc::new(AtomicBool::new(false)),
+                    base_dir: ".".into(),
+                    params_fingerprint: "{}".into(),
+                };
+                let mapped = pool_map(&ctx, coll, PoolConfig { threads: 2, memoise: true }, move |r: &Record, _ctx| {
+                    calls.fetch_add(1, Ordering::SeqCst);
+                    match r {
+                        Record::Prompt(p) if p.prompt_id == "p13" => Err(ItemError::invalid("thirteen is unlucky")),
+                        Record::Prompt(p) => Ok(vec![Record::Metric(Metric {
+                            subject: p.prompt_id.clone(),
+                            name: "len".into(),
+                            value: (p.text.len() as f64).into(),
+                        })]),
+                        _ => Ok(vec![]),
+                    }
+                });
+                let out = out.clone();
+                let probe = mapped
+                    .consolidate()
+                    .inspect(move |(rec, t, r)| out.lock().unwrap().entry(*t).or_default().push((rec.clone(), *r)))
+                    .probe();
+                (handle, probe.0)
+            });
+            for (e, updates) in epochs.iter().enumerate() {
+                for (rec, r) in updates {
+                    input.update(rec.clone(), *r);
+                }
+                input.advance_to(e as u64 + 1);
+                input.flush();
+                worker.step_while(|| probe.less_than(input.time()));
+            }
+        });
+        let out = out.lock().unwrap();
+        let per_epoch = (0..n_epochs as u64).map(|e| {
+            let mut v = out.get(&e).cloned().unwrap_or_default();
+            v.sort();
+            v
+        });
+        (per_epoch.collect(), stats)
+    }
+
+    #[test]
+    fn maps_memoises_retracts_and_records_failures() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Arc::new(MemServices::new(dir.path()));
+        let calls = Arc::new(AtomicU32::new(0));
+        let epochs = vec![
+            (0..20).map(|i| (prompt(i), 1)).collect(),
+            vec![(prompt(3), -1), (prompt(20), 1)],
+        ];
+        let (out, stats) = run(services.clone(), epochs.clone(), calls.clone());
+        assert_eq!(out[0].len(), 20);
+        let fail = out[0].iter().find(|(r, _)| matches!(r, Record::Failure(_))).unwrap();
+        let Record::Failure(f) = &fail.0 else { unreachable!() };
+        assert_eq!(f.class, ErrorClass::InvalidInput);
+        assert!(f.message.contains("unlucky"));
+        // epoch 1: p3's output retracted, p20's added
+        assert_eq!(out[1].len(), 2);
+        assert!(out[1].iter().any(|(r, d)| *d == -1 && matches!(r, Record::Metric(m) if m.subject == "p3")));
+        assert!(out[1].iter().any(|(r, d)| *d == 1 && matches!(r, Record::Metric(m) if m.subject == "p20")));
+        // invalid input is not retried within the run
+        assert_eq!(calls.load(Ordering::SeqCst), 21);
+        assert_eq!(NodeStats::get(&stats.failed), 1);
+
+        // A second run over the same store recomputes only the failed item, then quarantines it.
+        calls.store(0, Ordering::SeqCst);
+        let (out2, stats2) = run(services.clone(), epochs.clone(), calls.clone());
+        let no_failures = |o: &Vec<Vec<(Record, isize)>>| -> Vec<Vec<(Record, isize)>> {
+            o.iter().map(|e| e.iter().filter(|(r, _)| !matches!(r, Record::Failure(_))).cloned().collect()).collect()
+        };
+        assert_eq!(no_failures(&out2), no_failures(&out));
+        assert!(out2[0].iter().any(|(r, _)| matches!(r, Record::Failure(f) if f.attempts == 2)));
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "only the failed item runs again");
+        assert_eq!(NodeStats::get(&stats2.memo_hits), 20);
+        assert!(services.is_quarantined("n", "prompt:p13").unwrap());
+
+        // A third run skips it as quarantined, computing nothing.
+        calls.store(0, Ordering::SeqCst);
+        let (out3, _) = run(services, epochs, calls.clone());
+        assert_eq!(calls.load(Ordering::SeqCst), 0);
+        assert!(out3[0].iter().any(|(r, _)| matches!(r, Record::Failure(f) if f.class == ErrorClass::Quarantined)));
+    }
+}

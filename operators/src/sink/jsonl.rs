@@ -115,7 +115,8 @@ impl TypedOperator for SinkJsonl {
         let services = ctx.services.clone();
         let stats = ctx.stats.clone();
         let node = ctx.node.clone();
-        let dry_run = ctx.settings.dry_run;
+        // All records are exchanged to worker 0; the instances on other workers only forward.
+        let dry_run = ctx.settings.dry_run || ctx.worker_index() != 0;
         let mut pending: BTreeMap<u64, Vec<(Record, isize)>> = BTreeMap::new();
         let mut wrote_once = false;
 

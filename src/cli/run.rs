@@ -1,0 +1,248 @@
+//! `medgen run` and `medgen explain`.
+
+use super::check::load_or_report;
+use super::store_dir;
+use anyhow::Context;
+use clap::Args;
+use medgen::graph::Plan;
+use medgen::runtime::{self, RunOptions, RunSummary, progress::ProgressMode};
+use medgen::store::{RunInfo, RunStatus, Store};
+use medgen_operators::api::{RunSettings, Services};
+use medgen_operators::registry::Registry;
+use std::collections::BTreeSet;
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+#[derive(Args, Debug)]
+pub struct RunArgs {
+    /// The graph file to run.
+    pub graph: PathBuf,
+    /// Worker threads per process.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
+    /// Processes in the cluster (each started with the same arguments and its own --process).
+    #[arg(long, default_value_t = 1)]
+    pub processes: usize,
+    /// This process's index in the cluster, 0-based.
+    #[arg(long, default_value_t = 0)]
+    pub process: usize,
+    /// File with one `host:port` per line, one line per process (cluster mode).
+    #[arg(long)]
+    pub hostfile: Option<PathBuf>,
+    /// Run directory (catalog, blobs, memo cache, outputs). Default: the graph's `store`, else
+    /// runs/<graph name>.
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// No progress display and no summary table.
+    #[arg(short, long)]
+    pub quiet: bool,
+    /// Progress as plain lines every N seconds instead of live bars.
+    #[arg(long, value_name = "SECONDS")]
+    pub progress_lines: Option<u64>,
+    /// Stop after this many epochs (bounds a watch-mode run).
+    #[arg(long)]
+    pub max_epochs: Option<u64>,
+    /// Also write the run summary (per-node counts, memo hits) as JSON to this file.
+    #[arg(long)]
+    pub summary_json: Option<PathBuf>,
+}
+
+impl RunArgs {
+    pub fn progress_mode(&self) -> ProgressMode {
+        if self.quiet {
+            ProgressMode::Quiet
+        } else if let Some(n) = self.progress_lines {
+            ProgressMode::Lines(n)
+        } else {
+            ProgressMode::Auto
+        }
+    }
+}
+
+#[derive(Args, Debug)]
+pub struct ExplainArgs {
+    /// The graph file.
+    pub graph: PathBuf,
+    /// Run directory to compare against (default as for `medgen run`).
+    #[arg(long)]
+    pub store: Option<PathBuf>,
+    /// Worker threads a run would use.
+    #[arg(short = 'w', long, default_value_t = 1)]
+    pub workers: usize,
+}
+
+fn settings(plan: &Plan) -> RunSettings {
+    RunSettings {
+        max_attempts: plan.header.max_attempts,
+        quarantine_after: plan.header.quarantine_after,
+        item_timeout_s: plan.header.item_timeout_s,
+        dry_run: false,
+        max_epochs: None,
+    }
+}
+
+fn install_signal_handler(shutdown: Arc<AtomicBool>) {
+    let result = ctrlc::set_handler(move || {
+        if shutdown.swap(true, Ordering::SeqCst) {
+            eprintln!("\nmedgen: stopped at once (second interrupt); committed work is kept");
+            std::process::exit(130);
+        }
+        eprintln!("\nmedgen: stopping — in-flight items finish and are committed (interrupt again to stop at once)");
+    });
+    if let Err(e) = result {
+        tracing::warn!("cannot install the interrupt handler: {e}");
+    }
+}
+
+pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
+    let registry = Arc::new(Registry::builtin());
+    let plan = match load_or_report(&a.graph, &registry) {
+        Ok(p) => Arc::new(p),
+        Err(code) => return Ok(code),
+    };
+    let dir = store_dir(&plan, a.store.as_ref());
+    let store = Arc::new(Store::open(&dir).with_context(|| format!("opening the run store {}", dir.display()))?);
+    let base_epoch = store.next_epoch().context("reading the catalog")?;
+    let run_id = store
+        .begin_run(&RunInfo {
+            graph_path: plan.path.clone(),
+            graph_name: plan.header.name.clone(),
+            graph_hash: plan.source_hash.clone(),
+            process_index: a.process,
+            processes: a.processes,
+            argv: std::env::args().collect(),
+        })
+        .context("recording the run in the catalog")?;
+    let shutdown = Arc::new(AtomicBool::new(false));
+    install_signal_handler(shutdown.clone());
+    let mut settings = settings(&plan);
+    settings.max_epochs = a.max_epochs;
+    let opts = RunOptions {
+        workers: a.workers,
+        processes: a.processes,
+        process: a.process,
+        hostfile: a.hostfile.clone(),
+        settings,
+        progress: a.progress_mode(),
+    };
+    tracing::info!(graph = %plan.path.display(), store = %dir.display(), base_epoch, "run started");
+    let services: Arc<dyn Services> = store.clone();
+    match runtime::run(plan.clone(), registry, services, base_epoch, &opts, shutdown) {
+        Ok(summary) => {
+            let json = serde_json::to_string_pretty(&summary).unwrap_or_default();
+            let status = if summary.interrupted { RunStatus::Interrupted } else { RunStatus::Succeeded };
+            store.finish_run(run_id, status, &json).context("recording the end of the run")?;
+            if let Some(p) = &a.summary_json {
+                medgen_operators::api::fsutil::atomic_write(p, json.as_bytes())
+                    .with_context(|| format!("writing the summary to {}", p.display()))?;
+            }
+            if !a.quiet {
+                report(&summary, &dir);
+            }
+            Ok(0)
+        }
+        Err(e) => {
+            let _ = store.finish_run(run_id, RunStatus::Failed, &format!("{{\"error\": {:?}}}", e.to_string()));
+            Err(anyhow::Error::new(e).context(format!("running {}", plan.path.display())))
+        }
+    }
+}
+
+fn report(summary: &RunSummary, dir: &std::path::Path) {
+    eprint!("{}", runtime::summary_table(summary));
+    let failed = summary.failed_items();
+    let state = if summary.interrupted { "stopped" } else { "finished" };
+    eprintln!(
+        "{state} in {:.1}s; {} memo hits; store {}",
+        summary.wall_s,
+        summary.memo_hits(),
+        dir.display()
+    );
+    if failed > 0 {
+        eprintln!("{failed} item(s) failed and were recorded: `medgen failures --store {}` lists them", dir.display());
+    }
+}
+
+pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
+    let registry = Arc::new(Registry::builtin());
+    let plan = match load_or_report(&a.graph, &registry) {
+        Ok(p) => Arc::new(p),
+        Err(code) => return Ok(code),
+    };
+    let dir = store_dir(&plan, a.store.as_ref());
+    // Never create a store just to explain: compare against an empty one instead.
+    let scratch;
+    let store_path = if dir.join("catalog.sqlite").exists() {
+        dir.clone()
+    } else {
+        scratch = tempfile::tempdir().context("creating a scratch folder")?;
+        scratch.path().to_path_buf()
+    };
+    let store = Arc::new(Store::open(&store_path).with_context(|| format!("opening the run store {}", dir.display()))?);
+    let base_epoch = store.next_epoch()?;
+    let mut settings = settings(&plan);
+    settings.dry_run = true;
+    let opts = RunOptions {
+        workers: a.workers,
+        processes: 1,
+        process: 0,
+        hostfile: None,
+        settings,
+        progress: ProgressMode::Quiet,
+    };
+    let services: Arc<dyn Services> = store.clone();
+    let summary = runtime::run(plan.clone(), registry.clone(), services, base_epoch, &opts, Arc::new(AtomicBool::new(false)))
+        .context("dry run")?;
+    println!("plan for {} (store {}, next epoch {base_epoch})", plan.path.display(), dir.display());
+    let mut rows = vec![[
+        "node".to_string(),
+        "operator".into(),
+        "inputs".into(),
+        "parallelism".into(),
+        "from cache".into(),
+        "to compute".into(),
+        "note".into(),
+    ]];
+    let mut pending_upstream: BTreeSet<String> = BTreeSet::new();
+    for (n, s) in plan.nodes.iter().zip(&summary.nodes) {
+        let spec = registry.get(n.op).map(|o| o.spec());
+        let is_source = spec.as_ref().is_some_and(|s| s.is_source);
+        let is_sink = spec.as_ref().is_some_and(|s| s.is_sink);
+        let inputs: Vec<String> = n.inputs.iter().map(|(_, i)| if i.port == "out" { i.node.clone() } else { format!("{}.{}", i.node, i.port) }).collect();
+        let upstream_unknown = n.inputs.iter().any(|(_, i)| pending_upstream.contains(&i.node));
+        if s.memo_misses > 0 || upstream_unknown {
+            pending_upstream.insert(n.name.clone());
+        }
+        let parallelism = if is_sink {
+            "1 (worker 0)".to_string()
+        } else if is_source {
+            format!("scan on worker 0, {} worker(s)", a.workers)
+        } else {
+            format!("{} worker(s)", a.workers)
+        };
+        let mut note = String::new();
+        if is_sink {
+            note.push_str(&format!("rewrites its view ({} rows now)", s.items_in));
+        } else if s.memo_misses == 0 && !upstream_unknown {
+            note.push_str("nothing to compute");
+        }
+        if upstream_unknown {
+            if !note.is_empty() {
+                note.push_str("; ");
+            }
+            note.push_str("plus whatever new upstream items produce");
+        }
+        rows.push([
+            n.name.clone(),
+            n.op.to_string(),
+            if inputs.is_empty() { "-".into() } else { inputs.join(", ") },
+            parallelism,
+            s.memo_hits.to_string(),
+            s.memo_misses.to_string(),
+            note,
+        ]);
+    }
+    print!("{}", runtime::render_table(&rows));
+    Ok(0)
+}
