@@ -1,0 +1,145 @@
+//! Typed errors of the tensor runtime.
+
+use std::path::PathBuf;
+
+use crate::dtype::DType;
+use crate::tensor::Device;
+
+/// Result alias used throughout the crate.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// Everything that can go wrong in the tensor runtime.
+///
+/// Shapes and dtypes that come from files or callers are validated and reported through these
+/// variants; the library does not panic on bad input.
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Two shapes that must agree do not.
+    #[error("{op}: shape mismatch: {msg}")]
+    ShapeMismatch {
+        /// The operation that detected the problem.
+        op: &'static str,
+        /// What was expected and what was found.
+        msg: String,
+    },
+    /// A tensor has the wrong number of dimensions.
+    #[error("{op}: expected rank {expected}, got shape {got:?}")]
+    RankMismatch {
+        /// The operation that detected the problem.
+        op: &'static str,
+        /// The rank the op needs (or a description such as "≥ 2").
+        expected: String,
+        /// The shape that was given.
+        got: Vec<usize>,
+    },
+    /// A dimension index is out of range, or a narrow/permute argument is invalid.
+    #[error("{op}: invalid dimension argument: {msg}")]
+    InvalidDim {
+        /// The operation that detected the problem.
+        op: &'static str,
+        /// Details.
+        msg: String,
+    },
+    /// An argument has an invalid value (negative learning rate, zero stride, …).
+    #[error("{op}: invalid argument: {msg}")]
+    InvalidArgument {
+        /// The operation that detected the problem.
+        op: &'static str,
+        /// Details.
+        msg: String,
+    },
+    /// The data length given to a constructor does not match the shape.
+    #[error("data length {len} does not match shape {shape:?} ({numel} elements)")]
+    DataLength {
+        /// Length of the data.
+        len: usize,
+        /// Requested shape.
+        shape: Vec<usize>,
+        /// Number of elements of the shape.
+        numel: usize,
+    },
+    /// The op needs a different dtype.
+    #[error("{op}: unsupported dtype {dtype:?}: {msg}")]
+    DType {
+        /// The operation that detected the problem.
+        op: &'static str,
+        /// The dtype that was found.
+        dtype: DType,
+        /// Details.
+        msg: String,
+    },
+    /// The tensor lives on a device for which no backend is compiled in or available.
+    #[error("{op}: no backend for device {device}; only the CPU backend is available")]
+    NoBackend {
+        /// The operation that was attempted.
+        op: &'static str,
+        /// The device of the tensor.
+        device: Device,
+    },
+    /// Inputs of one op live on different devices.
+    #[error("{op}: tensors on different devices ({a} and {b})")]
+    DeviceMismatch {
+        /// The operation that detected the problem.
+        op: &'static str,
+        /// Device of the first tensor.
+        a: Device,
+        /// Device of the other tensor.
+        b: Device,
+    },
+    /// An I/O error while reading a file.
+    #[error("{path}: {source}")]
+    Io {
+        /// The file.
+        path: PathBuf,
+        /// The underlying error.
+        source: std::io::Error,
+    },
+    /// A safetensors file is truncated, corrupt or otherwise unreadable.
+    #[error("{path}: invalid safetensors file: {msg}")]
+    SafeTensors {
+        /// The file.
+        path: PathBuf,
+        /// Details (from the `safetensors` crate or our own checks).
+        msg: String,
+    },
+    /// A sharded checkpoint's index JSON is unreadable or inconsistent.
+    #[error("{path}: invalid checkpoint index: {msg}")]
+    CheckpointIndex {
+        /// The index file.
+        path: PathBuf,
+        /// Details.
+        msg: String,
+    },
+    /// A tensor stored with a dtype we cannot load.
+    #[error("tensor {name:?}: unsupported stored dtype {dtype}")]
+    UnsupportedStoredDType {
+        /// Tensor name.
+        name: String,
+        /// The dtype as spelled in the file header.
+        dtype: String,
+    },
+    /// A key that the model needs is absent from the checkpoint.
+    #[error("missing tensor {0:?} in checkpoint")]
+    MissingKey(String),
+    /// A checkpoint holds keys in no recognised naming scheme.
+    #[error("unrecognised checkpoint key layout: {0}")]
+    UnknownFormat(String),
+}
+
+impl Error {
+    pub(crate) fn shape(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::ShapeMismatch { op, msg: msg.into() }
+    }
+
+    pub(crate) fn rank(op: &'static str, expected: impl Into<String>, got: &[usize]) -> Self {
+        Error::RankMismatch { op, expected: expected.into(), got: got.to_vec() }
+    }
+
+    pub(crate) fn arg(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidArgument { op, msg: msg.into() }
+    }
+
+    pub(crate) fn dim(op: &'static str, msg: impl Into<String>) -> Self {
+        Error::InvalidDim { op, msg: msg.into() }
+    }
+}

@@ -1,0 +1,165 @@
+//! Pointwise activations (GELU-tanh, SiLU) and softmax over the last dim.
+
+use super::{compute_dtype, dispatch, expect_same_shape, out_dtype};
+use crate::cpu::{map, map_rows, zip_map};
+use crate::dtype::Float;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+
+const SQRT_2_OVER_PI: f64 = 0.797_884_560_802_865_4;
+const GELU_C: f64 = 0.044_715;
+
+fn gelu_tanh_fwd<T: Float>(x: T) -> T {
+    let c = T::from_f64(SQRT_2_OVER_PI);
+    let u = c * (x + T::from_f64(GELU_C) * x * x * x);
+    T::from_f64(0.5) * x * (T::ONE + u.tanh())
+}
+
+fn gelu_tanh_grad<T: Float>(x: T) -> T {
+    let c = T::from_f64(SQRT_2_OVER_PI);
+    let a = T::from_f64(GELU_C);
+    let t = (c * (x + a * x * x * x)).tanh();
+    let half = T::from_f64(0.5);
+    half * (T::ONE + t) + half * x * (T::ONE - t * t) * c * (T::ONE + T::from_f64(3.0) * a * x * x)
+}
+
+fn sigmoid<T: Float>(x: T) -> T {
+    T::ONE / (T::ONE + (-x).exp())
+}
+
+fn unary(x: &Tensor, f32f: fn(f32) -> f32, f64f: fn(f64) -> f64) -> Result<Tensor> {
+    let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
+    match ct {
+        crate::DType::F64 => {
+            let d = x.cpu_data::<f64>("activation")?;
+            Ok(Tensor::from_compute(map(&d, f64f), x.shape(), ot))
+        }
+        _ => {
+            let d = x.cpu_data::<f32>("activation")?;
+            Ok(Tensor::from_compute(map(&d, f32f), x.shape(), ot))
+        }
+    }
+}
+
+fn unary_backward(
+    x: &Tensor,
+    dy: &Tensor,
+    op: &'static str,
+    g32: fn(f32) -> f32,
+    g64: fn(f64) -> f64,
+) -> Result<Tensor> {
+    expect_same_shape(x, dy, op)?;
+    let ct = compute_dtype(&[x, dy]);
+    match ct {
+        crate::DType::F64 => {
+            let (d, g) = (x.cpu_data::<f64>(op)?, dy.cpu_data::<f64>(op)?);
+            Ok(Tensor::from_compute(zip_map(&d, &g, |x, g| g * g64(x)), x.shape(), ct))
+        }
+        _ => {
+            let (d, g) = (x.cpu_data::<f32>(op)?, dy.cpu_data::<f32>(op)?);
+            Ok(Tensor::from_compute(zip_map(&d, &g, |x, g| g * g32(x)), x.shape(), ct))
+        }
+    }
+}
+
+/// GELU with the tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
+pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    unary(x, gelu_tanh_fwd::<f32>, gelu_tanh_fwd::<f64>)
+}
+
+/// Backward of [`gelu_tanh`]: `dx = dy·gelu'(x)`.
+pub fn gelu_tanh_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    unary_backward(x, dy, "gelu_tanh_backward", gelu_tanh_grad::<f32>, gelu_tanh_grad::<f64>)
+}
+
+fn silu_fwd<T: Float>(x: T) -> T {
+    x * sigmoid(x)
+}
+
+fn silu_grad<T: Float>(x: T) -> T {
+    let s = sigmoid(x);
+    s * (T::ONE + x * (T::ONE - s))
+}
+
+/// SiLU: `x·σ(x)`.
+pub fn silu(x: &Tensor) -> Result<Tensor> {
+    unary(x, silu_fwd::<f32>, silu_fwd::<f64>)
+}
+
+/// Backward of [`silu`]: `dx = dy·σ(x)·(1 + x·(1 − σ(x)))`.
+pub fn silu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    unary_backward(x, dy, "silu_backward", silu_grad::<f32>, silu_grad::<f64>)
+}
+
+/// Softmax over the last dimension (max-subtracted).
+pub fn softmax(x: &Tensor) -> Result<Tensor> {
+    if x.rank() == 0 {
+        return Err(Error::rank("softmax", "≥ 1", x.shape()));
+    }
+    let d = *x.shape().last().expect("rank ≥ 1");
+    let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
+    dispatch!(ct, T => {
+        let xd = x.cpu_data::<T>("softmax")?;
+        let mut y = vec![T::ZERO; xd.len()];
+        map_rows(&xd, &mut y, d, |_, r, o| {
+            let m = r.iter().fold(T::NEG_INFINITY, |a, &b| a.max(b));
+            let mut s = T::ZERO;
+            for (o, &v) in o.iter_mut().zip(r) {
+                *o = (v - m).exp();
+                s += *o;
+            }
+            for o in o.iter_mut() {
+                *o /= s;
+            }
+        });
+        Ok(Tensor::from_compute(y, x.shape(), ot))
+    })
+}
+
+/// Backward of [`softmax`] from its *output* `y`: `dx = y·(dy − Σ dy·y)`.
+pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    expect_same_shape(y, dy, "softmax_backward")?;
+    if y.rank() == 0 {
+        return Err(Error::rank("softmax_backward", "≥ 1", y.shape()));
+    }
+    let d = *y.shape().last().expect("rank ≥ 1");
+    let ct = compute_dtype(&[y, dy]);
+    dispatch!(ct, T => {
+        let yd = y.cpu_data::<T>("softmax_backward")?;
+        let g = dy.cpu_data::<T>("softmax_backward")?;
+        let mut dx = vec![T::ZERO; yd.len()];
+        map_rows(&yd, &mut dx, d, |i, yr, o| {
+            let gr = &g[i * d..(i + 1) * d];
+            let dot: T = yr.iter().zip(gr).map(|(&a, &b)| a * b).sum();
+            for ((o, &yv), &gv) in o.iter_mut().zip(yr).zip(gr) {
+                *o = yv * (gv - dot);
+            }
+        });
+        Ok(Tensor::from_compute(dx, y.shape(), ct))
+    })
+}
+
+/// Clamp to `[lo, hi]` (the VAE decoder's final `clamp(-1, 1)`).
+pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
+    if lo.is_nan() || hi.is_nan() || lo > hi {
+        return Err(Error::arg("clamp", format!("invalid range [{lo}, {hi}]")));
+    }
+    let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
+    dispatch!(ct, T => {
+        let d = x.cpu_data::<T>("clamp")?;
+        let (l, h) = (T::from_f64(lo), T::from_f64(hi));
+        Ok(Tensor::from_compute(map(&d, |v| v.max(l).min(h)), x.shape(), ot))
+    })
+}
+
+/// Backward of [`clamp`]: `dy` where `lo < x < hi`, else 0.
+pub fn clamp_backward(x: &Tensor, lo: f64, hi: f64, dy: &Tensor) -> Result<Tensor> {
+    expect_same_shape(x, dy, "clamp_backward")?;
+    let ct = compute_dtype(&[x, dy]);
+    dispatch!(ct, T => {
+        let d = x.cpu_data::<T>("clamp_backward")?;
+        let g = dy.cpu_data::<T>("clamp_backward")?;
+        let (l, h) = (T::from_f64(lo), T::from_f64(hi));
+        Ok(Tensor::from_compute(zip_map(&d, &g, |v, g| if v > l && v < h { g } else { T::ZERO }), x.shape(), ct))
+    })
+}
