@@ -5,5 +5,6 @@ set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 bash scripts/setup.sh
 bash scripts/fetch-samples.sh
+bash scripts/fetch-models.sh
 cargo build --release --locked -q
 exec target/release/medgen run graphs/demo.toml "$@"

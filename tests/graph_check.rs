@@ -16,9 +16,7 @@ use std::path::{Path, PathBuf};
 use std::process::Command;
 
 fn corpus(kind: &str) -> Vec<PathBuf> {
-    let dir = Path::new(env!("CARGO_MANIFEST_DIR"))
-        .join("tests/graphs")
-        .join(kind);
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphs").join(kind);
     let mut files: Vec<PathBuf> = std::fs::read_dir(&dir)
         .unwrap_or_else(|e| panic!("read {}: {e}", dir.display()))
         .map(|e| e.expect("dir entry").path())
@@ -44,22 +42,11 @@ fn expectations(path: &Path) -> Expect {
         if let Some(s) = l.strip_prefix("# expect:") {
             substrings.push(s.trim().to_string());
         } else if let Some(n) = l.strip_prefix("# expect-line:") {
-            line = Some(
-                n.trim()
-                    .parse()
-                    .unwrap_or_else(|_| panic!("{}: bad expect-line", path.display())),
-            );
+            line = Some(n.trim().parse().unwrap_or_else(|_| panic!("{}: bad expect-line", path.display())));
         }
     }
-    assert!(
-        !substrings.is_empty(),
-        "{}: no `# expect:` line",
-        path.display()
-    );
-    Expect {
-        substrings,
-        line: line.unwrap_or_else(|| panic!("{}: no `# expect-line:` line", path.display())),
-    }
+    assert!(!substrings.is_empty(), "{}: no `# expect:` line", path.display());
+    Expect { substrings, line: line.unwrap_or_else(|| panic!("{}: no `# expect-line:` line", path.display())) }
 }
 
 fn render(diags: &[Diagnostic]) -> String {
@@ -72,10 +59,7 @@ fn check_bad(path: &Path, registry: &Registry) -> Vec<String> {
     let mut problems = Vec::new();
     let diags = match graph::load(path, registry) {
         Ok(plan) => {
-            return vec![format!(
-                "loaded without errors ({} nodes)",
-                plan.nodes.len()
-            )];
+            return vec![format!("loaded without errors ({} nodes)", plan.nodes.len())];
         }
         Err(d) => d,
     };
@@ -85,16 +69,12 @@ fn check_bad(path: &Path, registry: &Registry) -> Vec<String> {
             problems.push(format!("diagnostics lack `{s}`"));
         }
     }
-    let errors: Vec<&Diagnostic> = diags
-        .iter()
-        .filter(|d| d.severity == Severity::Error)
-        .collect();
+    let errors: Vec<&Diagnostic> = diags.iter().filter(|d| d.severity == Severity::Error).collect();
     match errors.first() {
         None => problems.push("Err without any error".into()),
-        Some(first) if first.line != exp.line => problems.push(format!(
-            "first error on line {}, expected line {}",
-            first.line, exp.line
-        )),
+        Some(first) if first.line != exp.line => {
+            problems.push(format!("first error on line {}, expected line {}", first.line, exp.line))
+        }
         Some(_) => {}
     }
     for d in &diags {
@@ -108,11 +88,7 @@ fn check_bad(path: &Path, registry: &Registry) -> Vec<String> {
             problems.push(format!("diagnostic not of the form `{head}...`: {shown}"));
         }
         if d.file != path {
-            problems.push(format!(
-                "diagnostic names file {}, not {}",
-                d.file.display(),
-                path.display()
-            ));
+            problems.push(format!("diagnostic names file {}, not {}", d.file.display(), path.display()));
         }
         if d.severity == Severity::Error && d.fix.as_deref().is_none_or(str::is_empty) {
             problems.push(format!("error without a fix: {shown}"));
@@ -121,9 +97,7 @@ fn check_bad(path: &Path, registry: &Registry) -> Vec<String> {
             Some(fix) if !shown.ends_with(&format!("\n  = fix: {fix}")) => {
                 problems.push(format!("fix not shown: {shown}"))
             }
-            None if shown.contains('\n') => {
-                problems.push(format!("unexpected second line: {shown}"))
-            }
+            None if shown.contains('\n') => problems.push(format!("unexpected second line: {shown}")),
             _ => {}
         }
     }
@@ -142,28 +116,14 @@ fn check_bad(path: &Path, registry: &Registry) -> Vec<String> {
 fn bad_graphs_fail_with_the_expected_diagnostics() {
     let registry = Registry::builtin();
     let files = corpus("bad");
-    assert!(
-        files.len() >= 28,
-        "the bad corpus shrank to {} files",
-        files.len()
-    );
-    let syntax = files
-        .iter()
-        .filter(|p| {
-            p.file_name()
-                .is_some_and(|n| n.to_string_lossy().starts_with("01_"))
-        })
-        .count();
+    assert!(files.len() >= 28, "the bad corpus shrank to {} files", files.len());
+    let syntax = files.iter().filter(|p| p.file_name().is_some_and(|n| n.to_string_lossy().starts_with("01_"))).count();
     assert!(syntax >= 4, "only {syntax} TOML syntax cases");
     let mut report = String::new();
     for path in &files {
         let problems = check_bad(path, &registry);
         if !problems.is_empty() {
-            report.push_str(&format!(
-                "\n=== {}\n{}\n",
-                path.display(),
-                problems.join("\n")
-            ));
+            report.push_str(&format!("\n=== {}\n{}\n", path.display(), problems.join("\n")));
         }
     }
     assert!(report.is_empty(), "{report}");
@@ -182,39 +142,18 @@ fn good_graphs_load_without_errors_or_warnings() {
     assert!(files.len() >= 3);
     for path in &files {
         let plan = load_good(path);
-        assert!(
-            plan.warnings.is_empty(),
-            "{}: {}",
-            path.display(),
-            render(&plan.warnings)
-        );
+        assert!(plan.warnings.is_empty(), "{}: {}", path.display(), render(&plan.warnings));
         assert!(!plan.nodes.is_empty());
         assert_eq!(plan.path, *path);
         assert!(plan.base_dir.is_absolute());
-        assert_eq!(
-            plan.base_dir,
-            path.parent().unwrap().canonicalize().unwrap()
-        );
+        assert_eq!(plan.base_dir, path.parent().unwrap().canonicalize().unwrap());
         let text = std::fs::read_to_string(path).unwrap();
-        assert_eq!(
-            plan.source_hash,
-            blake3::hash(text.as_bytes()).to_hex().to_string()
-        );
+        assert_eq!(plan.source_hash, blake3::hash(text.as_bytes()).to_hex().to_string());
         // Topological order: every input comes from an earlier node.
         for (i, n) in plan.nodes.iter().enumerate() {
             for (_, r) in &n.inputs {
-                let j = plan
-                    .nodes
-                    .iter()
-                    .position(|m| m.name == r.node)
-                    .expect("input node planned");
-                assert!(
-                    j < i,
-                    "{}: `{}` planned before its input `{}`",
-                    path.display(),
-                    n.name,
-                    r.node
-                );
+                let j = plan.nodes.iter().position(|m| m.name == r.node).expect("input node planned");
+                assert!(j < i, "{}: `{}` planned before its input `{}`", path.display(), n.name, r.node);
             }
             assert!(n.out_kinds.contains_key("failures"));
             assert!(n.line >= 1);
@@ -228,11 +167,7 @@ fn good_graph_details() {
     let single = load_good(&dir.join("single.toml"));
     assert_eq!(single.header.name, "single");
     assert_eq!(
-        (
-            single.header.max_attempts,
-            single.header.quarantine_after,
-            single.header.item_timeout_s
-        ),
+        (single.header.max_attempts, single.header.quarantine_after, single.header.item_timeout_s),
         (3, 3, 600.0)
     );
     assert_eq!(single.header.store, None);
@@ -240,34 +175,16 @@ fn good_graph_details() {
     assert_eq!(names, ["raw", "out"]);
     assert_eq!(single.nodes[0].op, "source.files");
     assert_eq!(single.nodes[0].line, 5);
-    assert_eq!(
-        single.nodes[1].inputs,
-        vec![(
-            "in",
-            graph::InputRef {
-                node: "raw".into(),
-                port: "out".into()
-            }
-        )]
-    );
-    let kinds: Vec<_> = single.nodes[0].out_kinds["out"]
-        .iter()
-        .map(|k| k.name())
-        .collect();
+    assert_eq!(single.nodes[1].inputs, vec![("in", graph::InputRef { node: "raw".into(), port: "out".into() })]);
+    let kinds: Vec<_> = single.nodes[0].out_kinds["out"].iter().map(|k| k.name()).collect();
     assert_eq!(kinds, ["Video"]);
 
     let two = load_good(&dir.join("two_sources_failures.toml"));
     let h = &two.header;
     assert_eq!(h.name, "two-sources");
-    assert_eq!(
-        h.description.as_deref(),
-        Some("files and a manifest, with their failures, in one view")
-    );
+    assert_eq!(h.description.as_deref(), Some("files and a manifest, with their failures, in one view"));
     assert_eq!(h.store.as_deref(), Some("runs/two-sources"));
-    assert_eq!(
-        (h.max_attempts, h.quarantine_after, h.item_timeout_s),
-        (5, 2, 30.0)
-    );
+    assert_eq!((h.max_attempts, h.quarantine_after, h.item_timeout_s), (5, 2, 30.0));
     assert_eq!(two.store_dir(), Some(two.base_dir.join("runs/two-sources")));
     let all = two.node("all").expect("sink");
     let refs: Vec<String> = all.inputs.iter().map(|(_, r)| r.to_string()).collect();
@@ -287,20 +204,13 @@ fn good_graph_details() {
 
 #[test]
 fn rendering_a_loaded_graph() {
-    let path =
-        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphs/good/two_sources_failures.toml");
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphs/good/two_sources_failures.toml");
     let plan = load_good(&path);
     let dot = graph::render_dot(&plan);
     assert!(dot.starts_with("digraph \"two-sources\" {"), "{dot}");
-    assert!(
-        dot.contains("\"raw\" [label=\"raw\\nsource.files\", shape=invhouse];"),
-        "{dot}"
-    );
+    assert!(dot.contains("\"raw\" [label=\"raw\\nsource.files\", shape=invhouse];"), "{dot}");
     assert!(dot.contains("\"raw\" -> \"all\";"), "{dot}");
-    assert!(
-        dot.contains("\"listed\" -> \"all\" [label=\"failures\", style=dashed];"),
-        "{dot}"
-    );
+    assert!(dot.contains("\"listed\" -> \"all\" [label=\"failures\", style=dashed];"), "{dot}");
     let mermaid = graph::render_mermaid(&plan);
     assert!(mermaid.contains("flowchart LR"), "{mermaid}");
     assert!(mermaid.contains("n0 -. \"failures\" .-> n2"), "{mermaid}");
@@ -330,8 +240,7 @@ fn unreadable_files_are_diagnostics() {
     assert_eq!(d.len(), 1);
     assert_eq!((d[0].line, d[0].col), (1, 1));
     assert!(
-        d[0].to_string()
-            .starts_with("error: tests/graphs/no-such-file.toml:1:1: cannot read the graph file"),
+        d[0].to_string().starts_with("error: tests/graphs/no-such-file.toml:1:1: cannot read the graph file"),
         "{}",
         d[0]
     );
@@ -349,10 +258,7 @@ fn load_str_matches_load() {
     let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/graphs/bad/05_dangling_node.toml");
     let text = std::fs::read_to_string(&path).unwrap();
     let registry = Registry::builtin();
-    assert_eq!(
-        graph::load(&path, &registry).unwrap_err(),
-        graph::load_str(&text, &path, &registry).unwrap_err()
-    );
+    assert_eq!(graph::load(&path, &registry).unwrap_err(), graph::load_str(&text, &path, &registry).unwrap_err());
 }
 
 /// The CLI contract: `medgen check FILE` exits 78 (EX_CONFIG) on an invalid graph, printing the
@@ -363,36 +269,19 @@ fn cli_check_exit_codes() {
     let mut report = String::new();
     for path in corpus("bad") {
         let exp = expectations(&path);
-        let out = Command::new(bin)
-            .arg("check")
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run medgen");
+        let out = Command::new(bin).arg("check").arg(&path).env_remove("RUST_LOG").output().expect("run medgen");
         let stderr = String::from_utf8_lossy(&out.stderr);
         if out.status.code() != Some(78) {
-            report.push_str(&format!(
-                "\n{}: exit {:?}, expected 78\n{stderr}",
-                path.display(),
-                out.status.code()
-            ));
+            report.push_str(&format!("\n{}: exit {:?}, expected 78\n{stderr}", path.display(), out.status.code()));
         }
         for s in &exp.substrings {
             if !stderr.contains(s.as_str()) {
-                report.push_str(&format!(
-                    "\n{}: stderr lacks `{s}`:\n{stderr}",
-                    path.display()
-                ));
+                report.push_str(&format!("\n{}: stderr lacks `{s}`:\n{stderr}", path.display()));
             }
         }
     }
     for path in corpus("good") {
-        let out = Command::new(bin)
-            .arg("check")
-            .arg(&path)
-            .env_remove("RUST_LOG")
-            .output()
-            .expect("run medgen");
+        let out = Command::new(bin).arg("check").arg(&path).env_remove("RUST_LOG").output().expect("run medgen");
         if out.status.code() != Some(0) {
             report.push_str(&format!(
                 "\n{}: exit {:?}, expected 0\n{}",

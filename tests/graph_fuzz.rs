@@ -55,21 +55,14 @@ fn check(text: &str) {
             plan.warnings
         }
         Err(d) => {
-            assert!(
-                d.iter().any(Diagnostic::is_error),
-                "Err without an error: {d:?}"
-            );
+            assert!(d.iter().any(Diagnostic::is_error), "Err without an error: {d:?}");
             d
         }
     };
     let lines = text.split('\n').count();
     for d in &diags {
         assert!(d.line >= 1 && d.col >= 1, "unlocated diagnostic {d:?}");
-        assert!(
-            d.line <= lines,
-            "line {} past the end ({lines} lines): {d:?}",
-            d.line
-        );
+        assert!(d.line <= lines, "line {} past the end ({lines} lines): {d:?}", d.line);
         assert!(!d.message.is_empty());
         let _ = d.to_string();
     }
@@ -77,8 +70,7 @@ fn check(text: &str) {
 
 /// Bytes, lossily made text (the loader takes text; `load` reports non-UTF-8 itself).
 fn bytes() -> impl Strategy<Value = String> {
-    prop::collection::vec(any::<u8>(), 0..400)
-        .prop_map(|b| String::from_utf8_lossy(&b).into_owned())
+    prop::collection::vec(any::<u8>(), 0..400).prop_map(|b| String::from_utf8_lossy(&b).into_owned())
 }
 
 /// Tokens that appear in graph files, and some that break them.
@@ -265,26 +257,13 @@ fn mutation(lines: usize) -> impl Strategy<Value = Mutation> {
         (0..lines).prop_map(Mutation::DeleteLine),
         (0..lines).prop_map(Mutation::DuplicateLine),
         (0..lines, 0..lines).prop_map(|(a, b)| Mutation::SwapLines(a, b)),
-        (
-            0..lines,
-            prop_oneof![
-                "[a-z_]{1,10}",
-                "\\PC{1,6}",
-                Just("op".to_string()),
-                Just("inputs".to_string())
-            ]
-        )
+        (0..lines, prop_oneof!["[a-z_]{1,10}", "\\PC{1,6}", Just("op".to_string()), Just("inputs".to_string())])
             .prop_map(|(l, k)| Mutation::RenameKey(l, k)),
         (0..lines, value()).prop_map(|(l, v)| Mutation::ReplaceValue(l, v)),
         (
             0..lines,
             0usize..40,
-            prop_oneof![
-                "\\PC{1,4}",
-                Just("\n".to_string()),
-                Just("[".to_string()),
-                Just("\"".to_string())
-            ]
+            prop_oneof!["\\PC{1,4}", Just("\n".to_string()), Just("[".to_string()), Just("\"".to_string())]
         )
             .prop_map(|(l, c, s)| Mutation::Insert(l, c, s)),
         any::<u16>().prop_map(Mutation::Truncate),

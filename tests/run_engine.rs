@@ -183,7 +183,11 @@ changelog = true
         .lines()
         .map(|l| {
             let v: serde_json::Value = serde_json::from_str(l).unwrap();
-            (v["epoch"].as_u64().unwrap(), v["diff"].as_i64().unwrap(), v["row"]["uri"].as_str().unwrap().ends_with("a.mp4"))
+            (
+                v["epoch"].as_u64().unwrap(),
+                v["diff"].as_i64().unwrap(),
+                v["row"]["uri"].as_str().unwrap().ends_with("a.mp4"),
+            )
         })
         .collect();
     // a.mp4 appeared in the first epoch and was retracted in a later one.
@@ -204,7 +208,8 @@ fn kill_9_then_restart_matches_an_uninterrupted_run() {
 
     // Interrupted: kill -9 once some items are committed to the memo.
     let store = dir.path().join("crash");
-    let mut child = medgen().args(["run", "-q", "--store"]).arg(&store).arg(&graph).stderr(Stdio::null()).spawn().unwrap();
+    let mut child =
+        medgen().args(["run", "-q", "--store"]).arg(&store).arg(&graph).stderr(Stdio::null()).spawn().unwrap();
     let catalog = store.join("catalog.sqlite");
     wait_for("some committed items", Duration::from_secs(120), || memo_rows(&catalog) >= 100);
     child.kill().unwrap();

@@ -2,6 +2,10 @@
 //! builds graphs from.
 
 pub mod api;
+pub mod caption;
+pub mod curate;
+pub mod onnx;
 pub mod registry;
 pub mod sink;
 pub mod source;
+pub mod video;

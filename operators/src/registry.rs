@@ -10,11 +10,40 @@ pub struct Registry {
 impl Registry {
     /// All built-in operators.
     pub fn builtin() -> Registry {
-        let ops: Vec<Box<dyn Operator>> = vec![
+        #[allow(unused_mut)]
+        let mut ops: Vec<Box<dyn Operator>> = vec![
             Box::new(crate::source::files::SourceFiles),
             Box::new(crate::source::manifest::SourceManifest),
             Box::new(crate::sink::jsonl::SinkJsonl),
+            Box::new(crate::source::dicom::SourceDicom),
+            Box::new(crate::caption::template::CaptionTemplate),
+            Box::new(crate::sink::report::SinkReport),
         ];
+        #[cfg(feature = "video")]
+        {
+            ops.push(Box::new(crate::video::probe::VideoProbe));
+            ops.push(Box::new(crate::video::decode::VideoDecode));
+            ops.push(Box::new(crate::video::cut::VideoCut));
+            ops.push(Box::new(crate::video::encode::VideoEncode));
+        }
+        #[cfg(feature = "video")]
+        ops.push(Box::new(crate::caption::vlm::CaptionVlm));
+        #[cfg(feature = "video")]
+        ops.push(Box::new(crate::sink::dataset::SinkDataset));
+        ops.push(Box::new(crate::curate::metadata_filter::CurateMetadataFilter));
+        ops.push(Box::new(crate::curate::rule::CurateRule));
+        #[cfg(feature = "video")]
+        {
+            ops.push(Box::new(crate::curate::segment::CurateSegment));
+            ops.push(Box::new(crate::curate::black_border::CurateBlackBorder));
+            ops.push(Box::new(crate::curate::dedup::CurateDedup));
+        }
+        #[cfg(feature = "video")]
+        {
+            ops.push(Box::new(crate::curate::ocr::CurateSubtitleOcr));
+            ops.push(Box::new(crate::curate::quality::CurateTechnicalQuality));
+            ops.push(Box::new(crate::curate::aesthetic::CurateAesthetic));
+        }
         Registry { ops }
     }
 

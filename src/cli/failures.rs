@@ -32,7 +32,10 @@ impl StoreArgs {
             (None, None) => anyhow::bail!("give a graph file or --store DIR"),
         };
         if !dir.join("catalog.sqlite").exists() {
-            anyhow::bail!("{} is not a run store (no catalog.sqlite); run the graph first or fix --store", dir.display());
+            anyhow::bail!(
+                "{} is not a run store (no catalog.sqlite); run the graph first or fix --store",
+                dir.display()
+            );
         }
         Ok(Ok(Store::open(&dir).with_context(|| format!("opening the run store {}", dir.display()))?))
     }

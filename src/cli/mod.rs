@@ -1,5 +1,7 @@
 //! Command-line definitions (clap) and dispatch. Each subcommand lives in its own file.
 
+#[cfg(feature = "video")]
+mod bench;
 mod check;
 mod doctor;
 mod failures;
@@ -72,6 +74,9 @@ pub enum Command {
     Retry(failures::RetryArgs),
     /// Check this machine: GStreamer, H.264 encoders, ONNX Runtime, GPU driver, sample videos.
     Doctor(doctor::DoctorArgs),
+    /// Benchmarks against baselines in the same run (e.g. `medgen bench decode` against gst-launch-1.0).
+    #[cfg(feature = "video")]
+    Bench(bench::BenchArgs),
 }
 
 fn version() -> &'static str {
@@ -122,6 +127,8 @@ pub fn main() -> i32 {
         Command::Failures(a) => failures::failures(a),
         Command::Retry(a) => failures::retry(a),
         Command::Doctor(a) => doctor::doctor(a),
+        #[cfg(feature = "video")]
+        Command::Bench(a) => bench::bench(a),
     };
     match result {
         Ok(code) => code,

@@ -59,7 +59,9 @@ fn type_name(root: &Value, v: &Value) -> String {
             "integer" => "integer".into(),
             other => other.into(),
         },
-        Some(Value::Array(ts)) => ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" | "),
+        Some(Value::Array(ts)) => {
+            ts.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect::<Vec<_>>().join(" | ")
+        }
         _ => "any".into(),
     }
 }
@@ -107,11 +109,8 @@ pub fn ops(a: &OpsArgs) -> anyhow::Result<i32> {
     let registry = Registry::builtin();
     let Some(name) = &a.name else {
         if a.json {
-            let all: Vec<Value> = registry
-                .specs()
-                .iter()
-                .map(|s| serde_json::json!({"name": s.name, "summary": s.summary}))
-                .collect();
+            let all: Vec<Value> =
+                registry.specs().iter().map(|s| serde_json::json!({"name": s.name, "summary": s.summary})).collect();
             println!("{}", serde_json::to_string_pretty(&all)?);
             return Ok(0);
         }
@@ -168,7 +167,11 @@ pub fn ops(a: &OpsArgs) -> anyhow::Result<i32> {
     println!("  failures (Failure)  per-item failures of this node");
     println!("\nparams:");
     for p in param_docs(&schema) {
-        let req = if p.required { "required".to_string() } else { format!("default {}", p.default.unwrap_or_else(|| "none".into())) };
+        let req = if p.required {
+            "required".to_string()
+        } else {
+            format!("default {}", p.default.unwrap_or_else(|| "none".into()))
+        };
         println!("  {} : {}  ({req})", p.name, p.ty);
         if !p.doc.is_empty() {
             for line in textwrap(&p.doc, 90).lines() {

@@ -153,12 +153,7 @@ fn report(summary: &RunSummary, dir: &std::path::Path) {
     eprint!("{}", runtime::summary_table(summary));
     let failed = summary.failed_items();
     let state = if summary.interrupted { "stopped" } else { "finished" };
-    eprintln!(
-        "{state} in {:.1}s; {} memo hits; store {}",
-        summary.wall_s,
-        summary.memo_hits(),
-        dir.display()
-    );
+    eprintln!("{state} in {:.1}s; {} memo hits; store {}", summary.wall_s, summary.memo_hits(), dir.display());
     if failed > 0 {
         eprintln!("{failed} item(s) failed and were recorded: `medgen failures --store {}` lists them", dir.display());
     }
@@ -192,8 +187,9 @@ pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
         progress: ProgressMode::Quiet,
     };
     let services: Arc<dyn Services> = store.clone();
-    let summary = runtime::run(plan.clone(), registry.clone(), services, base_epoch, &opts, Arc::new(AtomicBool::new(false)))
-        .context("dry run")?;
+    let summary =
+        runtime::run(plan.clone(), registry.clone(), services, base_epoch, &opts, Arc::new(AtomicBool::new(false)))
+            .context("dry run")?;
     println!("plan for {} (store {}, next epoch {base_epoch})", plan.path.display(), dir.display());
     let mut rows = vec![[
         "node".to_string(),
@@ -209,7 +205,11 @@ pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
         let spec = registry.get(n.op).map(|o| o.spec());
         let is_source = spec.as_ref().is_some_and(|s| s.is_source);
         let is_sink = spec.as_ref().is_some_and(|s| s.is_sink);
-        let inputs: Vec<String> = n.inputs.iter().map(|(_, i)| if i.port == "out" { i.node.clone() } else { format!("{}.{}", i.node, i.port) }).collect();
+        let inputs: Vec<String> = n
+            .inputs
+            .iter()
+            .map(|(_, i)| if i.port == "out" { i.node.clone() } else { format!("{}.{}", i.node, i.port) })
+            .collect();
         let upstream_unknown = n.inputs.iter().any(|(_, i)| pending_upstream.contains(&i.node));
         if s.memo_misses > 0 || upstream_unknown {
             pending_upstream.insert(n.name.clone());

@@ -57,14 +57,7 @@ impl Diagnostic {
 
 impl fmt::Display for Diagnostic {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        write!(
-            f,
-            "{}: {}:{}:{}: ",
-            self.severity,
-            self.file.display(),
-            self.line,
-            self.col
-        )?;
+        write!(f, "{}: {}:{}:{}: ", self.severity, self.file.display(), self.line, self.col)?;
         if let Some(node) = &self.node {
             write!(f, "node `{node}`: ")?;
         }
@@ -98,12 +91,7 @@ impl<'t> LineIndex<'t> {
     /// Index the line starts of `text` (a line ends at `\n`; a `\r` before it belongs to the line).
     pub fn new(text: &'t str) -> Self {
         let mut starts = vec![0];
-        starts.extend(
-            text.bytes()
-                .enumerate()
-                .filter(|&(_, b)| b == b'\n')
-                .map(|(i, _)| i + 1),
-        );
+        starts.extend(text.bytes().enumerate().filter(|&(_, b)| b == b'\n').map(|(i, _)| i + 1));
         LineIndex { text, starts }
     }
 
@@ -112,10 +100,7 @@ impl<'t> LineIndex<'t> {
     pub fn line_col(&self, offset: usize) -> (usize, usize) {
         let offset = offset.min(self.text.len());
         // The last line start <= offset; `starts[0] == 0` so the partition point is >= 1.
-        let line_idx = self
-            .starts
-            .partition_point(|&s| s <= offset)
-            .saturating_sub(1);
+        let line_idx = self.starts.partition_point(|&s| s <= offset).saturating_sub(1);
         let start = self.starts.get(line_idx).copied().unwrap_or(0);
         let mut end = offset;
         while end > start && !self.text.is_char_boundary(end) {
@@ -140,14 +125,8 @@ impl<'t> LineIndex<'t> {
         let Some(&start) = self.starts.get(line.wrapping_sub(1)) else {
             return "";
         };
-        let end = self
-            .starts
-            .get(line)
-            .map_or(self.text.len(), |&e| e.saturating_sub(1));
-        self.text
-            .get(start..end.max(start))
-            .unwrap_or("")
-            .trim_end_matches('\r')
+        let end = self.starts.get(line).map_or(self.text.len(), |&e| e.saturating_sub(1));
+        self.text.get(start..end.max(start)).unwrap_or("").trim_end_matches('\r')
     }
 
     /// Number of lines (a trailing newline starts an empty last line).
@@ -165,11 +144,7 @@ pub(crate) struct Sink<'t> {
 
 impl<'t> Sink<'t> {
     pub fn new(file: &Path, text: &'t str) -> Self {
-        Sink {
-            file: file.to_path_buf(),
-            index: LineIndex::new(text),
-            diags: Vec::new(),
-        }
+        Sink { file: file.to_path_buf(), index: LineIndex::new(text), diags: Vec::new() }
     }
 
     pub fn push(
@@ -192,23 +167,11 @@ impl<'t> Sink<'t> {
         });
     }
 
-    pub fn error(
-        &mut self,
-        at: usize,
-        node: Option<&str>,
-        message: impl Into<String>,
-        fix: Option<String>,
-    ) {
+    pub fn error(&mut self, at: usize, node: Option<&str>, message: impl Into<String>, fix: Option<String>) {
         self.push(Severity::Error, at, node, message, fix);
     }
 
-    pub fn warning(
-        &mut self,
-        at: usize,
-        node: Option<&str>,
-        message: impl Into<String>,
-        fix: Option<String>,
-    ) {
+    pub fn warning(&mut self, at: usize, node: Option<&str>, message: impl Into<String>, fix: Option<String>) {
         self.push(Severity::Warning, at, node, message, fix);
     }
 
@@ -289,9 +252,6 @@ mod tests {
         d.severity = Severity::Warning;
         d.node = None;
         d.fix = None;
-        assert_eq!(
-            d.to_string(),
-            "warning: path/x.toml:12:5: unknown param `treshold`"
-        );
+        assert_eq!(d.to_string(), "warning: path/x.toml:12:5: unknown param `treshold`");
     }
 }

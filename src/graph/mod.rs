@@ -203,15 +203,9 @@ pub fn load_with(path: &Path, catalog: &dyn OpCatalog) -> Result<Plan, Vec<Diagn
         Ok(text) => load_str_with(&text, path, catalog),
         Err(e) => {
             let good = e.utf8_error().valid_up_to();
-            let prefix =
-                String::from_utf8_lossy(e.as_bytes().get(..good).unwrap_or(&[])).into_owned();
+            let prefix = String::from_utf8_lossy(e.as_bytes().get(..good).unwrap_or(&[])).into_owned();
             let (line, col) = LineIndex::new(&prefix).line_col(good);
-            Err(vec![unreadable(
-                line,
-                col,
-                "the graph file is not valid UTF-8".into(),
-                "save the file as UTF-8",
-            )])
+            Err(vec![unreadable(line, col, "the graph file is not valid UTF-8".into(), "save the file as UTF-8")])
         }
     }
 }
@@ -223,10 +217,6 @@ pub fn load_str(text: &str, path: &Path, registry: &Registry) -> Result<Plan, Ve
 }
 
 /// [`load_str`] against any [`OpCatalog`].
-pub fn load_str_with(
-    text: &str,
-    path: &Path,
-    catalog: &dyn OpCatalog,
-) -> Result<Plan, Vec<Diagnostic>> {
+pub fn load_str_with(text: &str, path: &Path, catalog: &dyn OpCatalog) -> Result<Plan, Vec<Diagnostic>> {
     validate::validate(text, path, catalog)
 }

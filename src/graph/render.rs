@@ -39,10 +39,7 @@ pub fn render_dot(plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "digraph {} {{", dot_str(&plan.header.name));
     let _ = writeln!(s, "  rankdir=LR;");
-    let _ = writeln!(
-        s,
-        "  node [shape=box, style=rounded, fontname=\"Helvetica\"];"
-    );
+    let _ = writeln!(s, "  node [shape=box, style=rounded, fontname=\"Helvetica\"];");
     let _ = writeln!(s, "  edge [fontname=\"Helvetica\", fontsize=10];");
     for n in &plan.nodes {
         let shape = if n.spec.is_source {
@@ -52,12 +49,7 @@ pub fn render_dot(plan: &Plan) -> String {
         } else {
             ""
         };
-        let _ = writeln!(
-            s,
-            "  {} [label={}{shape}];",
-            dot_str(&n.name),
-            dot_str(&format!("{}\n{}", n.name, n.op))
-        );
+        let _ = writeln!(s, "  {} [label={}{shape}];", dot_str(&n.name), dot_str(&format!("{}\n{}", n.name, n.op)));
     }
     for n in &plan.nodes {
         for (in_port, r) in &n.inputs {
@@ -68,11 +60,7 @@ pub fn render_dot(plan: &Plan) -> String {
             if r.port == FAILURES_PORT {
                 attrs.push("style=dashed".into());
             }
-            let attrs = if attrs.is_empty() {
-                String::new()
-            } else {
-                format!(" [{}]", attrs.join(", "))
-            };
+            let attrs = if attrs.is_empty() { String::new() } else { format!(" [{}]", attrs.join(", ")) };
             let _ = writeln!(s, "  {} -> {}{attrs};", dot_str(&r.node), dot_str(&n.name));
         }
     }
@@ -101,12 +89,7 @@ pub fn render_mermaid(plan: &Plan) -> String {
     let mut s = String::new();
     let _ = writeln!(s, "%% {}", mermaid_text(&plan.header.name));
     let _ = writeln!(s, "flowchart LR");
-    let id = |name: &str| {
-        plan.nodes
-            .iter()
-            .position(|n| n.name == name)
-            .map(|i| format!("n{i}"))
-    };
+    let id = |name: &str| plan.nodes.iter().position(|n| n.name == name).map(|i| format!("n{i}"));
     for (i, n) in plan.nodes.iter().enumerate() {
         let label = format!("\"{}<br/>{}\"", mermaid_text(&n.name), mermaid_text(n.op));
         let shaped = if n.spec.is_source {

@@ -18,31 +18,16 @@ impl ParamsSchema {
     /// Read the parts of `schema` we use; never fails (unknown shapes mean "no information").
     pub fn new(schema: &schemars::Schema) -> Self {
         let root = schema.as_value().clone();
-        let properties = root
-            .get("properties")
-            .and_then(Value::as_object)
-            .map(|m| m.keys().cloned().collect::<Vec<_>>());
+        let properties =
+            root.get("properties").and_then(Value::as_object).map(|m| m.keys().cloned().collect::<Vec<_>>());
         let closed = properties.is_some()
-            && !matches!(
-                root.get("additionalProperties"),
-                Some(Value::Bool(true)) | Some(Value::Object(_))
-            );
+            && !matches!(root.get("additionalProperties"), Some(Value::Bool(true)) | Some(Value::Object(_)));
         let required = root
             .get("required")
             .and_then(Value::as_array)
-            .map(|a| {
-                a.iter()
-                    .filter_map(Value::as_str)
-                    .map(str::to_string)
-                    .collect()
-            })
+            .map(|a| a.iter().filter_map(Value::as_str).map(str::to_string).collect())
             .unwrap_or_default();
-        ParamsSchema {
-            properties,
-            closed,
-            required,
-            root,
-        }
+        ParamsSchema { properties, closed, required, root }
     }
 
     /// Whether `key` is a known property (always true when the schema lists none).
@@ -110,27 +95,15 @@ impl ParamsSchema {
     /// The first sentence of the property's doc comment.
     pub fn doc(&self, key: &str) -> Option<String> {
         let d = self.property(key)?.get("description")?.as_str()?;
-        let first = d
-            .split(". ")
-            .next()
-            .unwrap_or(d)
-            .trim()
-            .trim_end_matches('.');
-        if first.is_empty() {
-            None
-        } else {
-            Some(first.replace('\n', " "))
-        }
+        let first = d.split(". ").next().unwrap_or(d).trim().trim_end_matches('.');
+        if first.is_empty() { None } else { Some(first.replace('\n', " ")) }
     }
 
     fn enum_values(&self, v: &Value) -> Option<Vec<String>> {
         if let Some(e) = v.get("enum").and_then(Value::as_array) {
             return Some(e.iter().map(json_short).collect());
         }
-        let alts = v
-            .get("oneOf")
-            .or_else(|| v.get("anyOf"))
-            .and_then(Value::as_array)?;
+        let alts = v.get("oneOf").or_else(|| v.get("anyOf")).and_then(Value::as_array)?;
         let mut out = Vec::new();
         for a in alts {
             let a = self.resolve(a);
@@ -157,10 +130,7 @@ impl ParamsSchema {
         match type_of(v) {
             Some("string") => "a string".into(),
             Some("integer") => {
-                if v.get("minimum")
-                    .and_then(Value::as_f64)
-                    .is_some_and(|m| m >= 0.0)
-                {
+                if v.get("minimum").and_then(Value::as_f64).is_some_and(|m| m >= 0.0) {
                     "a non-negative integer".into()
                 } else {
                     "an integer".into()
@@ -180,11 +150,7 @@ impl ParamsSchema {
             _ => match v.get("type").and_then(Value::as_array) {
                 // Option<T>: ["string", "null"]
                 Some(types) => {
-                    let names: Vec<&str> = types
-                        .iter()
-                        .filter_map(Value::as_str)
-                        .filter(|t| *t != "null")
-                        .collect();
+                    let names: Vec<&str> = types.iter().filter_map(Value::as_str).filter(|t| *t != "null").collect();
                     match names.as_slice() {
                         [one] => article(one),
                         _ => "a value".into(),
@@ -221,15 +187,8 @@ fn plural(desc: &str) -> String {
     if let Some(rest) = desc.strip_prefix("one of ") {
         return format!("{rest} values");
     }
-    let bare = desc
-        .strip_prefix("an ")
-        .or_else(|| desc.strip_prefix("a "))
-        .unwrap_or(desc);
-    if bare.starts_with('`') {
-        format!("{bare} values")
-    } else {
-        format!("{bare}s")
-    }
+    let bare = desc.strip_prefix("an ").or_else(|| desc.strip_prefix("a ")).unwrap_or(desc);
+    if bare.starts_with('`') { format!("{bare} values") } else { format!("{bare}s") }
 }
 
 #[cfg(test)]
@@ -264,10 +223,7 @@ mod tests {
         assert_eq!(s.describe("paths").unwrap(), "an array of strings");
         assert_eq!(s.describe("threads").unwrap(), "a non-negative integer");
         assert_eq!(s.describe("format").unwrap(), "one of `auto` or `csv`");
-        assert_eq!(
-            s.describe("kinds").unwrap(),
-            "an array of `video` or `clip` values"
-        );
+        assert_eq!(s.describe("kinds").unwrap(), "an array of `video` or `clip` values");
         assert_eq!(s.describe("opt").unwrap(), "a number");
         assert_eq!(s.example("paths"), "[\"...\"]");
         assert_eq!(s.example("format"), "\"auto\"");

@@ -27,11 +27,7 @@ where
         }
     }
     // Fewest edits first, then the most similar, then alphabetical.
-    scored.sort_by(|a, b| {
-        a.0.cmp(&b.0)
-            .then_with(|| b.1.total_cmp(&a.1))
-            .then_with(|| a.2.cmp(b.2))
-    });
+    scored.sort_by(|a, b| a.0.cmp(&b.0).then_with(|| b.1.total_cmp(&a.1)).then_with(|| a.2.cmp(b.2)));
     scored.dedup_by(|a, b| a.2 == b.2);
     scored.into_iter().take(3).map(|(_, _, c)| c).collect()
 }
@@ -40,17 +36,13 @@ where
 /// `word` (a missing stage prefix, e.g. `files` → `source.files`), then close matches.
 pub fn suggest_ops<'c>(word: &str, names: &[&'c str]) -> Vec<&'c str> {
     let lower = word.to_lowercase();
-    let mut out: Vec<&'c str> = names
-        .iter()
-        .copied()
-        .filter(|n| n.split_once('.').is_some_and(|(_, op)| op == lower))
-        .collect();
+    let mut out: Vec<&'c str> =
+        names.iter().copied().filter(|n| n.split_once('.').is_some_and(|(_, op)| op == lower)).collect();
     // `files.source` (parts swapped) and `source_files` / `source-files` (wrong separator).
     let normalized = lower.replace(['_', '-', '/', ':'], ".");
     for n in names {
         let swapped = n.split_once('.').map(|(s, o)| format!("{o}.{s}"));
-        if (swapped.as_deref() == Some(normalized.as_str()) || *n == normalized) && !out.contains(n)
-        {
+        if (swapped.as_deref() == Some(normalized.as_str()) || *n == normalized) && !out.contains(n) {
             out.push(n);
         }
     }
@@ -61,15 +53,9 @@ pub fn suggest_ops<'c>(word: &str, names: &[&'c str]) -> Vec<&'c str> {
     }
     // Also match the name part alone against the name parts of candidates (`source.fils`).
     if let Some((_, op)) = lower.split_once('.') {
-        let parts: Vec<&str> = names
-            .iter()
-            .filter_map(|n| n.split_once('.').map(|(_, o)| o))
-            .collect();
+        let parts: Vec<&str> = names.iter().filter_map(|n| n.split_once('.').map(|(_, o)| o)).collect();
         for p in did_you_mean(op, parts.iter().copied()) {
-            for n in names
-                .iter()
-                .filter(|n| n.split_once('.').is_some_and(|(_, o)| o == p))
-            {
+            for n in names.iter().filter(|n| n.split_once('.').is_some_and(|(_, o)| o == p)) {
                 if !out.contains(n) {
                     out.push(n);
                 }
@@ -92,11 +78,7 @@ pub fn or_list(items: &[&str]) -> String {
 
 /// "did you mean `x`?" for the given suggestions, or `None`.
 pub fn did_you_mean_fix(suggestions: &[&str]) -> Option<String> {
-    if suggestions.is_empty() {
-        None
-    } else {
-        Some(format!("did you mean {}?", or_list(suggestions)))
-    }
+    if suggestions.is_empty() { None } else { Some(format!("did you mean {}?", or_list(suggestions))) }
 }
 
 #[cfg(test)]
@@ -142,10 +124,7 @@ mod tests {
         assert_eq!(or_list(&["a"]), "`a`");
         assert_eq!(or_list(&["a", "b"]), "`a` or `b`");
         assert_eq!(or_list(&["a", "b", "c"]), "`a`, `b` or `c`");
-        assert_eq!(
-            did_you_mean_fix(&["x"]).as_deref(),
-            Some("did you mean `x`?")
-        );
+        assert_eq!(did_you_mean_fix(&["x"]).as_deref(), Some("did you mean `x`?"));
         assert_eq!(did_you_mean_fix(&[]), None);
     }
 }

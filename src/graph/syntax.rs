@@ -36,9 +36,7 @@ pub fn parse<'i>(text: &'i str, sink: &mut Sink<'_>) -> Option<Spanned<DeTable<'
     for (start, end, message) in errs {
         let line = sink.index.line(start);
         let duplicate = message == "duplicate key";
-        if reported_lines.contains(&line)
-            || (duplicate && shadowed.iter().any(|r| r.contains(&line)))
-        {
+        if reported_lines.contains(&line) || (duplicate && shadowed.iter().any(|r| r.contains(&line))) {
             continue;
         }
         // After the first real syntax error the parser's recovery guesses (an unclosed string
@@ -53,12 +51,7 @@ pub fn parse<'i>(text: &'i str, sink: &mut Sink<'_>) -> Option<Spanned<DeTable<'
         reported_lines.push(line);
         if message == "duplicate key" {
             if report_duplicate(start..end, line, &headers, sink) {
-                let next = headers
-                    .iter()
-                    .map(|h| h.line)
-                    .filter(|&l| l > line)
-                    .min()
-                    .unwrap_or(usize::MAX);
+                let next = headers.iter().map(|h| h.line).filter(|&l| l > line).min().unwrap_or(usize::MAX);
                 shadowed.push(line + 1..next);
             }
         } else {
@@ -75,12 +68,7 @@ fn first_was_duplicate_only(kinds: &[bool]) -> bool {
 }
 
 /// A repeated key or table: name the first definition when it is a table header (then true).
-fn report_duplicate(
-    span: Range<usize>,
-    line: usize,
-    headers: &[Header],
-    sink: &mut Sink<'_>,
-) -> bool {
+fn report_duplicate(span: Range<usize>, line: usize, headers: &[Header], sink: &mut Sink<'_>) -> bool {
     let here = headers.iter().find(|h| h.line == line);
     let first = here.and_then(|h| headers.iter().find(|f| f.path == h.path && f.line < line));
     match (here, first) {
@@ -91,17 +79,16 @@ fn report_duplicate(
                     h.offset,
                     Some(&name),
                     format!("duplicate node name `{name}` (first defined at line {})", first.line),
-                    Some(format!("rename one of them, e.g. [nodes.{name}_2], and update the `inputs` that refer to it")),
+                    Some(format!(
+                        "rename one of them, e.g. [nodes.{name}_2], and update the `inputs` that refer to it"
+                    )),
                 );
             } else {
                 let joined = h.path.join(".");
                 sink.error(
                     h.offset,
                     None,
-                    format!(
-                        "table `[{joined}]` is defined twice (first at line {})",
-                        first.line
-                    ),
+                    format!("table `[{joined}]` is defined twice (first at line {})", first.line),
                     Some("merge the two tables into one".into()),
                 );
             }
@@ -109,11 +96,7 @@ fn report_duplicate(
         }
         _ => {
             let key = sink.index.slice(&span).to_string();
-            let what = if key.is_empty() {
-                "duplicate key".to_string()
-            } else {
-                format!("duplicate key `{key}`")
-            };
+            let what = if key.is_empty() { "duplicate key".to_string() } else { format!("duplicate key `{key}`") };
             sink.error(
                 span.start,
                 None,
@@ -130,11 +113,8 @@ fn syntax_fix(message: &str) -> String {
     let m = message.to_lowercase();
     if m.contains("must be quoted") {
         "quote string values, e.g. op = \"source.files\"".into()
-    } else if m.contains("string")
-        && (m.contains("invalid") || m.contains("unclosed") || m.contains("expected `\"`"))
-    {
-        "close the string with the same quote it starts with (use '...' for text containing \\)"
-            .into()
+    } else if m.contains("string") && (m.contains("invalid") || m.contains("unclosed") || m.contains("expected `\"`")) {
+        "close the string with the same quote it starts with (use '...' for text containing \\)".into()
     } else if m.contains("unclosed table") {
         "close the table header with `]`, e.g. [nodes.raw]".into()
     } else if m.contains("array") {
@@ -173,11 +153,7 @@ fn scan_headers(text: &str) -> Vec<Header> {
             continue;
         }
         if let Some(path) = parse_header_path(&trimmed[1..]) {
-            out.push(Header {
-                path,
-                line: i + 1,
-                offset: line_offset + lead,
-            });
+            out.push(Header { path, line: i + 1, offset: line_offset + lead });
         }
     }
     out
@@ -249,9 +225,7 @@ fn check_numbers(v: &SValue<'_>, sink: &mut Sink<'_>) {
                     v.span().start,
                     None,
                     format!("integer `{text}` does not fit in 64 bits"),
-                    Some(
-                        "use a number between -9223372036854775808 and 9223372036854775807".into(),
-                    ),
+                    Some("use a number between -9223372036854775808 and 9223372036854775807".into()),
                 );
             }
         }
@@ -279,27 +253,19 @@ fn check_numbers(v: &SValue<'_>, sink: &mut Sink<'_>) {
 /// A TOML float's value; `None` when it overflows without being spelled `inf`.
 fn float_value(s: &str) -> Option<f64> {
     let f: f64 = s.parse().ok()?;
-    if f.is_infinite() && !s.contains("inf") {
-        None
-    } else {
-        Some(f)
-    }
+    if f.is_infinite() && !s.contains("inf") { None } else { Some(f) }
 }
 
 /// Convert a spanned value into a plain TOML value (numbers were checked by [`parse`]).
 pub fn to_value(v: &DeValue<'_>) -> toml::Value {
     match v {
         DeValue::String(s) => toml::Value::String(s.to_string()),
-        DeValue::Integer(i) => {
-            toml::Value::Integer(i64::from_str_radix(i.as_str(), i.radix()).unwrap_or(0))
-        }
+        DeValue::Integer(i) => toml::Value::Integer(i64::from_str_radix(i.as_str(), i.radix()).unwrap_or(0)),
         DeValue::Float(f) => toml::Value::Float(float_value(f.as_str()).unwrap_or(0.0)),
         DeValue::Boolean(b) => toml::Value::Boolean(*b),
         DeValue::Datetime(d) => toml::Value::Datetime(*d),
         DeValue::Array(a) => toml::Value::Array(a.iter().map(|x| to_value(x.get_ref())).collect()),
-        DeValue::Table(t) => {
-            toml::Value::Table(to_table(t.iter().map(|(k, v)| (k.get_ref().as_ref(), v))))
-        }
+        DeValue::Table(t) => toml::Value::Table(to_table(t.iter().map(|(k, v)| (k.get_ref().as_ref(), v)))),
     }
 }
 
@@ -316,9 +282,7 @@ where
 }
 
 /// The entries of a spanned table in file order (the parser keeps them sorted by key).
-pub fn entries_in_order<'a, 'i>(
-    t: &'a DeTable<'i>,
-) -> Vec<(&'a Spanned<std::borrow::Cow<'i, str>>, &'a SValue<'i>)> {
+pub fn entries_in_order<'a, 'i>(t: &'a DeTable<'i>) -> Vec<(&'a Spanned<std::borrow::Cow<'i, str>>, &'a SValue<'i>)> {
     let mut v: Vec<_> = t.iter().collect();
     v.sort_by_key(|(k, _)| k.span().start);
     v
@@ -409,18 +373,9 @@ mod tests {
 
     #[test]
     fn header_paths() {
-        assert_eq!(
-            parse_header_path("nodes.raw]"),
-            Some(vec!["nodes".into(), "raw".into()])
-        );
-        assert_eq!(
-            parse_header_path(" nodes . \"a b\" ] # c"),
-            Some(vec!["nodes".into(), "a b".into()])
-        );
-        assert_eq!(
-            parse_header_path("nodes.'x.y']"),
-            Some(vec!["nodes".into(), "x.y".into()])
-        );
+        assert_eq!(parse_header_path("nodes.raw]"), Some(vec!["nodes".into(), "raw".into()]));
+        assert_eq!(parse_header_path(" nodes . \"a b\" ] # c"), Some(vec!["nodes".into(), "a b".into()]));
+        assert_eq!(parse_header_path("nodes.'x.y']"), Some(vec!["nodes".into(), "x.y".into()]));
         assert_eq!(parse_header_path("nodes.raw"), None);
         assert_eq!(parse_header_path("]"), None);
         assert_eq!(parse_header_path("\"unclosed]"), None);
@@ -429,19 +384,10 @@ mod tests {
     #[test]
     fn paths_split() {
         assert_eq!(split_path(""), vec![]);
-        assert_eq!(
-            split_path("paths[0]"),
-            vec![Seg::Key("paths".into()), Seg::Index(0)]
-        );
+        assert_eq!(split_path("paths[0]"), vec![Seg::Key("paths".into()), Seg::Index(0)]);
         assert_eq!(
             split_path("a.b[2][1].c"),
-            vec![
-                Seg::Key("a".into()),
-                Seg::Key("b".into()),
-                Seg::Index(2),
-                Seg::Index(1),
-                Seg::Key("c".into())
-            ]
+            vec![Seg::Key("a".into()), Seg::Key("b".into()), Seg::Index(2), Seg::Index(1), Seg::Key("c".into())]
         );
         assert_eq!(split_path("a[x].b"), vec![Seg::Key("a".into())]);
         assert_eq!(split_path("a[1"), vec![Seg::Key("a".into())]);
@@ -481,9 +427,6 @@ mod tests {
         let d = sink.into_sorted();
         assert_eq!(d.len(), 1, "{d:?}");
         assert_eq!((d[0].line, d[0].col), (4, 1));
-        assert_eq!(
-            d[0].message,
-            "duplicate node name `a` (first defined at line 1)"
-        );
+        assert_eq!(d[0].message, "duplicate node name `a` (first defined at line 1)");
     }
 }

@@ -3,8 +3,8 @@
 
 use super::*;
 use medgen_operators::api::{
-    BuildCtx, BuildError, CheckCtx, FAILURES_PORT, InPort, Inputs, Kind, OUT_PORT, OpSpec, OutKind,
-    OutPort, Outputs, ParamIssue, TypedOperator,
+    BuildCtx, BuildError, CheckCtx, FAILURES_PORT, InPort, Inputs, Kind, OUT_PORT, OpSpec, OutKind, OutPort, Outputs,
+    ParamIssue, TypedOperator,
 };
 use serde::{Deserialize, Serialize};
 
@@ -36,11 +36,7 @@ macro_rules! test_op {
             }
             fn check(&self, p: &TParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
                 if p.threshold < 0.0 {
-                    vec![ParamIssue::error(
-                        "threshold",
-                        "must not be negative",
-                        Some("e.g. threshold = 0.5".into()),
-                    )]
+                    vec![ParamIssue::error("threshold", "must not be negative", Some("e.g. threshold = 0.5".into()))]
                 } else {
                     Vec::new()
                 }
@@ -51,10 +47,7 @@ macro_rules! test_op {
                 _p: &TParams,
                 _inputs: Inputs<'s>,
             ) -> Result<Outputs<'s>, BuildError> {
-                Err(BuildError::Invalid {
-                    node: ctx.node.clone(),
-                    message: "test operator".into(),
-                })
+                Err(BuildError::Invalid { node: ctx.node.clone(), message: "test operator".into() })
             }
         }
     };
@@ -63,62 +56,26 @@ macro_rules! test_op {
 test_op!(
     Segment,
     "test.segment",
-    &[InPort {
-        name: "in",
-        kinds: &[Kind::Video],
-        required: true,
-        doc: ""
-    }],
-    &[OutPort {
-        name: OUT_PORT,
-        kind: OutKind::Fixed(Kind::Clip),
-        doc: ""
-    }]
+    &[InPort { name: "in", kinds: &[Kind::Video], required: true, doc: "" }],
+    &[OutPort { name: OUT_PORT, kind: OutKind::Fixed(Kind::Clip), doc: "" }]
 );
 test_op!(
     Filter,
     "test.filter",
-    &[InPort {
-        name: "in",
-        kinds: &[],
-        required: true,
-        doc: ""
-    }],
+    &[InPort { name: "in", kinds: &[], required: true, doc: "" }],
     &[
-        OutPort {
-            name: OUT_PORT,
-            kind: OutKind::SameAs("in"),
-            doc: ""
-        },
-        OutPort {
-            name: "rejected",
-            kind: OutKind::SameAs("in"),
-            doc: ""
-        }
+        OutPort { name: OUT_PORT, kind: OutKind::SameAs("in"), doc: "" },
+        OutPort { name: "rejected", kind: OutKind::SameAs("in"), doc: "" }
     ]
 );
 test_op!(
     Join,
     "test.join",
     &[
-        InPort {
-            name: "clips",
-            kinds: &[Kind::Clip],
-            required: true,
-            doc: ""
-        },
-        InPort {
-            name: "captions",
-            kinds: &[Kind::Caption],
-            required: false,
-            doc: ""
-        }
+        InPort { name: "clips", kinds: &[Kind::Clip], required: true, doc: "" },
+        InPort { name: "captions", kinds: &[Kind::Caption], required: false, doc: "" }
     ],
-    &[OutPort {
-        name: OUT_PORT,
-        kind: OutKind::Fixed(Kind::Caption),
-        doc: ""
-    }]
+    &[OutPort { name: OUT_PORT, kind: OutKind::Fixed(Kind::Caption), doc: "" }]
 );
 
 /// The built-in registry plus the test operators.
@@ -129,21 +86,13 @@ pub struct TestCatalog {
 
 impl TestCatalog {
     pub fn new() -> Self {
-        TestCatalog {
-            builtin: Registry::builtin(),
-            extra: vec![Box::new(Segment), Box::new(Filter), Box::new(Join)],
-        }
+        TestCatalog { builtin: Registry::builtin(), extra: vec![Box::new(Segment), Box::new(Filter), Box::new(Join)] }
     }
 }
 
 impl OpCatalog for TestCatalog {
     fn op(&self, name: &str) -> Option<&dyn Operator> {
-        self.builtin.get(name).or_else(|| {
-            self.extra
-                .iter()
-                .find(|o| o.spec().name == name)
-                .map(|b| b.as_ref())
-        })
+        self.builtin.get(name).or_else(|| self.extra.iter().find(|o| o.spec().name == name).map(|b| b.as_ref()))
     }
     fn op_names(&self) -> Vec<&'static str> {
         let mut v = self.builtin.names();
@@ -204,31 +153,13 @@ inputs = [\"cap\", \"seg.failures\"]
     let keep = plan.node("keep").expect("keep");
     assert_eq!(keep.out_kinds["out"], BTreeSet::from([Kind::Video]));
     assert_eq!(keep.out_kinds["rejected"], BTreeSet::from([Kind::Video]));
-    assert_eq!(
-        keep.out_kinds[FAILURES_PORT],
-        BTreeSet::from([Kind::Failure])
-    );
+    assert_eq!(keep.out_kinds[FAILURES_PORT], BTreeSet::from([Kind::Failure]));
     let seg = plan.node("seg").expect("seg");
     assert_eq!(seg.inputs.len(), 2);
-    assert_eq!(
-        seg.inputs[1],
-        (
-            "in",
-            InputRef {
-                node: "keep".into(),
-                port: "rejected".into()
-            }
-        )
-    );
+    assert_eq!(seg.inputs[1], ("in", InputRef { node: "keep".into(), port: "rejected".into() }));
     assert_eq!(
         plan.node("cap").expect("cap").inputs,
-        vec![(
-            "clips",
-            InputRef {
-                node: "seg".into(),
-                port: "out".into()
-            }
-        )]
+        vec![("clips", InputRef { node: "seg".into(), port: "out".into() })]
     );
     assert!(plan.warnings.is_empty(), "{:?}", plan.warnings);
 }
@@ -249,17 +180,10 @@ inputs = [\"seg\"]
     );
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert_eq!(
-        e[0].message,
-        "input `raw.failures` carries Failure but `test.segment` port `in` accepts Video"
-    );
+    assert_eq!(e[0].message, "input `raw.failures` carries Failure but `test.segment` port `in` accepts Video");
     assert_eq!((e[0].line, e[0].col), (7, 11));
     assert_eq!(e[0].node.as_deref(), Some("seg"));
-    assert!(
-        e[0].fix.as_deref().unwrap_or("").contains("`raw` (Video)"),
-        "{:?}",
-        e[0].fix
-    );
+    assert!(e[0].fix.as_deref().unwrap_or("").contains("`raw` (Video)"), "{:?}", e[0].fix);
 }
 
 #[test]
@@ -283,11 +207,7 @@ inputs = [\"seg\"]
     );
     let e = errors(&text);
     assert_eq!(e.len(), 1, "{e:?}");
-    assert!(
-        e[0].message.contains("input `keep` carries Failure"),
-        "{}",
-        e[0].message
-    );
+    assert!(e[0].message.contains("input `keep` carries Failure"), "{}", e[0].message);
 }
 
 #[test]
@@ -319,22 +239,11 @@ inputs = [\"cap\", \"cap2\", \"cap3\"]
     let e = errors(&text);
     let msgs: Vec<&str> = e.iter().map(|d| d.message.as_str()).collect();
     assert_eq!(e.len(), 3, "{msgs:?}");
-    assert!(
-        msgs[0].contains("has several input ports (`clips` or `captions`)"),
-        "{msgs:?}"
-    );
-    assert!(
-        e[0].fix
-            .as_deref()
-            .unwrap_or("")
-            .contains("inputs = { clips = \"...\", captions = \"...\" }")
-    );
+    assert!(msgs[0].contains("has several input ports (`clips` or `captions`)"), "{msgs:?}");
+    assert!(e[0].fix.as_deref().unwrap_or("").contains("inputs = { clips = \"...\", captions = \"...\" }"));
     assert_eq!(msgs[1], "`test.join` has no input port `clip`");
     assert_eq!(e[1].fix.as_deref(), Some("did you mean `clips`?"));
-    assert_eq!(
-        msgs[2],
-        "required input port `clips` of `test.join` is not connected"
-    );
+    assert_eq!(msgs[2], "required input port `clips` of `test.join` is not connected");
     assert_eq!(e[2].node.as_deref(), Some("cap3"));
 }
 

@@ -8,9 +8,7 @@ use super::schema::ParamsSchema;
 use super::suggest::{did_you_mean, did_you_mean_fix, or_list, suggest_ops};
 use super::syntax::{self, SValue, entries_in_order, key_span, locate, type_name};
 use super::{GraphHeader, InputRef, OpCatalog, Plan, PlannedNode};
-use medgen_operators::api::{
-    CheckCtx, FAILURES_PORT, Kind, OUT_PORT, OpSpec, OutKind, ParamIssue, Params,
-};
+use medgen_operators::api::{CheckCtx, FAILURES_PORT, Kind, OUT_PORT, OpSpec, OutKind, ParamIssue, Params};
 use medgen_operators::api::{Operator, RunSettings};
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::ops::Range;
@@ -19,39 +17,20 @@ use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
 /// Keys of the `[graph]` table.
-pub const GRAPH_KEYS: [&str; 6] = [
-    "name",
-    "description",
-    "store",
-    "max_attempts",
-    "quarantine_after",
-    "item_timeout_s",
-];
+pub const GRAPH_KEYS: [&str; 6] =
+    ["name", "description", "store", "max_attempts", "quarantine_after", "item_timeout_s"];
 
 /// The example shown when a graph has no nodes.
-const NODE_EXAMPLE: &str =
-    "add a node, e.g. [nodes.raw] with op = \"source.files\" and paths = [\"videos/*.mp4\"]";
+const NODE_EXAMPLE: &str = "add a node, e.g. [nodes.raw] with op = \"source.files\" and paths = [\"videos/*.mp4\"]";
 
 /// Whether `name` is a valid node name: ASCII letters, digits, `_` and `-`.
 pub fn valid_node_name(name: &str) -> bool {
-    !name.is_empty()
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
+    !name.is_empty() && name.chars().all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-')
 }
 
 /// `name` with every invalid character replaced by `_` (for fixes).
 fn sanitize_name(name: &str) -> String {
-    let s: String = name
-        .chars()
-        .map(|c| {
-            if c.is_ascii_alphanumeric() || c == '-' {
-                c
-            } else {
-                '_'
-            }
-        })
-        .collect();
+    let s: String = name.chars().map(|c| if c.is_ascii_alphanumeric() || c == '-' { c } else { '_' }).collect();
     if s.is_empty() { "node".into() } else { s }
 }
 
@@ -136,23 +115,10 @@ pub fn validate(text: &str, path: &Path, catalog: &dyn OpCatalog) -> Result<Plan
         }
     }
 
-    let stem = path
-        .file_stem()
-        .map(|s| s.to_string_lossy().into_owned())
-        .filter(|s| !s.is_empty());
-    let header = read_header(
-        graph_entry.as_ref().map(|(_, v)| *v),
-        stem.unwrap_or_else(|| "graph".into()),
-        &mut sink,
-    );
+    let stem = path.file_stem().map(|s| s.to_string_lossy().into_owned()).filter(|s| !s.is_empty());
+    let header = read_header(graph_entry.as_ref().map(|(_, v)| *v), stem.unwrap_or_else(|| "graph".into()), &mut sink);
 
-    let mut drafts = read_nodes(
-        nodes_entry,
-        graph_entry.as_ref().map(|(k, _)| k.start),
-        catalog,
-        &base_dir,
-        &mut sink,
-    );
+    let mut drafts = read_nodes(nodes_entry, graph_entry.as_ref().map(|(k, _)| k.start), catalog, &base_dir, &mut sink);
 
     // Inputs, then edges between known nodes.
     let errors_before_edges = sink.error_count();
@@ -186,13 +152,7 @@ pub fn validate(text: &str, path: &Path, catalog: &dyn OpCatalog) -> Result<Plan
             .filter(|e| e.to == i)
             .filter_map(|e| {
                 let from = drafts.get(e.from)?;
-                Some((
-                    e.port,
-                    InputRef {
-                        node: from.name.clone(),
-                        port: e.from_port.clone(),
-                    },
-                ))
+                Some((e.port, InputRef { node: from.name.clone(), port: e.from_port.clone() }))
             })
             .collect();
         nodes.push(PlannedNode {
@@ -207,43 +167,28 @@ pub fn validate(text: &str, path: &Path, catalog: &dyn OpCatalog) -> Result<Plan
         });
     }
     let warnings = sink.into_sorted();
-    Ok(Plan {
-        path: path.to_path_buf(),
-        base_dir,
-        source_hash,
-        header,
-        nodes,
-        warnings,
-    })
+    Ok(Plan { path: path.to_path_buf(), base_dir, source_hash, header, nodes, warnings })
 }
 
 fn unknown_top_level(key: &str, span: Range<usize>, v: &SValue<'_>, sink: &mut Sink<'_>) {
     let is_node_like = matches!(v.get_ref(), DeValue::Table(t) if t.contains_key("op"));
     let fix = if is_node_like {
-        Some(format!(
-            "nodes are declared under `nodes`: write [nodes.{key}] instead of [{key}]"
-        ))
+        Some(format!("nodes are declared under `nodes`: write [nodes.{key}] instead of [{key}]"))
     } else if GRAPH_KEYS.contains(&key) {
         Some(format!("move `{key}` into the [graph] table"))
     } else if let Some(f) = did_you_mean_fix(&did_you_mean(key, ["graph", "nodes"])) {
         Some(f)
     } else {
-        Some("a graph file holds only a [graph] table and [nodes.NAME] tables; remove it or move it into one of them".into())
+        Some(
+            "a graph file holds only a [graph] table and [nodes.NAME] tables; remove it or move it into one of them"
+                .into(),
+        )
     };
-    sink.error(
-        span.start,
-        None,
-        format!("unknown top-level key `{key}`"),
-        fix,
-    );
+    sink.error(span.start, None, format!("unknown top-level key `{key}`"), fix);
 }
 
 /// Read the `[graph]` table; defaults for what is missing.
-fn read_header(
-    graph: Option<&SValue<'_>>,
-    default_name: String,
-    sink: &mut Sink<'_>,
-) -> GraphHeader {
+fn read_header(graph: Option<&SValue<'_>>, default_name: String, sink: &mut Sink<'_>) -> GraphHeader {
     let defaults = RunSettings::default();
     let mut h = GraphHeader {
         name: default_name,
@@ -276,11 +221,7 @@ fn read_header(
                         "`name` is empty",
                         Some("e.g. name = \"demo\" (or leave it out to use the file name)".into()),
                     );
-                } else if s.contains(['/', '\\'])
-                    || s.chars().any(char::is_control)
-                    || s == "."
-                    || s == ".."
-                {
+                } else if s.contains(['/', '\\']) || s.chars().any(char::is_control) || s == "." || s == ".." {
                     // The name becomes a folder name (`runs/<name>` by default).
                     sink.error(
                         at,
@@ -338,9 +279,7 @@ fn read_header(
                     sink.error(
                         at,
                         None,
-                        format!(
-                            "`item_timeout_s` must be a positive number of seconds, found {secs}"
-                        ),
+                        format!("`item_timeout_s` must be a positive number of seconds, found {secs}"),
                         Some("e.g. item_timeout_s = 600.0".into()),
                     );
                 }
@@ -370,21 +309,13 @@ fn read_header(
                 );
             }
             (other, _) => {
-                let fix = if other == "nodes"
-                    || matches!(v.get_ref(), DeValue::Table(n) if n.contains_key("op"))
-                {
+                let fix = if other == "nodes" || matches!(v.get_ref(), DeValue::Table(n) if n.contains_key("op")) {
                     Some("nodes are tables of their own: [nodes.NAME], not inside [graph]".into())
                 } else {
-                    did_you_mean_fix(&did_you_mean(other, GRAPH_KEYS)).or_else(|| {
-                        Some(format!("the [graph] table takes {}", or_list(&GRAPH_KEYS)))
-                    })
+                    did_you_mean_fix(&did_you_mean(other, GRAPH_KEYS))
+                        .or_else(|| Some(format!("the [graph] table takes {}", or_list(&GRAPH_KEYS))))
                 };
-                sink.error(
-                    k.span().start,
-                    None,
-                    format!("unknown key `{other}` in [graph]"),
-                    fix,
-                );
+                sink.error(k.span().start, None, format!("unknown key `{other}` in [graph]"), fix);
             }
         }
     }
@@ -413,31 +344,19 @@ fn read_nodes<'d, 'i, 'c>(
         sink.error(
             nodes_val.span().start,
             None,
-            format!(
-                "`nodes` must be a table of nodes, found {}",
-                type_name(nodes_val.get_ref())
-            ),
+            format!("`nodes` must be a table of nodes, found {}", type_name(nodes_val.get_ref())),
             Some("declare each node as its own table: [nodes.NAME] with op = \"...\"".into()),
         );
         return drafts;
     };
     if t.is_empty() {
-        sink.error(
-            nodes_key.start,
-            None,
-            "`[nodes]` holds no nodes",
-            Some(NODE_EXAMPLE.into()),
-        );
+        sink.error(nodes_key.start, None, "`[nodes]` holds no nodes", Some(NODE_EXAMPLE.into()));
         return drafts;
     }
     let op_names = catalog.op_names();
     for (k, v) in entries_in_order(t) {
         let name = k.get_ref().to_string();
-        let header = if sink.index.slice(&v.span()).starts_with('[') {
-            v.span().start
-        } else {
-            k.span().start
-        };
+        let header = if sink.index.slice(&v.span()).starts_with('[') { v.span().start } else { k.span().start };
         if !valid_node_name(&name) {
             sink.error(
                 k.span().start,
@@ -460,10 +379,7 @@ fn read_nodes<'d, 'i, 'c>(
             sink.error(
                 v.span().start,
                 Some(&d.name),
-                format!(
-                    "a node must be a table with an `op`, found {}",
-                    type_name(v.get_ref())
-                ),
+                format!("a node must be a table with an `op`, found {}", type_name(v.get_ref())),
                 Some(format!(
                     "write [nodes.{}] on its own line, then op = \"...\" and the params below it",
                     sanitize_name(&d.name)
@@ -476,10 +392,7 @@ fn read_nodes<'d, 'i, 'c>(
         match nt.get_key_value("op") {
             None => {
                 let alias = nt.iter().map(|(k, _)| k).find(|k| {
-                    matches!(
-                        k.get_ref().as_ref(),
-                        "type" | "operator" | "kind" | "ops" | "operation" | "opp"
-                    )
+                    matches!(k.get_ref().as_ref(), "type" | "operator" | "kind" | "ops" | "operation" | "opp")
                 });
                 let fix = match alias {
                     Some(a) => format!("rename `{}` to `op`", a.get_ref()),
@@ -496,14 +409,9 @@ fn read_nodes<'d, 'i, 'c>(
                     }
                     None => {
                         let sugg = suggest_ops(op, &op_names);
-                        let fix = did_you_mean_fix(&sugg)
-                            .unwrap_or_else(|| "run `medgen ops` to list the operators".into());
-                        sink.error(
-                            op_val.span().start,
-                            Some(&d.name),
-                            format!("unknown op `{op}`"),
-                            Some(fix),
-                        );
+                        let fix =
+                            did_you_mean_fix(&sugg).unwrap_or_else(|| "run `medgen ops` to list the operators".into());
+                        sink.error(op_val.span().start, Some(&d.name), format!("unknown op `{op}`"), Some(fix));
                     }
                 },
                 other => {
@@ -558,38 +466,19 @@ fn check_params(d: &mut Draft<'_, '_, '_>, base_dir: &Path, sink: &mut Sink<'_>)
         }
         if schema.closed && !schema.knows(key) {
             failed = true;
-            let mut cands: Vec<&str> = schema
-                .properties
-                .iter()
-                .flatten()
-                .map(String::as_str)
-                .collect();
+            let mut cands: Vec<&str> = schema.properties.iter().flatten().map(String::as_str).collect();
             if has_inputs {
                 cands.push("inputs");
             }
-            let fix =
-                did_you_mean_fix(&did_you_mean(key, cands.iter().copied())).unwrap_or_else(|| {
-                    let props: Vec<&str> = schema
-                        .properties
-                        .iter()
-                        .flatten()
-                        .map(String::as_str)
-                        .collect();
-                    if props.is_empty() {
-                        format!("`{op_name}` takes no params; remove it")
-                    } else {
-                        format!(
-                            "`{op_name}` takes {} (see `medgen ops {op_name}`)",
-                            or_list(&props)
-                        )
-                    }
-                });
-            sink.error(
-                k.span().start,
-                node,
-                format!("unknown param `{key}` for `{op_name}`"),
-                Some(fix),
-            );
+            let fix = did_you_mean_fix(&did_you_mean(key, cands.iter().copied())).unwrap_or_else(|| {
+                let props: Vec<&str> = schema.properties.iter().flatten().map(String::as_str).collect();
+                if props.is_empty() {
+                    format!("`{op_name}` takes no params; remove it")
+                } else {
+                    format!("`{op_name}` takes {} (see `medgen ops {op_name}`)", or_list(&props))
+                }
+            });
+            sink.error(k.span().start, node, format!("unknown param `{key}` for `{op_name}`"), Some(fix));
         } else {
             kept.push((key, v));
         }
@@ -642,23 +531,15 @@ fn check_params(d: &mut Draft<'_, '_, '_>, base_dir: &Path, sink: &mut Sink<'_>)
                 };
                 let at = locate(table, &issue.path).map_or(d.header, |s| s.start);
                 let text = clean_message(&issue.message);
-                let message = if issue.path.is_empty() {
-                    text
-                } else {
-                    format!("param `{}`: {text}", issue.path)
-                };
+                let message = if issue.path.is_empty() { text } else { format!("param `{}`: {text}", issue.path) };
                 let fix = issue.fix.clone().or_else(|| {
                     let k = top.as_deref()?;
                     let t = schema.describe(k)?;
                     // A single string where a list of strings goes: show it in brackets.
-                    if let (Some(DeValue::String(v)), true) = (
-                        table.get(k).map(|v| v.get_ref()),
-                        t.starts_with("an array of strings"),
-                    ) {
-                        return Some(format!(
-                            "`{k}` takes {t}: write {k} = [{}]",
-                            toml::Value::String(v.to_string())
-                        ));
+                    if let (Some(DeValue::String(v)), true) =
+                        (table.get(k).map(|v| v.get_ref()), t.starts_with("an array of strings"))
+                    {
+                        return Some(format!("`{k}` takes {t}: write {k} = [{}]", toml::Value::String(v.to_string())));
                     }
                     Some(format!("`{k}` takes {t}, e.g. {k} = {}", schema.example(k)))
                 });
@@ -679,12 +560,8 @@ fn check_params(d: &mut Draft<'_, '_, '_>, base_dir: &Path, sink: &mut Sink<'_>)
     let Some(params) = params else { return };
 
     // The operator's own checks.
-    let ctx = CheckCtx {
-        base_dir: base_dir.to_path_buf(),
-        node: d.name.clone(),
-    };
-    let issues = guarded(|| operator.check(&params, &ctx))
-        .unwrap_or_else(|msg| vec![ParamIssue::error("", msg, None)]);
+    let ctx = CheckCtx { base_dir: base_dir.to_path_buf(), node: d.name.clone() };
+    let issues = guarded(|| operator.check(&params, &ctx)).unwrap_or_else(|msg| vec![ParamIssue::error("", msg, None)]);
     for issue in issues {
         let at = locate(table, &issue.path).map_or(d.header, |s| s.start);
         let message = if issue.path.is_empty() {
@@ -705,16 +582,8 @@ fn check_params(d: &mut Draft<'_, '_, '_>, base_dir: &Path, sink: &mut Sink<'_>)
 /// A deserializer message on one line, without the `in `key`` context lines the TOML deserializer
 /// adds (the path is shown already).
 fn clean_message(message: &str) -> String {
-    let lines: Vec<&str> = message
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with("in `"))
-        .collect();
-    if lines.is_empty() {
-        message.trim().to_string()
-    } else {
-        lines.join(" ")
-    }
+    let lines: Vec<&str> = message.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with("in `")).collect();
+    if lines.is_empty() { message.trim().to_string() } else { lines.join(" ") }
 }
 
 /// `missing field `x`` → `x`.
@@ -755,7 +624,10 @@ fn read_inputs(d: &mut Draft<'_, '_, '_>, sink: &mut Sink<'_>) {
                 sink.error(
                     key.span().start,
                     node,
-                    format!("`{op_name}` has several input ports ({}): the array form cannot say which input feeds which", or_list(&ports)),
+                    format!(
+                        "`{op_name}` has several input ports ({}): the array form cannot say which input feeds which",
+                        or_list(&ports)
+                    ),
                     Some(format!("use the table form: inputs = {{ {} }}", example.join(", "))),
                 );
             }
@@ -765,15 +637,8 @@ fn read_inputs(d: &mut Draft<'_, '_, '_>, sink: &mut Sink<'_>) {
                 let pname = pk.get_ref().as_ref();
                 let Some(port) = ports.iter().copied().find(|p| *p == pname) else {
                     let fix = did_you_mean_fix(&did_you_mean(pname, ports.iter().copied()))
-                        .unwrap_or_else(|| {
-                            format!("the input ports of `{op_name}` are {}", or_list(&ports))
-                        });
-                    sink.error(
-                        pk.span().start,
-                        node,
-                        format!("`{op_name}` has no input port `{pname}`"),
-                        Some(fix),
-                    );
+                        .unwrap_or_else(|| format!("the input ports of `{op_name}` are {}", or_list(&ports)));
+                    sink.error(pk.span().start, node, format!("`{op_name}` has no input port `{pname}`"), Some(fix));
                     continue;
                 };
                 match pv.get_ref() {
@@ -782,7 +647,10 @@ fn read_inputs(d: &mut Draft<'_, '_, '_>, sink: &mut Sink<'_>) {
                     other => sink.error(
                         pv.span().start,
                         node,
-                        format!("input port `{port}` must name a node (a string or an array of strings), found {}", type_name(other)),
+                        format!(
+                            "input port `{port}` must name a node (a string or an array of strings), found {}",
+                            type_name(other)
+                        ),
                         Some(format!("e.g. {port} = \"raw\" or {port} = [\"raw\", \"raw.failures\"]")),
                     ),
                 }
@@ -792,10 +660,7 @@ fn read_inputs(d: &mut Draft<'_, '_, '_>, sink: &mut Sink<'_>) {
             let example = if ports.len() == 1 {
                 format!("inputs = [\"{s}\"]")
             } else {
-                format!(
-                    "inputs = {{ {} = \"{s}\" }}",
-                    ports.first().copied().unwrap_or("in")
-                )
+                format!("inputs = {{ {} = \"{s}\" }}", ports.first().copied().unwrap_or("in"))
             };
             sink.error(
                 value.span().start,
@@ -807,10 +672,7 @@ fn read_inputs(d: &mut Draft<'_, '_, '_>, sink: &mut Sink<'_>) {
         other => sink.error(
             value.span().start,
             node,
-            format!(
-                "`inputs` must be an array of node references, found {}",
-                type_name(other)
-            ),
+            format!("`inputs` must be an array of node references, found {}", type_name(other)),
             Some("e.g. inputs = [\"raw\"] or inputs = { port = \"raw\" }".into()),
         ),
     }
@@ -831,9 +693,14 @@ fn collect_refs(
             other => sink.error(
                 it.span().start,
                 node,
-                format!("an input reference must be a string like \"raw\" or \"raw.failures\", found {}", type_name(other)),
+                format!(
+                    "an input reference must be a string like \"raw\" or \"raw.failures\", found {}",
+                    type_name(other)
+                ),
                 Some(match other {
-                    DeValue::Array(_) | DeValue::Table(_) => "list references flat, as strings: [\"raw\", \"raw.failures\"]".into(),
+                    DeValue::Array(_) | DeValue::Table(_) => {
+                        "list references flat, as strings: [\"raw\", \"raw.failures\"]".into()
+                    }
                     _ => "quote the node name, e.g. \"raw\"".into(),
                 }),
             ),
@@ -847,11 +714,7 @@ fn resolve_edges(drafts: &[Draft<'_, '_, '_>], sink: &mut Sink<'_>) -> Vec<Edge>
     for (i, d) in drafts.iter().enumerate() {
         by_name.entry(d.name.as_str()).or_insert(i);
     }
-    let names: Vec<&str> = drafts
-        .iter()
-        .map(|d| d.name.as_str())
-        .filter(|n| valid_node_name(n))
-        .collect();
+    let names: Vec<&str> = drafts.iter().map(|d| d.name.as_str()).filter(|n| valid_node_name(n)).collect();
     let mut edges: Vec<Edge> = Vec::new();
     for (to, d) in drafts.iter().enumerate() {
         let node = Some(d.name.as_str());
@@ -874,30 +737,23 @@ fn resolve_edges(drafts: &[Draft<'_, '_, '_>], sink: &mut Sink<'_>) -> Vec<Edge>
                         at,
                         node,
                         format!("malformed input `{text}`: it {why}; a reference is `node` or `node.port`"),
-                        Some("e.g. \"raw\" for the default output of node `raw`, \"raw.failures\" for its failures".into()),
+                        Some(
+                            "e.g. \"raw\" for the default output of node `raw`, \"raw.failures\" for its failures"
+                                .into(),
+                        ),
                     );
                     continue;
                 }
             };
             let Some(&from) = by_name.get(from_name) else {
                 let alt = text.replace([':', '/'], ".");
-                let fix = if alt != text
-                    && alt
-                        .split_once('.')
-                        .is_some_and(|(n, _)| by_name.contains_key(n))
-                {
+                let fix = if alt != text && alt.split_once('.').is_some_and(|(n, _)| by_name.contains_key(n)) {
                     Some(format!("write \"{alt}\""))
                 } else {
-                    did_you_mean_fix(&did_you_mean(from_name, names.iter().copied())).or_else(
-                        || Some(format!("the nodes of this graph are {}", or_list(&names))),
-                    )
+                    did_you_mean_fix(&did_you_mean(from_name, names.iter().copied()))
+                        .or_else(|| Some(format!("the nodes of this graph are {}", or_list(&names))))
                 };
-                sink.error(
-                    at,
-                    node,
-                    format!("input `{text}` names no node: there is no node `{from_name}`"),
-                    fix,
-                );
+                sink.error(at, node, format!("input `{text}` names no node: there is no node `{from_name}`"), fix);
                 continue;
             };
             if from == to {
@@ -912,17 +768,14 @@ fn resolve_edges(drafts: &[Draft<'_, '_, '_>], sink: &mut Sink<'_>) -> Vec<Edge>
             if let Some(ports) = drafts.get(from).and_then(Draft::out_ports) {
                 if !ports.contains(&from_port) {
                     let list = or_list(&ports);
-                    let fix =
-                        match did_you_mean_fix(&did_you_mean(from_port, ports.iter().copied())) {
-                            Some(f) => format!("{f} (ports of `{from_name}`: {list})"),
-                            None => format!("use one of the ports of `{from_name}`: {list}"),
-                        };
+                    let fix = match did_you_mean_fix(&did_you_mean(from_port, ports.iter().copied())) {
+                        Some(f) => format!("{f} (ports of `{from_name}`: {list})"),
+                        None => format!("use one of the ports of `{from_name}`: {list}"),
+                    };
                     sink.error(
                         at,
                         node,
-                        format!(
-                            "input `{text}`: node `{from_name}` has no output port `{from_port}`"
-                        ),
+                        format!("input `{text}`: node `{from_name}` has no output port `{from_port}`"),
                         Some(fix),
                     );
                     continue;
@@ -933,19 +786,16 @@ fn resolve_edges(drafts: &[Draft<'_, '_, '_>], sink: &mut Sink<'_>) -> Vec<Edge>
                     continue;
                 }
             }
-            if edges.iter().any(|e| {
-                e.to == to && e.port == r.port && e.from == from && e.from_port == from_port
-            }) {
-                sink.warning(at, node, format!("input `{text}` is listed twice for port `{}`; its records would arrive twice", r.port), Some("remove the repeat".into()));
+            if edges.iter().any(|e| e.to == to && e.port == r.port && e.from == from && e.from_port == from_port) {
+                sink.warning(
+                    at,
+                    node,
+                    format!("input `{text}` is listed twice for port `{}`; its records would arrive twice", r.port),
+                    Some("remove the repeat".into()),
+                );
                 continue;
             }
-            edges.push(Edge {
-                from,
-                from_port: from_port.to_string(),
-                to,
-                port: r.port,
-                span: r.span.clone(),
-            });
+            edges.push(Edge { from, from_port: from_port.to_string(), to, port: r.port, span: r.span.clone() });
         }
     }
     edges
@@ -960,23 +810,15 @@ fn check_required_inputs(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], sink: &mu
         }
         for port in spec.inputs.iter().filter(|p| p.required) {
             // Any reference written for the port counts (a bad one is reported on its own).
-            if d.refs.iter().any(|r| r.port == port.name)
-                || edges.iter().any(|e| e.to == i && e.port == port.name)
-            {
+            if d.refs.iter().any(|r| r.port == port.name) || edges.iter().any(|e| e.to == i && e.port == port.name) {
                 continue;
             }
-            let at = d
-                .table
-                .and_then(|t| key_span(t, "inputs"))
-                .map_or(d.header, |s| s.start);
+            let at = d.table.and_then(|t| key_span(t, "inputs")).map_or(d.header, |s| s.start);
             let fix = upstream_example(drafts, i, port.name, spec.inputs.len());
             sink.error(
                 at,
                 Some(&d.name),
-                format!(
-                    "required input port `{}` of `{}` is not connected",
-                    port.name, spec.name
-                ),
+                format!("required input port `{}` of `{}` is not connected", port.name, spec.name),
                 Some(fix),
             );
         }
@@ -988,11 +830,7 @@ fn upstream_example(drafts: &[Draft<'_, '_, '_>], me: usize, port: &str, n_ports
     let upstream = drafts
         .iter()
         .enumerate()
-        .filter(|(j, d)| {
-            *j != me
-                && d.spec()
-                    .is_some_and(|s| !s.is_sink && !s.outputs.is_empty())
-        })
+        .filter(|(j, d)| *j != me && d.spec().is_some_and(|s| !s.is_sink && !s.outputs.is_empty()))
         .map(|(_, d)| d.name.as_str())
         .next();
     match (upstream, n_ports) {
@@ -1011,11 +849,7 @@ fn topo_order(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], sink: &mut Sink<'_>)
     let mut succ: Vec<Vec<usize>> = vec![Vec::new(); n];
     let mut pred: Vec<Vec<usize>> = vec![Vec::new(); n];
     for e in edges {
-        if let (Some(d), Some(s), Some(p)) = (
-            indeg.get_mut(e.to),
-            succ.get_mut(e.from),
-            pred.get_mut(e.to),
-        ) {
+        if let (Some(d), Some(s), Some(p)) = (indeg.get_mut(e.to), succ.get_mut(e.from), pred.get_mut(e.to)) {
             *d += 1;
             s.push(e.to);
             p.push(e.from);
@@ -1024,12 +858,7 @@ fn topo_order(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], sink: &mut Sink<'_>)
     let mut order = Vec::with_capacity(n);
     let mut done = vec![false; n];
     let mut ready: BTreeSet<usize> = (0..n).filter(|&i| indeg.get(i) == Some(&0)).collect();
-    let mut st = Kahn {
-        succ: &succ,
-        indeg: &mut indeg,
-        done: &mut done,
-        ready: &mut ready,
-    };
+    let mut st = Kahn { succ: &succ, indeg: &mut indeg, done: &mut done, ready: &mut ready };
     st.drain(Some(&mut order));
     // What is left holds at least one cycle: every remaining node has a remaining predecessor.
     let mut guard = 0;
@@ -1042,10 +871,7 @@ fn topo_order(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], sink: &mut Sink<'_>)
         let mut path = vec![start];
         let mut cur = start;
         let cycle = loop {
-            let Some(&p) = pred
-                .get(cur)
-                .and_then(|ps| ps.iter().find(|&&p| !st.is_done(p)))
-            else {
+            let Some(&p) = pred.get(cur).and_then(|ps| ps.iter().find(|&&p| !st.is_done(p))) else {
                 break None;
             };
             if let Some(pos) = path.iter().position(|&x| x == p) {
@@ -1062,12 +888,7 @@ fn topo_order(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], sink: &mut Sink<'_>)
         };
         // `cycle` lists nodes against the edge direction: reverse, then start at the earliest node.
         cycle.reverse();
-        if let Some(min_pos) = cycle
-            .iter()
-            .enumerate()
-            .min_by_key(|(_, x)| **x)
-            .map(|(i, _)| i)
-        {
+        if let Some(min_pos) = cycle.iter().enumerate().min_by_key(|(_, x)| **x).map(|(i, _)| i) {
             cycle.rotate_left(min_pos);
         }
         report_cycle(drafts, edges, &cycle, sink);
@@ -1130,12 +951,7 @@ impl Kahn<'_> {
     }
 }
 
-fn report_cycle(
-    drafts: &[Draft<'_, '_, '_>],
-    edges: &[Edge],
-    cycle: &[usize],
-    sink: &mut Sink<'_>,
-) {
+fn report_cycle(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], cycle: &[usize], sink: &mut Sink<'_>) {
     let name = |i: usize| drafts.get(i).map_or("?", |d| d.name.as_str());
     let (Some(&first), Some(&second)) = (cycle.first(), cycle.get(1).or(cycle.first())) else {
         return;
@@ -1144,15 +960,16 @@ fn report_cycle(
     names.push(name(first));
     // Report at the edge first → second, in `second`'s inputs.
     let edge = edges.iter().find(|e| e.from == first && e.to == second);
-    let at = edge.map_or_else(
-        || drafts.get(second).map_or(0, |d| d.header),
-        |e| e.span.start,
-    );
+    let at = edge.map_or_else(|| drafts.get(second).map_or(0, |d| d.header), |e| e.span.start);
     sink.error(
         at,
         Some(name(second)),
         format!("cycle: {}", names.join(" → ")),
-        Some(format!("a graph must not loop back on itself: remove `{}` from the inputs of `{}` (or another edge of the cycle)", name(first), name(second))),
+        Some(format!(
+            "a graph must not loop back on itself: remove `{}` from the inputs of `{}` (or another edge of the cycle)",
+            name(first),
+            name(second)
+        )),
     );
 }
 
@@ -1214,11 +1031,7 @@ fn check_kinds(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], out: &OutKinds, sin
         if port.kinds.is_empty() {
             continue;
         }
-        let Some(produced) = out
-            .get(e.from)
-            .and_then(Option::as_ref)
-            .and_then(|p| p.get(&e.from_port))
-        else {
+        let Some(produced) = out.get(e.from).and_then(Option::as_ref).and_then(|p| p.get(&e.from_port)) else {
             continue;
         };
         if produced.is_empty() {
@@ -1228,11 +1041,8 @@ fn check_kinds(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], out: &OutKinds, sin
         if produced.is_subset(&accepted) {
             continue;
         }
-        let reference = if e.from_port == OUT_PORT {
-            from.name.clone()
-        } else {
-            format!("{}.{}", from.name, e.from_port)
-        };
+        let reference =
+            if e.from_port == OUT_PORT { from.name.clone() } else { format!("{}.{}", from.name, e.from_port) };
         let message = format!(
             "input `{reference}` carries {} but `{}` port `{}` accepts {}",
             kinds_text(produced, " and "),
@@ -1252,27 +1062,16 @@ fn check_kinds(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], out: &OutKinds, sin
             };
             for (pname, kinds) in ports {
                 if !kinds.is_empty() && kinds.is_subset(&accepted) {
-                    let r = if pname == OUT_PORT {
-                        d.name.clone()
-                    } else {
-                        format!("{}.{pname}", d.name)
-                    };
+                    let r = if pname == OUT_PORT { d.name.clone() } else { format!("{}.{pname}", d.name) };
                     cands.push(format!("`{r}` ({})", kinds_text(kinds, " and ")));
                 }
             }
         }
         cands.truncate(3);
         let fix = if cands.is_empty() {
-            format!(
-                "no node here produces {}; add one that does (see `medgen ops`)",
-                kinds_text(&accepted, " or ")
-            )
+            format!("no node here produces {}; add one that does (see `medgen ops`)", kinds_text(&accepted, " or "))
         } else {
-            format!(
-                "connect a port that produces {} instead, e.g. {}",
-                kinds_text(&accepted, " or "),
-                cands.join(", ")
-            )
+            format!("connect a port that produces {} instead, e.g. {}", kinds_text(&accepted, " or "), cands.join(", "))
         };
         sink.error(e.span.start, Some(&to.name), message, Some(fix));
     }
@@ -1298,17 +1097,17 @@ fn warn_unused(drafts: &[Draft<'_, '_, '_>], edges: &[Edge], sink: &mut Sink<'_>
         if spec.is_sink {
             continue;
         }
-        if edges
-            .iter()
-            .any(|e| e.from == i && e.from_port != FAILURES_PORT)
-        {
+        if edges.iter().any(|e| e.from == i && e.from_port != FAILURES_PORT) {
             continue;
         }
         sink.warning(
             d.header,
             Some(&d.name),
             format!("the output of `{}` goes nowhere: no node reads `{}`", spec.name, d.name),
-            Some(format!("feed it to a sink, e.g. a node with op = \"sink.jsonl\" and inputs = [\"{}\"], or remove it", d.name)),
+            Some(format!(
+                "feed it to a sink, e.g. a node with op = \"sink.jsonl\" and inputs = [\"{}\"], or remove it",
+                d.name
+            )),
         );
     }
 }

@@ -27,12 +27,14 @@ pub fn build(scope: Scope<'_>, shared: &BuildShared) -> Result<(), String> {
             .get(node.op)
             .ok_or_else(|| format!("node `{}`: operator `{}` is not in this build", node.name, node.op))?;
         let mut ports: BTreeMap<&'static str, Vec<Coll<'_>>> = BTreeMap::new();
+        let mut sources: BTreeMap<&'static str, Vec<String>> = BTreeMap::new();
         for (target, input) in &node.inputs {
             let coll = produced
                 .get(&(input.node.clone(), input.port.clone()))
                 .cloned()
                 .ok_or_else(|| format!("node `{}`: input `{}.{}` was not built", node.name, input.node, input.port))?;
             ports.entry(*target).or_default().push(coll);
+            sources.entry(*target).or_default().push(input.to_string());
         }
         let stats = shared.stats.get(&node.name).cloned().unwrap_or_default();
         let mut ctx = BuildCtx {
@@ -47,7 +49,7 @@ pub fn build(scope: Scope<'_>, shared: &BuildShared) -> Result<(), String> {
             base_dir: shared.plan.base_dir.clone(),
             params_fingerprint: node.fingerprint.clone(),
         };
-        let outputs = op.build(&mut ctx, &node.params, Inputs { ports }).map_err(|e| e.to_string())?;
+        let outputs = op.build(&mut ctx, &node.params, Inputs { ports, sources }).map_err(|e| e.to_string())?;
         for (port, coll) in outputs.ports {
             produced.insert((node.name.clone(), port.to_string()), coll);
         }

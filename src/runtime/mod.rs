@@ -37,7 +37,9 @@ pub enum RuntimeError {
         #[source]
         source: std::io::Error,
     },
-    #[error("hostfile {path} lists {found} addresses but --processes is {expected}; give one host:port line per process")]
+    #[error(
+        "hostfile {path} lists {found} addresses but --processes is {expected}; give one host:port line per process"
+    )]
     HostfileCount { path: PathBuf, found: usize, expected: usize },
     #[error("--process {process} is out of range for --processes {processes}; use 0..{processes}")]
     ProcessIndex { process: usize, processes: usize },
@@ -93,13 +95,10 @@ fn timely_config(opts: &RunOptions) -> Result<timely::Config, RuntimeError> {
         return Err(RuntimeError::ProcessIndex { process: opts.process, processes: opts.processes });
     }
     let path = opts.hostfile.clone().ok_or(RuntimeError::NoHostfile(opts.processes))?;
-    let text = std::fs::read_to_string(&path).map_err(|source| RuntimeError::Hostfile { path: path.clone(), source })?;
-    let addresses: Vec<String> = text
-        .lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty() && !l.starts_with('#'))
-        .map(str::to_string)
-        .collect();
+    let text =
+        std::fs::read_to_string(&path).map_err(|source| RuntimeError::Hostfile { path: path.clone(), source })?;
+    let addresses: Vec<String> =
+        text.lines().map(str::trim).filter(|l| !l.is_empty() && !l.starts_with('#')).map(str::to_string).collect();
     if addresses.len() != opts.processes {
         return Err(RuntimeError::HostfileCount { path, found: addresses.len(), expected: opts.processes });
     }

@@ -91,7 +91,8 @@ impl Reporter {
             .name("medgen-progress".into())
             .spawn(move || {
                 let multi = MultiProgress::with_draw_target(ProgressDrawTarget::stderr_with_hz(4));
-                let style = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]").unwrap_or_else(|_| ProgressStyle::default_spinner());
+                let style = ProgressStyle::with_template("{spinner} {msg} [{elapsed}]")
+                    .unwrap_or_else(|_| ProgressStyle::default_spinner());
                 let handles: Vec<ProgressBar> = if bars {
                     rows.iter().map(|_| multi.add(ProgressBar::new_spinner().with_style(style.clone()))).collect()
                 } else {

@@ -36,9 +36,7 @@ impl Blobs {
     /// Path of blob `key`, or an error for a malformed key.
     pub(crate) fn path(&self, key: &str) -> Result<PathBuf, StoreError> {
         if !is_valid_key(key) {
-            return Err(StoreError::InvalidBlobKey {
-                key: key.to_string(),
-            });
+            return Err(StoreError::InvalidBlobKey { key: key.to_string() });
         }
         Ok(self.dir.join(&key[..2]).join(key))
     }
@@ -60,12 +58,8 @@ impl Blobs {
             return Ok(key);
         }
         let mut tmp = TempFile::create(&self.tmp)?;
-        tmp.file
-            .write_all(bytes)
-            .map_err(|e| StoreError::io(&tmp.path, e))?;
-        tmp.file
-            .sync_all()
-            .map_err(|e| StoreError::io(&tmp.path, e))?;
+        tmp.file.write_all(bytes).map_err(|e| StoreError::io(&tmp.path, e))?;
+        tmp.file.sync_all().map_err(|e| StoreError::io(&tmp.path, e))?;
         self.install(tmp, &dest)?;
         Ok(key)
     }
@@ -103,9 +97,7 @@ impl Blobs {
                 let mut tmp = TempFile::create(&self.tmp)?;
                 let mut from = File::open(src).map_err(io_err)?;
                 io::copy(&mut from, &mut tmp.file).map_err(|e| StoreError::io(&tmp.path, e))?;
-                tmp.file
-                    .sync_all()
-                    .map_err(|e| StoreError::io(&tmp.path, e))?;
+                tmp.file.sync_all().map_err(|e| StoreError::io(&tmp.path, e))?;
                 self.install(tmp, &dest)?;
                 fs::remove_file(src).map_err(io_err)?;
                 Ok(key)
@@ -157,9 +149,7 @@ fn hash_reader(r: &mut impl Read) -> io::Result<(String, u64)> {
 pub(crate) fn sync_dir(dir: &Path) -> Result<(), StoreError> {
     #[cfg(unix)]
     {
-        File::open(dir)
-            .and_then(|d| d.sync_all())
-            .map_err(|e| StoreError::io(dir, e))
+        File::open(dir).and_then(|d| d.sync_all()).map_err(|e| StoreError::io(dir, e))
     }
     #[cfg(not(unix))]
     {
@@ -180,22 +170,13 @@ impl TempFile {
     /// Create a new, uniquely named temporary file in `dir`.
     pub(crate) fn create(dir: &Path) -> Result<TempFile, StoreError> {
         static SEQ: AtomicU64 = AtomicU64::new(0);
-        let nanos = SystemTime::now()
-            .duration_since(SystemTime::UNIX_EPOCH)
-            .map_or(0, |d| d.subsec_nanos());
+        let nanos = SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).map_or(0, |d| d.subsec_nanos());
         loop {
             let seq = SEQ.fetch_add(1, Ordering::Relaxed);
-            let path = dir.join(format!(
-                "{TMP_PREFIX}{}-{seq}-{nanos:09}.tmp",
-                std::process::id()
-            ));
+            let path = dir.join(format!("{TMP_PREFIX}{}-{seq}-{nanos:09}.tmp", std::process::id()));
             match OpenOptions::new().write(true).create_new(true).open(&path) {
                 Ok(file) => {
-                    return Ok(TempFile {
-                        path,
-                        file,
-                        armed: true,
-                    });
+                    return Ok(TempFile { path, file, armed: true });
                 }
                 Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
                 Err(e) => return Err(StoreError::io(&path, e)),
@@ -223,10 +204,7 @@ impl Drop for TempFile {
 pub(crate) fn clear_stale_tmp(tmp: &Path) {
     let now = SystemTime::now();
     let stale = |m: &fs::Metadata| {
-        m.modified()
-            .ok()
-            .and_then(|t| now.duration_since(t).ok())
-            .is_some_and(|age| age > STALE_TMP_AGE)
+        m.modified().ok().and_then(|t| now.duration_since(t).ok()).is_some_and(|age| age > STALE_TMP_AGE)
     };
     remove_stale(tmp, &stale);
 }

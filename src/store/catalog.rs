@@ -107,10 +107,7 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
         Err(e) => return Err(StoreError::io(path, e)),
     };
     if !meta.is_file() {
-        return Err(StoreError::NotACatalog {
-            path: path.to_path_buf(),
-            reason: "not a regular file".into(),
-        });
+        return Err(StoreError::NotACatalog { path: path.to_path_buf(), reason: "not a regular file".into() });
     }
     if meta.len() == 0 {
         return Ok(());
@@ -119,10 +116,7 @@ fn check_header(path: &Path) -> Result<(), StoreError> {
     let mut file = std::fs::File::open(path).map_err(|e| StoreError::io(path, e))?;
     let n = read_up_to(&mut file, &mut header).map_err(|e| StoreError::io(path, e))?;
     if n < header.len() || &header != b"SQLite format 3\0" {
-        return Err(StoreError::NotACatalog {
-            path: path.to_path_buf(),
-            reason: "not an SQLite database".into(),
-        });
+        return Err(StoreError::NotACatalog { path: path.to_path_buf(), reason: "not an SQLite database".into() });
     }
     Ok(())
 }
@@ -141,10 +135,7 @@ fn read_up_to(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize
 }
 
 fn is_busy(e: &rusqlite::Error) -> bool {
-    matches!(
-        e.sqlite_error_code(),
-        Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked)
-    )
+    matches!(e.sqlite_error_code(), Some(ErrorCode::DatabaseBusy | ErrorCode::DatabaseLocked))
 }
 
 /// Run `f`, retrying while SQLite reports the database busy (for the set-up steps where SQLite may
@@ -168,21 +159,17 @@ pub(crate) fn open(path: &Path) -> Result<Connection, StoreError> {
     check_header(path)?;
     let err = |what| move |e| StoreError::sqlite(path, what, e);
     let conn = Connection::open(path).map_err(err("open"))?;
-    conn.busy_timeout(BUSY_TIMEOUT)
-        .map_err(err("set busy_timeout"))?;
-    let mode: String =
-        retry_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)))
-            .map_err(err("enable WAL mode"))?;
+    conn.busy_timeout(BUSY_TIMEOUT).map_err(err("set busy_timeout"))?;
+    let mode: String = retry_busy(|| conn.pragma_update_and_check(None, "journal_mode", "WAL", |r| r.get(0)))
+        .map_err(err("enable WAL mode"))?;
     if !mode.eq_ignore_ascii_case("wal") {
         return Err(StoreError::Setup {
             path: path.to_path_buf(),
             reason: format!("SQLite kept journal mode `{mode}` instead of WAL"),
         });
     }
-    conn.pragma_update(None, "synchronous", "NORMAL")
-        .map_err(err("set synchronous"))?;
-    conn.pragma_update(None, "foreign_keys", true)
-        .map_err(err("enable foreign keys"))?;
+    conn.pragma_update(None, "synchronous", "NORMAL").map_err(err("set synchronous"))?;
+    conn.pragma_update(None, "foreign_keys", true).map_err(err("enable foreign keys"))?;
     conn.set_prepared_statement_cache_capacity(32);
     migrate(&conn, path)?;
     Ok(conn)
@@ -194,9 +181,7 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
     retry_busy(|| conn.execute_batch("BEGIN IMMEDIATE"))
         .map_err(|e| StoreError::sqlite(path, "lock the catalog to check its schema", e))?;
     match migrate_locked(conn, path) {
-        Ok(()) => conn
-            .execute_batch("COMMIT")
-            .map_err(|e| StoreError::sqlite(path, "commit the schema", e)),
+        Ok(()) => conn.execute_batch("COMMIT").map_err(|e| StoreError::sqlite(path, "commit the schema", e)),
         Err(e) => {
             // The transaction is being abandoned; a failed rollback leaves nothing to undo.
             let _ = conn.execute_batch("ROLLBACK");
@@ -207,24 +192,17 @@ fn migrate(conn: &Connection, path: &Path) -> Result<(), StoreError> {
 
 fn migrate_locked(tx: &Connection, path: &Path) -> Result<(), StoreError> {
     let err = |what| move |e| StoreError::sqlite(path, what, e);
-    let app_id: i32 = tx
-        .pragma_query_value(None, "application_id", |r| r.get(0))
-        .map_err(err("read application_id"))?;
+    let app_id: i32 =
+        tx.pragma_query_value(None, "application_id", |r| r.get(0)).map_err(err("read application_id"))?;
     let tables: i64 = tx
-        .query_row(
-            "SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'",
-            [],
-            |r| r.get(0),
-        )
+        .query_row("SELECT count(*) FROM sqlite_schema WHERE type = 'table' AND name NOT LIKE 'sqlite_%'", [], |r| {
+            r.get(0)
+        })
         .map_err(err("list tables"))?;
     let version = match app_id {
         APPLICATION_ID => {
             let v: Option<String> = tx
-                .query_row(
-                    "SELECT value FROM meta WHERE key = 'schema_version'",
-                    [],
-                    |r| r.get(0),
-                )
+                .query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0))
                 .optional()
                 .map_err(|e| StoreError::NotACatalog {
                     path: path.to_path_buf(),
@@ -241,8 +219,7 @@ fn migrate_locked(tx: &Connection, path: &Path) -> Result<(), StoreError> {
             }
         }
         0 if tables == 0 => {
-            tx.pragma_update(None, "application_id", APPLICATION_ID)
-                .map_err(err("set application_id"))?;
+            tx.pragma_update(None, "application_id", APPLICATION_ID).map_err(err("set application_id"))?;
             0
         }
         0 => {
@@ -259,11 +236,7 @@ fn migrate_locked(tx: &Connection, path: &Path) -> Result<(), StoreError> {
         }
     };
     if version > SCHEMA_VERSION {
-        return Err(StoreError::SchemaTooNew {
-            path: path.to_path_buf(),
-            found: version,
-            supported: SCHEMA_VERSION,
-        });
+        return Err(StoreError::SchemaTooNew { path: path.to_path_buf(), found: version, supported: SCHEMA_VERSION });
     }
     if version == SCHEMA_VERSION {
         return Ok(());
@@ -281,15 +254,8 @@ fn migrate_locked(tx: &Connection, path: &Path) -> Result<(), StoreError> {
         [SCHEMA_VERSION.to_string()],
     )
     .map_err(err("record the schema version"))?;
-    tx.execute(
-        concat!(
-            "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ",
-            now_sql!(),
-            ")"
-        ),
-        [],
-    )
-    .map_err(err("record the creation time"))?;
+    tx.execute(concat!("INSERT OR IGNORE INTO meta (key, value) VALUES ('created_at', ", now_sql!(), ")"), [])
+        .map_err(err("record the creation time"))?;
     tx.execute(
         "INSERT OR IGNORE INTO meta (key, value) VALUES ('created_by', ?1)",
         [concat!("medgen ", env!("CARGO_PKG_VERSION"))],

@@ -15,9 +15,7 @@ pub enum StoreError {
         path: PathBuf,
     },
     /// The run store (or one of its folders) cannot be written.
-    #[error(
-        "run store {path} is not writable: {source}; fix its permissions or choose another --store"
-    )]
+    #[error("run store {path} is not writable: {source}; fix its permissions or choose another --store")]
     NotWritable {
         /// The path that could not be written.
         path: PathBuf,
@@ -56,9 +54,7 @@ pub enum StoreError {
         supported: i64,
     },
     /// SQLite reports the catalog as damaged.
-    #[error(
-        "catalog {path} is corrupt: {source}; restore it from a backup or choose another --store"
-    )]
+    #[error("catalog {path} is corrupt: {source}; restore it from a backup or choose another --store")]
     Corrupt {
         /// The catalog file.
         path: PathBuf,
@@ -67,9 +63,7 @@ pub enum StoreError {
         source: rusqlite::Error,
     },
     /// The catalog cannot be set up the way the store needs it (e.g. WAL mode is unavailable).
-    #[error(
-        "cannot set up catalog {path}: {reason}; put the run store on a local file system (--store)"
-    )]
+    #[error("cannot set up catalog {path}: {reason}; put the run store on a local file system (--store)")]
     Setup {
         /// The catalog file.
         path: PathBuf,
@@ -124,16 +118,10 @@ impl StoreError {
     pub(crate) fn sqlite(path: &Path, what: &'static str, source: rusqlite::Error) -> StoreError {
         let path = path.to_path_buf();
         match source.sqlite_error_code() {
-            Some(ErrorCode::NotADatabase) => StoreError::NotACatalog {
-                path,
-                reason: source.to_string(),
-            },
+            Some(ErrorCode::NotADatabase) => StoreError::NotACatalog { path, reason: source.to_string() },
             Some(ErrorCode::DatabaseCorrupt) => StoreError::Corrupt { path, source },
             Some(ErrorCode::ReadOnly | ErrorCode::CannotOpen | ErrorCode::PermissionDenied) => {
-                StoreError::NotWritable {
-                    path,
-                    source: io::Error::other(source),
-                }
+                StoreError::NotWritable { path, source: io::Error::other(source) }
             }
             _ => StoreError::Sqlite { path, what, source },
         }

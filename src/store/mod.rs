@@ -60,10 +60,7 @@ pub struct Store {
 
 impl fmt::Debug for Store {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("Store")
-            .field("root", &self.root)
-            .field("run_id", &self.current_run())
-            .finish_non_exhaustive()
+        f.debug_struct("Store").field("root", &self.root).field("run_id", &self.current_run()).finish_non_exhaustive()
     }
 }
 
@@ -87,28 +84,16 @@ impl Store {
             let dir = root.join(dir);
             fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
         }
-        let blobs = Blobs {
-            dir: root.join("blobs"),
-            tmp: root.join("tmp"),
-        };
+        let blobs = Blobs { dir: root.join("blobs"), tmp: root.join("tmp") };
         // An existing store on a read-only mount passes the folder creation above: probe it.
         drop(TempFile::create(&blobs.tmp).map_err(|e| match e {
-            StoreError::NotWritable { source, .. } => StoreError::NotWritable {
-                path: root.clone(),
-                source,
-            },
+            StoreError::NotWritable { source, .. } => StoreError::NotWritable { path: root.clone(), source },
             other => other,
         })?);
         blobs::clear_stale_tmp(&blobs.tmp);
         let catalog = root.join(CATALOG_FILE);
         let conn = catalog::open(&catalog)?;
-        Ok(Store {
-            root,
-            catalog,
-            conn: Mutex::new(conn),
-            run_id: AtomicI64::new(0),
-            blobs,
-        })
+        Ok(Store { root, catalog, conn: Mutex::new(conn), run_id: AtomicI64::new(0), blobs })
     }
 
     /// The run directory (absolute).
@@ -158,27 +143,15 @@ impl Store {
     }
 
     /// Record the end of run `run_id` with its final status and a JSON summary.
-    pub fn finish_run(
-        &self,
-        run_id: i64,
-        status: RunStatus,
-        summary_json: &str,
-    ) -> Result<(), StoreError> {
+    pub fn finish_run(&self, run_id: i64, status: RunStatus, summary_json: &str) -> Result<(), StoreError> {
         let n = self.write("finish a run", |c| {
             c.execute(
-                concat!(
-                    "UPDATE runs SET finished_at = ",
-                    now_sql!(),
-                    ", status = ?2, summary_json = ?3 WHERE id = ?1"
-                ),
+                concat!("UPDATE runs SET finished_at = ", now_sql!(), ", status = ?2, summary_json = ?3 WHERE id = ?1"),
                 params![run_id, status.as_str(), summary_json],
             )
         })?;
         if n == 0 {
-            return Err(StoreError::UnknownRun {
-                path: self.catalog.clone(),
-                run_id,
-            });
+            return Err(StoreError::UnknownRun { path: self.catalog.clone(), run_id });
         }
         Ok(())
     }
@@ -186,9 +159,7 @@ impl Store {
     /// The epoch a new run starts at: 1 + the largest epoch committed by any node, 0 when none.
     pub fn next_epoch(&self) -> Result<u64, StoreError> {
         let max = self.read("find the last committed epoch", |c| {
-            c.query_row("SELECT max(epoch) FROM epochs", [], |r| {
-                r.get::<_, Option<u64>>(0)
-            })
+            c.query_row("SELECT max(epoch) FROM epochs", [], |r| r.get::<_, Option<u64>>(0))
         })?;
         Ok(max.map_or(0, |e| e.saturating_add(1)))
     }
@@ -222,11 +193,7 @@ impl Store {
 
     /// Release quarantined items (all, a node's, an item's at every node, or one) so the next run tries
     /// them again: clears `quarantined` and resets `attempts` to 0. Returns how many were released.
-    pub fn retry_quarantined(
-        &self,
-        node: Option<&str>,
-        item: Option<&str>,
-    ) -> Result<usize, StoreError> {
+    pub fn retry_quarantined(&self, node: Option<&str>, item: Option<&str>) -> Result<usize, StoreError> {
         self.write("release quarantined items", |c| {
             c.execute(
                 "UPDATE failures SET quarantined = 0, attempts = 0 \
@@ -256,7 +223,11 @@ impl Store {
             let rows = stmt.query_map([limit], |r| {
                 let status: String = r.get(3)?;
                 let status = RunStatus::parse(&status).ok_or_else(|| {
-                    rusqlite::Error::FromSqlConversionFailure(3, Type::Text, format!("unknown status `{status}`").into())
+                    rusqlite::Error::FromSqlConversionFailure(
+                        3,
+                        Type::Text,
+                        format!("unknown status `{status}`").into(),
+                    )
                 })?;
                 let argv: String = r.get(9)?;
                 let argv = serde_json::from_str(&argv)
@@ -301,25 +272,14 @@ impl Store {
 
     /// Whether the memo cache has an entry for `key`.
     pub fn memo_contains(&self, key: &MemoKey) -> Result<bool, StoreError> {
-        self.read("look up a memo entry", |c| {
-            c.prepare_cached("SELECT 1 FROM memo WHERE key = ?1")?
-                .exists([&key.0])
-        })
+        self.read("look up a memo entry", |c| c.prepare_cached("SELECT 1 FROM memo WHERE key = ?1")?.exists([&key.0]))
     }
 
     /// Record that `node` wrote `path` (relative to `outputs/`) for `epoch`, optionally also stored as
     /// blob `blob`. Recording the same (node, epoch, path) again replaces the row.
-    pub fn record_output(
-        &self,
-        node: &str,
-        epoch: u64,
-        path: &str,
-        blob: Option<&str>,
-    ) -> Result<(), StoreError> {
+    pub fn record_output(&self, node: &str, epoch: u64, path: &str, blob: Option<&str>) -> Result<(), StoreError> {
         if let Some(key) = blob.filter(|k| !is_valid_blob_key(k)) {
-            return Err(StoreError::InvalidBlobKey {
-                key: key.to_string(),
-            });
+            return Err(StoreError::InvalidBlobKey { key: key.to_string() });
         }
         let epoch = to_i64("epoch", epoch)?;
         let run = self.current_run();
@@ -372,10 +332,7 @@ impl Store {
     pub fn blob_get(&self, key: &str) -> Result<Vec<u8>, StoreError> {
         let path = self.blobs.path(key)?;
         fs::read(&path).map_err(|e| match e.kind() {
-            std::io::ErrorKind::NotFound => StoreError::MissingBlob {
-                path: path.clone(),
-                key: key.to_string(),
-            },
+            std::io::ErrorKind::NotFound => StoreError::MissingBlob { path: path.clone(), key: key.to_string() },
             _ => StoreError::io(&path, e),
         })
     }
@@ -408,20 +365,14 @@ impl Store {
     ) -> Result<T, StoreError> {
         let err = |e| StoreError::sqlite(&self.catalog, what, e);
         let mut conn = self.conn();
-        let tx = conn
-            .transaction_with_behavior(TransactionBehavior::Immediate)
-            .map_err(err)?;
+        let tx = conn.transaction_with_behavior(TransactionBehavior::Immediate).map_err(err)?;
         let out = f(&tx).map_err(err)?;
         tx.commit().map_err(err)?;
         Ok(out)
     }
 
     /// Run the read-only `f` (one statement, or a consistent snapshot if it runs several).
-    fn read<T>(
-        &self,
-        what: &'static str,
-        f: impl FnOnce(&Connection) -> rusqlite::Result<T>,
-    ) -> Result<T, StoreError> {
+    fn read<T>(&self, what: &'static str, f: impl FnOnce(&Connection) -> rusqlite::Result<T>) -> Result<T, StoreError> {
         let conn = self.conn();
         f(&conn).map_err(|e| StoreError::sqlite(&self.catalog, what, e))
     }
@@ -430,9 +381,7 @@ impl Store {
 
     fn memo_lookup(&self, key: &MemoKey) -> Result<Option<Vec<u8>>, StoreError> {
         self.read("read a memo entry", |c| {
-            c.prepare_cached("SELECT value FROM memo WHERE key = ?1")?
-                .query_row([&key.0], |r| r.get(0))
-                .optional()
+            c.prepare_cached("SELECT value FROM memo WHERE key = ?1")?.query_row([&key.0], |r| r.get(0)).optional()
         })
     }
 
@@ -449,11 +398,7 @@ impl Store {
         Ok(())
     }
 
-    fn failure_note(
-        &self,
-        failure: &Failure,
-        quarantine_after: u32,
-    ) -> Result<FailureState, StoreError> {
+    fn failure_note(&self, failure: &Failure, quarantine_after: u32) -> Result<FailureState, StoreError> {
         let run = self.current_run();
         self.write("record a failure", |c| {
             // Quarantine is sticky: only `retry_quarantined` (or `clear_failure`) lifts it.
@@ -493,17 +438,14 @@ impl Store {
 
     fn quarantined(&self, node: &str, item: &str) -> Result<bool, StoreError> {
         self.read("check quarantine", |c| {
-            c.prepare_cached(
-                "SELECT 1 FROM failures WHERE node = ?1 AND item = ?2 AND quarantined = 1",
-            )?
-            .exists([node, item])
+            c.prepare_cached("SELECT 1 FROM failures WHERE node = ?1 AND item = ?2 AND quarantined = 1")?
+                .exists([node, item])
         })
     }
 
     fn failure_clear(&self, node: &str, item: &str) -> Result<(), StoreError> {
         self.write("clear a failure", |c| {
-            c.prepare_cached("DELETE FROM failures WHERE node = ?1 AND item = ?2")?
-                .execute([node, item])
+            c.prepare_cached("DELETE FROM failures WHERE node = ?1 AND item = ?2")?.execute([node, item])
         })?;
         Ok(())
     }
@@ -551,16 +493,10 @@ impl Services for Store {
     /// `root/blobs/ab/<key>`. A malformed key (not 64 lowercase hex digits) gets a path inside
     /// `blobs/` that never holds a blob, so it cannot point outside the store.
     fn blob_path(&self, key: &str) -> PathBuf {
-        self.blobs
-            .path(key)
-            .unwrap_or_else(|_| self.blobs.dir.join(INVALID_BLOB_NAME))
+        self.blobs.path(key).unwrap_or_else(|_| self.blobs.dir.join(INVALID_BLOB_NAME))
     }
 
-    fn record_failure(
-        &self,
-        failure: &Failure,
-        quarantine_after: u32,
-    ) -> Result<FailureState, ServiceError> {
+    fn record_failure(&self, failure: &Failure, quarantine_after: u32) -> Result<FailureState, ServiceError> {
         Ok(self.failure_note(failure, quarantine_after)?)
     }
 

@@ -38,10 +38,7 @@ fn run_info() -> RunInfo {
 
 /// Files left in `tmp/` (the writability probe and blob writes must clean up after themselves).
 fn tmp_entries(store: &Store) -> Vec<PathBuf> {
-    fs::read_dir(store.tmp_dir())
-        .unwrap()
-        .map(|e| e.unwrap().path())
-        .collect()
+    fs::read_dir(store.tmp_dir()).unwrap().map(|e| e.unwrap().path()).collect()
 }
 
 #[test]
@@ -63,8 +60,7 @@ fn open_creates_layout_and_reopen_keeps_data() {
         s.memo_put(&key(1), "seg", b"v1").unwrap();
         s.commit_epoch("sink", 3, "{\"rows\":2}").unwrap();
         s.record_failure(&failure("probe", "x"), 3).unwrap();
-        s.record_output("sink", 3, "dataset/part-3.jsonl", None)
-            .unwrap();
+        s.record_output("sink", 3, "dataset/part-3.jsonl", None).unwrap();
         blob = s.blob_put(b"pixels").unwrap();
     }
     let s = Store::open(&root).unwrap();
@@ -79,24 +75,12 @@ fn open_creates_layout_and_reopen_keeps_data() {
     let outs = s.outputs(None).unwrap();
     assert_eq!(outs.len(), 1);
     assert_eq!((outs[0].epoch, outs[0].run_id), (3, Some(run)));
-    let version: String = s
-        .conn()
-        .query_row(
-            "SELECT value FROM meta WHERE key = 'schema_version'",
-            [],
-            |r| r.get(0),
-        )
-        .unwrap();
+    let version: String =
+        s.conn().query_row("SELECT value FROM meta WHERE key = 'schema_version'", [], |r| r.get(0)).unwrap();
     assert_eq!(version, SCHEMA_VERSION.to_string());
-    let mode: String = s
-        .conn()
-        .pragma_query_value(None, "journal_mode", |r| r.get(0))
-        .unwrap();
+    let mode: String = s.conn().pragma_query_value(None, "journal_mode", |r| r.get(0)).unwrap();
     assert_eq!(mode, "wal");
-    let fk: bool = s
-        .conn()
-        .pragma_query_value(None, "foreign_keys", |r| r.get(0))
-        .unwrap();
+    let fk: bool = s.conn().pragma_query_value(None, "foreign_keys", |r| r.get(0)).unwrap();
     assert!(fk);
 }
 
@@ -113,15 +97,9 @@ fn memo_roundtrip_replace_and_stats() {
     assert_eq!(s.memo_get(&key(1)).unwrap(), Some(big));
     assert_eq!(s.memo_get(&key(2)).unwrap(), Some(vec![]));
     s.memo_put(&key(1), "seg", b"replaced").unwrap();
-    assert_eq!(
-        s.memo_get(&key(1)).unwrap().as_deref(),
-        Some(&b"replaced"[..])
-    );
+    assert_eq!(s.memo_get(&key(1)).unwrap().as_deref(), Some(&b"replaced"[..]));
     let stats = s.memo_stats().unwrap();
-    assert_eq!(
-        stats,
-        BTreeMap::from([("cap".to_string(), 1), ("seg".to_string(), 2)])
-    );
+    assert_eq!(stats, BTreeMap::from([("cap".to_string(), 1), ("seg".to_string(), 2)]));
 }
 
 #[test]
@@ -137,12 +115,7 @@ fn blob_put_is_content_addressed_idempotent_and_atomic() {
 
     // A second put of the same bytes leaves the existing file alone.
     let old = SystemTime::now() - Duration::from_secs(7200);
-    fs::File::options()
-        .write(true)
-        .open(&path)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
     assert_eq!(s.blob_put(&bytes).unwrap(), key);
     assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), old);
 
@@ -154,16 +127,9 @@ fn blob_put_is_content_addressed_idempotent_and_atomic() {
     let other = s.blob_put(b"").unwrap();
     assert_ne!(other, key);
     assert_eq!(s.blob_get(&other).unwrap(), b"");
-    assert!(
-        tmp_entries(&s).is_empty(),
-        "temp files left: {:?}",
-        tmp_entries(&s)
-    );
+    assert!(tmp_entries(&s).is_empty(), "temp files left: {:?}", tmp_entries(&s));
     let missing = "0".repeat(64);
-    assert!(matches!(
-        s.blob_get(&missing),
-        Err(StoreError::MissingBlob { .. })
-    ));
+    assert!(matches!(s.blob_get(&missing), Err(StoreError::MissingBlob { .. })));
 }
 
 #[test]
@@ -218,27 +184,12 @@ fn blob_put_file_copies_across_file_systems() {
 fn blob_keys_are_validated() {
     let (_dir, s) = store();
     let blobs = s.root().join("blobs");
-    for bad in [
-        "../../etc/passwd",
-        "",
-        "ab",
-        &"A".repeat(64),
-        &"g".repeat(64),
-        &"a".repeat(65),
-        "ab/../../x",
-    ] {
+    for bad in ["../../etc/passwd", "", "ab", &"A".repeat(64), &"g".repeat(64), &"a".repeat(65), "ab/../../x"] {
         assert!(!is_valid_blob_key(bad), "{bad}");
         let p = s.blob_path(bad);
-        assert!(
-            p.starts_with(&blobs) && !p.exists(),
-            "{bad} -> {}",
-            p.display()
-        );
+        assert!(p.starts_with(&blobs) && !p.exists(), "{bad} -> {}", p.display());
         assert!(!p.components().any(|c| c == std::path::Component::ParentDir));
-        assert!(
-            matches!(s.blob_get(bad), Err(StoreError::InvalidBlobKey { .. })),
-            "{bad}"
-        );
+        assert!(matches!(s.blob_get(bad), Err(StoreError::InvalidBlobKey { .. })), "{bad}");
         assert!(s.record_output("n", 0, "p", Some(bad)).is_err(), "{bad}");
     }
     assert!(is_valid_blob_key(&"0123456789abcdef".repeat(4)));
@@ -253,103 +204,46 @@ fn failures_count_quarantine_and_retry() {
     assert_eq!(
         states,
         [
-            FailureState {
-                attempts: 1,
-                quarantined: false
-            },
-            FailureState {
-                attempts: 2,
-                quarantined: false
-            },
-            FailureState {
-                attempts: 3,
-                quarantined: true
-            },
+            FailureState { attempts: 1, quarantined: false },
+            FailureState { attempts: 2, quarantined: false },
+            FailureState { attempts: 3, quarantined: true },
         ]
     );
     assert!(s.is_quarantined("probe", "file:/a.mp4").unwrap());
     assert!(!s.is_quarantined("probe", "file:/b.mp4").unwrap());
     assert!(!s.is_quarantined("decode", "file:/a.mp4").unwrap());
     // Quarantine stays even if a later run raises the threshold.
-    assert_eq!(
-        s.record_failure(&f, 10).unwrap(),
-        FailureState {
-            attempts: 4,
-            quarantined: true
-        }
-    );
+    assert_eq!(s.record_failure(&f, 10).unwrap(), FailureState { attempts: 4, quarantined: true });
 
     let mut g = failure("probe", "file:/b.mp4");
     g.class = ErrorClass::Timeout;
     s.record_failure(&g, 3).unwrap();
-    s.record_failure(&failure("decode", "file:/c.mp4"), 1)
-        .unwrap();
+    s.record_failure(&failure("decode", "file:/c.mp4"), 1).unwrap();
 
     let all = s.failures(&FailureFilter::default()).unwrap();
     assert_eq!(
         all.iter().map(|r| (&*r.node, &*r.item)).collect::<Vec<_>>(),
-        [
-            ("decode", "file:/c.mp4"),
-            ("probe", "file:/a.mp4"),
-            ("probe", "file:/b.mp4")
-        ]
+        [("decode", "file:/c.mp4"), ("probe", "file:/a.mp4"), ("probe", "file:/b.mp4")]
     );
-    let q = s
-        .failures(&FailureFilter {
-            node: None,
-            quarantined_only: true,
-        })
-        .unwrap();
+    let q = s.failures(&FailureFilter { node: None, quarantined_only: true }).unwrap();
     assert_eq!(q.len(), 2);
-    let probe = s
-        .failures(&FailureFilter {
-            node: Some("probe".into()),
-            quarantined_only: false,
-        })
-        .unwrap();
+    let probe = s.failures(&FailureFilter { node: Some("probe".into()), quarantined_only: false }).unwrap();
     assert_eq!(probe.len(), 2);
     let a = &probe[0];
-    assert_eq!(
-        (a.operator.as_str(), a.input.as_str()),
-        ("video.probe", "/data/file:/a.mp4.mp4")
-    );
-    assert_eq!(
-        (a.class.as_str(), a.error_class()),
-        ("invalid_input", Some(ErrorClass::InvalidInput))
-    );
-    assert_eq!(
-        (a.message.as_str(), a.attempts, a.quarantined, a.run_id),
-        ("moov atom not found", 4, true, Some(run))
-    );
-    assert!(
-        a.first_seen.len() >= 20 && a.first_seen <= a.last_seen,
-        "{} {}",
-        a.first_seen,
-        a.last_seen
-    );
+    assert_eq!((a.operator.as_str(), a.input.as_str()), ("video.probe", "/data/file:/a.mp4.mp4"));
+    assert_eq!((a.class.as_str(), a.error_class()), ("invalid_input", Some(ErrorClass::InvalidInput)));
+    assert_eq!((a.message.as_str(), a.attempts, a.quarantined, a.run_id), ("moov atom not found", 4, true, Some(run)));
+    assert!(a.first_seen.len() >= 20 && a.first_seen <= a.last_seen, "{} {}", a.first_seen, a.last_seen);
     assert_eq!(probe[1].error_class(), Some(ErrorClass::Timeout));
 
     // Release one node's quarantined items: attempts start over.
     assert_eq!(s.retry_quarantined(Some("probe"), None).unwrap(), 1);
     assert!(!s.is_quarantined("probe", "file:/a.mp4").unwrap());
     assert!(s.is_quarantined("decode", "file:/c.mp4").unwrap());
-    assert_eq!(
-        s.record_failure(&f, 3).unwrap(),
-        FailureState {
-            attempts: 1,
-            quarantined: false
-        }
-    );
+    assert_eq!(s.record_failure(&f, 3).unwrap(), FailureState { attempts: 1, quarantined: false });
     assert_eq!(s.retry_quarantined(None, Some("nope")).unwrap(), 0);
     assert_eq!(s.retry_quarantined(None, Some("file:/c.mp4")).unwrap(), 1);
-    assert_eq!(
-        s.failures(&FailureFilter {
-            node: None,
-            quarantined_only: true
-        })
-        .unwrap(),
-        []
-    );
+    assert_eq!(s.failures(&FailureFilter { node: None, quarantined_only: true }).unwrap(), []);
 
     s.clear_failure("probe", "file:/a.mp4").unwrap();
     assert_eq!(s.failures(&FailureFilter::default()).unwrap().len(), 2);
@@ -368,18 +262,10 @@ fn next_epoch_follows_commits() {
     // Committing an epoch again replaces its row.
     s.commit_epoch("sink.a", 0, "again").unwrap();
     let a = s.commits(Some("sink.a")).unwrap();
-    assert_eq!(
-        a.iter()
-            .map(|c| (c.epoch, c.summary.as_str()))
-            .collect::<Vec<_>>(),
-        [(0, "again"), (2, "a2")]
-    );
+    assert_eq!(a.iter().map(|c| (c.epoch, c.summary.as_str())).collect::<Vec<_>>(), [(0, "again"), (2, "a2")]);
     assert_eq!(a[0].run_id, None);
     assert_eq!(s.commits(None).unwrap().len(), 3);
-    assert!(matches!(
-        s.commit_epoch("x", u64::MAX, ""),
-        Err(ServiceError::Catalog(_))
-    ));
+    assert!(matches!(s.commit_epoch("x", u64::MAX, ""), Err(ServiceError::Catalog(_))));
 }
 
 #[test]
@@ -387,32 +273,19 @@ fn runs_begin_and_finish() {
     let (_dir, s) = store();
     let first = s.begin_run(&run_info()).unwrap();
     assert_eq!(s.current_run(), Some(first));
-    let second = s
-        .begin_run(&RunInfo {
-            process_index: 0,
-            ..run_info()
-        })
-        .unwrap();
+    let second = s.begin_run(&RunInfo { process_index: 0, ..run_info() }).unwrap();
     assert!(second > first);
     s.finish_run(first, RunStatus::Interrupted, "{}").unwrap();
-    s.finish_run(second, RunStatus::Succeeded, r#"{"epochs":3}"#)
-        .unwrap();
+    s.finish_run(second, RunStatus::Succeeded, r#"{"epochs":3}"#).unwrap();
     s.commit_epoch("sink", 0, "").unwrap();
     let runs = s.runs(10).unwrap();
     assert_eq!(
         runs.iter().map(|r| (r.id, r.status)).collect::<Vec<_>>(),
-        [
-            (second, RunStatus::Succeeded),
-            (first, RunStatus::Interrupted)
-        ]
+        [(second, RunStatus::Succeeded), (first, RunStatus::Interrupted)]
     );
     let r = &runs[0];
     assert_eq!(
-        (
-            r.graph_path.as_path(),
-            r.graph_name.as_str(),
-            r.graph_hash.as_str()
-        ),
+        (r.graph_path.as_path(), r.graph_name.as_str(), r.graph_hash.as_str()),
         (Path::new("graphs/demo.toml"), "demo", "abc")
     );
     assert_eq!((r.process_index, r.processes), (0, 2));
@@ -421,16 +294,8 @@ fn runs_begin_and_finish() {
     assert!(r.finished_at.is_some());
     assert_eq!(s.runs(1).unwrap().len(), 1);
     assert_eq!(s.commits(None).unwrap()[0].run_id, Some(second));
-    assert!(matches!(
-        s.finish_run(999, RunStatus::Failed, "{}"),
-        Err(StoreError::UnknownRun { run_id: 999, .. })
-    ));
-    for st in [
-        RunStatus::Running,
-        RunStatus::Succeeded,
-        RunStatus::Failed,
-        RunStatus::Interrupted,
-    ] {
+    assert!(matches!(s.finish_run(999, RunStatus::Failed, "{}"), Err(StoreError::UnknownRun { run_id: 999, .. })));
+    for st in [RunStatus::Running, RunStatus::Succeeded, RunStatus::Failed, RunStatus::Interrupted] {
         assert_eq!(RunStatus::parse(st.as_str()), Some(st));
     }
 }
@@ -440,10 +305,7 @@ fn two_stores_four_threads_each_write_concurrently() {
     const THREADS: u64 = 4;
     const PER_THREAD: u64 = 200;
     let dir = tempfile::tempdir().unwrap();
-    let stores = [
-        Arc::new(Store::open(dir.path()).unwrap()),
-        Arc::new(Store::open(dir.path()).unwrap()),
-    ];
+    let stores = [Arc::new(Store::open(dir.path()).unwrap()), Arc::new(Store::open(dir.path()).unwrap())];
     let mut handles = Vec::new();
     for (si, store) in stores.iter().enumerate() {
         for t in 0..THREADS {
@@ -451,16 +313,10 @@ fn two_stores_four_threads_each_write_concurrently() {
             handles.push(std::thread::spawn(move || {
                 for i in 0..PER_THREAD {
                     let n = ((si as u64 * THREADS) + t) * PER_THREAD + i;
-                    store
-                        .memo_put(&key(n), &format!("node{si}"), &n.to_le_bytes())
-                        .unwrap();
+                    store.memo_put(&key(n), &format!("node{si}"), &n.to_le_bytes()).unwrap();
                     // Every thread also hits shared failure rows (read-modify-write under contention).
-                    store
-                        .record_failure(&failure("shared", &format!("item{}", i % 10)), u32::MAX)
-                        .unwrap();
-                    store
-                        .record_failure(&failure("own", &format!("item{n}")), 3)
-                        .unwrap();
+                    store.record_failure(&failure("shared", &format!("item{}", i % 10)), u32::MAX).unwrap();
+                    store.record_failure(&failure("own", &format!("item{n}")), 3).unwrap();
                 }
             }));
         }
@@ -471,33 +327,16 @@ fn two_stores_four_threads_each_write_concurrently() {
     let s = &stores[0];
     let total = 2 * THREADS * PER_THREAD;
     for n in 0..total {
-        assert_eq!(
-            s.memo_get(&key(n)).unwrap(),
-            Some(n.to_le_bytes().to_vec()),
-            "memo {n}"
-        );
+        assert_eq!(s.memo_get(&key(n)).unwrap(), Some(n.to_le_bytes().to_vec()), "memo {n}");
     }
     let stats = s.memo_stats().unwrap();
     assert_eq!(stats.values().sum::<u64>(), total);
-    let own = s
-        .failures(&FailureFilter {
-            node: Some("own".into()),
-            quarantined_only: false,
-        })
-        .unwrap();
+    let own = s.failures(&FailureFilter { node: Some("own".into()), quarantined_only: false }).unwrap();
     assert_eq!(own.len() as u64, total);
-    let shared = s
-        .failures(&FailureFilter {
-            node: Some("shared".into()),
-            quarantined_only: false,
-        })
-        .unwrap();
+    let shared = s.failures(&FailureFilter { node: Some("shared".into()), quarantined_only: false }).unwrap();
     assert_eq!(shared.len(), 10);
     // No lost updates: every increment of the shared rows is counted.
-    assert_eq!(
-        shared.iter().map(|r| u64::from(r.attempts)).sum::<u64>(),
-        total
-    );
+    assert_eq!(shared.iter().map(|r| u64::from(r.attempts)).sum::<u64>(), total);
 }
 
 #[test]
@@ -510,10 +349,7 @@ fn concurrent_opens_of_a_new_store_all_succeed() {
             std::thread::spawn(move || {
                 let s = Store::open(&root)?;
                 s.commit_epoch(&format!("n{i}"), i, "")
-                    .map_err(|e| StoreError::Setup {
-                        path: root.clone(),
-                        reason: e.to_string(),
-                    })
+                    .map_err(|e| StoreError::Setup { path: root.clone(), reason: e.to_string() })
             })
         })
         .collect();
@@ -531,10 +367,7 @@ fn opening_a_regular_file_errors_clearly() {
     let err = Store::open(&file).unwrap_err();
     assert!(matches!(err, StoreError::NotADirectory { .. }), "{err:?}");
     let msg = err.to_string();
-    assert!(
-        msg.contains("not-a-dir") && msg.contains("not a directory") && msg.contains("--store"),
-        "{msg}"
-    );
+    assert!(msg.contains("not-a-dir") && msg.contains("not a directory") && msg.contains("--store"), "{msg}");
     // Below a file, too.
     let err = Store::open(&file.join("run")).unwrap_err();
     assert!(matches!(err, StoreError::NotADirectory { .. }), "{err:?}");
@@ -545,27 +378,15 @@ fn opening_a_regular_file_errors_clearly() {
 fn garbage_catalog_is_not_a_medgen_catalog() {
     let mut header_then_junk = b"SQLite format 3\0".to_vec();
     header_then_junk.extend([0xA5u8; 8192]);
-    for garbage in [
-        &b"garbage"[..],
-        &[0xA5u8; 8192][..],
-        &b"SQLite format 3\0 then nonsense"[..],
-        &header_then_junk,
-    ] {
+    for garbage in [&b"garbage"[..], &[0xA5u8; 8192][..], &b"SQLite format 3\0 then nonsense"[..], &header_then_junk] {
         let dir = tempfile::tempdir().unwrap();
         let catalog = dir.path().join(CATALOG_FILE);
         fs::write(&catalog, garbage).unwrap();
         let err = Store::open(dir.path()).unwrap_err();
         assert!(matches!(err, StoreError::NotACatalog { .. }), "{err:?}");
         let msg = err.to_string();
-        assert!(
-            msg.contains(CATALOG_FILE) && msg.contains("not a medgen catalog"),
-            "{msg}"
-        );
-        assert_eq!(
-            fs::read(&catalog).unwrap(),
-            garbage,
-            "the file must be left as it was"
-        );
+        assert!(msg.contains(CATALOG_FILE) && msg.contains("not a medgen catalog"), "{msg}");
+        assert_eq!(fs::read(&catalog).unwrap(), garbage, "the file must be left as it was");
     }
 }
 
@@ -584,17 +405,10 @@ fn foreign_and_newer_catalogs_are_refused() {
     drop(Store::open(dir.path()).unwrap());
     {
         let c = Connection::open(dir.path().join(CATALOG_FILE)).unwrap();
-        c.execute(
-            "UPDATE meta SET value = '999' WHERE key = 'schema_version'",
-            [],
-        )
-        .unwrap();
+        c.execute("UPDATE meta SET value = '999' WHERE key = 'schema_version'", []).unwrap();
     }
     let err = Store::open(dir.path()).unwrap_err();
-    assert!(
-        matches!(err, StoreError::SchemaTooNew { found: 999, .. }),
-        "{err:?}"
-    );
+    assert!(matches!(err, StoreError::SchemaTooNew { found: 999, .. }), "{err:?}");
     assert!(err.to_string().contains("upgrade medgen"), "{err}");
 }
 
@@ -613,17 +427,9 @@ fn stale_temp_files_are_cleared_on_open() {
     fs::create_dir(&stale_dir).unwrap();
     fs::write(stale_dir.join("inner"), b"x").unwrap();
     for p in [&stale, &stale_dir.join("inner")] {
-        fs::File::options()
-            .write(true)
-            .open(p)
-            .unwrap()
-            .set_modified(old)
-            .unwrap();
+        fs::File::options().write(true).open(p).unwrap().set_modified(old).unwrap();
     }
-    fs::File::open(&stale_dir)
-        .unwrap()
-        .set_modified(old)
-        .unwrap();
+    fs::File::open(&stale_dir).unwrap().set_modified(old).unwrap();
     let s = Store::open(&root).unwrap();
     assert!(!stale.exists() && !stale_dir.exists());
     assert!(fresh.exists());
@@ -647,24 +453,13 @@ fn unwritable_store_errors_clearly() {
     }
     let err = result.unwrap_err();
     assert!(matches!(err, StoreError::NotWritable { .. }), "{err:?}");
-    assert!(
-        err.to_string().contains("not writable") && err.to_string().contains("--store"),
-        "{err}"
-    );
+    assert!(err.to_string().contains("not writable") && err.to_string().contains("--store"), "{err}");
 }
 
 #[test]
 fn service_errors_keep_paths() {
-    let e: ServiceError = StoreError::Io {
-        path: "/x/y".into(),
-        source: std::io::Error::other("boom"),
-    }
-    .into();
+    let e: ServiceError = StoreError::Io { path: "/x/y".into(), source: std::io::Error::other("boom") }.into();
     assert!(matches!(&e, ServiceError::Io { path, .. } if path == Path::new("/x/y")));
-    let e: ServiceError = StoreError::MissingBlob {
-        path: "/b".into(),
-        key: "k".into(),
-    }
-    .into();
+    let e: ServiceError = StoreError::MissingBlob { path: "/b".into(), key: "k".into() }.into();
     assert!(matches!(&e, ServiceError::MissingBlob(k) if k == "k"));
 }

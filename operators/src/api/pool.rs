@@ -28,8 +28,8 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use timely::dataflow::channels::pact::Exchange;
-use timely::dataflow::operators::generic::operator::Operator;
 use timely::dataflow::operators::Capability;
+use timely::dataflow::operators::generic::operator::Operator;
 
 /// A per-item error: its class decides whether it is retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -175,14 +175,17 @@ impl<F> Runner<F> {
                 shutdown: self.shutdown.clone(),
             };
             let started = Instant::now();
-            let outcome = std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(d, &ctx)))
-                .unwrap_or_else(|panic| {
+            let outcome =
+                std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| (self.f)(d, &ctx))).unwrap_or_else(|panic| {
                     let msg = panic
                         .downcast_ref::<&str>()
                         .map(|s| s.to_string())
                         .or_else(|| panic.downcast_ref::<String>().cloned())
                         .unwrap_or_else(|| "panic".into());
-                    Err(ItemError::new(ErrorClass::Internal, format!("operator panicked: {msg} (a bug; please report it)")))
+                    Err(ItemError::new(
+                        ErrorClass::Internal,
+                        format!("operator panicked: {msg} (a bug; please report it)"),
+                    ))
                 });
             NodeStats::add(&self.stats.busy_ns, started.elapsed().as_nanos() as u64);
             match outcome {
@@ -213,7 +216,10 @@ impl<F> Runner<F> {
                         failure.attempts = st.attempts;
                     }
                     let quarantined = state.map(|s| s.quarantined).unwrap_or(false);
-                    let retry = err.class.is_transient() && attempt < max && !quarantined && !self.shutdown.load(Ordering::Relaxed);
+                    let retry = err.class.is_transient()
+                        && attempt < max
+                        && !quarantined
+                        && !self.shutdown.load(Ordering::Relaxed);
                     tracing::warn!(node = %self.node, item = %failure.item, attempt, class = %err.class, retry,
                         "item failed: {}", err.message);
                     if retry {
@@ -232,7 +238,12 @@ impl<F> Runner<F> {
 ///
 /// `f` must be deterministic for a given input and params: its result is cached. Failed items come
 /// out as `Record::Failure` in the same collection; split them with [`split_failures`].
-pub fn pool_map<'s, D, F>(ctx: &BuildCtx<'s>, input: VecCollection<'s, u64, D, isize>, config: PoolConfig, f: F) -> Coll<'s>
+pub fn pool_map<'s, D, F>(
+    ctx: &BuildCtx<'s>,
+    input: VecCollection<'s, u64, D, isize>,
+    config: PoolConfig,
+    f: F,
+) -> Coll<'s>
 where
     D: PoolItem,
     F: Fn(&D, &ItemCtx) -> Result<Vec<Record>, ItemError> + Send + Sync + 'static,
@@ -558,10 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let services = Arc::new(MemServices::new(dir.path()));
         let calls = Arc::new(AtomicU32::new(0));
-        let epochs = vec![
-            (0..20).map(|i| (prompt(i), 1)).collect(),
-            vec![(prompt(3), -1), (prompt(20), 1)],
-        ];
+        let epochs = vec![(0..20).map(|i| (prompt(i), 1)).collect(), vec![(prompt(3), -1), (prompt(20), 1)]];
         let (out, stats) = run(services.clone(), epochs.clone(), calls.clone());
         assert_eq!(out[0].len(), 20);
         let fail = out[0].iter().find(|(r, _)| matches!(r, Record::Failure(_))).unwrap();

@@ -122,14 +122,21 @@ impl Services for MemServices {
         Ok(map.get(&(node.to_string(), item.to_string())).is_some_and(|s| s.quarantined))
     }
     fn clear_failure(&self, node: &str, item: &str) -> Result<(), ServiceError> {
-        self.failures.lock().map_err(|e| ServiceError::Catalog(e.to_string()))?.remove(&(node.to_string(), item.to_string()));
+        self.failures
+            .lock()
+            .map_err(|e| ServiceError::Catalog(e.to_string()))?
+            .remove(&(node.to_string(), item.to_string()));
         Ok(())
     }
     fn outputs_dir(&self) -> PathBuf {
         self.root.join("outputs")
     }
     fn commit_epoch(&self, node: &str, epoch: u64, summary: &str) -> Result<(), ServiceError> {
-        self.commits.lock().map_err(|e| ServiceError::Catalog(e.to_string()))?.push((node.into(), epoch, summary.into()));
+        self.commits.lock().map_err(|e| ServiceError::Catalog(e.to_string()))?.push((
+            node.into(),
+            epoch,
+            summary.into(),
+        ));
         Ok(())
     }
     fn tmp_dir(&self) -> PathBuf {

@@ -178,9 +178,22 @@ impl BuildCtx<'_> {
 /// The collections arriving at a node, by input port.
 pub struct Inputs<'s> {
     pub ports: BTreeMap<&'static str, Vec<Coll<'s>>>,
+    /// Per port, where each collection comes from (`node` or `node.port`), in the same order.
+    pub sources: BTreeMap<&'static str, Vec<String>>,
 }
 
 impl<'s> Inputs<'s> {
+    /// The collections on a port with the names of their sources (`node` / `node.port`).
+    pub fn take_labelled(&mut self, port: &str) -> Vec<(String, Coll<'s>)> {
+        let colls = self.ports.remove(port).unwrap_or_default();
+        let names = self.sources.remove(port).unwrap_or_default();
+        colls
+            .into_iter()
+            .enumerate()
+            .map(|(i, c)| (names.get(i).cloned().unwrap_or_else(|| format!("input {i}")), c))
+            .collect()
+    }
+
     /// All collections on a port, concatenated (None if the port is unconnected).
     pub fn take(&mut self, scope: Scope<'s>, port: &str) -> Option<Coll<'s>> {
         let colls = self.ports.remove(port)?;
@@ -228,7 +241,8 @@ pub trait Operator: Send + Sync + 'static {
     fn check(&self, params: &Params, ctx: &CheckCtx) -> Vec<ParamIssue>;
     /// JSON of the params that affect outputs (memo keys).
     fn fingerprint(&self, params: &Params) -> String;
-    fn build<'s>(&self, ctx: &mut BuildCtx<'s>, params: &Params, inputs: Inputs<'s>) -> Result<Outputs<'s>, BuildError>;
+    fn build<'s>(&self, ctx: &mut BuildCtx<'s>, params: &Params, inputs: Inputs<'s>)
+    -> Result<Outputs<'s>, BuildError>;
 }
 
 /// The convenient way to write an operator: typed params, with serde defaults and doc comments.
@@ -243,7 +257,12 @@ pub trait TypedOperator: Send + Sync + 'static {
     fn fingerprint(&self, params: &Self::Params) -> serde_json::Value {
         serde_json::to_value(params).unwrap_or(serde_json::Value::Null)
     }
-    fn build<'s>(&self, ctx: &mut BuildCtx<'s>, params: &Self::Params, inputs: Inputs<'s>) -> Result<Outputs<'s>, BuildError>;
+    fn build<'s>(
+        &self,
+        ctx: &mut BuildCtx<'s>,
+        params: &Self::Params,
+        inputs: Inputs<'s>,
+    ) -> Result<Outputs<'s>, BuildError>;
 }
 
 impl<T: TypedOperator> Operator for T {
@@ -276,7 +295,12 @@ impl<T: TypedOperator> Operator for T {
             None => String::new(),
         }
     }
-    fn build<'s>(&self, ctx: &mut BuildCtx<'s>, params: &Params, inputs: Inputs<'s>) -> Result<Outputs<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        ctx: &mut BuildCtx<'s>,
+        params: &Params,
+        inputs: Inputs<'s>,
+    ) -> Result<Outputs<'s>, BuildError> {
         let p = params.downcast_ref::<T::Params>().ok_or_else(|| BuildError::Invalid {
             node: ctx.node.clone(),
             message: "internal: params of another operator".into(),

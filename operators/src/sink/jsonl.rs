@@ -94,12 +94,21 @@ impl TypedOperator for SinkJsonl {
         if p.path.trim().is_empty() {
             issues.push(ParamIssue::error("path", "empty output path", Some("e.g. path = \"videos.jsonl\"".into())));
         } else if p.path.ends_with('/') {
-            issues.push(ParamIssue::error("path", "names a folder, not a file", Some("e.g. path = \"videos.jsonl\"".into())));
+            issues.push(ParamIssue::error(
+                "path",
+                "names a folder, not a file",
+                Some("e.g. path = \"videos.jsonl\"".into()),
+            ));
         }
         issues
     }
 
-    fn build<'s>(&self, ctx: &mut BuildCtx<'s>, p: &JsonlParams, mut inputs: Inputs<'s>) -> Result<Outputs<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        ctx: &mut BuildCtx<'s>,
+        p: &JsonlParams,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Outputs<'s>, BuildError> {
         let Some(input) = inputs.take(ctx.scope, "in") else {
             return Err(BuildError::Invalid { node: ctx.node.clone(), message: "input `in` is not connected".into() });
         };
@@ -150,10 +159,11 @@ impl TypedOperator for SinkJsonl {
                         NodeStats::add(&stats.retracted, (-*d) as u64);
                     }
                 }
-                if !changes.is_empty() && !dry_run {
-                    if let Err(e) = view.append_changes(t, &changes) {
-                        tracing::error!(node = %node, "cannot append the changelog: {e}");
-                    }
+                if !changes.is_empty()
+                    && !dry_run
+                    && let Err(e) = view.append_changes(t, &changes)
+                {
+                    tracing::error!(node = %node, "cannot append the changelog: {e}");
                 }
                 changed |= !changes.is_empty();
                 last_epoch = Some(t);

@@ -84,6 +84,9 @@ fn normalize(p: &Path) -> PathBuf {
     out
 }
 
+/// Per path: the size and modification time last seen, and since when they have been stable.
+pub type SettleState = BTreeMap<String, (u64, u128, std::time::Instant)>;
+
 /// A compiled set of patterns.
 pub struct Matcher {
     roots: Vec<(PathBuf, String)>,
@@ -109,7 +112,7 @@ impl Matcher {
     }
 
     /// Every matching file now, with problems (missing folders, unreadable entries) as entries too.
-    pub fn scan(&self, settle: Option<(Duration, &mut BTreeMap<String, (u64, u128, std::time::Instant)>)>) -> Snapshot {
+    pub fn scan(&self, settle: Option<(Duration, &mut SettleState)>) -> Snapshot {
         let mut out = Snapshot::new();
         let mut seen_paths = std::collections::HashSet::new();
         let mut settle = settle;
@@ -126,16 +129,20 @@ impl Matcher {
                         metadata: BTreeMap::new(),
                         error: Some((
                             ErrorClass::Unreadable,
-                            format!("folder {} of pattern `{pattern}` does not exist; create it or fix the pattern", root.display()),
+                            format!(
+                                "folder {} of pattern `{pattern}` does not exist; create it or fix the pattern",
+                                root.display()
+                            ),
                         )),
                     },
                 );
                 continue;
             }
             let skip_hidden = self.skip_hidden;
-            let walker = walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter().filter_entry(move |e| {
-                !(skip_hidden && e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.'))
-            });
+            let walker =
+                walkdir::WalkDir::new(root).follow_links(true).sort_by_file_name().into_iter().filter_entry(move |e| {
+                    !(skip_hidden && e.depth() > 0 && e.file_name().to_string_lossy().starts_with('.'))
+                });
             for entry in walker {
                 let entry = match entry {
                     Ok(e) => e,
@@ -223,11 +230,19 @@ impl TypedOperator for SourceFiles {
     fn check(&self, p: &FilesParams, ctx: &CheckCtx) -> Vec<ParamIssue> {
         let mut issues = Vec::new();
         if p.paths.is_empty() {
-            issues.push(ParamIssue::error("paths", "no patterns given", Some("add at least one, e.g. paths = [\"videos/**/*.mp4\"]".into())));
+            issues.push(ParamIssue::error(
+                "paths",
+                "no patterns given",
+                Some("add at least one, e.g. paths = [\"videos/**/*.mp4\"]".into()),
+            ));
         }
         for (i, pat) in p.paths.iter().enumerate() {
             if let Err(e) = Glob::new(pat) {
-                issues.push(ParamIssue::error(format!("paths[{i}]"), format!("bad glob pattern `{pat}`: {e}"), Some("check brackets and braces".into())));
+                issues.push(ParamIssue::error(
+                    format!("paths[{i}]"),
+                    format!("bad glob pattern `{pat}`: {e}"),
+                    Some("check brackets and braces".into()),
+                ));
                 continue;
             }
             let (root, _) = split_pattern(&ctx.base_dir, pat);
@@ -240,7 +255,11 @@ impl TypedOperator for SourceFiles {
             }
         }
         if !(p.poll_seconds > 0.0 && p.poll_seconds.is_finite()) {
-            issues.push(ParamIssue::error("poll_seconds", "must be a positive number of seconds", Some("e.g. poll_seconds = 2.0".into())));
+            issues.push(ParamIssue::error(
+                "poll_seconds",
+                "must be a positive number of seconds",
+                Some("e.g. poll_seconds = 2.0".into()),
+            ));
         }
         if !(p.settle_seconds >= 0.0 && p.settle_seconds.is_finite()) {
             issues.push(ParamIssue::error("settle_seconds", "must be zero or a positive number of seconds", None));
@@ -256,7 +275,12 @@ impl TypedOperator for SourceFiles {
         serde_json::json!({})
     }
 
-    fn build<'s>(&self, ctx: &mut BuildCtx<'s>, p: &FilesParams, _inputs: Inputs<'s>) -> Result<Outputs<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        ctx: &mut BuildCtx<'s>,
+        p: &FilesParams,
+        _inputs: Inputs<'s>,
+    ) -> Result<Outputs<'s>, BuildError> {
         let matcher = Matcher::new(&ctx.base_dir, &p.paths, p.skip_hidden)
             .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
         let settle = Duration::from_secs_f64(p.settle_seconds.max(0.0));
@@ -295,7 +319,11 @@ mod tests {
         std::fs::write(dir.path().join("a/.hidden.mp4"), b"h").unwrap();
         let m = Matcher::new(dir.path(), &["a/**/*.{mp4,mkv}".into(), "missing/*.mp4".into()], true).unwrap();
         let snap = m.scan(None);
-        let files: Vec<String> = snap.values().filter(|e| e.error.is_none()).map(|e| e.uri.rsplit('/').next().unwrap().to_string()).collect();
+        let files: Vec<String> = snap
+            .values()
+            .filter(|e| e.error.is_none())
+            .map(|e| e.uri.rsplit('/').next().unwrap().to_string())
+            .collect();
         let mut files = files;
         files.sort();
         assert_eq!(files, vec!["one.mp4", "three.mkv"]);

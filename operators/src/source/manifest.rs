@@ -108,7 +108,11 @@ pub fn read_manifest(path: &Path, format: ManifestFormat) -> Snapshot {
                 metadata: BTreeMap::new(),
                 error: Some((
                     ErrorClass::InvalidInput,
-                    format!("{}:{line}: `{}` is listed again (first row wins); remove the duplicate row", path.display(), entry.uri),
+                    format!(
+                        "{}:{line}: `{}` is listed again (first row wins); remove the duplicate row",
+                        path.display(),
+                        entry.uri
+                    ),
                 )),
             };
             out.insert(item_bad, dup);
@@ -210,6 +214,14 @@ fn row_entry(base: &Path, mut fields: BTreeMap<String, String>) -> Result<FileEn
     if uri.is_empty() {
         return Err("`uri` is empty".into());
     }
+    // A transcript given as a subtitle file is resolved like the uri.
+    if let Some(t) = fields.get_mut("transcript")
+        && (t.ends_with(".srt") || t.ends_with(".vtt"))
+        && !is_remote(t)
+        && !Path::new(t.as_str()).is_absolute()
+    {
+        *t = base.join(t.as_str()).to_string_lossy().into_owned();
+    }
     if is_remote(&uri) {
         return Ok(FileEntry { item: format!("uri:{uri}"), uri, size: 0, mtime_ns: 0, metadata: fields, error: None });
     }
@@ -267,7 +279,12 @@ impl TypedOperator for SourceManifest {
         serde_json::json!({})
     }
 
-    fn build<'s>(&self, ctx: &mut BuildCtx<'s>, p: &ManifestParams, _inputs: Inputs<'s>) -> Result<Outputs<'s>, BuildError> {
+    fn build<'s>(
+        &self,
+        ctx: &mut BuildCtx<'s>,
+        p: &ManifestParams,
+        _inputs: Inputs<'s>,
+    ) -> Result<Outputs<'s>, BuildError> {
         let path = ctx.resolve(&p.path);
         let format = p.format;
         let how = ScanLoop { watch: p.watch, poll: Duration::from_secs_f64(p.poll_seconds.max(0.01)) };
@@ -306,7 +323,8 @@ mod tests {
         let a = good.iter().find(|e| e.uri.ends_with("a.mp4")).unwrap();
         assert_eq!(a.metadata["title"], "Knee arthroscopy");
         assert_eq!(a.metadata["tags"], "ortho, knee");
-        let bad: BTreeMap<_, _> = snap.values().filter_map(|e| e.error.as_ref().map(|(_, m)| (e.item.clone(), m.clone()))).collect();
+        let bad: BTreeMap<_, _> =
+            snap.values().filter_map(|e| e.error.as_ref().map(|(_, m)| (e.item.clone(), m.clone()))).collect();
         assert_eq!(bad.len(), 5, "{bad:?}");
         assert!(bad.values().any(|m| m.contains(":2: missing `uri`")));
         assert!(bad.values().any(|m| m.contains(":3: invalid JSON")));
@@ -324,7 +342,14 @@ mod tests {
         let titles: Vec<_> = snap.values().filter_map(|e| e.metadata.get("title").cloned()).collect();
         assert_eq!(titles, vec!["One", "Two, with comma"]);
         // v1/v2 do not exist: unreadable, but parsed.
-        assert!(snap.values().filter(|e| e.uri.ends_with("v1.mp4")).all(|e| e.error.as_ref().unwrap().0 == ErrorClass::Unreadable));
-        assert!(snap.values().any(|e| e.error.as_ref().is_some_and(|(c, m)| *c == ErrorClass::InvalidInput && m.contains(":4:"))));
+        assert!(
+            snap.values()
+                .filter(|e| e.uri.ends_with("v1.mp4"))
+                .all(|e| e.error.as_ref().unwrap().0 == ErrorClass::Unreadable)
+        );
+        assert!(
+            snap.values()
+                .any(|e| e.error.as_ref().is_some_and(|(c, m)| *c == ErrorClass::InvalidInput && m.contains(":4:")))
+        );
     }
 }

@@ -6,6 +6,7 @@
 //! `Video` record, spread over all workers. A restarted run rescans, finds every unchanged file in
 //! the memo and hashes only what is new.
 
+pub mod dicom;
 pub mod files;
 pub mod manifest;
 
@@ -81,7 +82,10 @@ pub fn hash_file(path: &Path, ctx: &ItemCtx) -> Result<String, ItemError> {
         }
         h.update(&buf[..n]);
         if ctx.timed_out() {
-            return Err(ItemError::new(ErrorClass::Timeout, format!("hashing {} took longer than the item timeout", path.display())));
+            return Err(ItemError::new(
+                ErrorClass::Timeout,
+                format!("hashing {} took longer than the item timeout", path.display()),
+            ));
         }
     }
     Ok(h.finalize().to_hex().to_string())
@@ -121,14 +125,26 @@ pub fn entry_to_video(e: &FileEntry, ctx: &ItemCtx) -> Result<Vec<Record>, ItemE
     let path = Path::new(e.uri.strip_prefix("file://").unwrap_or(&e.uri));
     let (size, mtime) = stat(path).map_err(|err| io_error(path, err))?;
     if (size, mtime) != (e.size, e.mtime_ns) && e.mtime_ns != 0 {
-        return Err(ItemError::transient(format!("{} changed while it was being read; it will be read again", path.display())));
+        return Err(ItemError::transient(format!(
+            "{} changed while it was being read; it will be read again",
+            path.display()
+        )));
     }
     let source_id = hash_file(path, ctx)?;
     let after = stat(path).map_err(|err| io_error(path, err))?;
     if after != (size, mtime) {
-        return Err(ItemError::transient(format!("{} changed while it was being hashed; it will be hashed again", path.display())));
+        return Err(ItemError::transient(format!(
+            "{} changed while it was being hashed; it will be hashed again",
+            path.display()
+        )));
     }
-    Ok(vec![Record::Video(Video { source_id, uri: e.uri.clone(), size_bytes: size, probe: None, metadata: e.metadata.clone() })])
+    Ok(vec![Record::Video(Video {
+        source_id,
+        uri: e.uri.clone(),
+        size_bytes: size,
+        probe: None,
+        metadata: e.metadata.clone(),
+    })])
 }
 
 /// What a scanner returns: every entry it currently sees, keyed by item id.

