@@ -2,11 +2,16 @@
 //! sampling, size and time range.
 //!
 //! The GStreamer pipeline is `filesrc ! decodebin ! queue ! videoconvertscale ! capsfilter !
-//! appsink`, built element by element (no launch strings, so any file name works):
+//! appsink`, built element by element (no launch strings, so any file name works). The
+//! decoder's 8-bit YUV passes through (only scaled, when a size is asked for, and converted to
+//! I420 when it is another format); RGB and gray are made in Rust straight from the mapped planes
+//! ([`convert`](super::convert): BT.601/709/2020, limited or full range, AVX2 when available),
+//! which is several times cheaper than `videoconvert` to packed RGB.
 //!
 //! * frames the sampling does not want are dropped right after the decoder, before the queue, so
 //!   they cost no colour conversion or scaling; when the next wanted time lies beyond the next
-//!   keyframe (learned from the decoder's input), the decoder skips ahead with an accurate seek;
+//!   keyframe (learned from the decoder's input), the decoder skips ahead with a keyframe seek
+//!   (checked: a demuxer that lands past the target is sent back, and skipping stops);
 //! * audio and subtitle streams are never decoded;
 //! * queues are bounded (a few frames), so memory does not grow with the video's length;
 //! * declared frame sizes over the limits, still images and audio-only files are refused before
