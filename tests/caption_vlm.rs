@@ -236,9 +236,13 @@ fn sixty_four_clips_at_concurrency_sixteen_with_one_second_latency() {
     assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
     assert_eq!(rows(&store, "captions.jsonl").len(), 64);
     assert_eq!(server.requests().len(), 128);
-    assert!(server.peak_in_flight.load(std::sync::atomic::Ordering::SeqCst) <= 32);
-    eprintln!("64 clips, latency 1 s, concurrency 16: {:.2} s wall", wall.as_secs_f64());
-    assert!(wall <= Duration::from_secs(6), "took {wall:?}");
+    // Each clip asks for its two captions at once: 16 clips in flight are 32 requests, in one
+    // process whatever its number of workers.
+    let peak = server.peak_in_flight.load(std::sync::atomic::Ordering::SeqCst);
+    eprintln!("64 clips, latency 1 s, concurrency 16: {:.2} s wall, peak {peak} requests", wall.as_secs_f64());
+    assert!((24..=32).contains(&peak), "peak in-flight requests {peak}, expected 16 clips × 2");
+    // Four rounds of one second each; serial would take 64 s.
+    assert!(wall <= Duration::from_secs(12), "took {wall:?}");
 }
 
 #[test]

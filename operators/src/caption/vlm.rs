@@ -82,7 +82,8 @@ pub struct VlmParams {
     /// JPEG quality of the frames, 1–100.
     #[serde(default = "d_quality")]
     pub jpeg_quality: u8,
-    /// Clips captioned at once, per worker (each sends its detailed and brief requests together).
+    /// Clips captioned at once, per process and shared by its workers (each sends its detailed and
+    /// brief requests together).
     #[serde(default = "d_concurrency")]
     pub max_concurrency: usize,
     /// Requests per minute allowed for this endpoint and model (per process); unset: unlimited.
@@ -130,8 +131,9 @@ pub struct VlmParams {
     pub language: String,
 }
 
-/// A counting semaphore: at most `max_concurrency` clips talk to the endpoint at once, while extra
-/// pool threads decode the next clips' frames ahead of time.
+/// A counting semaphore: at most `max_concurrency` clips of a node talk to the endpoint at once in
+/// this process (whatever the number of workers), while extra pool threads decode the next clips'
+/// frames ahead of time.
 struct Slots {
     free: Mutex<usize>,
     wake: std::sync::Condvar,
@@ -159,7 +161,7 @@ impl Drop for SlotGuard<'_> {
 
 /// Everything one captioning job needs (shared by the pool threads).
 struct Job {
-    slots: Slots,
+    slots: Arc<Slots>,
     client: ChatClient,
     limiter: Arc<RateLimiter>,
     p: VlmParams,
@@ -175,6 +177,16 @@ fn limiter_for(endpoint: &str, model: &str, limits: Limits, window: Duration) ->
     let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
     map.entry(format!("{endpoint}\u{0}{model}"))
         .or_insert_with(|| Arc::new(RateLimiter::with_window(limits, window)))
+        .clone()
+}
+
+/// One set of endpoint slots per (node, endpoint, model, size) in this process, shared by all workers.
+fn slots_for(node: &str, endpoint: &str, model: &str, n: usize) -> Arc<Slots> {
+    static SLOTS: OnceLock<Mutex<HashMap<String, Arc<Slots>>>> = OnceLock::new();
+    let map = SLOTS.get_or_init(|| Mutex::new(HashMap::new()));
+    let mut map = map.lock().unwrap_or_else(|p| p.into_inner());
+    map.entry(format!("{node}\u{0}{endpoint}\u{0}{model}\u{0}{n}"))
+        .or_insert_with(|| Arc::new(Slots { free: Mutex::new(n.max(1)), wake: std::sync::Condvar::new() }))
         .clone()
 }
 
@@ -416,7 +428,7 @@ impl TypedOperator for CaptionVlm {
                   and empty answers, refusals, the wrong language and too-short answers are retried; 429 (honouring \
                   Retry-After), 5xx, timeouts, resets and truncated responses are retried with exponential backoff \
                   and jitter; after `retries` the clip becomes a Failure with the last raw answer kept. Requests \
-                  run on a pool of `max_concurrency` threads per worker under per-process requests/tokens-per-minute \
+                  run at most `max_concurrency` clips at a time per process (shared by its workers), under per-process requests/tokens-per-minute \
                   limits. Captions are memoised by (clip, model, prompt version), so re-runs and resumed runs never \
                   pay twice. The API key is read from the environment and never logged or stored.",
             version: 1,
@@ -517,7 +529,7 @@ impl TypedOperator for CaptionVlm {
         ctx.params_fingerprint = serde_json::json!({"model": p.model, "prompt_version": version, "frames": p.frames, "language": p.language}).to_string();
         let api_key = std::env::var(&p.api_key_env).ok().filter(|k| !k.is_empty());
         let job = Arc::new(Job {
-            slots: Slots { free: Mutex::new(p.max_concurrency.max(1)), wake: std::sync::Condvar::new() },
+            slots: slots_for(&ctx.node, &p.endpoint, &p.model, p.max_concurrency),
             client: ChatClient::new(&p.endpoint, &p.model, api_key, Duration::from_secs_f64(p.timeout_s)),
             limiter: limiter_for(
                 &p.endpoint,

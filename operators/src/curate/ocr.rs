@@ -15,7 +15,10 @@
 //!    than 20% of the frame (the detector fires on very large high-contrast shapes such as colour
 //!    bars; burned-in text lines are far smaller). Its bounding box is grown by DB's unclip
 //!    distance `d = w·h·1.5 / (2(w + h))` to cover the whole line; grown boxes under 8 px on a
-//!    side (at the detector's resolution) are noise specks, not readable text, and are dropped.
+//!    side (at the detector's resolution) are noise specks, not readable text, and are dropped;
+//!    so are grown boxes narrower than half their height — vertical edges (the border between two
+//!    colour bars), since the margin alone makes even a one-glyph box about as wide as it is tall
+//!    (a lone narrow glyph such as "1" can be missed; it changes a word count by one).
 //! 3. **Strokes, not blobs.** Inside the box, ink is what differs from the background (the median
 //!    luma of the box's outermost ring, i.e. the unclip margin) by max(40, 0.3 × the box's 5–95%
 //!    luma spread). Its mean stroke width, 2 × area / boundary length, must be at most 0.2 × the
@@ -75,6 +78,9 @@ pub const MIN_BOX_PX: usize = 8;
 pub const UNCLIP_RATIO: f64 = 1.5;
 /// Words wider than this many box heights are split by width.
 pub const MAX_WORD_ASPECT: f64 = 4.0;
+/// A grown box narrower than this fraction of its height is a vertical edge, not a line of
+/// horizontal text (the margin alone makes a one-glyph box about as wide as it is tall).
+pub const MIN_BOX_ASPECT: f64 = 0.5;
 /// Smallest luma difference (0–255) that counts as ink.
 pub const MIN_INK_CONTRAST: f32 = 40.0;
 /// Ink whose mean stroke width is over this share of the box height is a solid shape, not text.
@@ -349,7 +355,10 @@ pub fn frame_text(prob: &[f32], rgb: &[u8], w: usize, h: usize, p: &OcrParams) -
             if up { ((v as f64 + by).round() as usize).min(hi) } else { (v as f64 - by).round().max(0.0) as usize }
         };
         let b = (grow(x0, d, w, false), grow(y0, d, h, false), grow(x1, d, w, true), grow(y1, d, h, true));
-        if b.2 - b.0 < MIN_BOX_PX || b.3 - b.1 < MIN_BOX_PX {
+        if b.2 - b.0 < MIN_BOX_PX
+            || b.3 - b.1 < MIN_BOX_PX
+            || ((b.2 - b.0) as f64) < MIN_BOX_ASPECT * (b.3 - b.1) as f64
+        {
             continue;
         }
         if let Some(words) = count_words(rgb, w, b, p.word_gap) {
@@ -677,6 +686,20 @@ mod tests {
             }
         }
         assert_eq!(frame_text(&tall, &px, w, h, &params()).boxes.len(), 0);
+        // A thin vertical kernel (the edge between two bars) grows into a box narrower than half
+        // its height: not a line of text, even over the words' ink.
+        let mut edge = vec![0f32; w * h];
+        for y in 42..58 {
+            for x in 60..64 {
+                edge[y * w + x] = 0.99;
+            }
+        }
+        assert_eq!(
+            frame_text(&edge, &px, w, h, &params()).boxes.len(),
+            0,
+            "{:?}",
+            frame_text(&edge, &px, w, h, &params())
+        );
     }
 
     #[test]
