@@ -37,6 +37,7 @@ impl Registry {
             ops.push(Box::new(crate::curate::segment::CurateSegment));
             ops.push(Box::new(crate::curate::black_border::CurateBlackBorder));
             ops.push(Box::new(crate::curate::dedup::CurateDedup));
+            ops.push(Box::new(crate::curate::camera_motion::CurateCameraMotion));
         }
         #[cfg(feature = "video")]
         {

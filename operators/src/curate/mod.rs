@@ -10,6 +10,7 @@
 //! | `curate.technical_quality` | Clip/Scores → Scores | native BRISQUE + NIQE (published parameters), optional DOVER ONNX |
 //! | `curate.rule` | Clip/Scores → Scores | boolean expression over scores and labels (`technical < 0.3 && aesthetic < 4.0`) |
 //! | `curate.dedup` | Clip/Scores → Scores | DCT perceptual hashes, banded LSH join, keep the smallest clip id per duplicate group |
+//! | `curate.camera_motion` | Clip/Scores → Scores | dense global motion (pyramidal Lucas–Kanade): static / pan / tilt / zoom / shaky / mixed |
 //!
 //! # How a curation filter is built
 //!
@@ -30,6 +31,7 @@ pub mod expr;
 pub mod imgproc;
 pub mod keywords;
 pub mod metadata_filter;
+pub mod motion;
 pub mod rule;
 // Natural-scene-statistics quality models (pure Rust; used by curate.technical_quality).
 pub mod brisque;
@@ -38,6 +40,8 @@ pub mod nss;
 
 #[cfg(feature = "video")]
 pub mod black_border;
+#[cfg(feature = "video")]
+pub mod camera_motion;
 #[cfg(feature = "video")]
 pub mod dedup;
 #[cfg(feature = "video")]

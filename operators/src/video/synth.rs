@@ -321,6 +321,70 @@ pub fn generate(out: &Path, spec: &SynthSpec) -> Result<GroundTruth, VideoError>
     Ok(gt)
 }
 
+/// A camera moving over a still textured world: where it looks at each frame.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum CameraPath {
+    /// Fixed view.
+    Static,
+    /// Turning right at `rate` view widths per second.
+    Pan { rate: f64 },
+    /// Turning down at `rate` view heights per second.
+    Tilt { rate: f64 },
+    /// Zooming in at `rate` relative scale per second.
+    Zoom { rate: f64 },
+    /// Hand-held shake: a random offset of up to `amplitude` view widths, new every frame.
+    Shaky { amplitude: f64 },
+}
+
+/// Render `frames` frames (`width × height`, grey texture as RGB) of a camera following `path`
+/// over a random world, as H.264 MP4 at `fps`. Ground truth for camera-motion tests.
+pub fn camera_video(
+    out: &Path,
+    width: u32,
+    height: u32,
+    fps: u32,
+    frames: u32,
+    path: CameraPath,
+) -> Result<(), VideoError> {
+    use crate::curate::motion::{random_world, world_view};
+    if width % 2 == 1 || height % 2 == 1 || width < 16 || height < 16 || fps == 0 {
+        return Err(VideoError::BadRequest(format!("camera video {width}×{height} at {fps} fps is not renderable")));
+    }
+    let (ww, wh) = (1600usize, 1200usize);
+    let world = random_world(ww, wh, 11);
+    // The view spans 30% of the world's width at the start.
+    let span0 = 0.3;
+    let view_w = span0 * ww as f64;
+    let view_h = view_w * height as f64 / width as f64;
+    let espec = EncodeSpec { fps: (fps, 1), crf: 16, preset: "veryfast".into(), ..EncodeSpec::default() };
+    let mut enc = Encoder::create(out, width, height, PixelFormat::Rgb, &espec)?;
+    let mut jitter = 0x2545_f491_4f6c_dd1du64;
+    for i in 0..frames {
+        let t = i as f64 / fps as f64;
+        let (mut cx, mut cy, mut span) = (0.5, 0.5, span0);
+        match path {
+            CameraPath::Static => {}
+            CameraPath::Pan { rate } => cx = 0.3 + rate * t * view_w / ww as f64,
+            CameraPath::Tilt { rate } => cy = 0.3 + rate * t * view_h / wh as f64,
+            CameraPath::Zoom { rate } => span = span0 * (-rate * t).exp(),
+            CameraPath::Shaky { amplitude } => {
+                jitter ^= jitter << 13;
+                jitter ^= jitter >> 7;
+                jitter ^= jitter << 17;
+                let u = (jitter >> 11) as f64 / (1u64 << 53) as f64;
+                let v = ((jitter >> 3) & 0xffff) as f64 / 65535.0;
+                cx += (2.0 * u - 1.0) * amplitude * view_w / ww as f64;
+                cy += (2.0 * v - 1.0) * amplitude * view_w / wh as f64;
+            }
+        }
+        let grey = world_view(&world, ww, wh, cx, cy, span, width as usize, height as usize);
+        let rgb: Vec<u8> = grey.iter().flat_map(|g| [*g, *g, *g]).collect();
+        enc.push_pixels(&rgb)?;
+    }
+    enc.finish()?;
+    Ok(())
+}
+
 /// A `videotestsrc` pattern for [`testsrc_video`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestPattern {
