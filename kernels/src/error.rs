@@ -124,6 +124,46 @@ pub enum Error {
     /// A checkpoint holds keys in no recognised naming scheme.
     #[error("unrecognised checkpoint key layout: {0}")]
     UnknownFormat(String),
+
+    /// A weight's stored shape differs from what the network's config implies.
+    #[error(
+        "weight {name:?} has shape {got:?}, but the config implies {expected:?} (does config.json match the checkpoint?)"
+    )]
+    WeightShape {
+        /// Tensor name.
+        name: String,
+        /// Shape implied by the config.
+        expected: Vec<usize>,
+        /// Stored shape.
+        got: Vec<usize>,
+    },
+
+    /// A model config that cannot be used.
+    #[error("invalid {model} config: {msg}")]
+    Config {
+        /// Which network.
+        model: &'static str,
+        /// What is wrong and how to fix it.
+        msg: String,
+    },
+
+    /// A tokenizer file that cannot be loaded, or text it cannot encode.
+    #[error("tokenizer {what}: {msg}")]
+    Tokenizer {
+        /// The tokenizer (its file) or the operation.
+        what: String,
+        /// What went wrong.
+        msg: String,
+    },
+
+    /// A reference fixture that cannot be run.
+    #[error("{path}: {msg}")]
+    Fixture {
+        /// The fixture file.
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
 }
 
 impl Error {

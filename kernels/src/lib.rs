@@ -28,7 +28,13 @@
 //!   [`ops::elementwise`] (broadcast add/sub/mul, `sum_to_shape`, adaLN modulation),
 //!   [`ops::shape`] (cat, nearest upsample, embedding, timestep sinusoid), [`ops::loss`] (MSE).
 //! * [`optim`]: AdamW and global grad-norm clipping.
-//! * [`io`]: safetensors checkpoints (mmap, mixed dtypes, shards) and Wan DiT key mapping.
+//! * [`io`]: safetensors checkpoints (mmap, mixed dtypes, shards), the [`io::TensorSource`]
+//!   networks load weights through, and the Wan DiT key mapping.
+//! * [`nets`]: the networks — Wan DiT (forward and backward), Wan VAE (causal chunked encode and
+//!   decode), umT5 encoder, MiniLM sentence encoder — and the tokenizer wrapper.
+//! * [`sched`]: flow-matching schedules and samplers (FlowMatch Euler, UniPC bh2) and CFG.
+//! * [`verify`]: reference fixtures (made with torch/diffusers by `scripts/make-fixtures.sh`,
+//!   committed under `kernels/tests/fixtures/`) and their comparison; `medgen verify` runs them.
 //! * [`rng`]: deterministic PRNG for init, noise and tests.
 //!
 //! # Devices
@@ -44,10 +50,13 @@
 pub mod dtype;
 pub mod error;
 pub mod io;
+pub mod nets;
 pub mod ops;
 pub mod optim;
 pub mod rng;
+pub mod sched;
 pub mod tensor;
+pub mod verify;
 
 pub(crate) mod cpu;
 

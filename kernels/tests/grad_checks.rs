@@ -322,6 +322,7 @@ fn fd_activations() {
     let g = rand(&[3, 7], &mut rng);
     fd_check("gelu_tanh", &ins, |t| gelu_tanh(&t[0]).unwrap(), &g, &[(0, gelu_tanh_backward(&ins[0], &g).unwrap())]);
     fd_check("silu", &ins, |t| silu(&t[0]).unwrap(), &g, &[(0, silu_backward(&ins[0], &g).unwrap())]);
+    fd_check("gelu_erf", &ins, |t| gelu_erf(&t[0]).unwrap(), &g, &[(0, gelu_erf_backward(&ins[0], &g).unwrap())]);
     let y = softmax(&ins[0]).unwrap();
     fd_check("softmax (last dim)", &ins, |t| softmax(&t[0]).unwrap(), &g, &[(0, softmax_backward(&y, &g).unwrap())]);
     // clamp: FD is valid away from the kinks (|x| = 1)
@@ -334,6 +335,12 @@ fn fd_activations() {
     let gv = gelu_tanh(&x).unwrap().to_vec_f64().unwrap();
     let gt = |x: f64| 0.5 * x * (1.0 + ((2.0 / std::f64::consts::PI).sqrt() * (x + 0.044715 * x.powi(3))).tanh());
     assert!((gv[0] - gt(1.0)).abs() < 1e-15 && (gv[1] - gt(-0.5)).abs() < 1e-15);
+    // exact GELU: x·Φ(x) with Φ(1) = 0.841344746068543, Φ(−0.5) = 0.308537538725987 (tables)
+    let ge = gelu_erf(&x).unwrap().to_vec_f64().unwrap();
+    assert!((ge[0] - 0.841_344_746_068_543).abs() < 1e-14, "{}", ge[0]);
+    assert!((ge[1] + 0.5 * 0.308_537_538_725_987).abs() < 1e-14, "{}", ge[1]);
+    let ge32 = gelu_erf(&x.to_dtype(DType::F32).unwrap()).unwrap().to_vec_f64().unwrap();
+    assert!((ge32[0] - ge[0]).abs() < 1e-6 && (ge32[1] - ge[1]).abs() < 1e-6);
 }
 
 #[test]

@@ -7,6 +7,7 @@ mod doctor;
 mod failures;
 mod ops;
 mod run;
+mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
 use std::path::PathBuf;
@@ -77,6 +78,9 @@ pub enum Command {
     /// Benchmarks against baselines in the same run (e.g. `medgen bench decode` against gst-launch-1.0).
     #[cfg(feature = "video")]
     Bench(bench::BenchArgs),
+    /// Run reference fixtures (made with torch/diffusers from random tiny configs) through medgen's
+    /// own networks and samplers; print max abs / rel errors; exit 0 within tolerance.
+    Verify(verify::VerifyArgs),
 }
 
 fn version() -> &'static str {
@@ -129,6 +133,7 @@ pub fn main() -> i32 {
         Command::Doctor(a) => doctor::doctor(a),
         #[cfg(feature = "video")]
         Command::Bench(a) => bench::bench(a),
+        Command::Verify(a) => verify::verify(a),
     };
     match result {
         Ok(code) => code,

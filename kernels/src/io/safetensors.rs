@@ -92,6 +92,31 @@ impl SafeTensorsFile {
         Ok((info.shape.clone(), stored_dtype(name, info.dtype)?))
     }
 
+    /// Loads an integer tensor (token ids, masks) stored as I64, I32, U8 or BOOL, with its shape.
+    pub fn load_ints(&self, name: &str) -> Result<(Vec<i64>, Vec<usize>)> {
+        let info = self.info(name)?;
+        let (s, e) = info.data_offsets;
+        let bytes = self
+            .mmap
+            .get(self.data_start + s..self.data_start + e)
+            .ok_or_else(|| st_err(&self.path, format!("tensor {name:?} lies outside the file")))?;
+        let values = match info.dtype {
+            Dtype::I64 => decode(bytes, i64::from_le_bytes),
+            Dtype::I32 => decode(bytes, |b: [u8; 4]| i32::from_le_bytes(b) as i64),
+            Dtype::U8 | Dtype::BOOL => bytes.iter().map(|b| *b as i64).collect(),
+            other => {
+                return Err(Error::UnsupportedStoredDType {
+                    name: name.to_string(),
+                    dtype: format!("{other:?} (an integer tensor was expected)"),
+                });
+            }
+        };
+        if values.len() != info.shape.iter().product::<usize>() {
+            return Err(st_err(&self.path, format!("tensor {name:?}: size does not match shape {:?}", info.shape)));
+        }
+        Ok((values, info.shape.clone()))
+    }
+
     /// Loads a tensor in its stored dtype (copied out of the mapping, little-endian decoded).
     pub fn load(&self, name: &str) -> Result<Tensor> {
         let info = self.info(name)?;

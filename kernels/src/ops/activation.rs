@@ -1,4 +1,4 @@
-//! Pointwise activations (GELU-tanh, SiLU) and softmax over the last dim.
+//! Pointwise activations (GELU-tanh, exact erf GELU, SiLU) and softmax over the last dim.
 
 use super::{compute_dtype, dispatch, expect_same_shape, out_dtype};
 use crate::cpu::{map, map_rows, zip_map};
@@ -70,6 +70,36 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
 /// Backward of [`gelu_tanh`]: `dx = dy·gelu'(x)`.
 pub fn gelu_tanh_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     unary_backward(x, dy, "gelu_tanh_backward", gelu_tanh_grad::<f32>, gelu_tanh_grad::<f64>)
+}
+
+const FRAC_1_SQRT_2: f64 = std::f64::consts::FRAC_1_SQRT_2;
+/// `1/√(2π)`.
+const FRAC_1_SQRT_2PI: f64 = 0.398_942_280_401_432_7;
+
+fn gelu_erf_f32(x: f32) -> f32 {
+    0.5 * x * (1.0 + libm::erff(x * FRAC_1_SQRT_2 as f32))
+}
+
+fn gelu_erf_f64(x: f64) -> f64 {
+    0.5 * x * (1.0 + libm::erf(x * FRAC_1_SQRT_2))
+}
+
+fn gelu_erf_grad_f32(x: f32) -> f32 {
+    0.5 * (1.0 + libm::erff(x * FRAC_1_SQRT_2 as f32)) + x * FRAC_1_SQRT_2PI as f32 * (-0.5 * x * x).exp()
+}
+
+fn gelu_erf_grad_f64(x: f64) -> f64 {
+    0.5 * (1.0 + libm::erf(x * FRAC_1_SQRT_2)) + x * FRAC_1_SQRT_2PI * (-0.5 * x * x).exp()
+}
+
+/// Exact GELU `x·Φ(x) = 0.5·x·(1 + erf(x/√2))` (BERT / MiniLM `hidden_act = "gelu"`).
+pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    unary(x, gelu_erf_f32, gelu_erf_f64)
+}
+
+/// Backward of [`gelu_erf`]: `dx = dy·(Φ(x) + x·φ(x))`, `φ(x) = exp(−x²/2)/√(2π)`.
+pub fn gelu_erf_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    unary_backward(x, dy, "gelu_erf_backward", gelu_erf_grad_f32, gelu_erf_grad_f64)
 }
 
 fn silu_fwd<T: Float>(x: T) -> T {

@@ -1,0 +1,137 @@
+//! Flow-matching noise schedules and samplers (WAN_SPEC.md §5): the σ convention, the timestep
+//! shift, the FlowMatch Euler sampler ([`euler`]) and UniPC bh2 of order 2 with flow sigmas
+//! ([`unipc`]), plus classifier-free guidance ([`cfg_combine`]).
+//!
+//! Convention: σ ∈ [0, 1], σ = 1 is pure noise, `x_σ = (1−σ)·x0 + σ·ε`, the model predicts the
+//! velocity `v = ε − x0` and is fed `t = 1000·σ`.
+//!
+//! Samplers keep latents in `f32` (as the reference pipelines do) whatever the model's dtype.
+
+pub mod euler;
+pub mod unipc;
+
+pub use euler::FlowEuler;
+pub use unipc::FlowUniPc;
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::tensor::Tensor;
+use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare, compare_slices};
+
+/// The timestep shift `S·s / (1 + (S−1)·s)`.
+pub fn shift(s: f64, by: f64) -> f64 {
+    by * s / (1.0 + (by - 1.0) * s)
+}
+
+/// A multistep sampler over a fixed schedule: the caller evaluates the model at
+/// [`Sampler::timestep`]`(i)` on the current sample and hands the output to [`Sampler::step`].
+pub trait Sampler {
+    /// Number of model evaluations (steps).
+    fn len(&self) -> usize;
+    /// Whether the schedule is empty (never: a sampler has at least one step).
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The timestep the model is fed at step `i` (`1000·σ_i`, truncated for UniPC).
+    fn timestep(&self, i: usize) -> f32;
+    /// σ at step `i` (`i = len()` is the final σ, 0).
+    fn sigma(&self, i: usize) -> f32;
+    /// One step: `model_output` is the (guided) velocity at the sample the model was evaluated on;
+    /// returns the next sample. Steps must be taken in order.
+    fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor>;
+}
+
+/// Classifier-free guidance: `v_uncond + g·(v_cond − v_uncond)`, in f32.
+pub fn cfg_combine(cond: &Tensor, uncond: &Tensor, guidance: f64) -> Result<Tensor> {
+    if cond.shape() != uncond.shape() {
+        return Err(Error::shape("cfg_combine", format!("{:?} vs {:?}", cond.shape(), uncond.shape())));
+    }
+    let (c, u) = (cond.to_vec_f32()?, uncond.to_vec_f32()?);
+    let g = guidance as f32;
+    Tensor::from_vec(c.iter().zip(&u).map(|(c, u)| u + g * (c - u)).collect::<Vec<f32>>(), cond.shape())
+}
+
+/// Latent values of a sample as f32 (checking the shape against the model output's).
+pub(crate) fn f32_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<(Vec<f32>, Vec<f32>)> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape(op, format!("model output {:?} vs sample {:?}", a.shape(), b.shape())));
+    }
+    Ok((a.to_vec_f32()?, b.to_vec_f32()?))
+}
+
+/// Runs a `flow_euler` / `flow_unipc` fixture: schedule (timesteps, sigmas) and, when present, a
+/// trajectory of `step()` results for given model outputs.
+pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
+    let c = &fx.config;
+    let num = |k: &str| c.get(k).and_then(|v| v.as_f64());
+    let train = num("num_train_timesteps").unwrap_or(1000.0) as usize;
+    let steps = num("num_inference_steps").ok_or_else(|| fx.error("config has no num_inference_steps"))? as usize;
+    // Euler calls it `shift`, UniPC `flow_shift`.
+    let by = num("flow_shift").or_else(|| num("shift")).unwrap_or(1.0);
+    let mut sampler: Box<dyn Sampler> = match fx.model.as_str() {
+        "flow_euler" => Box::new(FlowEuler::new(train, by, steps)?),
+        "flow_unipc" => {
+            let order = num("solver_order").unwrap_or(2.0) as usize;
+            let lower_order_final = c.get("lower_order_final").and_then(|v| v.as_bool()).unwrap_or(true);
+            for (k, want) in [("solver_type", "bh2"), ("prediction_type", "flow_prediction")] {
+                if let Some(v) = c.get(k).and_then(|v| v.as_str())
+                    && v != want
+                {
+                    return Err(fx.error(format!("UniPC {k} {v:?} is not supported (only {want:?})")));
+                }
+            }
+            if c.get("use_flow_sigmas").and_then(|v| v.as_bool()) == Some(false) {
+                return Err(fx.error("UniPC without use_flow_sigmas is not supported"));
+            }
+            Box::new(FlowUniPc::with_options(train, by, steps, order, lower_order_final)?)
+        }
+        other => return Err(fx.error(format!("{other:?} is not a scheduler"))),
+    };
+    // Timesteps are ~1000: judge them relative to their scale; sigmas are in [0, 1].
+    let exact = opts.limit(Limit::Abs(fx.abs_limit(1e-6)));
+    let ts: Vec<f64> = (0..sampler.len()).map(|i| sampler.timestep(i) as f64).collect();
+    let sig: Vec<f64> = (0..=sampler.len()).map(|i| sampler.sigma(i) as f64).collect();
+    let want_t = fx.output("timesteps")?.to_vec_f64()?;
+    let want_s = fx.output("sigmas")?.to_vec_f64()?;
+    let mut checks = vec![
+        compare_slices("out.timesteps", &ts, &want_t, opts.limit(Limit::Rel(fx.abs_limit(1e-6)))),
+        compare_slices("out.sigmas", &sig, &want_s, exact),
+    ];
+    if fx.has("in.init") {
+        let mut x = fx.input("init")?.to_dtype(DType::F32)?;
+        // Sample values compound f32 rounding over the steps: judge the trajectory at 1e-5.
+        let traj_limit = opts.limit(Limit::Abs(fx.abs_limit(1e-5)));
+        let mut traj = Vec::new();
+        for k in 0..sampler.len() {
+            let key = format!("model_output_{k}");
+            if !fx.has(&format!("in.{key}")) {
+                break;
+            }
+            x = sampler.step(&fx.input(&key)?, &x)?;
+            traj.push(compare(&format!("out.sample_{k}"), &x, &fx.output(&format!("sample_{k}"))?, traj_limit)?);
+        }
+        checks.push(Check::merge("out.sample_*", &traj).ok_or_else(|| fx.error("in.init without model outputs"))?);
+    }
+    Ok(checks)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn shift_fixes_the_ends_and_pushes_towards_noise() {
+        assert_eq!(shift(0.0, 3.0), 0.0);
+        assert_eq!(shift(1.0, 3.0), 1.0);
+        assert!((shift(0.5, 3.0) - 0.75).abs() < 1e-12);
+        assert_eq!(shift(0.3, 1.0), 0.3);
+    }
+
+    #[test]
+    fn guidance_mixes_predictions() {
+        let c = Tensor::from_vec(vec![2f32, 0.0], &[2]).unwrap();
+        let u = Tensor::from_vec(vec![1f32, 1.0], &[2]).unwrap();
+        assert_eq!(cfg_combine(&c, &u, 5.0).unwrap().to_vec_f32().unwrap(), vec![6.0, -4.0]);
+        assert_eq!(cfg_combine(&c, &u, 1.0).unwrap().to_vec_f32().unwrap(), vec![2.0, 0.0]);
+    }
+}

@@ -1,0 +1,76 @@
+//! `medgen verify` on the committed reference fixtures, and the command line's behaviour at its
+//! edges (tampered fixtures, files that are not fixtures, closed pipes).
+
+use medgen_kernels::io::safetensors::{SafeTensorsFile, save};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+
+fn medgen() -> Command {
+    Command::new(env!("CARGO_BIN_EXE_medgen"))
+}
+
+fn fixtures() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).join("kernels/tests/fixtures")
+}
+
+#[test]
+fn every_committed_fixture_is_within_tolerance() {
+    let out = medgen().arg("verify").arg(fixtures()).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    eprintln!("{text}{}", String::from_utf8_lossy(&out.stderr));
+    assert_eq!(out.status.code(), Some(0), "{text}");
+    assert!(text.contains("out of tolerance, 0 not run") || text.contains(" 0 out of tolerance, 0 not run"), "{text}");
+}
+
+/// A copy of a fixture with one reference output nudged by `by`.
+fn tampered(src: &Path, dst: &Path, output: &str, by: f32) {
+    let f = SafeTensorsFile::open(src).unwrap();
+    let keys = f.keys();
+    let mut tensors = Vec::new();
+    for k in &keys {
+        let t = f.load(k).unwrap();
+        let t = if k == output {
+            let mut v = t.to_vec_f32().unwrap();
+            v[0] += by;
+            medgen_kernels::Tensor::from_vec(v, t.shape()).unwrap().to_dtype(t.dtype()).unwrap()
+        } else {
+            t
+        };
+        tensors.push((k.clone(), t));
+    }
+    let named: Vec<(&str, &medgen_kernels::Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    save(dst, &named, f.user_metadata().cloned()).unwrap();
+}
+
+#[test]
+fn a_tampered_reference_fails_and_a_non_fixture_is_refused() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("flow_unipc_s3_n50.safetensors");
+    let bad = dir.path().join("bad.safetensors");
+    tampered(&src, &bad, "out.sample_7", 1e-3);
+    let out = medgen().arg("verify").arg(&bad).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(1), "{text}");
+    assert!(text.contains("FAIL"), "{text}");
+    // The untouched original passes.
+    assert_eq!(medgen().arg("verify").arg(&src).output().unwrap().status.code(), Some(0));
+
+    let plain = dir.path().join("plain.safetensors");
+    save(&plain, &[("a", &medgen_kernels::Tensor::from_vec(vec![1f32], &[1]).unwrap())], None).unwrap();
+    let out = medgen().arg("verify").arg(&plain).arg(&src).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert_eq!(out.status.code(), Some(2), "{text}");
+    assert!(text.contains("not a medgen fixture"), "{text}");
+    let out = medgen().args(["verify", "--json"]).arg(&src).output().unwrap();
+    let v: serde_json::Value = serde_json::from_slice(&out.stdout).unwrap();
+    assert_eq!(v["pass"], true);
+}
+
+#[test]
+fn output_into_a_closed_pipe_ends_quietly() {
+    let mut child = medgen().arg("ops").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();
+    drop(child.stdout.take());
+    let out = child.wait_with_output().unwrap();
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!err.contains("panicked"), "{err}");
+}
