@@ -38,12 +38,14 @@ impl Registry {
             ops.push(Box::new(crate::curate::black_border::CurateBlackBorder));
             ops.push(Box::new(crate::curate::dedup::CurateDedup));
             ops.push(Box::new(crate::curate::camera_motion::CurateCameraMotion));
+            ops.push(Box::new(crate::curate::category::CurateCategory));
         }
         #[cfg(feature = "video")]
         {
             ops.push(Box::new(crate::curate::ocr::CurateSubtitleOcr));
             ops.push(Box::new(crate::curate::quality::CurateTechnicalQuality));
             ops.push(Box::new(crate::curate::aesthetic::CurateAesthetic));
+            ops.push(Box::new(crate::curate::deidentify::CurateDeidentify));
         }
         Registry { ops }
     }

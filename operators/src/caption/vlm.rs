@@ -1,12 +1,16 @@
 //! `caption.vlm`: the paper's captioning stage over any OpenAI-compatible chat-completions endpoint.
 //! For each clip: uniformly spaced frames (JPEG) + the source's title, description and the clip's
 //! transcript → a detailed and a brief caption, asked for in two requests sent together.
+//!
+//! Frames of a clip that `curate.deidentify` redacted (metadata `redacted_blob`) are read from the
+//! redacted copy in the run store, never from the source: identifiers are not sent to the API.
 
 use super::client::{ChatClient, ChatRequest, Message, Part};
 use super::hygiene::{self, Rules};
 use super::ratelimit::{Limits, RateLimiter};
 use super::{prompt, transcript};
 use crate::api::*;
+use crate::video::cut::REDACTED_BLOB;
 use crate::video::{DecodeSpec, Frame, PixelFormat, Sampling, Size, TimeRange, decode::Decoder};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -168,6 +172,7 @@ struct Job {
     detailed: String,
     brief: String,
     version: String,
+    services: Arc<dyn Services>,
 }
 
 /// One limiter per (endpoint, model) in this process, shared by all workers.
@@ -200,28 +205,56 @@ fn read_template(base: &Path, p: &Option<String>, default: &str) -> Result<Strin
     }
 }
 
-/// What to caption: the file, the span, the id, the metadata.
+/// What to caption: the file, the span, the id, the metadata, and where its frames come from
+/// (the source's span, or the clip's redacted copy).
 struct Target<'a> {
     id: String,
-    path: PathBuf,
     range: TimeRange,
+    frames_path: PathBuf,
+    frames_range: TimeRange,
     duration_s: Option<f64>,
     metadata: &'a std::collections::BTreeMap<String, String>,
 }
 
-fn target(rec: &Record) -> Result<Target<'_>, ItemError> {
-    match rec {
-        Record::Clip(c) => Ok(Target {
+fn target<'a>(rec: &'a Record, services: &dyn Services) -> Result<Target<'a>, ItemError> {
+    let clip = match rec {
+        Record::Clip(c) => Some(c),
+        Record::Scores(s) => Some(&s.clip),
+        _ => None,
+    };
+    if let Some(c) = clip {
+        let path = PathBuf::from(c.uri.strip_prefix("file://").unwrap_or(&c.uri));
+        let range = TimeRange::new(c.start_s.0, c.end_s.0);
+        let (frames_path, frames_range) = match c.metadata.get(REDACTED_BLOB) {
+            Some(key) => {
+                let blob = services.blob_path(key);
+                if !blob.is_file() {
+                    return Err(ItemError::unreadable(format!(
+                        "the redacted copy {key} of clip {} is missing from the run store ({}); re-run \
+                         curate.deidentify",
+                        c.clip_id,
+                        blob.display()
+                    )));
+                }
+                (blob, TimeRange::new(0.0, c.end_s.0 - c.start_s.0))
+            }
+            None => (path, range),
+        };
+        return Ok(Target {
             id: c.clip_id.clone(),
-            path: PathBuf::from(c.uri.strip_prefix("file://").unwrap_or(&c.uri)),
-            range: TimeRange::new(c.start_s.0, c.end_s.0),
+            range,
+            frames_path,
+            frames_range,
             duration_s: Some(c.end_s.0 - c.start_s.0),
             metadata: &c.metadata,
-        }),
+        });
+    }
+    match rec {
         Record::Video(v) => Ok(Target {
             id: v.source_id.clone(),
-            path: PathBuf::from(v.uri.strip_prefix("file://").unwrap_or(&v.uri)),
             range: TimeRange::ALL,
+            frames_path: PathBuf::from(v.uri.strip_prefix("file://").unwrap_or(&v.uri)),
+            frames_range: TimeRange::ALL,
             duration_s: v.probe.as_ref().and_then(|p| p.duration_s).map(|d| d.0),
             metadata: &v.metadata,
         }),
@@ -337,21 +370,21 @@ impl Job {
     }
 
     fn caption(&self, rec: &Record, ctx: &ItemCtx) -> Result<Vec<Record>, ItemError> {
-        let t = target(rec)?;
+        let t = target(rec, self.services.as_ref())?;
         let spec = DecodeSpec {
             sampling: Sampling::Uniform { count: self.p.frames },
             size: Size::Fit { width: self.p.frame_size, height: self.p.frame_size },
-            range: t.range,
+            range: t.frames_range,
             format: PixelFormat::Rgb,
             deadline: Some(ctx.deadline),
             ..Default::default()
         };
-        let decoder = Decoder::open(&t.path, &spec).map_err(|e| ItemError::new(e.class(), e.to_string()))?;
+        let decoder = Decoder::open(&t.frames_path, &spec).map_err(|e| ItemError::new(e.class(), e.to_string()))?;
         let stream_duration = decoder.info().duration_s;
         let frames: Vec<Frame> =
             decoder.collect::<Result<_, _>>().map_err(|e| ItemError::new(e.class(), e.to_string()))?;
         if frames.is_empty() {
-            return Err(ItemError::invalid(format!("no frames could be decoded from {}", t.path.display())));
+            return Err(ItemError::invalid(format!("no frames could be decoded from {}", t.frames_path.display())));
         }
         let duration = t
             .duration_s
@@ -430,13 +463,15 @@ impl TypedOperator for CaptionVlm {
                   and jitter; after `retries` the clip becomes a Failure with the last raw answer kept. Requests \
                   run at most `max_concurrency` clips at a time per process (shared by its workers), under per-process requests/tokens-per-minute \
                   limits. Captions are memoised by (clip, model, prompt version), so re-runs and resumed runs never \
-                  pay twice. The API key is read from the environment and never logged or stored.",
+                  pay twice. The API key is read from the environment and never logged or stored. Frames of a \
+                  clip redacted by curate.deidentify (metadata `redacted_blob`) come from the redacted copy, not \
+                  the source.",
             version: 1,
             inputs: &[InPort {
                 name: "in",
-                kinds: &[Kind::Clip, Kind::Video],
+                kinds: &[Kind::Clip, Kind::Scores, Kind::Video],
                 required: true,
-                doc: "clips (or whole videos) to caption",
+                doc: "clips (or scored clips, or whole videos) to caption",
             }],
             outputs: &[OutPort { name: OUT_PORT, kind: OutKind::Fixed(Kind::Caption), doc: "one Caption per clip" }],
             is_source: false,
@@ -541,9 +576,15 @@ impl TypedOperator for CaptionVlm {
             detailed,
             brief,
             version,
+            services: ctx.services.clone(),
         });
         // Extra threads decode frames ahead while the endpoint slots are busy.
         let threads = p.max_concurrency + p.max_concurrency / 2 + 2;
+        // A scored clip is captioned as its clip (memo key: the clip, not scores added upstream).
+        let input = input.map(|r| match r {
+            Record::Scores(s) => Record::Clip(s.clip),
+            other => other,
+        });
         let all = pool_map(ctx, input, PoolConfig { threads, memoise: true }, move |rec: &Record, ictx| {
             job.caption(rec, ictx)
         });

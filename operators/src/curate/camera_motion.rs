@@ -215,12 +215,12 @@ mod tests {
     #[test]
     fn thresholds_are_not_in_the_fingerprint_and_decisions_label() {
         let mut p = params();
-        let a = CurateCameraMotion.fingerprint(&p);
+        let a = TypedOperator::fingerprint(&CurateCameraMotion, &p);
         p.min_rate = 0.5;
         p.reject = vec!["pan".into()];
-        assert_eq!(a, CurateCameraMotion.fingerprint(&p));
+        assert_eq!(a, TypedOperator::fingerprint(&CurateCameraMotion, &p));
         p.fps = 2.0;
-        assert_ne!(a, CurateCameraMotion.fingerprint(&p));
+        assert_ne!(a, TypedOperator::fingerprint(&CurateCameraMotion, &p));
 
         let clip = Clip {
             clip_id: "c".into(),
@@ -248,7 +248,11 @@ mod tests {
         assert!(!keep);
         assert_eq!(out.labels["rejected_by"], "cm");
         let ctx = CheckCtx { base_dir: ".".into(), node: "cm".into() };
-        let issues = CurateCameraMotion.check(&CameraMotionParams { reject: vec!["wobbly".into()], ..params() }, &ctx);
+        let issues = TypedOperator::check(
+            &CurateCameraMotion,
+            &CameraMotionParams { reject: vec!["wobbly".into()], ..params() },
+            &ctx,
+        );
         assert!(issues.iter().any(|i| i.path == "reject"), "{issues:?}");
     }
 }

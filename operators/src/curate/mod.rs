@@ -10,7 +10,9 @@
 //! | `curate.technical_quality` | Clip/Scores → Scores | native BRISQUE + NIQE (published parameters), optional DOVER ONNX |
 //! | `curate.rule` | Clip/Scores → Scores | boolean expression over scores and labels (`technical < 0.3 && aesthetic < 4.0`) |
 //! | `curate.dedup` | Clip/Scores → Scores | DCT perceptual hashes, banded LSH join, keep the smallest clip id per duplicate group |
+//! | `curate.category` | Clip/Scores → Scores | MiniLM text embeddings vs class prototypes + visual cues: teaching / clinical practice / popular science / animation / imaging |
 //! | `curate.camera_motion` | Clip/Scores → Scores | dense global motion (pyramidal Lucas–Kanade): static / pan / tilt / zoom / shaky / mixed |
+//! | `curate.deidentify` | Clip/Scores → Scores | PP-OCR text + CenterFace faces every 0.25 s; blur or black them out into a redacted copy that writers use |
 //!
 //! # How a curation filter is built
 //!
@@ -43,7 +45,13 @@ pub mod black_border;
 #[cfg(feature = "video")]
 pub mod camera_motion;
 #[cfg(feature = "video")]
+pub mod category;
+#[cfg(feature = "video")]
 pub mod dedup;
+#[cfg(feature = "video")]
+pub mod deidentify;
+#[cfg(feature = "video")]
+pub mod faces;
 #[cfg(feature = "video")]
 pub mod frames;
 #[cfg(feature = "video")]
@@ -141,6 +149,30 @@ impl PoolItem for ClipJob {
     }
 }
 
+/// A clip measurement that also depends on text the clip carries (its metadata): identified by
+/// the span and that text, so two clips with the same pixels but different titles are measured
+/// apart, and editing a title re-measures.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct TextClipJob(pub Clip, pub String);
+
+impl PoolItem for TextClipJob {
+    fn item_id(&self) -> String {
+        format!("clip:{}", self.0.clip_id)
+    }
+    fn describe(&self) -> String {
+        ClipJob(self.0.clone()).describe()
+    }
+    fn memo_input(&self) -> Vec<u8> {
+        let mut v = ClipJob(self.0.clone()).memo_input();
+        v.extend_from_slice(b"|text:");
+        v.extend_from_slice(blake3::hash(self.1.as_bytes()).to_hex().as_bytes());
+        v
+    }
+    fn route(&self) -> u64 {
+        route_hash(&self.0.source_id)
+    }
+}
+
 /// What a measurement adds to a clip.
 #[derive(Clone, Debug, Default, PartialEq)]
 pub struct Measured {
@@ -168,21 +200,55 @@ where
     let jobs = scores.clone().map(|s| ClipJob(s.clip));
     let measured = pool_map(ctx, jobs, PoolConfig { threads, memoise: true }, move |job: &ClipJob, ictx| {
         let m = f(&job.0, ictx)?;
-        // A stub clip: the measurement belongs to the span, not to the record that asked.
-        let stub = Clip {
-            clip_id: job.0.clip_id.clone(),
-            source_id: job.0.source_id.clone(),
-            uri: String::new(),
-            start_s: job.0.start_s,
-            end_s: job.0.end_s,
-            fps: F64(0.0),
-            width: 0,
-            height: 0,
-            blob: None,
-            metadata: BTreeMap::new(),
-        };
-        Ok(vec![Record::Scores(Scores { clip: stub, scores: m.scores, labels: m.labels })])
+        Ok(vec![stub_scores(&job.0, m)])
     });
+    join_measured(scores, measured)
+}
+
+/// [`measure`] for measurements that also read text from the clip's metadata: `text(clip)` is
+/// part of the memo key ([`TextClipJob`]).
+pub fn measure_with_text<'s, T, F>(
+    ctx: &BuildCtx<'s>,
+    input: Coll<'s>,
+    threads: usize,
+    text: T,
+    f: F,
+) -> (ScoresColl<'s>, Coll<'s>)
+where
+    T: Fn(&Clip) -> String + 'static,
+    F: Fn(&Clip, &str, &ItemCtx) -> Result<Measured, ItemError> + Send + Sync + 'static,
+{
+    let scores = input.flat_map(|r| to_scores(&r));
+    let jobs = scores.clone().map(move |s| {
+        let t = text(&s.clip);
+        TextClipJob(s.clip, t)
+    });
+    let measured = pool_map(ctx, jobs, PoolConfig { threads, memoise: true }, move |job: &TextClipJob, ictx| {
+        let m = f(&job.0, &job.1, ictx)?;
+        Ok(vec![stub_scores(&job.0, m)])
+    });
+    join_measured(scores, measured)
+}
+
+/// A measurement as a stub `Scores` record: it belongs to the span, not to the record that asked.
+fn stub_scores(clip: &Clip, m: Measured) -> Record {
+    let stub = Clip {
+        clip_id: clip.clip_id.clone(),
+        source_id: clip.source_id.clone(),
+        uri: String::new(),
+        start_s: clip.start_s,
+        end_s: clip.end_s,
+        fps: F64(0.0),
+        width: 0,
+        height: 0,
+        blob: None,
+        metadata: BTreeMap::new(),
+    };
+    Record::Scores(Scores { clip: stub, scores: m.scores, labels: m.labels })
+}
+
+/// Merge measured stubs into the records that asked, by clip id; returns them and the failures.
+fn join_measured<'s>(scores: ScoresColl<'s>, measured: Coll<'s>) -> (ScoresColl<'s>, Coll<'s>) {
     let (ok, failed) = split_failures(measured);
     let by_id = ok
         .flat_map(|r| match r {

@@ -107,6 +107,7 @@ fn pyramid(p: Plane) -> Vec<Plane> {
 }
 
 /// Solves the 4×4 system `m·x = v` (Gaussian elimination with partial pivoting).
+#[allow(clippy::needless_range_loop)] // rows and columns of one matrix, indexed as in the formulas
 fn solve4(mut m: [[f64; 4]; 4], mut v: [f64; 4]) -> Option<[f64; 4]> {
     for c in 0..4 {
         let p = (c..4).max_by(|a, b| m[*a][c].abs().total_cmp(&m[*b][c].abs()))?;
@@ -142,6 +143,7 @@ fn median(v: &mut [f64]) -> f64 {
 
 /// Aligns one pyramid level: refines `p = [z, r, tx, ty]` (pixels of this level, centred
 /// coordinates) so that `b(W(x; p)) ≈ a(x)`. Returns the mean absolute residual.
+#[allow(clippy::needless_range_loop)] // the normal equations, indexed as in the formulas
 fn align_level(a: &Plane, b: &Plane, p: &mut [f64; 4]) -> f64 {
     let (cx, cy) = ((a.w - 1) as f64 / 2.0, (a.h - 1) as f64 / 2.0);
     // Gradients of `a` (central differences), used as the gradient of the warped `b`
@@ -282,6 +284,7 @@ pub fn classify(m: &ClipMotion, min_rate: f64, shaky_jitter: f64) -> &'static st
 /// Renders test views of a smooth random "world" through a moving camera: the window centred at
 /// `(cx, cy)` (fractions of the world) with width `span` (fraction of the world's width),
 /// sampled to `w × h` grey. For tests and synthetic videos.
+#[allow(clippy::too_many_arguments)]
 pub fn world_view(world: &[u8], ww: usize, wh: usize, cx: f64, cy: f64, span: f64, w: usize, h: usize) -> Vec<u8> {
     let plane = Plane { w: ww, h: wh, px: world.iter().map(|v| *v as f32).collect() };
     let sw = span * ww as f64;

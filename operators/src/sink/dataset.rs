@@ -2,6 +2,10 @@
 //! clip cut and re-encoded (720×480 H.264 by default) with its captions, in `metadata.jsonl`,
 //! `metadata.parquet` and a FastVideo-style `videos2caption.json`. A materialised view: a clip that
 //! is retracted upstream (its source deleted, a decision changed) leaves the dataset, file included.
+//!
+//! Clips that `curate.deidentify` redacted (metadata `redacted_blob`) are cut from the redacted
+//! copy, not from the source ([`cut_record`] does it), so the written files hold only redacted
+//! pixels.
 
 use super::jsonl::output_path;
 use super::parquet::{Column, Table};
@@ -163,11 +167,30 @@ struct Dataset {
     dir: PathBuf,
     rows: BTreeMap<Row, isize>,
     blob_path: Box<dyn Fn(&str) -> PathBuf>,
+    /// Which blob each clip file was last put in place from (this process).
+    placed: BTreeMap<String, String>,
+}
+
+/// Whether two paths are the same file (a hard link of one another).
+fn same_file(a: &Path, b: &Path) -> bool {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        match (std::fs::metadata(a), std::fs::metadata(b)) {
+            (Ok(x), Ok(y)) => x.dev() == y.dev() && x.ino() == y.ino(),
+            _ => false,
+        }
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = (a, b);
+        false
+    }
 }
 
 impl Dataset {
     /// Rewrite the folder to match `rows`: clip files, metadata.jsonl/.parquet, videos2caption.json.
-    fn write(&self) -> std::io::Result<usize> {
+    fn write(&mut self) -> std::io::Result<usize> {
         let clips_dir = self.dir.join("clips");
         std::fs::create_dir_all(&clips_dir)?;
         let mut json_rows = Vec::new();
@@ -181,14 +204,19 @@ impl Dataset {
             let name = format!("{}.mp4", s.clip.clip_id);
             let target = clips_dir.join(&name);
             let src = (self.blob_path)(blob);
-            if !target.exists() {
+            // A file left by an earlier run or row of the same clip may hold other pixels (another
+            // crf, a redacted copy): replace it unless it is this blob.
+            let current = self.placed.get(&name) == Some(blob) && target.exists();
+            if !current && !same_file(&src, &target) {
                 // A hard link shares the blob's bytes; copy across file systems.
-                if std::fs::hard_link(&src, &target).is_err() {
-                    let tmp = clips_dir.join(format!(".{name}.tmp"));
+                let tmp = clips_dir.join(format!(".{name}.tmp"));
+                let _ = std::fs::remove_file(&tmp);
+                if std::fs::hard_link(&src, &tmp).is_err() {
                     std::fs::copy(&src, &tmp)?;
-                    std::fs::rename(&tmp, &target)?;
                 }
+                std::fs::rename(&tmp, &target)?;
             }
+            self.placed.insert(name.clone(), blob.clone());
             let bytes = std::fs::metadata(&target).map(|m| m.len()).unwrap_or(0);
             let file = format!("clips/{name}");
             let row = metadata_row(s, cap.as_ref(), &file, bytes);
@@ -237,7 +265,8 @@ impl TypedOperator for SinkDataset {
                   height, bitrate, scores, camera motion, category, brief and detailed captions with the \
                   backend, model and prompt version that made them) and FastVideo's `videos2caption.json` \
                   ({path, resolution, fps, duration, cap}). Clips retracted upstream leave the dataset, files \
-                  included. Rewritten atomically when an epoch completes.",
+                  included. Rewritten atomically when an epoch completes. A clip redacted by curate.deidentify \
+                  (metadata `redacted_blob`) is cut from its redacted copy, never from the source.",
             version: 1,
             inputs: &[
                 InPort { name: "clips", kinds: &[Kind::Clip, Kind::Scores], required: true, doc: "kept clips" },
@@ -355,7 +384,12 @@ impl TypedOperator for SinkDataset {
         let stats = ctx.stats.clone();
         let node = ctx.node.clone();
         let writer = ctx.worker_index() == 0 && !ctx.settings.dry_run;
-        let mut ds = Dataset { dir, rows: BTreeMap::new(), blob_path: Box::new(move |k| blob_services.blob_path(k)) };
+        let mut ds = Dataset {
+            dir,
+            rows: BTreeMap::new(),
+            blob_path: Box::new(move |k| blob_services.blob_path(k)),
+            placed: BTreeMap::new(),
+        };
         let mut pending: BTreeMap<u64, Vec<(Row, isize)>> = BTreeMap::new();
         let mut wrote_once = false;
         rows.inner.sink(Exchange::new(|_: &(Row, u64, isize)| 0u64), &format!("{node}:sink.dataset"), move |(input, frontier)| {

@@ -85,13 +85,27 @@ fn esc(s: &str) -> String {
     s.replace('&', "&amp;").replace('<', "&lt;").replace('>', "&gt;").replace('"', "&quot;")
 }
 
+/// Prefix of a thumbnail source that is a run-store blob rather than a file.
+const BLOB_PREFIX: &str = "blob:";
+/// The metadata key of a clip's redacted copy (`crate::video::cut::REDACTED_BLOB`, which only
+/// exists with the `video` feature; a test keeps the two equal).
+const REDACTED_BLOB: &str = "redacted_blob";
+
+/// A clip's thumbnail source and time: its redacted copy (`curate.deidentify`; time 0 = the clip's
+/// start) when it has one — a report must not show the identifiers the dataset hides — else its file.
+fn clip_media(c: &Clip) -> (String, String, f64) {
+    let mid = (c.start_s.0 + c.end_s.0) / 2.0;
+    match c.metadata.get(REDACTED_BLOB) {
+        Some(key) => (c.clip_id.clone(), format!("{BLOB_PREFIX}{key}"), mid - c.start_s.0),
+        None => (c.clip_id.clone(), c.uri.clone(), mid),
+    }
+}
+
 /// A clip-like record's identity, file and representative time.
 fn media(rec: &Record) -> Option<(String, String, f64)> {
     match rec {
-        Record::Clip(c) => Some((c.clip_id.clone(), c.uri.clone(), (c.start_s.0 + c.end_s.0) / 2.0)),
-        Record::Scores(s) => {
-            Some((s.clip.clip_id.clone(), s.clip.uri.clone(), (s.clip.start_s.0 + s.clip.end_s.0) / 2.0))
-        }
+        Record::Clip(c) => Some(clip_media(c)),
+        Record::Scores(s) => Some(clip_media(&s.clip)),
         Record::Video(v) => {
             let mid = v.probe.as_ref().and_then(|p| p.duration_s).map(|d| d.0 / 2.0).unwrap_or(1.0);
             Some((v.source_id.clone(), v.uri.clone(), mid))
@@ -104,6 +118,8 @@ fn media(rec: &Record) -> Option<(String, String, f64)> {
 struct Thumbs {
     width: u32,
     cache: HashMap<(String, i64), Option<String>>,
+    /// Where a run-store blob key lives on disk.
+    blob_path: Box<dyn Fn(&str) -> PathBuf + Send>,
 }
 
 impl Thumbs {
@@ -112,7 +128,11 @@ impl Thumbs {
         if let Some(v) = self.cache.get(&key) {
             return v.clone();
         }
-        let v = thumbnail(uri, t, self.width);
+        let file = match uri.strip_prefix(BLOB_PREFIX) {
+            Some(k) => (self.blob_path)(k).to_string_lossy().into_owned(),
+            None => uri.to_string(),
+        };
+        let v = thumbnail(&file, t, self.width);
         self.cache.insert(key, v.clone());
         v
     }
@@ -448,10 +468,16 @@ impl TypedOperator for SinkReport {
             let mailbox = mailbox.clone();
             let p = p.clone();
             let node = node.clone();
+            let thumb_services = ctx.services.clone();
             std::thread::Builder::new()
                 .name(format!("medgen-report-{node}"))
                 .spawn(move || {
-                    let mut thumbs = Thumbs { width: p.thumbnail_width, cache: HashMap::new() };
+                    let blobs = thumb_services.clone();
+                    let mut thumbs = Thumbs {
+                        width: p.thumbnail_width,
+                        cache: HashMap::new(),
+                        blob_path: Box::new(move |k| blobs.blob_path(k)),
+                    };
                     loop {
                         let job = {
                             let (m, cv) = &*mailbox;
@@ -527,5 +553,31 @@ impl TypedOperator for SinkReport {
             },
         );
         Ok(Outputs::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn redacted_clips_are_shown_from_their_redacted_copy() {
+        #[cfg(feature = "video")]
+        assert_eq!(REDACTED_BLOB, crate::video::cut::REDACTED_BLOB);
+        let mut c = Clip {
+            clip_id: "c".into(),
+            source_id: "s".into(),
+            uri: "/v.mp4".into(),
+            start_s: F64(10.0),
+            end_s: F64(16.0),
+            fps: F64(30.0),
+            width: 640,
+            height: 480,
+            blob: None,
+            metadata: Default::default(),
+        };
+        assert_eq!(clip_media(&c), ("c".into(), "/v.mp4".into(), 13.0));
+        c.metadata.insert(REDACTED_BLOB.into(), "ab12".into());
+        assert_eq!(clip_media(&c), ("c".into(), "blob:ab12".into(), 3.0));
     }
 }

@@ -5,6 +5,10 @@
 //! starts exactly at `start`, holds exactly the frames of the span, and its timestamps are
 //! regular (`n / fps`) even when the source's were not. Audio is not carried over (dataset clips
 //! are silent).
+//!
+//! A Clip whose metadata carries [`REDACTED_BLOB`] (set by `curate.deidentify`) is cut from that
+//! redacted copy in the run store — its time 0 is the clip's `start_s`, so the span cut is
+//! `[0, end_s − start_s)` — and never from the source, so written clips hold only redacted pixels.
 
 use super::decode::Decoder;
 pub use super::encode::H264Encoder;
@@ -15,6 +19,10 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
+
+/// Clip metadata: blob key of the clip's redacted copy (`curate.deidentify`), time 0 = the clip's
+/// `start_s`. Writers cut from it instead of the source.
+pub const REDACTED_BLOB: &str = "redacted_blob";
 
 /// What [`cut`] cuts and how it encodes.
 #[derive(Clone, Debug)]
@@ -211,7 +219,8 @@ impl TypedOperator for VideoCut {
                   720, height = 480, resize = \"fill\" gives the paper's dataset format). The clip's duration \
                   and frame count are exactly the span's; timestamps are regular. The MP4 goes into the run \
                   store and the Clip comes out with `blob` set to its key, its size and fps updated, and \
-                  metadata `clip_frames`.",
+                  metadata `clip_frames`. A Clip with metadata `redacted_blob` (curate.deidentify) is cut from \
+                  that redacted copy (time 0 = the clip's start) instead of the source.",
             version: 1,
             inputs: &[InPort { name: "in", kinds: &[Kind::Clip], required: true, doc: "clips to cut" }],
             outputs: &[OutPort { name: OUT_PORT, kind: OutKind::Fixed(Kind::Clip), doc: "the clips, blob set" }],
@@ -270,9 +279,26 @@ pub fn cut_record(
     let Record::Clip(c) = rec else {
         return Err(ItemError::invalid(format!("video.cut takes Clip records, got a {}", rec.kind())));
     };
-    let src = local_path(&c.uri)?;
+    if c.end_s.0 <= c.start_s.0 || c.end_s.0.is_nan() || c.start_s.0.is_nan() {
+        return Err(ItemError::invalid(format!("clip span [{}, {}) is empty", c.start_s.0, c.end_s.0)));
+    }
+    // A redacted copy replaces the source: identifiers never reach a written clip.
+    let (src, range) = match c.metadata.get(REDACTED_BLOB) {
+        Some(key) => {
+            let path = services.blob_path(key);
+            if !path.is_file() {
+                return Err(ItemError::unreadable(format!(
+                    "the redacted copy {key} of clip {} is missing from the run store ({}); re-run curate.deidentify",
+                    c.clip_id,
+                    path.display()
+                )));
+            }
+            (path, TimeRange::new(0.0, c.end_s.0 - c.start_s.0))
+        }
+        None => (local_path(&c.uri)?, TimeRange::new(c.start_s.0, c.end_s.0)),
+    };
     let spec = CutSpec {
-        range: TimeRange::new(c.start_s.0, c.end_s.0),
+        range,
         size: size_from_params(p.width, p.height, p.resize).map_err(ItemError::invalid)?,
         fps: p.fps,
         crf: p.crf,
@@ -283,9 +309,6 @@ pub fn cut_record(
         encoder: p.encoder,
         deadline: Some(ctx.deadline),
     };
-    if c.end_s.0 <= c.start_s.0 || c.end_s.0.is_nan() || c.start_s.0.is_nan() {
-        return Err(ItemError::invalid(format!("clip span [{}, {}) is empty", c.start_s.0, c.end_s.0)));
-    }
     let (dir, out) = temp_mp4(services)?;
     let summary = cut(&src, &out, &spec)?;
     let key = services.blob_put_file(&out).map_err(|e| ItemError::transient(e.to_string()))?;
