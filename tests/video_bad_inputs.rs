@@ -8,7 +8,7 @@ use medgen_operators::api::{ErrorClass, ItemCtx, MemServices, Record, Video};
 use medgen_operators::video::decode::{DecodeParams, Decoder, decode_record};
 use medgen_operators::video::probe::{ProbeParams, probe_record};
 use medgen_operators::video::synth::{self, BadInput, Expect};
-use medgen_operators::video::{DecodeSpec, Sampling, Size};
+use medgen_operators::video::{Accuracy, DecodeSpec, Sampling, Size};
 use std::collections::BTreeMap;
 use std::path::Path;
 use std::process::Command;
@@ -92,19 +92,24 @@ fn every_bad_input_gives_its_failure_within_the_timeout() {
 fn the_decoder_api_refuses_bad_inputs_without_panicking() {
     let dir = tempfile::tempdir().unwrap();
     let corpus = synth::bad_inputs(dir.path()).unwrap();
-    for b in &corpus {
-        let spec = DecodeSpec::all().with_sampling(Sampling::Fps { fps: 1.0 }).with_timeout(ITEM_TIMEOUT);
+    // keyframe accuracy decodes only keyframes, and must fail (or not) just the same
+    for (b, accuracy) in corpus.iter().flat_map(|b| [(b, Accuracy::Exact), (b, Accuracy::Keyframe)]) {
+        let spec = DecodeSpec::all()
+            .with_sampling(Sampling::Fps { fps: 1.0 })
+            .with_accuracy(accuracy)
+            .with_timeout(ITEM_TIMEOUT);
         let started = Instant::now();
         let result: Result<Vec<_>, _> = Decoder::open(&b.path, &spec).and_then(|d| d.collect());
-        assert!(started.elapsed() < ITEM_TIMEOUT, "{}: took {:?}", b.name, started.elapsed());
+        let name = format!("{} ({})", b.name, accuracy.as_str());
+        assert!(started.elapsed() < ITEM_TIMEOUT, "{name}: took {:?}", started.elapsed());
         match (&b.expect, result) {
             // a one-frame file is a valid (if useless) stream for the decoder itself
             (_, Ok(frames)) if b.name.starts_with("one_frame") => assert_eq!(frames.len(), 1),
-            (Expect::Ok, r) => assert!(r.is_ok_and(|f| !f.is_empty()), "{}", b.name),
+            (Expect::Ok, r) => assert!(r.is_ok_and(|f| !f.is_empty()), "{name}"),
             (Expect::Fail(class, _), Err(e)) => {
-                assert_eq!(e.class(), *class, "{}: {e}", b.name);
+                assert_eq!(e.class(), *class, "{name}: {e}");
             }
-            (Expect::Fail(..), Ok(f)) => panic!("{}: decoded {} frames", b.name, f.len()),
+            (Expect::Fail(..), Ok(f)) => panic!("{name}: decoded {} frames", f.len()),
         }
     }
 }

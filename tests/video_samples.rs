@@ -7,7 +7,7 @@ use medgen_operators::api::{ErrorClass, Video};
 use medgen_operators::source::dicom;
 use medgen_operators::video::decode::{Decoder, decode_all};
 use medgen_operators::video::probe::{CountFrames, ProbeOptions, probe};
-use medgen_operators::video::{DecodeSpec, PixelFormat, Sampling, Size, TimeRange};
+use medgen_operators::video::{Accuracy, DecodeSpec, PixelFormat, Sampling, Size, TimeRange};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -354,5 +354,49 @@ fn sampling_and_ranges_return_exactly_the_frames_of_a_full_decode() {
             assert_eq!((f.pts_s, f.data()), (e.pts_s, e.data()), "{name}");
         }
         eprintln!("{name}: {} frames, {} sampled with {} seeks", all.len(), sampled.len(), dec.stats().seeks);
+    }
+}
+
+/// Keyframe accuracy on real files (MPEG-2 in MPEG-PS, H.264 in MP4 with edit lists, a file with a
+/// single keyframe, irregular scene-cut keyframes, DICOM): each 1 fps tick gets its nearest
+/// keyframe (checked against the keyframes `gst-launch-1.0 ... parsebin ! identity` lists, shifted
+/// to stream time), pixel-identical to the full decode's frame, decoding a fraction of the frames.
+#[test]
+fn keyframe_sampling_of_real_videos() {
+    let dir = samples();
+    let expected: [(&str, &[f64]); 6] = [
+        ("cityCC0.mpg", &[0.54, 1.02, 1.98, 2.94, 3.9, 4.86, 6.14, 7.1, 8.06]),
+        ("cockatoo.mp4", &[0.0, 3.8, 7.25, 8.0]),
+        ("carphone_pristine.mp4", &[0.0]),
+        ("carphone_distorted.mp4", &[0.0]),
+        ("movie-hello.mp4", &[0.033, 0.833, 2.033, 2.833, 4.033, 4.833, 6.033, 6.833, 8.033]),
+        // every DICOM frame is a keyframe: the exact frames
+        ("echo_color3d_jpeg.dcm", &[0.0, 1.0, 2.0, 3.0]),
+    ];
+    for (name, want) in expected {
+        let path = dir.join(name);
+        let base = DecodeSpec::all().with_format(PixelFormat::Gray).with_size(Size::Fit { width: 96, height: 96 });
+        let one_fps = base.clone().with_sampling(Sampling::Fps { fps: 1.0 });
+        let mut dec = Decoder::open(&path, &one_fps.clone().with_accuracy(Accuracy::Keyframe)).unwrap();
+        let frames: Vec<_> = dec.by_ref().map(|f| f.unwrap_or_else(|e| panic!("{name}: {e}"))).collect();
+        let stats = dec.stats();
+        let times: Vec<f64> = frames.iter().map(|f| (f.pts_s * 1000.0).round() / 1000.0).collect();
+        assert_eq!(times, want, "{name}: {stats:?}");
+        if name.ends_with(".dcm") {
+            // the exact frames, and nothing else decoded
+            let exact = decode_all(&path, &one_fps).unwrap();
+            assert_eq!(exact.len(), frames.len());
+            for (k, e) in frames.iter().zip(&exact) {
+                assert_eq!((k.pts_s, k.data()), (e.pts_s, e.data()), "{name}");
+            }
+            assert_eq!(stats.decoded, 4);
+            continue;
+        }
+        let all = decode_all(&path, &base).unwrap();
+        for f in &frames {
+            let full = all.iter().find(|a| (a.pts_s - f.pts_s).abs() < 1e-6).expect("a frame of the full decode");
+            assert_eq!(f.data(), full.data(), "{name}: the keyframe at {}", f.pts_s);
+        }
+        assert!(stats.decoded * 4 < all.len() as u64, "{name}: {stats:?} of {} frames", all.len());
     }
 }

@@ -7,7 +7,8 @@ use std::path::PathBuf;
 pub enum BenchWhat {
     /// Video decode throughput (frames/s) on generated 1080p and 480p files against
     /// `gst-launch-1.0 filesrc ! decodebin ! fakesink` in the same run, and the cost of 1 fps
-    /// sampling of a 10-minute file against a full decode.
+    /// sampling of a 10-minute file against a full decode, exact (the frame at each second) and
+    /// keyframe-accurate (the nearest keyframe, decoding only keyframes).
     Decode,
 }
 

@@ -12,6 +12,17 @@
 //!   they cost no colour conversion or scaling; when the next wanted time lies beyond the next
 //!   keyframe (learned from the decoder's input), the decoder skips ahead with a keyframe seek
 //!   (checked: a demuxer that lands past the target is sent back, and skipping stops);
+//! * with [`Accuracy::Keyframe`], compressed non-key frames (`DELTA_UNIT`) are dropped at the
+//!   decoder's input and never decoded, whatever the decoder (avdec_h264, openh264dec, …):
+//!   gst-libav 1.22's `skip-frame` has no "non-key" value, and measured here even its "skip
+//!   everything" value still decodes and outputs every frame, so it is not used. Only output
+//!   frames whose time matches a keyframe seen at the input pass on. Each wanted time gets the
+//!   nearest keyframe inside the range (`KeyPicker` holds one undecided keyframe back until the
+//!   next one shows which wanted times it wins: one frame of memory), and when streaming would
+//!   decode two or more keyframes nobody wants, the decoder seeks to the next wanted time
+//!   (`KEY_UNIT | SNAP_BEFORE`, landing on the keyframe at or before it, which with the one after
+//!   it decides that time). A range without any keyframe is sampled exactly instead; DICOM
+//!   cines, whose every frame is a keyframe, are always sampled exactly;
 //! * audio and subtitle streams are never decoded;
 //! * queues are bounded (a few frames), so memory does not grow with the video's length;
 //! * declared frame sizes over the limits, still images and audio-only files are refused before
@@ -27,8 +38,8 @@ use super::convert::{Coeffs, Layout, Matrix, Planes, to_gray, to_rgb};
 use super::gst_util::{self, Pipeline, classify, clock, describe_caps, secs};
 use super::probe::SizeLimits;
 use super::{
-    DecodeSpec, Frame, Geometry, PixelFormat, ResizeMode, Sampling, Selector, Size, TIME_TOL, TimeRange, VideoError,
-    check_input_file, is_dicom_file, local_path, size_from_params,
+    Accuracy, DecodeSpec, Frame, Geometry, KeyPicker, PixelFormat, ResizeMode, Sampling, Selector, Size, TIME_TOL,
+    TimeRange, VideoError, check_input_file, is_dicom_file, local_path, size_from_params,
 };
 use crate::api::*;
 use gstreamer as gst;
@@ -37,6 +48,7 @@ use gstreamer_app as gst_app;
 use gstreamer_video as gst_video;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
+use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
@@ -50,6 +62,8 @@ pub const STALL: Duration = Duration::from_secs(60);
 const SINK_BUFFERS: u32 = 4;
 /// Skip ahead only over gaps at least this long (seconds).
 const SEEK_MIN_GAP: f64 = 0.5;
+/// Keyframe times remembered between the decoder's input and its output.
+const KF_WINDOW: usize = 64;
 
 pub use super::{DecodeStats, StreamInfo};
 
@@ -155,6 +169,17 @@ enum Phase {
 
 struct State {
     selector: Option<Selector>,
+    /// Keyframe accuracy: non-key frames are dropped before the decoder, and only keyframes in
+    /// the range pass to the [`KeyPicker`] (no selector then).
+    keyframes: bool,
+    /// Start of the requested range (stream time).
+    span_start: f64,
+    /// Times of the keyframes that entered the decoder and have not come out yet.
+    kf_window: VecDeque<f64>,
+    /// Non-key frames dropped before the decoder.
+    skipped: u64,
+    /// End of the furthest frame that entered the decoder (stream time).
+    input_end: Option<f64>,
     phase: Phase,
     segment: Option<gst::FormattedSegment<gst::ClockTime>>,
     /// Frames out of the decoder / kept by the selector.
@@ -188,6 +213,20 @@ struct State {
     codec: Option<String>,
 }
 
+impl State {
+    /// Whether an output frame at `pts` is a keyframe that entered the decoder (and forget it
+    /// and those before it).
+    fn take_keyframe(&mut self, pts: f64) -> bool {
+        match self.kf_window.iter().position(|k| (k - pts).abs() <= TIME_TOL) {
+            Some(i) => {
+                self.kf_window.drain(..=i);
+                true
+            }
+            None => false,
+        }
+    }
+}
+
 type Shared = Arc<Mutex<State>>;
 
 /// Width, height, pixel aspect ratio and frame rate of a decoded stream.
@@ -219,6 +258,13 @@ struct GstDecoder {
     /// Recovery seeks made after overshoots.
     recoveries: u32,
     drop_preroll: bool,
+    /// Keyframe accuracy: picks the keyframes to return (`None` in exact mode, or until the
+    /// duration is known for uniform sampling without an end).
+    picker: Option<KeyPicker<gst::Sample>>,
+    keyframes: bool,
+    sampling: Sampling,
+    /// Keyframe accuracy found no keyframe in the range and went exact.
+    fell_back: bool,
     delivered: u64,
     seeks: u64,
     warnings: u64,
@@ -268,14 +314,21 @@ impl GstDecoder {
 
         // The selector needs the duration for uniform sampling without an end: it is built
         // after prerolling then, and a seek restarts the stream.
-        let selector = match spec.sampling {
+        let early = match spec.sampling {
             Sampling::Uniform { .. } if spec.range.end_s.is_none() => None,
             _ => Some(Selector::new(&spec.sampling, &spec.range, None)?),
         };
         let start = spec.range.start_s;
-        let needs_seek = start > 0.0 || selector.is_none();
+        let needs_seek = start > 0.0 || early.is_none();
+        let keyframes = spec.accuracy == Accuracy::Keyframe;
+        let (selector, picker) = if keyframes { (None, early.map(KeyPicker::new)) } else { (early, None) };
         let shared: Shared = Arc::new(Mutex::new(State {
             selector,
+            keyframes,
+            span_start: start,
+            kf_window: VecDeque::new(),
+            skipped: 0,
+            input_end: None,
             phase: if needs_seek { Phase::Preroll } else { Phase::Active },
             segment: None,
             decoded: 0,
@@ -345,6 +398,10 @@ impl GstDecoder {
             last_seek: None,
             recoveries: 0,
             drop_preroll: false,
+            picker,
+            keyframes,
+            sampling: spec.sampling.clone(),
+            fell_back: false,
             delivered: 0,
             seeks: 0,
             warnings: 0,
@@ -352,8 +409,11 @@ impl GstDecoder {
             stopped: false,
         };
         if needs_seek {
+            if keyframes && dec.picker.is_none() {
+                dec.picker = Some(KeyPicker::new(Selector::new(&spec.sampling, &spec.range, duration_s)?));
+            }
             let mut st = lock(&dec.shared);
-            if st.selector.is_none() {
+            if !keyframes && st.selector.is_none() {
                 st.selector = Some(Selector::new(&spec.sampling, &spec.range, duration_s)?);
             }
             st.phase = Phase::Flushing;
@@ -374,7 +434,13 @@ impl GstDecoder {
 
     fn stats(&self) -> DecodeStats {
         let st = lock(&self.shared);
-        DecodeStats { decoded: st.decoded, delivered: self.delivered, seeks: self.seeks, warnings: self.warnings }
+        DecodeStats {
+            decoded: st.decoded,
+            delivered: self.delivered,
+            skipped: st.skipped,
+            seeks: self.seeks,
+            warnings: self.warnings,
+        }
     }
 
     /// Seek to the keyframe at or before `target`. The segment then starts at that keyframe, so
@@ -383,7 +449,11 @@ impl GstDecoder {
     /// the stream really restarts at or before `target` (demuxers without an index may land
     /// later) and flags an overshoot for [`GstDecoder::recover`].
     fn seek(&self, target: f64, check: bool) -> Result<(), gst::glib::BoolError> {
-        lock(&self.shared).seek_target = check.then_some(target);
+        {
+            let mut st = lock(&self.shared);
+            st.seek_target = check.then_some(target);
+            st.kf_window.clear();
+        }
         let stop_type = if self.end.is_some() { gst::SeekType::Set } else { gst::SeekType::None };
         self.pipe.pipeline.seek(
             1.0,
@@ -412,6 +482,10 @@ impl GstDecoder {
     /// Skip ahead when the next wanted time lies beyond the next keyframe.
     fn maybe_seek(&mut self) {
         if !self.seek_enabled {
+            return;
+        }
+        if self.keyframes {
+            self.maybe_seek_keyframe();
             return;
         }
         let mut st = lock(&self.shared);
@@ -452,6 +526,69 @@ impl GstDecoder {
         }
     }
 
+    /// Keyframe accuracy: seek to the next wanted time (landing on the keyframe at or before it)
+    /// when streaming would first decode keyframes that no wanted time can pick. Frames in
+    /// flight are all before that keyframe, or come again after the seek, so they are not waited
+    /// for.
+    fn maybe_seek_keyframe(&mut self) {
+        let Some(target) = self.picker.as_ref().and_then(|p| p.next_target()) else { return };
+        let mut st = lock(&self.shared);
+        if st.phase != Phase::Active {
+            return;
+        }
+        let (Some(last), Some(interval)) = (st.last_kf, st.kf_interval.filter(|i| *i > TIME_TOL)) else { return };
+        // Streaming would decode at least two keyframes before the one at or before `target`
+        // (one alone costs less than the seek).
+        if target < last + 3.0 * interval - TIME_TOL || target - last < SEEK_MIN_GAP {
+            return;
+        }
+        if self.last_seek.is_some_and(|t| target <= t) {
+            return;
+        }
+        st.phase = Phase::Flushing;
+        st.last_pts = None;
+        st.last_kf = None;
+        drop(st);
+        self.last_seek = Some(target);
+        if self.seek(target, true).is_ok() {
+            self.seeks += 1;
+        } else {
+            lock(&self.shared).phase = Phase::Active;
+            self.seek_enabled = false;
+        }
+    }
+
+    /// Keyframe accuracy found no keyframe inside the range: sample the range exactly instead,
+    /// from its start. Returns false when that cannot be done (the file does not seek).
+    fn fall_back_to_exact(&mut self) -> bool {
+        if self.fell_back {
+            return false;
+        }
+        self.fell_back = true;
+        let range = TimeRange { start_s: self.start, end_s: self.end };
+        let Ok(selector) = Selector::new(&self.sampling, &range, self.info.duration_s) else { return false };
+        {
+            let mut st = lock(&self.shared);
+            st.keyframes = false;
+            st.selector = Some(selector);
+            st.phase = Phase::Flushing;
+            st.kept = self.delivered;
+            st.last_pts = None;
+            st.last_kf = None;
+        }
+        self.keyframes = false;
+        self.picker = None;
+        self.last_seek = None;
+        if self.seek(self.start, true).is_err() {
+            let mut st = lock(&self.shared);
+            st.phase = Phase::Active;
+            st.seek_target = None;
+            return false;
+        }
+        self.seeks += 1;
+        true
+    }
+
     fn next_frame(&mut self, path: &Path, started: Instant) -> Option<Result<Frame, VideoError>> {
         loop {
             if let Some(d) = self.deadline
@@ -472,25 +609,60 @@ impl GstDecoder {
                     _ => {}
                 }
             }
+            if let Some((pts, sample)) = self.picker.as_mut().and_then(|p| p.pop()) {
+                let dur = sample.buffer().and_then(|b| b.duration()).map(secs);
+                return match self.convert(path, &sample, pts, dur) {
+                    Ok(frame) => {
+                        self.delivered += 1;
+                        Some(Ok(frame))
+                    }
+                    Err(e) => Some(Err(e)),
+                };
+            }
+            if self.picker.as_ref().is_some_and(|p| p.done()) {
+                return None;
+            }
             self.recover();
             self.maybe_seek();
             if let Some(sample) = self.sink.try_pull_sample(gst::ClockTime::from_mseconds(100)) {
-                match self.sample_to_frame(path, &sample) {
-                    Ok(Some(frame)) => {
+                let Some((pts, dur)) = self.sample_time(&sample) else { continue };
+                if let Some(picker) = &mut self.picker {
+                    picker.offer(pts, sample);
+                    continue;
+                }
+                match self.convert(path, &sample, pts, dur) {
+                    Ok(frame) => {
                         self.delivered += 1;
                         return Some(Ok(frame));
                     }
-                    Ok(None) => continue,
                     Err(e) => return Some(Err(e)),
                 }
             }
-            let (decoded, done, kept) = {
+            let (decoded, done, kept, skipped, input_end) = {
                 let st = lock(&self.shared);
-                (st.decoded, st.selector.as_ref().is_some_and(|s| s.done()), st.kept)
+                (st.decoded, st.selector.as_ref().is_some_and(|s| s.done()), st.kept, st.skipped, st.input_end)
             };
             if self.sink.is_eos() {
                 if lock(&self.shared).overshoot.is_some() {
                     // The stream ended after a seek that landed past its target: go back.
+                    continue;
+                }
+                if let Some(picker) = &mut self.picker {
+                    if picker.seen() == 0 && picker.next_target().is_some() {
+                        // Not one keyframe inside the range: sample it exactly.
+                        if self.fall_back_to_exact() {
+                            continue;
+                        }
+                        if decoded == 0 {
+                            return Some(Err(VideoError::corrupt(
+                                path,
+                                "no keyframe could be decoded (the bitstream is damaged or empty); re-encode or \
+                                 re-copy the file",
+                            )));
+                        }
+                        return None;
+                    }
+                    picker.finish(input_end.or(self.info.duration_s).unwrap_or(f64::INFINITY));
                     continue;
                 }
                 if decoded == 0 {
@@ -504,19 +676,20 @@ impl GstDecoder {
             if done && self.delivered >= kept {
                 return None;
             }
-            if decoded != self.last_progress.0 {
-                self.last_progress = (decoded, Instant::now());
+            // Dropping non-key frames before the decoder is progress too.
+            let progress = decoded + skipped;
+            if progress != self.last_progress.0 {
+                self.last_progress = (progress, Instant::now());
             } else if self.last_progress.1.elapsed() > STALL {
                 return Some(Err(VideoError::timeout(path, started, "waiting for the decoder (no progress)")));
             }
         }
     }
 
-    fn sample_to_frame(&mut self, path: &Path, sample: &gst::Sample) -> Result<Option<Frame>, VideoError> {
-        let internal = |what: &str| VideoError::Backend(format!("{}: {what}", path.display()));
-        let buffer = sample.buffer_owned().ok_or_else(|| internal("a sample without a buffer"))?;
-        let caps = sample.caps().ok_or_else(|| internal("a sample without caps"))?;
-        let vinfo = gst_video::VideoInfo::from_caps(caps).map_err(|e| internal(&format!("bad caps: {e}")))?;
+    /// The stream time and duration of a pulled sample, or `None` for one to skip (the frame
+    /// that prerolled a pipeline that could not seek, frames wholly before the range).
+    fn sample_time(&mut self, sample: &gst::Sample) -> Option<(f64, Option<f64>)> {
+        let buffer = sample.buffer()?;
         let raw_pts = buffer.pts().unwrap_or(gst::ClockTime::ZERO);
         let pts = sample
             .segment()
@@ -529,13 +702,22 @@ impl GstDecoder {
             self.drop_preroll = false;
             let preroll = lock(&self.shared).preroll_pts;
             if preroll.is_some_and(|p| (p - pts).abs() < 1e-6) {
-                return Ok(None);
+                return None;
             }
         }
         // Frames wholly before the range (a decoder that does not clip after a seek).
         if self.start > 0.0 && pts + dur.unwrap_or(0.0) <= self.start + TIME_TOL && pts < self.start {
-            return Ok(None);
+            return None;
         }
+        Some((pts, dur))
+    }
+
+    /// The pixels of a sample shown from `pts` for `dur`, as the request asks.
+    fn convert(&self, path: &Path, sample: &gst::Sample, pts: f64, dur: Option<f64>) -> Result<Frame, VideoError> {
+        let internal = |what: &str| VideoError::Backend(format!("{}: {what}", path.display()));
+        let buffer = sample.buffer_owned().ok_or_else(|| internal("a sample without a buffer"))?;
+        let caps = sample.caps().ok_or_else(|| internal("a sample without caps"))?;
+        let vinfo = gst_video::VideoInfo::from_caps(caps).map_err(|e| internal(&format!("bad caps: {e}")))?;
         let (w, h) = (vinfo.width(), vinfo.height());
         let (offsets, strides): (Vec<usize>, Vec<usize>) = match buffer.meta::<gst_video::VideoMeta>() {
             Some(m) => (m.offset().to_vec(), m.stride().iter().map(|s| (*s).max(0) as usize).collect()),
@@ -573,7 +755,7 @@ impl GstDecoder {
             && strides[0] == w as usize
             && map.len() >= (w * h) as usize
         {
-            return Ok(Some(Frame::mapped(pts, dur, w, h, PixelFormat::Gray, map)));
+            return Ok(Frame::mapped(pts, dur, w, h, PixelFormat::Gray, map));
         }
         let (x, y, cw, chh) = self
             .geometry
@@ -594,7 +776,7 @@ impl GstDecoder {
             PixelFormat::Gray => to_gray(&planes, full_range, x, y, cw, chh),
         };
         let pixels = pixels.ok_or_else(|| internal("a frame smaller than its caps say"))?;
-        Ok(Some(Frame::new(pts, dur, cw as u32, chh as u32, self.format, pixels)))
+        Ok(Frame::new(pts, dur, cw as u32, chh as u32, self.format, pixels))
     }
 
     fn stop(&mut self) {
@@ -721,18 +903,36 @@ fn connect_decodebin(
                     {
                         s.kf_segment = Some(seg);
                     }
-                } else if let Some(buf) = info.buffer()
-                    && !buf.flags().contains(gst::BufferFlags::DELTA_UNIT)
-                    && let Some(pts) = buf.pts()
-                {
-                    let t = stream_time(s.kf_segment.as_ref(), pts);
-                    match s.last_kf {
-                        Some(last) if t > last + TIME_TOL => {
-                            s.kf_interval = Some(t - last);
-                            s.last_kf = Some(t);
+                } else if let Some(buf) = info.buffer() {
+                    let flags = buf.flags();
+                    let key = !flags.contains(gst::BufferFlags::DELTA_UNIT);
+                    if let Some(pts) = buf.pts() {
+                        let t = stream_time(s.kf_segment.as_ref(), pts);
+                        let end = t + buf.duration().map(secs).unwrap_or(s.fallback_dur);
+                        if s.input_end.is_none_or(|e| end > e) {
+                            s.input_end = Some(end);
                         }
-                        Some(_) => {}
-                        None => s.last_kf = Some(t),
+                        if key {
+                            match s.last_kf {
+                                Some(last) if t > last + TIME_TOL => {
+                                    s.kf_interval = Some(t - last);
+                                    s.last_kf = Some(t);
+                                }
+                                Some(_) => {}
+                                None => s.last_kf = Some(t),
+                            }
+                            if s.keyframes {
+                                if s.kf_window.len() >= KF_WINDOW {
+                                    s.kf_window.pop_front();
+                                }
+                                s.kf_window.push_back(t);
+                            }
+                        }
+                    }
+                    // Keyframe accuracy: non-key frames are never decoded.
+                    if s.keyframes && !key {
+                        s.skipped += 1;
+                        return drop_frame(info);
                     }
                 }
                 gst::PadProbeReturn::Ok
@@ -764,6 +964,17 @@ fn connect_decodebin(
         }
         if let Some(reason) = limits.exceeded(&caps) {
             lock(&st).error.get_or_insert_with(|| VideoError::unsupported(&path_buf, reason));
+            return;
+        }
+        if !caps.is_fixed() {
+            // decodebin exposes a raw pad without a format only when the decoder never produced
+            // a frame (e.g. the few keyframes that keyframe accuracy decodes were all damaged).
+            lock(&st).error.get_or_insert_with(|| {
+                VideoError::corrupt(
+                    &path_buf,
+                    "no frame could be decoded (the bitstream is damaged or empty); re-encode or re-copy the file",
+                )
+            });
             return;
         }
         let Ok(vinfo) = gst_video::VideoInfo::from_caps(&caps) else {
@@ -841,6 +1052,14 @@ fn connect_decodebin(
                                 return drop_frame(info);
                             }
                             s.last_pts = Some(pts);
+                            if s.keyframes {
+                                // Only keyframes from inside the range go on to the picker.
+                                let keep = s.take_keyframe(pts) && pts >= s.span_start - TIME_TOL;
+                                if keep {
+                                    s.kept += 1;
+                                }
+                                return if keep { gst::PadProbeReturn::Ok } else { drop_frame(info) };
+                            }
                             let keep = s.selector.as_mut().is_some_and(|sel| sel.offer(pts, dur));
                             if keep {
                                 s.kept += 1;
@@ -877,6 +1096,17 @@ pub struct DecodeParams {
     /// Sample the frames displayed at these times, in seconds from the span's start.
     #[serde(default)]
     pub timestamps_s: Option<Vec<f64>>,
+    /// For `fps`, `count` and `timestamps_s`: `exact` (the frame displayed at each wanted time)
+    /// or `keyframe` (the keyframe nearest to each wanted time, inside the span; only keyframes
+    /// are decoded, so sparse sampling of a long video costs a fraction of a full decode). The
+    /// keyframe's real time is reported, which may differ from the wanted time by up to
+    /// half the keyframe interval (more where keyframes are irregular); wanted times sharing a
+    /// keyframe yield it once; a span without a keyframe is sampled exactly. Not valid with
+    /// every frame.
+    // Left out of the serialized params when exact, so memo keys of existing graphs stay.
+    #[serde(default, skip_serializing_if = "Accuracy::is_exact")]
+    #[schemars(extend("default" = "exact"))]
+    pub accuracy: Accuracy,
     /// Output width (even); unset with `height` unset: the stored size.
     #[serde(default)]
     pub width: Option<u32>,
@@ -919,6 +1149,7 @@ impl Default for DecodeParams {
             fps: None,
             count: None,
             timestamps_s: None,
+            accuracy: Accuracy::Exact,
             width: None,
             height: None,
             resize: ResizeMode::Fit,
@@ -941,7 +1172,8 @@ impl TypedOperator for VideoDecode {
             name: "video.decode",
             summary: "Decode sampled frames of each Video or Clip into a frames blob in the run store",
             doc: "Decodes the frames of each Video (or of each Clip's span) at the requested sampling \
-                  (every frame, `fps`, `count` uniformly spaced, or `timestamps_s`), size (`width`/`height` \
+                  (every frame, `fps`, `count` uniformly spaced, or `timestamps_s`; with `accuracy` = \
+                  keyframe, the nearest keyframes instead, decoding only keyframes), size (`width`/`height` \
                   with `resize` = fit, fill or exact; even sizes) and pixel `format` (rgb or gray), with \
                   accurate seeking, and writes them into the run store as one frames blob (format: \
                   b\"MGFRAMES\", a 32-byte header with width, height, channels and fps, then per frame an \
@@ -970,6 +1202,14 @@ impl TypedOperator for VideoDecode {
             && !(f > 0.0 && f.is_finite())
         {
             v.push(ParamIssue::error("fps", "must be a positive number", Some("e.g. fps = 1.0".into())));
+        }
+        if p.accuracy == Accuracy::Keyframe && matches!(p.sampling(), Ok(Sampling::All)) {
+            v.push(ParamIssue::error(
+                "accuracy",
+                "`accuracy = \"keyframe\"` needs wanted times to snap to keyframes: set `fps`, `count` or \
+                 `timestamps_s` (without one, every frame is wanted)",
+                Some("remove `accuracy`, or sample, e.g. `fps = 1.0`".into()),
+            ));
         }
         if p.count == Some(0) {
             v.push(ParamIssue::error("count", "must be at least 1", None));
@@ -1049,12 +1289,14 @@ pub fn decode_record(
         .with_size(size)
         .with_range(range)
         .with_format(p.format)
+        .with_accuracy(p.accuracy)
         .with_deadline(ctx.deadline);
     let dec = Decoder::open(&path, &spec)?;
     let info = dec.info().clone();
+    // Keyframes are not evenly spaced in time: no rate then.
     let fps = match sampling {
         Sampling::All => info.fps_f64().unwrap_or(0.0),
-        Sampling::Fps { fps } => info.fps_f64().map_or(fps, |f| f.min(fps)),
+        Sampling::Fps { fps } if p.accuracy.is_exact() => info.fps_f64().map_or(fps, |f| f.min(fps)),
         _ => 0.0,
     };
     let tmp = services.tmp_dir();

@@ -8,7 +8,8 @@
 //! * [`decode::Decoder`] — `Decoder::open(path, &DecodeSpec)` is an iterator of
 //!   `Result<Frame, VideoError>`: RGB8 or gray frames at a requested [`Sampling`], [`Size`] and
 //!   [`TimeRange`], streamed through bounded queues (a 2-hour video never sits in memory), with a
-//!   per-item deadline. DICOM cine files are decoded by the same API (pure Rust, see
+//!   per-item deadline; sampled frames are exact, or the nearest keyframes ([`Accuracy`]), which
+//!   decodes only keyframes. DICOM cine files are decoded by the same API (pure Rust, see
 //!   [`crate::source::dicom`]).
 //! * [`encode::Encoder`] — frames in, H.264 MP4 out (x264enc, else openh264enc).
 //! * [`cut::cut`] — a span `[start, end)` of a video as an MP4, re-encoded so that its duration and
@@ -88,6 +89,8 @@ enum FrameData {
 /// One decoded frame: packed rows (`width * channels` bytes each), top to bottom.
 pub struct Frame {
     /// Presentation time in seconds, on the stream's timeline (the position a seek to it uses).
+    /// Always the frame's own time: with [`Accuracy::Keyframe`] it may differ from the wanted
+    /// time it answers by up to half a keyframe interval.
     pub pts_s: f64,
     /// How long the frame is displayed, when known.
     pub duration_s: Option<f64>,
@@ -174,7 +177,8 @@ impl Frame {
     }
 }
 
-/// Which frames to decode.
+/// Which frames to decode. `Fps`, `Uniform` and `Timestamps` name wanted times; the request's
+/// [`Accuracy`] says whether each gets the frame displayed then (below) or the nearest keyframe.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, Default)]
 #[serde(tag = "mode", rename_all = "snake_case")]
 pub enum Sampling {
@@ -190,6 +194,40 @@ pub enum Sampling {
     /// The frames displayed at these times (seconds, stream timeline); sorted, deduplicated, and
     /// limited to the range.
     Timestamps { times_s: Vec<f64> },
+}
+
+/// How closely sampled frames follow the wanted times of a [`Sampling`] (other than
+/// [`Sampling::All`], which wants every frame and is always exact).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize, JsonSchema, Default)]
+#[serde(rename_all = "lowercase")]
+pub enum Accuracy {
+    /// The frame displayed at each wanted time. Reaching it means decoding every frame from the
+    /// keyframe before it, so with keyframes every few seconds 1 fps sampling costs almost a
+    /// full decode.
+    #[default]
+    Exact,
+    /// The keyframe nearest to each wanted time (ties: the earlier one), so that only keyframes
+    /// are decoded: non-key frames are dropped before the decoder and the decoder skips ahead
+    /// with keyframe seeks. A frame's reported time is the keyframe's own, which may differ
+    /// from the wanted time by up to half the keyframe interval (more where keyframes are
+    /// irregular); wanted times that share a nearest keyframe yield it once. Only keyframes
+    /// inside the range are returned; a range that holds no keyframe at all is sampled exactly
+    /// instead. DICOM cines (every frame is a keyframe) give the exact frames.
+    Keyframe,
+}
+
+impl Accuracy {
+    /// Name as used in params.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Accuracy::Exact => "exact",
+            Accuracy::Keyframe => "keyframe",
+        }
+    }
+    /// Whether this is [`Accuracy::Exact`] (the default).
+    pub fn is_exact(&self) -> bool {
+        *self == Accuracy::Exact
+    }
 }
 
 /// Output size. Sizes computed from the source keep its display aspect (pixel aspect ratio
@@ -230,6 +268,8 @@ pub struct DecodeSpec {
     pub size: Size,
     pub range: TimeRange,
     pub format: PixelFormat,
+    /// Exact frames, or the nearest keyframes (much cheaper for sparse sampling).
+    pub accuracy: Accuracy,
     /// Give up (with [`VideoError::Timeout`]) at this instant; `None`: no deadline.
     pub deadline: Option<Instant>,
     /// Refuse streams with more pixels per frame than this (declared size), before decoding.
@@ -270,6 +310,9 @@ pub struct DecodeStats {
     pub decoded: u64,
     /// Frames handed to the caller.
     pub delivered: u64,
+    /// Compressed non-key frames dropped before the decoder, never decoded
+    /// ([`Accuracy::Keyframe`]).
+    pub skipped: u64,
     /// Skip-ahead seeks made.
     pub seeks: u64,
     /// Warnings GStreamer posted (concealed decode errors and the like).
@@ -288,6 +331,7 @@ impl Default for DecodeSpec {
             size: Size::Native,
             range: TimeRange::ALL,
             format: PixelFormat::Rgb,
+            accuracy: Accuracy::Exact,
             deadline: None,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_side: DEFAULT_MAX_SIDE,
@@ -314,6 +358,10 @@ impl DecodeSpec {
     }
     pub fn with_format(mut self, f: PixelFormat) -> Self {
         self.format = f;
+        self
+    }
+    pub fn with_accuracy(mut self, a: Accuracy) -> Self {
+        self.accuracy = a;
         self
     }
     pub fn with_timeout(mut self, t: Duration) -> Self {
@@ -347,6 +395,13 @@ impl DecodeSpec {
                 return Err(VideoError::BadRequest("timestamps must be finite numbers".into()));
             }
             _ => {}
+        }
+        if self.accuracy == Accuracy::Keyframe && self.sampling == Sampling::All {
+            return Err(VideoError::BadRequest(
+                "keyframe accuracy needs a sampling (fps, uniform or timestamps): with every frame wanted there are \
+                 no times to snap to keyframes"
+                    .into(),
+            ));
         }
         validate_size(&self.size).map_err(VideoError::BadRequest)
     }
@@ -589,6 +644,105 @@ impl Selector {
             self.done = true;
         }
         keep
+    }
+}
+
+/// [`Accuracy::Keyframe`] selection: keyframes are offered in presentation order, and each wanted
+/// time gets the nearest of them (ties: the earlier). A keyframe is handed out as soon as some
+/// wanted time picks it, and never twice; one not picked yet is held back until the next keyframe
+/// (or the end) shows whether a later wanted time picks it. Only keyframes inside the range
+/// count. `T` is what travels with a keyframe (a decoded sample). Used by the GStreamer decoder.
+#[cfg_attr(not(feature = "video"), allow(dead_code))]
+pub(crate) struct KeyPicker<T> {
+    sel: Selector,
+    /// The latest keyframe offered: its time, and its item until handed out.
+    held: Option<(f64, Option<T>)>,
+    ready: std::collections::VecDeque<(f64, T)>,
+    /// Keyframes inside the range offered so far.
+    seen: u64,
+    finished: bool,
+}
+
+#[cfg_attr(not(feature = "video"), allow(dead_code))]
+impl<T> KeyPicker<T> {
+    /// Over the wanted times of `sel` (which has not been offered frames).
+    pub(crate) fn new(sel: Selector) -> KeyPicker<T> {
+        KeyPicker { sel, held: None, ready: Default::default(), seen: 0, finished: false }
+    }
+
+    /// The earliest wanted time not answered yet.
+    pub(crate) fn next_target(&self) -> Option<f64> {
+        if self.finished { None } else { self.sel.next_target() }
+    }
+
+    /// Keyframes inside the range offered so far.
+    pub(crate) fn seen(&self) -> u64 {
+        self.seen
+    }
+
+    /// Whether nothing more can be picked (items may still wait in [`KeyPicker::pop`]).
+    pub(crate) fn done(&self) -> bool {
+        self.next_target().is_none()
+    }
+
+    /// The next picked keyframe, in presentation order.
+    pub(crate) fn pop(&mut self) -> Option<(f64, T)> {
+        self.ready.pop_front()
+    }
+
+    /// Offer the next keyframe, shown from `pts`.
+    pub(crate) fn offer(&mut self, pts: f64, item: T) {
+        if self.finished || pts < self.sel.start - TIME_TOL {
+            return;
+        }
+        if pts >= self.sel.end - TIME_TOL {
+            // Past the range: the wanted times left are nearest to the last keyframe inside it.
+            self.finish(self.sel.end);
+            return;
+        }
+        if self.held.as_ref().is_some_and(|(h, _)| pts <= h + TIME_TOL) {
+            // Seen already (a seek landed on it again).
+            return;
+        }
+        self.seen += 1;
+        let mut picked = false;
+        while let Some(t) = self.sel.next_target() {
+            if t > pts + TIME_TOL {
+                break;
+            }
+            match &mut self.held {
+                Some((h, slot)) if t - *h <= pts - t + TIME_TOL => {
+                    if let Some(it) = slot.take() {
+                        self.ready.push_back((*h, it));
+                    }
+                }
+                _ => picked = true,
+            }
+            self.sel.advance();
+        }
+        let slot = if picked {
+            self.ready.push_back((pts, item));
+            None
+        } else {
+            Some(item)
+        };
+        self.held = Some((pts, slot));
+    }
+
+    /// The stream (or what was decoded of it) ended at `stream_end`: the wanted times left
+    /// before it are nearest to the last keyframe.
+    pub(crate) fn finish(&mut self, stream_end: f64) {
+        if self.finished {
+            return;
+        }
+        self.finished = true;
+        let wanted = self.sel.next_target().is_some_and(|t| t < stream_end - TIME_TOL);
+        if let Some((h, slot)) = &mut self.held
+            && wanted
+            && let Some(it) = slot.take()
+        {
+            self.ready.push_back((*h, it));
+        }
     }
 }
 
@@ -867,6 +1021,67 @@ mod tests {
         let mut s = Selector::new(&Sampling::Fps { fps: 1.0 }, &TimeRange::ALL, None).unwrap();
         let kept = run(&mut s, 30.0, 60, 0.0667);
         assert_eq!(kept[0], 0);
+    }
+
+    /// Keyframes at `kfs` through a picker over `sampling`; the picked ones (their indices).
+    fn pick(sampling: Sampling, range: TimeRange, duration: f64, kfs: &[f64], stream_end: f64) -> Vec<f64> {
+        let mut p = KeyPicker::new(Selector::new(&sampling, &range, Some(duration)).unwrap());
+        let mut out = Vec::new();
+        for (i, &k) in kfs.iter().enumerate() {
+            p.offer(k, i);
+            out.extend(std::iter::from_fn(|| p.pop()).map(|(t, i)| {
+                assert_eq!(t, kfs[i]);
+                t
+            }));
+            if p.done() {
+                break;
+            }
+        }
+        p.finish(stream_end);
+        out.extend(std::iter::from_fn(|| p.pop()).map(|(t, _)| t));
+        out
+    }
+
+    #[test]
+    fn key_picker_nearest_keyframes_once() {
+        // keyframes every 1.5 s over 10 s, 1 fps: ticks 1 and 2 both pick 1.5, 5 picks 4.5 …
+        let kfs: Vec<f64> = (0..7).map(|i| i as f64 * 1.5).collect();
+        let got = pick(Sampling::Fps { fps: 1.0 }, TimeRange::ALL, 10.0, &kfs, 10.0);
+        assert_eq!(got, vec![0.0, 1.5, 3.0, 4.5, 6.0, 7.5, 9.0]);
+        // every 2 s: the odd ticks tie and take the earlier keyframe; the last keyframe (8) also
+        // answers tick 9
+        let kfs: Vec<f64> = (0..5).map(|i| i as f64 * 2.0).collect();
+        assert_eq!(pick(Sampling::Fps { fps: 1.0 }, TimeRange::ALL, 10.0, &kfs, 10.0), kfs);
+        // sparse keyframes: several ticks collapse onto one
+        let got = pick(Sampling::Fps { fps: 1.0 }, TimeRange::ALL, 20.0, &[0.0, 10.0], 20.0);
+        assert_eq!(got, vec![0.0, 10.0]);
+        // uniform count = 2 over 20 s (ticks 5 and 15) with keyframes every 4 s: 4 and 16
+        let kfs: Vec<f64> = (0..5).map(|i| i as f64 * 4.0).collect();
+        assert_eq!(pick(Sampling::Uniform { count: 2 }, TimeRange::ALL, 20.0, &kfs, 20.0), vec![4.0, 16.0]);
+        // a range: keyframes outside it are never picked; ticks past the last one inside pick it
+        let got = pick(Sampling::Uniform { count: 3 }, TimeRange::new(3.0, 11.0), 20.0, &kfs, 20.0);
+        assert_eq!(got, vec![4.0, 8.0]);
+        let got = pick(Sampling::Timestamps { times_s: vec![10.0] }, TimeRange::new(3.0, 11.0), 20.0, &kfs, 20.0);
+        assert_eq!(got, vec![8.0]);
+        // a keyframe seen twice (after a seek) is not picked twice, nor one going backwards
+        let got = pick(
+            Sampling::Timestamps { times_s: vec![0.0, 0.1, 5.0] },
+            TimeRange::ALL,
+            8.0,
+            &[0.0, 0.0, 4.0, 2.0],
+            8.0,
+        );
+        assert_eq!(got, vec![0.0, 4.0]);
+        // ticks after the stream's end pick nothing
+        let got = pick(Sampling::Timestamps { times_s: vec![9.0] }, TimeRange::ALL, 20.0, &[0.0, 4.0], 5.0);
+        assert!(got.is_empty(), "{got:?}");
+    }
+
+    #[test]
+    fn keyframe_accuracy_needs_a_sampling() {
+        let spec = DecodeSpec::all().with_accuracy(Accuracy::Keyframe);
+        assert!(spec.validate().unwrap_err().to_string().contains("keyframe accuracy needs a sampling"));
+        assert!(spec.with_sampling(Sampling::Fps { fps: 1.0 }).validate().is_ok());
     }
 
     #[test]
