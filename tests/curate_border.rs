@@ -1,6 +1,7 @@
 //! `curate.black_border` through the `medgen` binary on synthetic letterboxed, pillarboxed,
 //! windowboxed and clean videos with known bar widths; then the memo requirement: changing a
 //! threshold or the mode recomputes no measurement and only changes decisions.
+#![cfg(feature = "video")]
 
 mod curate_common;
 

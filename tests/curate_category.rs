@@ -1,5 +1,6 @@
 //! `curate.category`: clips of the paper's five classes told apart from their metadata text and
 //! visual cues (MiniLM from scripts/fetch-models.sh; the echo DICOM from fetch-samples.sh).
+#![cfg(feature = "video")]
 
 mod curate_common;
 

@@ -2,6 +2,7 @@
 //! (different bytes, so a different source and clip id, same pictures) is removed exactly once, distinct videos stay,
 //! changing the decision params hashes nothing again, and in a watching run deleting the kept one
 //! re-admits the copy (a retraction through the LSH join and the reduce).
+#![cfg(feature = "video")]
 
 mod curate_common;
 

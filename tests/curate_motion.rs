@@ -1,5 +1,6 @@
 //! `curate.camera_motion` on synthetic camera paths with known motion (pan, tilt, zoom, shake,
 //! still), and on a still camera watching a moving object.
+#![cfg(feature = "video")]
 
 mod curate_common;
 

@@ -2,6 +2,7 @@
 //! → `curate.segment` → `curate.black_border` → `curate.rule` — on synthetic videos with titles;
 //! rule changes re-measure nothing; `medgen check` rejects bad expressions and params with the
 //! column inside the expression (exit 78).
+#![cfg(feature = "video")]
 
 mod curate_common;
 

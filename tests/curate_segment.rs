@@ -2,6 +2,7 @@
 //! boundary, synthetic shots with ground truth become clips that never straddle a shot boundary,
 //! the resolution floor rejects (not fails) small videos, and changing a threshold re-decodes
 //! nothing.
+#![cfg(feature = "video")]
 
 mod curate_common;
 
