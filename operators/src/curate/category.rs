@@ -151,8 +151,9 @@ fn builtin_prototypes() -> Prototypes {
 
 /// The node's prototypes: the file's, else the built-in ones.
 fn load_prototypes(p: &CategoryParams, base: &Path) -> Result<Prototypes, String> {
-    let Some(f) = p.prototypes.as_deref() else { return Ok(builtin_prototypes()) };
-    let path = if Path::new(f).is_absolute() { PathBuf::from(f) } else { base.join(f) };
+    let Some(path) = crate::onnx::model_path(p.prototypes.as_deref(), base, None) else {
+        return Ok(builtin_prototypes());
+    };
     let text = std::fs::read_to_string(&path).map_err(|e| format!("cannot read {}: {e}", path.display()))?;
     let protos: Prototypes = serde_json::from_str(&text)
         .map_err(|e| format!("{} is not a JSON object of class → list of sentences: {e}", path.display()))?;
@@ -166,10 +167,7 @@ fn load_prototypes(p: &CategoryParams, base: &Path) -> Result<Prototypes, String
 }
 
 fn model_dir(p: &CategoryParams, base: &Path) -> Option<PathBuf> {
-    match p.model_dir.as_deref() {
-        Some(d) => Some(if Path::new(d).is_absolute() { PathBuf::from(d) } else { base.join(d) }),
-        None => minilm::fetched_minilm_dir(),
-    }
+    crate::onnx::model_path(p.model_dir.as_deref(), base, None).or_else(minilm::fetched_minilm_dir)
 }
 
 /// The embedder and the prototype embeddings, loaded once per process and model folder.
@@ -431,8 +429,7 @@ impl TypedOperator for CurateCategory {
         // The memo key covers what the measurement depends on: the prototypes and the model file.
         let digest = crate::onnx::file_digest(&dir.join("model.safetensors"))
             .map_err(|e| invalid(format!("{}: {e}", dir.join("model.safetensors").display())))?;
-        let mut fp =
-            fingerprint_without(p, &["temperature", "animation_weight", "imaging_weight", "reject", "threads"]);
+        let mut fp = TypedOperator::fingerprint(self, p);
         fp["prototypes"] = serde_json::json!(protos);
         fp["model"] = serde_json::json!(digest);
         ctx.params_fingerprint = fp.to_string();

@@ -154,7 +154,6 @@ fn align_level(a: &Plane, b: &Plane, p: &mut [f64; 4]) -> f64 {
         (gx, gy)
     };
     let mut residual = 0.0;
-    let mut scale = f64::INFINITY;
     for _ in 0..ITERATIONS {
         let [z, r, tx, ty] = *p;
         let mut res = Vec::with_capacity(a.w * a.h);
@@ -174,7 +173,7 @@ fn align_level(a: &Plane, b: &Plane, p: &mut [f64; 4]) -> f64 {
         residual = abs.iter().sum::<f64>() / abs.len() as f64;
         // Robust scale: 1.4826 × the median absolute residual (floored: noise-free synthetic
         // frames would otherwise reject everything once aligned).
-        scale = (1.4826 * median(&mut abs)).max(2.0);
+        let scale = (1.4826 * median(&mut abs)).max(2.0);
         let c = TUKEY_C * scale;
         let mut m = [[0f64; 4]; 4];
         let mut v = [0f64; 4];
@@ -202,7 +201,6 @@ fn align_level(a: &Plane, b: &Plane, p: &mut [f64; 4]) -> f64 {
             break;
         }
     }
-    let _ = scale;
     residual
 }
 

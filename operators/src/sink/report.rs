@@ -7,6 +7,7 @@
 use super::jsonl::output_path;
 use crate::api::fsutil::atomic_write;
 use crate::api::*;
+use crate::video::REDACTED_BLOB;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -87,9 +88,6 @@ fn esc(s: &str) -> String {
 
 /// Prefix of a thumbnail source that is a run-store blob rather than a file.
 const BLOB_PREFIX: &str = "blob:";
-/// The metadata key of a clip's redacted copy (`crate::video::cut::REDACTED_BLOB`, which only
-/// exists with the `video` feature; a test keeps the two equal).
-const REDACTED_BLOB: &str = "redacted_blob";
 
 /// A clip's thumbnail source and time: its redacted copy (`curate.deidentify`; time 0 = the clip's
 /// start) when it has one — a report must not show the identifiers the dataset hides — else its file.
@@ -562,8 +560,6 @@ mod tests {
 
     #[test]
     fn redacted_clips_are_shown_from_their_redacted_copy() {
-        #[cfg(feature = "video")]
-        assert_eq!(REDACTED_BLOB, crate::video::cut::REDACTED_BLOB);
         let mut c = Clip {
             clip_id: "c".into(),
             source_id: "s".into(),

@@ -20,9 +20,7 @@ use serde::{Deserialize, Serialize};
 use std::path::Path;
 use std::time::Instant;
 
-/// Clip metadata: blob key of the clip's redacted copy (`curate.deidentify`), time 0 = the clip's
-/// `start_s`. Writers cut from it instead of the source.
-pub const REDACTED_BLOB: &str = "redacted_blob";
+pub use super::REDACTED_BLOB;
 
 /// What [`cut`] cuts and how it encodes.
 #[derive(Clone, Debug)]

@@ -26,6 +26,11 @@
 //! Pixels never flow through the dataflow: `video.decode` writes the sampled frames into the run
 //! store as a frames blob ([`blob`]) and emits the record with its key.
 
+/// Clip metadata: blob key of the clip's redacted copy (`curate.deidentify`), time 0 = the clip's
+/// `start_s`. Writers (video.cut, sink.dataset), caption.vlm and sink.report read it instead of the
+/// source. Defined here, outside the `video` feature, so that every reader can name it.
+pub const REDACTED_BLOB: &str = "redacted_blob";
+
 pub mod blob;
 pub mod convert;
 pub mod image;
