@@ -156,6 +156,47 @@ pub enum Error {
         msg: String,
     },
 
+    /// A training checkpoint directory that is missing, incomplete, or does not belong to the
+    /// model it is resumed with.
+    #[error("{path}: training checkpoint: {msg}")]
+    TrainingCheckpoint {
+        /// The checkpoint directory (or file in it).
+        path: PathBuf,
+        /// What is wrong.
+        msg: String,
+    },
+
+    /// A training step produced a non-finite loss or gradient norm; nothing was updated.
+    #[error("training step {step}: {msg}")]
+    TrainingDiverged {
+        /// The step (0-based count of steps taken before it).
+        step: u64,
+        /// What was not finite.
+        msg: String,
+    },
+
+    /// A PyTorch checkpoint (`torch.save` zip) that is truncated, corrupt or not a state_dict.
+    #[error("{path}: invalid PyTorch checkpoint: {msg}")]
+    Pth {
+        /// The file.
+        path: PathBuf,
+        /// Details.
+        msg: String,
+    },
+    /// A pickle in a PyTorch checkpoint uses an opcode or a global outside the restricted set a
+    /// state_dict needs (nothing is ever executed).
+    #[error("{path}: refusing to unpickle {what} at byte {pos} of {record} (only plain state_dicts of tensors load)")]
+    PickleRefused {
+        /// The checkpoint file.
+        path: PathBuf,
+        /// The pickle record inside the zip.
+        record: String,
+        /// The opcode (`opcode 0x63 'c'`) or global (`global os.system`).
+        what: String,
+        /// Byte offset of the opcode in the pickle.
+        pos: usize,
+    },
+
     /// A reference fixture that cannot be run.
     #[error("{path}: {msg}")]
     Fixture {

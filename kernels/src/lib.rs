@@ -28,6 +28,9 @@
 //!   [`ops::elementwise`] (broadcast add/sub/mul, `sum_to_shape`, adaLN modulation),
 //!   [`ops::shape`] (cat, nearest upsample, embedding, timestep sinusoid), [`ops::loss`] (MSE).
 //! * [`optim`]: AdamW and global grad-norm clipping.
+//! * [`train`]: the flow-matching trainer of the Wan DiT — full fine-tune or LoRA (PEFT/diffusers
+//!   adapter files), gradient accumulation, clipping, EMA, caption dropout, seeded randomness and
+//!   atomic checkpoints that resume bit for bit.
 //! * [`io`]: safetensors checkpoints (mmap, mixed dtypes, shards), the [`io::TensorSource`]
 //!   networks load weights through, and the Wan DiT key mapping.
 //! * [`nets`]: the networks — Wan DiT (forward and backward), Wan VAE (causal chunked encode and
@@ -36,6 +39,7 @@
 //! * [`verify`]: reference fixtures (made with torch/diffusers by `scripts/make-fixtures.sh`,
 //!   committed under `kernels/tests/fixtures/`) and their comparison; `medgen verify` runs them.
 //! * [`rng`]: deterministic PRNG for init, noise and tests.
+//! * [`codec`]: the embedded patch-PCA latent codec (Wan latent geometry, fitted from data).
 //!
 //! # Devices
 //!
@@ -47,6 +51,7 @@
 #![allow(clippy::needless_range_loop)]
 #![warn(missing_docs)]
 
+pub mod codec;
 pub mod dtype;
 pub mod error;
 pub mod io;
@@ -56,6 +61,7 @@ pub mod optim;
 pub mod rng;
 pub mod sched;
 pub mod tensor;
+pub mod train;
 pub mod verify;
 
 pub(crate) mod cpu;

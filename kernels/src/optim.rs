@@ -126,6 +126,80 @@ impl AdamW {
     }
 }
 
+/// A snapshot of [`AdamW`]'s state for checkpoints: the step count `t` and, per parameter (in
+/// the order the parameters are passed to [`AdamW::step`]), the first and second moments as
+/// flat 1-D tensors in the parameter's dtype (`F32`, or `F64` for f64 parameters). Both lists are
+/// empty before the first step.
+#[derive(Debug, Clone)]
+pub struct AdamWState {
+    /// Number of steps taken (drives the bias correction).
+    pub step: u64,
+    /// First moments `m`, one flat tensor per parameter.
+    pub exp_avg: Vec<Tensor>,
+    /// Second moments `v`, one flat tensor per parameter.
+    pub exp_avg_sq: Vec<Tensor>,
+}
+
+impl AdamW {
+    /// The optimiser state (step count and moments), for checkpoints. The hyper-parameters are
+    /// not part of it (see [`AdamW::config`]).
+    pub fn export_state(&self) -> AdamWState {
+        let mut exp_avg = Vec::with_capacity(self.state.len());
+        let mut exp_avg_sq = Vec::with_capacity(self.state.len());
+        for st in &self.state {
+            // The lengths are the vectors' own, so construction cannot fail.
+            let (m, v) = match st {
+                Moments::F32 { m, v } => {
+                    (Tensor::from_vec(m.clone(), &[m.len()]), Tensor::from_vec(v.clone(), &[v.len()]))
+                }
+                Moments::F64 { m, v } => {
+                    (Tensor::from_vec(m.clone(), &[m.len()]), Tensor::from_vec(v.clone(), &[v.len()]))
+                }
+            };
+            exp_avg.push(m.unwrap_or_else(|_| unreachable!("flat tensor of its own length")));
+            exp_avg_sq.push(v.unwrap_or_else(|_| unreachable!("flat tensor of its own length")));
+        }
+        AdamWState { step: self.t, exp_avg, exp_avg_sq }
+    }
+
+    /// Restores a state written by [`AdamW::export_state`]. Moments may have any shape (they
+    /// are flattened); each pair must agree in size and be `F32` or `F64` (the dtype decides the
+    /// precision the moments are kept in, which must match the parameter's at the next step).
+    /// A state with moments but step 0, or unequal list lengths, is an error.
+    pub fn import_state(&mut self, state: AdamWState) -> Result<()> {
+        const OP: &str = "AdamW::import_state";
+        if state.exp_avg.len() != state.exp_avg_sq.len() {
+            return Err(Error::arg(
+                OP,
+                format!("{} first moments but {} second moments", state.exp_avg.len(), state.exp_avg_sq.len()),
+            ));
+        }
+        if state.step == 0 && !state.exp_avg.is_empty() {
+            return Err(Error::arg(OP, "moments given for step 0"));
+        }
+        let mut moments = Vec::with_capacity(state.exp_avg.len());
+        for (i, (m, v)) in state.exp_avg.iter().zip(&state.exp_avg_sq).enumerate() {
+            if m.numel() != v.numel() {
+                return Err(Error::shape(OP, format!("moment {i}: {:?} vs {:?}", m.shape(), v.shape())));
+            }
+            moments.push(match (m.dtype(), v.dtype()) {
+                (DType::F32, DType::F32) => Moments::F32 { m: m.to_vec_f32()?, v: v.to_vec_f32()? },
+                (DType::F64, DType::F64) => Moments::F64 { m: m.to_vec_f64()?, v: v.to_vec_f64()? },
+                (a, b) => {
+                    return Err(Error::DType {
+                        op: OP,
+                        dtype: if matches!(a, DType::F32 | DType::F64) { b } else { a },
+                        msg: format!("moment {i}: both moments must be f32 or both f64, got {a:?} and {b:?}"),
+                    });
+                }
+            });
+        }
+        self.t = state.step;
+        self.state = moments;
+        Ok(())
+    }
+}
+
 fn update<T: Float>(
     p: &mut Tensor,
     g: &Tensor,

@@ -1,0 +1,405 @@
+//! LoRA adapters on the DiT's linear layers (WAN_SPEC §6 "LoRA conventions"): config, PEFT-style
+//! initialisation, merging into the base weights, gradients from the full weight gradient, and
+//! the diffusers/PEFT file layout.
+//!
+//! # Math
+//!
+//! `W_eff = W + s·B·A` with `s = alpha/rank`, `A [rank, in]`, `B [out, rank]`; `A` starts
+//! Kaiming-uniform as PEFT does it (`U(−1/√in, 1/√in)`), `B` at zero, so training starts from the
+//! base model. Given the full weight gradient `dW` (what the DiT backward returns for `W_eff`),
+//! `dB = s·dW·Aᵀ` and `dA = s·Bᵀ·dW` (the chain rule through `W_eff`; identical to the per-token
+//! formulas of WAN_SPEC §6). The base weights stay frozen.
+//!
+//! # File layout (verified against diffusers 0.42.1 `WanLoraLoaderMixin` / `load_lora_adapter`)
+//!
+//! `pytorch_lora_weights.safetensors` with keys `transformer.{module}.lora_A.weight` `[rank, in]`
+//! and `transformer.{module}.lora_B.weight` `[out, rank]`, `{module}` the diffusers module name
+//! (`blocks.0.attn1.to_q`, `blocks.3.ffn.net.0.proj`, …) — the `transformer.` prefix is what
+//! `LoraBaseMixin.pack_weights` adds and `load_lora_adapter(prefix="transformer")` strips.
+//!
+//! **alpha.** diffusers' Wan loader passes no `network_alphas`; without metadata PEFT's config
+//! comes from `get_peft_kwargs`, which sets `lora_alpha = r` (scale 1). With metadata — the JSON
+//! string under the safetensors `__metadata__` key `lora_adapter_metadata`, each key prefixed by
+//! `transformer.` (`_pack_dict_with_prefix`) — diffusers builds `LoraConfig(**metadata)` verbatim
+//! and PEFT scales by `lora_alpha / r`. So we store B unscaled and write that metadata
+//! (`r`, `lora_alpha`, `target_modules` = the exact module names, `lora_dropout` 0, `bias`
+//! `"none"`, `use_rslora` false): diffusers then scales exactly like [`LoraWeights::merge_into`].
+//! (A file without metadata is read here with `alpha = rank`, as diffusers does.) No `.alpha`
+//! tensors are written: diffusers' Wan loader rejects keys without `lora` in them.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::Path;
+
+use serde::{Deserialize, Serialize};
+use serde_json::{Value, json};
+
+use crate::dtype::DType;
+use crate::error::{Error, Result};
+use crate::io::safetensors::{Checkpoint, SafeTensorsFile, save};
+use crate::io::wan_keys::original_to_diffusers;
+use crate::nets::wan_dit::WanDit;
+use crate::ops::elementwise::{add, scale};
+use crate::ops::linear::matmul;
+use crate::rng::Rng;
+use crate::tensor::Tensor;
+
+/// The safetensors `__metadata__` key diffusers reads LoRA adapter metadata from.
+pub const LORA_METADATA_KEY: &str = "lora_adapter_metadata";
+/// The key prefix diffusers' Wan loader expects on every LoRA tensor.
+pub const LORA_KEY_PREFIX: &str = "transformer.";
+/// File name diffusers looks for by default (`LORA_WEIGHT_NAME_SAFE`).
+pub const LORA_FILE_NAME: &str = "pytorch_lora_weights.safetensors";
+
+/// Which linear layers get adapters, with what rank and scale.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct LoraConfig {
+    /// Rank `r` (≥ 1).
+    pub rank: usize,
+    /// `alpha`; the update is scaled by `alpha / rank`.
+    pub alpha: f64,
+    /// Module-name suffixes matched against the diffusers names of linear layers: a module
+    /// `m` matches target `t` when `m == t` or `m` ends with `.t` (`"to_q"` → every
+    /// `blocks.i.attn{1,2}.to_q`; also `"ffn.net.0.proj"`, `"ffn.net.2"`, `"attn1.to_q"`, …).
+    pub targets: Vec<String>,
+}
+
+impl Default for LoraConfig {
+    /// The Wan T2V LoRA example of WAN_SPEC §6 (FastVideo): rank 16, alpha 32, the q/k/v/out
+    /// projections of self- and cross-attention of every block.
+    fn default() -> Self {
+        LoraConfig { rank: 16, alpha: 32.0, targets: ["to_q", "to_k", "to_v", "to_out.0"].map(String::from).to_vec() }
+    }
+}
+
+fn cfg_err(msg: impl Into<String>) -> Error {
+    Error::Config { model: "lora", msg: msg.into() }
+}
+
+impl LoraConfig {
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// Checks rank, alpha and targets.
+    pub fn validate(&self) -> Result<()> {
+        if self.rank == 0 {
+            return Err(cfg_err("`rank` must be ≥ 1"));
+        }
+        if !self.alpha.is_finite() || self.alpha <= 0.0 {
+            return Err(cfg_err(format!("`alpha` = {} must be finite and > 0", self.alpha)));
+        }
+        if self.targets.is_empty() {
+            return Err(cfg_err("`targets` is empty: name at least one linear layer (e.g. \"to_q\")"));
+        }
+        if let Some(t) = self.targets.iter().find(|t| t.is_empty() || t.starts_with('.') || t.ends_with('.')) {
+            return Err(cfg_err(format!("target {t:?} is not a module-name suffix")));
+        }
+        Ok(())
+    }
+
+    /// The diffusers module names of `model`'s linear layers (2-D `.weight` with a `.bias`)
+    /// that match a target, in parameter order. A target matching no linear layer is an error.
+    pub fn target_modules(&self, model: &WanDit) -> Result<Vec<String>> {
+        self.validate()?;
+        let params = model.named_parameters();
+        let names: std::collections::HashSet<&str> = params.iter().map(|(n, _)| *n).collect();
+        let linears: Vec<&str> = params
+            .iter()
+            .filter(|(_, t)| t.rank() == 2)
+            .filter_map(|(n, _)| n.strip_suffix(".weight"))
+            .filter(|m| names.contains(format!("{m}.bias").as_str()))
+            .collect();
+        let hit = |m: &str, t: &str| m == t || m.ends_with(&format!(".{t}"));
+        for t in &self.targets {
+            if !linears.iter().any(|m| hit(m, t)) {
+                return Err(cfg_err(format!(
+                    "target {t:?} matches no linear layer of the DiT (e.g. {:?})",
+                    linears.iter().take(4).collect::<Vec<_>>()
+                )));
+            }
+        }
+        Ok(linears.into_iter().filter(|m| self.targets.iter().any(|t| hit(m, t))).map(str::to_string).collect())
+    }
+}
+
+/// One adapted linear layer.
+#[derive(Debug, Clone)]
+pub struct LoraModule {
+    /// Diffusers module name, e.g. `blocks.0.attn1.to_q` (the weight is `{name}.weight`).
+    pub name: String,
+    /// `A [rank, in]`.
+    pub a: Tensor,
+    /// `B [out, rank]`.
+    pub b: Tensor,
+}
+
+/// A set of LoRA adapters (f32, or f64 for an f64 model).
+#[derive(Debug, Clone)]
+pub struct LoraWeights {
+    /// Rank.
+    pub rank: usize,
+    /// alpha (scale `alpha / rank`).
+    pub alpha: f64,
+    /// The adapted layers, in the base model's parameter order.
+    pub modules: Vec<LoraModule>,
+}
+
+/// Name of A's parameter for `module` (`{module}.lora_A.weight`, no `transformer.` prefix).
+pub fn lora_a_name(module: &str) -> String {
+    format!("{module}.lora_A.weight")
+}
+
+/// Name of B's parameter for `module` (`{module}.lora_B.weight`, no `transformer.` prefix).
+pub fn lora_b_name(module: &str) -> String {
+    format!("{module}.lora_B.weight")
+}
+
+fn weight_of<'m>(model: &'m WanDit, module: &str) -> Result<&'m Tensor> {
+    model.parameter(&format!("{module}.weight")).ok_or_else(|| Error::MissingKey(format!("{module}.weight")))
+}
+
+impl LoraWeights {
+    /// Fresh adapters for the layers `cfg` selects: `A ~ U(−1/√in, 1/√in)` (PEFT's
+    /// `kaiming_uniform_(a=√5)`), `B = 0`, in `dtype` (`F32` or `F64`).
+    pub fn init(model: &WanDit, cfg: &LoraConfig, rng: &mut Rng, dtype: DType) -> Result<LoraWeights> {
+        if !matches!(dtype, DType::F32 | DType::F64) {
+            return Err(Error::DType { op: "LoraWeights::init", dtype, msg: "adapters are f32 (or f64)".into() });
+        }
+        let mut modules = Vec::new();
+        for name in cfg.target_modules(model)? {
+            let w = weight_of(model, &name)?;
+            let (out, inp) = (w.shape()[0], w.shape()[1]);
+            let bound = 1.0 / (inp as f64).sqrt();
+            let a = Tensor::rand_uniform(&[cfg.rank, inp], -bound, bound, dtype, rng);
+            let b = Tensor::zeros(&[out, cfg.rank], dtype, crate::tensor::Device::Cpu)?;
+            modules.push(LoraModule { name, a, b });
+        }
+        Ok(LoraWeights { rank: cfg.rank, alpha: cfg.alpha, modules })
+    }
+
+    /// `alpha / rank`.
+    pub fn scale(&self) -> f64 {
+        self.alpha / self.rank as f64
+    }
+
+    /// The trainable tensors' names, `[A₀, B₀, A₁, B₁, …]` (see [`lora_a_name`]).
+    pub fn param_names(&self) -> Vec<String> {
+        self.modules.iter().flat_map(|m| [lora_a_name(&m.name), lora_b_name(&m.name)]).collect()
+    }
+
+    /// The trainable tensors in [`param_names`](Self::param_names) order.
+    pub fn params(&self) -> Vec<&Tensor> {
+        self.modules.iter().flat_map(|m| [&m.a, &m.b]).collect()
+    }
+
+    /// Moves the trainable tensors out (leaving placeholders), in
+    /// [`param_names`](Self::param_names) order; put them back with
+    /// [`put_params`](Self::put_params).
+    pub(crate) fn take_params(&mut self) -> Vec<Tensor> {
+        let ph = || Tensor::scalar(0.0, DType::F32);
+        self.modules
+            .iter_mut()
+            .flat_map(|m| [std::mem::replace(&mut m.a, ph()), std::mem::replace(&mut m.b, ph())])
+            .collect()
+    }
+
+    /// Inverse of [`take_params`](Self::take_params) (also used to install EMA copies).
+    pub(crate) fn put_params(&mut self, params: Vec<Tensor>) -> Result<()> {
+        if params.len() != 2 * self.modules.len() {
+            return Err(Error::arg(
+                "LoraWeights",
+                format!("{} tensors for {} modules", params.len(), self.modules.len()),
+            ));
+        }
+        let mut it = params.into_iter();
+        for m in &mut self.modules {
+            m.a = it.next().unwrap_or_else(|| unreachable!("length checked"));
+            m.b = it.next().unwrap_or_else(|| unreachable!("length checked"));
+        }
+        Ok(())
+    }
+
+    /// Checks that every adapter fits `model`'s layer shapes.
+    pub fn check_against(&self, model: &WanDit) -> Result<()> {
+        for m in &self.modules {
+            let w = weight_of(model, &m.name)?;
+            let (out, inp) = (w.shape()[0], w.shape()[1]);
+            let want_a = [self.rank, inp];
+            let want_b = [out, self.rank];
+            if m.a.shape() != want_a {
+                return Err(Error::WeightShape {
+                    name: lora_a_name(&m.name),
+                    expected: want_a.to_vec(),
+                    got: m.a.shape().to_vec(),
+                });
+            }
+            if m.b.shape() != want_b {
+                return Err(Error::WeightShape {
+                    name: lora_b_name(&m.name),
+                    expected: want_b.to_vec(),
+                    got: m.b.shape().to_vec(),
+                });
+            }
+        }
+        Ok(())
+    }
+
+    /// `base` with every adapted weight replaced by `W + s·B·A` (computed in the adapters'
+    /// dtype, then stored in the weight's dtype — note that a bf16 base rounds small updates
+    /// away). Unadapted parameters are shared with `base`, not copied.
+    pub fn merge_into(&self, base: &WanDit) -> Result<WanDit> {
+        self.check_against(base)?;
+        let mut merged = base.clone();
+        let s = self.scale();
+        for m in &self.modules {
+            let wname = format!("{}.weight", m.name);
+            let w = weight_of(base, &m.name)?;
+            let delta = scale(&matmul(&m.b, &m.a)?, s)?;
+            let w_eff = add(&w.to_dtype(delta.dtype())?, &delta)?;
+            merged.set_parameter(&wname, &w_eff)?;
+        }
+        Ok(merged)
+    }
+
+    /// Adapter gradients `[dA₀, dB₀, …]` from the full gradients of the merged model
+    /// (`grads[{module}.weight] = dW`): `dA = s·Bᵀ·dW`, `dB = s·dW·Aᵀ`.
+    pub fn grads_from_full(&self, grads: &BTreeMap<String, Tensor>) -> Result<Vec<Tensor>> {
+        let s = self.scale();
+        let mut out = Vec::with_capacity(2 * self.modules.len());
+        for m in &self.modules {
+            let wname = format!("{}.weight", m.name);
+            let dw = grads.get(&wname).ok_or_else(|| Error::MissingKey(format!("gradient of {wname}")))?;
+            let dw = dw.to_dtype(m.a.dtype())?;
+            out.push(scale(&matmul(&m.b.transpose(0, 1)?, &dw)?, s)?);
+            out.push(scale(&matmul(&dw, &m.a.transpose(0, 1)?)?, s)?);
+        }
+        Ok(out)
+    }
+
+    /// The diffusers/PEFT adapter metadata (without the `transformer.` prefix).
+    pub fn peft_metadata(&self) -> Value {
+        // An integral alpha is written as an integer (PEFT's `lora_alpha: int`), otherwise as a float.
+        let alpha = if self.alpha.fract() == 0.0 && self.alpha.abs() < 1e15 {
+            json!(self.alpha as i64)
+        } else {
+            json!(self.alpha)
+        };
+        json!({
+            "r": self.rank,
+            "lora_alpha": alpha,
+            "target_modules": self.modules.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
+            "lora_dropout": 0.0,
+            "bias": "none",
+            "use_rslora": false,
+            "use_dora": false,
+            "init_lora_weights": true,
+        })
+    }
+
+    /// Writes the adapters in the diffusers/PEFT layout (see the module docs) to `path`.
+    pub fn save(&self, path: &Path) -> Result<()> {
+        let names: Vec<(String, &Tensor)> = self
+            .modules
+            .iter()
+            .flat_map(|m| {
+                [
+                    (format!("{LORA_KEY_PREFIX}{}", lora_a_name(&m.name)), &m.a),
+                    (format!("{LORA_KEY_PREFIX}{}", lora_b_name(&m.name)), &m.b),
+                ]
+            })
+            .collect();
+        let tensors: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
+        let meta: serde_json::Map<String, Value> = match self.peft_metadata() {
+            Value::Object(o) => o.into_iter().map(|(k, v)| (format!("{LORA_KEY_PREFIX}{k}"), v)).collect(),
+            _ => unreachable!("peft_metadata is an object"),
+        };
+        let mut md = HashMap::new();
+        md.insert("format".to_string(), "pt".to_string());
+        md.insert(LORA_METADATA_KEY.to_string(), Value::Object(meta).to_string());
+        save(path, &tensors, Some(md))
+    }
+
+    /// Reads adapters from a PEFT/diffusers LoRA file: keys `[transformer.|diffusion_model.]{module}.lora_{A,B}[.default].weight`,
+    /// `{module}` in diffusers or original Wan naming (`blocks.0.self_attn.q`); alpha from the
+    /// `lora_adapter_metadata` (diffusers) or, absent that, `alpha = rank` (what diffusers assumes).
+    /// Tensors are converted to `dtype`. Ranks must agree across modules.
+    pub fn load(path: &Path, dtype: DType) -> Result<LoraWeights> {
+        let bad = |msg: String| Error::SafeTensors { path: path.to_path_buf(), msg };
+        let file = SafeTensorsFile::open(path)?;
+        let ck = Checkpoint::open_file(path)?;
+        let mut a: BTreeMap<String, String> = BTreeMap::new();
+        let mut b: BTreeMap<String, String> = BTreeMap::new();
+        for key in ck.keys() {
+            let k = key.strip_prefix(LORA_KEY_PREFIX).or_else(|| key.strip_prefix("diffusion_model.")).unwrap_or(key);
+            let (module, which) = if let Some((m, rest)) = k.split_once(".lora_A.") {
+                (m, (rest == "weight" || rest == "default.weight").then_some('A'))
+            } else if let Some((m, rest)) = k.split_once(".lora_B.") {
+                (m, (rest == "weight" || rest == "default.weight").then_some('B'))
+            } else {
+                return Err(bad(format!("key {key:?} is not a LoRA A/B weight")));
+            };
+            let Some(which) = which else {
+                return Err(bad(format!("key {key:?}: only lora_A/lora_B weights are supported (no biases)")));
+            };
+            let module = original_to_diffusers(&format!("{module}.weight"))
+                .and_then(|w| w.strip_suffix(".weight").map(str::to_string))
+                .unwrap_or_else(|| module.to_string());
+            let slot = if which == 'A' { &mut a } else { &mut b };
+            if slot.insert(module.clone(), key.to_string()).is_some() {
+                return Err(bad(format!("module {module:?} has two lora_{which} tensors")));
+            }
+        }
+        if a.keys().ne(b.keys()) {
+            let lone: Vec<&String> =
+                a.keys().filter(|k| !b.contains_key(*k)).chain(b.keys().filter(|k| !a.contains_key(*k))).collect();
+            return Err(bad(format!("modules without both lora_A and lora_B: {lone:?}")));
+        }
+        if a.is_empty() {
+            return Err(bad("no LoRA tensors".into()));
+        }
+        let mut modules = Vec::new();
+        let mut rank = None;
+        for (module, ka) in &a {
+            let ta = ck.load_as(ka, dtype)?;
+            let tb = ck.load_as(&b[module], dtype)?;
+            if ta.rank() != 2 || tb.rank() != 2 || ta.shape()[0] != tb.shape()[1] {
+                return Err(bad(format!(
+                    "{module}: lora_A {:?} and lora_B {:?} do not form [r, in] / [out, r]",
+                    ta.shape(),
+                    tb.shape()
+                )));
+            }
+            let r = ta.shape()[0];
+            if *rank.get_or_insert(r) != r {
+                return Err(bad(format!("{module}: rank {r} differs from the other modules' {}", rank.unwrap_or(0))));
+            }
+            modules.push(LoraModule { name: module.clone(), a: ta, b: tb });
+        }
+        let rank = rank.unwrap_or_else(|| unreachable!("non-empty"));
+        let alpha = match file.user_metadata().and_then(|m| m.get(LORA_METADATA_KEY)) {
+            None => rank as f64,
+            Some(raw) => {
+                let v: Value =
+                    serde_json::from_str(raw).map_err(|e| bad(format!("{LORA_METADATA_KEY} is not JSON: {e}")))?;
+                let get = |k: &str| v.get(format!("{LORA_KEY_PREFIX}{k}")).or_else(|| v.get(k));
+                if let Some(r) = get("r").and_then(Value::as_u64)
+                    && r as usize != rank
+                {
+                    return Err(bad(format!("metadata r = {r} but the tensors have rank {rank}")));
+                }
+                if get("alpha_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
+                    || get("rank_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
+                {
+                    return Err(bad("per-module rank/alpha patterns are not supported".into()));
+                }
+                match get("lora_alpha") {
+                    None => rank as f64,
+                    Some(x) => x.as_f64().ok_or_else(|| bad(format!("metadata lora_alpha = {x} is not a number")))?,
+                }
+            }
+        };
+        Ok(LoraWeights { rank, alpha, modules })
+    }
+}
