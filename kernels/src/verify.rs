@@ -264,8 +264,9 @@ pub fn run(path: impl AsRef<Path>, opts: &VerifyOptions) -> Result<Report> {
         "flow_euler" | "flow_unipc" => crate::sched::verify(&fx, opts),
         "umt5" => crate::nets::umt5::verify(&fx, opts),
         "minilm" => crate::nets::minilm::verify(&fx, opts),
+        "transnetv2" => crate::nets::transnetv2::verify(&fx, opts),
         other => Err(fx.error(format!(
-            "model {other:?} is not one this build verifies (wan_dit, wan_vae, umt5, minilm, flow_euler, flow_unipc)"
+            "model {other:?} is not one this build verifies (wan_dit, wan_vae, umt5, minilm, transnetv2, flow_euler, flow_unipc)"
         ))),
     }?;
     Ok(Report { fixture: fx.path.clone(), model: fx.model.clone(), checks })

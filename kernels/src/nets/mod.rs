@@ -4,6 +4,7 @@
 
 pub mod minilm;
 pub mod tokenizer;
+pub mod transnetv2;
 pub mod umt5;
 pub mod wan_dit;
 pub mod wan_vae;

