@@ -24,18 +24,18 @@
 //! most probable class. A clip without any text is judged on the visual cues alone. Classes listed
 //! in `reject` go to port `rejected`.
 
+use super::relevance::{check_minilm, metadata_text, minilm_dir, shared_minilm};
 use super::{
     Measured, REJECTED_PORT, check_range, check_threads, fingerprint_without, frames, measure_with_text, reject,
     split_decided, take_input,
 };
 use crate::api::*;
 use crate::video::{PixelFormat, Sampling, Size};
-use medgen_kernels::DType;
 use medgen_kernels::nets::minilm::{self, MiniLm};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, HashMap};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::sync::{Arc, Mutex, OnceLock};
 
 /// The `curate.category` operator.
@@ -166,13 +166,9 @@ fn load_prototypes(p: &CategoryParams, base: &Path) -> Result<Prototypes, String
     Ok(protos)
 }
 
-fn model_dir(p: &CategoryParams, base: &Path) -> Option<PathBuf> {
-    crate::onnx::model_path(p.model_dir.as_deref(), base, None).or_else(minilm::fetched_minilm_dir)
-}
-
 /// The embedder and the prototype embeddings, loaded once per process and model folder.
 struct Embedder {
-    model: MiniLm,
+    model: Arc<MiniLm>,
     /// (class, prototype embeddings [n × d]).
     classes: Vec<(String, Vec<Vec<f32>>)>,
 }
@@ -184,7 +180,7 @@ fn embedder(dir: &Path, protos: &Prototypes) -> Result<Arc<Embedder>, String> {
     if let Some(e) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
         return Ok(e.clone());
     }
-    let model = MiniLm::from_dir(dir, DType::F32).map_err(|e| format!("loading MiniLM from {}: {e}", dir.display()))?;
+    let model = shared_minilm(dir)?;
     let mut classes = Vec::new();
     for (class, sentences) in protos {
         let emb = model.embed(sentences).map_err(|e| format!("embedding the prototypes of {class:?}: {e}"))?;
@@ -199,13 +195,7 @@ fn embedder(dir: &Path, protos: &Prototypes) -> Result<Arc<Embedder>, String> {
 
 /// The text a clip is classified on: title, description, tags, transcript.
 fn clip_text(clip: &Clip) -> String {
-    ["title", "description", "tags", "transcript"]
-        .iter()
-        .filter_map(|k| clip.metadata.get(*k))
-        .map(|s| s.trim())
-        .filter(|s| !s.is_empty())
-        .collect::<Vec<_>>()
-        .join(". ")
+    metadata_text(&["title", "description", "tags", "transcript"], |k| clip.metadata.get(k).map(String::as_str))
 }
 
 /// Mean of the two best cosine similarities of `e` with a class's prototypes.
@@ -387,19 +377,7 @@ impl TypedOperator for CurateCategory {
             }
             Err(e) => v.push(ParamIssue::error("prototypes", e, None)),
         }
-        match model_dir(p, &ctx.base_dir) {
-            Some(d) if d.join("model.safetensors").is_file() && d.join("tokenizer.json").is_file() => {}
-            Some(d) => v.push(ParamIssue::error(
-                "model_dir",
-                format!("{} has no model.safetensors and tokenizer.json", d.display()),
-                Some(minilm::MINILM_FETCH_HINT.into()),
-            )),
-            None => v.push(ParamIssue::error(
-                "model_dir",
-                "the MiniLM sentence encoder is not there",
-                Some(minilm::MINILM_FETCH_HINT.into()),
-            )),
-        }
+        check_minilm(p.model_dir.as_deref(), &ctx.base_dir, "model_dir", &mut v);
         if p.frames == 0 || p.frames > 50 {
             v.push(ParamIssue::error("frames", "must be between 1 and 50", Some("frames = 3".into())));
         }
@@ -423,7 +401,7 @@ impl TypedOperator for CurateCategory {
         let input = take_input(ctx, &mut inputs)?;
         let invalid = |message: String| BuildError::Invalid { node: ctx.node.clone(), message };
         let protos = load_prototypes(p, &ctx.base_dir).map_err(invalid)?;
-        let dir = model_dir(p, &ctx.base_dir).ok_or_else(|| {
+        let dir = minilm_dir(p.model_dir.as_deref(), &ctx.base_dir).ok_or_else(|| {
             invalid(format!("the MiniLM sentence encoder is not there: {}", minilm::MINILM_FETCH_HINT))
         })?;
         // The memo key covers what the measurement depends on: the prototypes and the model file.

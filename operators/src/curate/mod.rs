@@ -2,7 +2,7 @@
 //!
 //! | operator | in → out | what |
 //! |---|---|---|
-//! | `curate.metadata_filter` | Video → Video | medical keyword dictionary over title, description, tags; channel whitelist |
+//! | `curate.metadata_filter` | Video → Video | medical keyword dictionary over title, description, tags; channel whitelist; optional MiniLM + logistic relevance head |
 //! | `curate.segment` | Video → Clip | 1-fps visual similarity spans + hard-cut detector; 6–10 s clips; resolution floor |
 //! | `curate.black_border` | Clip/Scores → Scores | Canny + Hough on sampled frames; persistent black borders: reject or crop |
 //! | `curate.subtitle_ocr` | Clip/Scores → Scores | PP-OCR text detector (ONNX) on 5 frames; words per frame; drop > 20 words |
@@ -34,6 +34,7 @@ pub mod imgproc;
 pub mod keywords;
 pub mod metadata_filter;
 pub mod motion;
+pub mod relevance;
 pub mod rule;
 // Natural-scene-statistics quality models (pure Rust; used by curate.technical_quality).
 pub mod brisque;
