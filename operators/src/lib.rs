@@ -4,8 +4,13 @@
 pub mod api;
 pub mod caption;
 pub mod curate;
+pub mod latent;
 pub mod onnx;
 pub mod registry;
+#[cfg(feature = "video")]
+pub mod sample;
 pub mod sink;
 pub mod source;
+#[cfg(feature = "video")]
+pub mod train;
 pub mod video;

@@ -18,6 +18,8 @@ impl Registry {
             Box::new(crate::source::dicom::SourceDicom),
             Box::new(crate::caption::template::CaptionTemplate),
             Box::new(crate::sink::report::SinkReport),
+            Box::new(crate::source::prompts::SourcePrompts),
+            Box::new(crate::latent::encode_text::LatentEncodeText),
         ];
         #[cfg(feature = "video")]
         {
@@ -46,6 +48,13 @@ impl Registry {
             ops.push(Box::new(crate::curate::quality::CurateTechnicalQuality));
             ops.push(Box::new(crate::curate::aesthetic::CurateAesthetic));
             ops.push(Box::new(crate::curate::deidentify::CurateDeidentify));
+        }
+        #[cfg(feature = "video")]
+        {
+            ops.push(Box::new(crate::latent::encode_video::LatentEncodeVideo));
+            ops.push(Box::new(crate::latent::decode_video::LatentDecodeVideo));
+            ops.push(Box::new(crate::train::flow_matching::TrainFlowMatching));
+            ops.push(Box::new(crate::sample::t2v::SampleT2v));
         }
         Registry { ops }
     }

@@ -3,10 +3,13 @@
 #[cfg(feature = "video")]
 mod bench;
 mod check;
+mod classifier;
 mod doctor;
 mod failures;
 mod ops;
 mod run;
+#[cfg(feature = "video")]
+mod sample;
 mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -81,6 +84,12 @@ pub enum Command {
     /// Run reference fixtures (made with torch/diffusers from random tiny configs) through medgen's
     /// own networks and samplers; print max abs / rel errors; exit 0 within tolerance.
     Verify(verify::VerifyArgs),
+    /// Train the embedding classifier of curate.metadata_filter from labelled metadata
+    /// (`medgen classifier train --help`).
+    Classifier(classifier::ClassifierArgs),
+    /// One prompt → one MP4 from a checkpoint folder that train.flow_matching wrote.
+    #[cfg(feature = "video")]
+    Sample(sample::SampleArgs),
 }
 
 fn version() -> &'static str {
@@ -134,6 +143,9 @@ pub fn main() -> i32 {
         #[cfg(feature = "video")]
         Command::Bench(a) => bench::bench(a),
         Command::Verify(a) => verify::verify(a),
+        Command::Classifier(a) => classifier::classifier(a),
+        #[cfg(feature = "video")]
+        Command::Sample(a) => sample::sample(a),
     };
     match result {
         Ok(code) => code,

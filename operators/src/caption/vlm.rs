@@ -10,7 +10,6 @@ use super::hygiene::{self, Rules};
 use super::ratelimit::{Limits, RateLimiter};
 use super::{prompt, transcript};
 use crate::api::*;
-use crate::video::cut::REDACTED_BLOB;
 use crate::video::{DecodeSpec, Frame, PixelFormat, Sampling, Size, TimeRange, decode::Decoder};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -223,23 +222,8 @@ fn target<'a>(rec: &'a Record, services: &dyn Services) -> Result<Target<'a>, It
         _ => None,
     };
     if let Some(c) = clip {
-        let path = PathBuf::from(c.uri.strip_prefix("file://").unwrap_or(&c.uri));
         let range = TimeRange::new(c.start_s.0, c.end_s.0);
-        let (frames_path, frames_range) = match c.metadata.get(REDACTED_BLOB) {
-            Some(key) => {
-                let blob = services.blob_path(key);
-                if !blob.is_file() {
-                    return Err(ItemError::unreadable(format!(
-                        "the redacted copy {key} of clip {} is missing from the run store ({}); re-run \
-                         curate.deidentify",
-                        c.clip_id,
-                        blob.display()
-                    )));
-                }
-                (blob, TimeRange::new(0.0, c.end_s.0 - c.start_s.0))
-            }
-            None => (path, range),
-        };
+        let (frames_path, frames_range) = crate::video::cut::pixel_source(c, services)?;
         return Ok(Target {
             id: c.clip_id.clone(),
             range,

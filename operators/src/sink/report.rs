@@ -120,7 +120,22 @@ struct Thumbs {
     blob_path: Box<dyn Fn(&str) -> PathBuf + Send>,
 }
 
+/// Videos larger than this are linked by path instead of embedded.
+const MAX_EMBEDDED_VIDEO: u64 = 8 << 20;
+
 impl Thumbs {
+    /// An MP4 blob as a data URI (or a file link when it is large).
+    fn video(&mut self, key: &str) -> Option<String> {
+        use base64::Engine;
+        let path = (self.blob_path)(key);
+        let len = std::fs::metadata(&path).ok()?.len();
+        if len > MAX_EMBEDDED_VIDEO {
+            return Some(format!("file://{}", path.display()));
+        }
+        let bytes = std::fs::read(&path).ok()?;
+        Some(format!("data:video/mp4;base64,{}", base64::engine::general_purpose::STANDARD.encode(bytes)))
+    }
+
     fn get(&mut self, uri: &str, t: f64) -> Option<String> {
         let key = (uri.to_string(), (t * 1000.0) as i64);
         if let Some(v) = self.cache.get(&key) {
@@ -354,6 +369,41 @@ fn render(view: &View, p: &ReportParams, labels: &[String], epoch: u64, thumbs: 
             pts.sort_by_key(|a| natural(a.0));
             let vals: Vec<f64> = pts.iter().map(|p| p.1).collect();
             let _ = write!(h, "<div><h4>{} ({} points)</h4>{}</div>", esc(name), vals.len(), svg_line(&vals));
+        }
+        h.push_str("</div>");
+    }
+    // Generated videos, newest checkpoint first, embedded so the page stays self-contained.
+    let mut samples: Vec<&Sample> = by_label
+        .values()
+        .flatten()
+        .filter_map(|r| match r {
+            Record::Sample(s) => Some(s),
+            _ => None,
+        })
+        .collect();
+    if !samples.is_empty() {
+        samples.sort_by(|a, b| (b.checkpoint_epoch, &a.prompt_id).cmp(&(a.checkpoint_epoch, &b.prompt_id)));
+        let _ = write!(h, "<h2 id=\"generated\">Generated videos ({})</h2><div class=\"sheet\">", samples.len());
+        for smp in samples.iter().take(4 * p.samples_per_stage) {
+            let src = thumbs.video(&smp.video_blob).unwrap_or_default();
+            let _ = write!(
+                h,
+                "<div class=\"card\" style=\"width:{w}px\"><video src=\"{src}\" width=\"{w}\" autoplay loop muted \
+                 controls playsinline style=\"image-rendering:pixelated;background:#000\"></video>\
+                 <div>epoch {e}, step {st} · {pid}</div><div>{prompt}</div><div>{how}</div></div>",
+                w = p.thumbnail_width,
+                e = smp.checkpoint_epoch,
+                st = smp.checkpoint_step,
+                pid = esc(&smp.prompt_id),
+                prompt = esc(smp.settings.get("prompt").map(String::as_str).unwrap_or("")),
+                how = esc(&format!(
+                    "{} × {} steps, guidance {}, seed {}",
+                    smp.settings.get("sampler").map(String::as_str).unwrap_or("?"),
+                    smp.settings.get("steps").map(String::as_str).unwrap_or("?"),
+                    smp.settings.get("guidance").map(String::as_str).unwrap_or("?"),
+                    smp.settings.get("seed").map(String::as_str).unwrap_or("?")
+                )),
+            );
         }
         h.push_str("</div>");
     }

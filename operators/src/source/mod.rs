@@ -9,6 +9,7 @@
 pub mod dicom;
 pub mod files;
 pub mod manifest;
+pub mod prompts;
 
 use crate::api::{
     BuildCtx, Coll, ErrorClass, ItemCtx, ItemError, PoolConfig, PoolItem, Record, Video, pool_map, route_hash,

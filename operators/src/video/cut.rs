@@ -22,6 +22,25 @@ use std::time::Instant;
 
 pub use super::REDACTED_BLOB;
 
+/// Where a clip's pixels are read from: its redacted copy in the run store when
+/// `curate.deidentify` made one (time 0 = the clip's start), else the source over the clip's span.
+pub fn pixel_source(c: &Clip, services: &dyn Services) -> Result<(std::path::PathBuf, TimeRange), ItemError> {
+    match c.metadata.get(REDACTED_BLOB) {
+        Some(key) => {
+            let path = services.blob_path(key);
+            if !path.is_file() {
+                return Err(ItemError::unreadable(format!(
+                    "the redacted copy {key} of clip {} is missing from the run store ({}); re-run curate.deidentify",
+                    c.clip_id,
+                    path.display()
+                )));
+            }
+            Ok((path, TimeRange::new(0.0, c.end_s.0 - c.start_s.0)))
+        }
+        None => Ok((local_path(&c.uri)?, TimeRange::new(c.start_s.0, c.end_s.0))),
+    }
+}
+
 /// What [`cut`] cuts and how it encodes.
 #[derive(Clone, Debug)]
 pub struct CutSpec {
@@ -281,20 +300,7 @@ pub fn cut_record(
         return Err(ItemError::invalid(format!("clip span [{}, {}) is empty", c.start_s.0, c.end_s.0)));
     }
     // A redacted copy replaces the source: identifiers never reach a written clip.
-    let (src, range) = match c.metadata.get(REDACTED_BLOB) {
-        Some(key) => {
-            let path = services.blob_path(key);
-            if !path.is_file() {
-                return Err(ItemError::unreadable(format!(
-                    "the redacted copy {key} of clip {} is missing from the run store ({}); re-run curate.deidentify",
-                    c.clip_id,
-                    path.display()
-                )));
-            }
-            (path, TimeRange::new(0.0, c.end_s.0 - c.start_s.0))
-        }
-        None => (local_path(&c.uri)?, TimeRange::new(c.start_s.0, c.end_s.0)),
-    };
+    let (src, range) = pixel_source(c, services)?;
     let spec = CutSpec {
         range,
         size: size_from_params(p.width, p.height, p.resize).map_err(ItemError::invalid)?,

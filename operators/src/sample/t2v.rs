@@ -1,0 +1,282 @@
+//! `sample.t2v`: prompts × checkpoints → MP4 samples.
+
+use super::{SampleSettings, SamplerKind, generate};
+use crate::api::*;
+use crate::latent::codec::video_to_mp4;
+use crate::train::checkpoint::{LoadedModel, load_dir, load_with};
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, OnceLock};
+
+pub struct SampleT2v;
+
+fn d_sampler() -> SamplerKind {
+    SamplerKind::Unipc
+}
+fn d_steps() -> usize {
+    50
+}
+fn d_guidance() -> f64 {
+    5.0
+}
+fn d_shift() -> f64 {
+    3.0
+}
+fn d_threads() -> usize {
+    1
+}
+
+/// Params of `sample.t2v`.
+#[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
+#[serde(deny_unknown_fields)]
+pub struct T2vParams {
+    /// A fixed checkpoint folder (medgen layout) instead of the `checkpoints` port.
+    #[serde(default)]
+    pub checkpoint: Option<String>,
+    /// `unipc` (Wan's default) or `euler`.
+    #[serde(default = "d_sampler")]
+    pub sampler: SamplerKind,
+    /// Sampler steps.
+    #[serde(default = "d_steps")]
+    pub steps: usize,
+    /// Classifier-free guidance scale (1: off, one model call per step).
+    #[serde(default = "d_guidance")]
+    pub guidance: f64,
+    /// Timestep shift (Wan: 3.0 at 480p, 5.0 at 720p).
+    #[serde(default = "d_shift")]
+    pub shift: f64,
+    /// Noise seed; each prompt uses seed + its index in blake3 order, so samples are reproducible.
+    #[serde(default)]
+    pub seed: u64,
+    /// Negative prompt (the unconditional branch of CFG).
+    #[serde(default)]
+    pub negative_prompt: String,
+    /// Frames (1 + 4k); default the checkpoint's training geometry.
+    #[serde(default)]
+    pub frames: Option<usize>,
+    /// Width; default the checkpoint's.
+    #[serde(default)]
+    pub width: Option<u32>,
+    /// Height; default the checkpoint's.
+    #[serde(default)]
+    pub height: Option<u32>,
+    /// Pool threads per worker.
+    #[serde(default = "d_threads")]
+    pub threads: usize,
+}
+
+/// A prompt to render with a checkpoint.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+struct SampleJob {
+    /// The Checkpoint record, or None for the fixed folder.
+    ckpt: Option<Checkpoint>,
+    prompt: Prompt,
+}
+
+impl PoolItem for SampleJob {
+    fn item_id(&self) -> String {
+        match &self.ckpt {
+            Some(c) => format!("prompt:{}@epoch{}", self.prompt.prompt_id, c.epoch),
+            None => format!("prompt:{}", self.prompt.prompt_id),
+        }
+    }
+    fn describe(&self) -> String {
+        format!("{:?}", self.prompt.text)
+    }
+    fn memo_input(&self) -> Vec<u8> {
+        serde_json::to_vec(self).unwrap_or_default()
+    }
+    fn route(&self) -> u64 {
+        let mut h = blake3::Hasher::new();
+        h.update(self.prompt.prompt_id.as_bytes());
+        if let Some(c) = &self.ckpt {
+            h.update(&c.epoch.to_le_bytes());
+        }
+        u64::from_le_bytes(h.finalize().as_bytes()[..8].try_into().unwrap_or([0; 8]))
+    }
+}
+
+/// Loads (once per process) the model of a checkpoint record or folder.
+fn model(
+    job: &SampleJob,
+    fixed: &Option<PathBuf>,
+    base: &Path,
+    services: &dyn Services,
+) -> Result<Arc<LoadedModel>, String> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<LoadedModel>>>> = OnceLock::new();
+    let key = match (&job.ckpt, fixed) {
+        (Some(c), _) => serde_json::to_string(&c.blobs).unwrap_or_default(),
+        (None, Some(d)) => d.display().to_string(),
+        (None, None) => return Err("no checkpoint: connect `checkpoints` or set `checkpoint`".into()),
+    };
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(m) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(m.clone());
+    }
+    let m = match (&job.ckpt, fixed) {
+        (Some(c), _) => {
+            let paths: BTreeMap<String, PathBuf> =
+                c.blobs.iter().map(|(n, k)| (n.clone(), services.blob_path(k))).collect();
+            load_with(&move |name| paths.get(name).cloned(), base)?
+        }
+        (None, Some(d)) => load_dir(d)?,
+        (None, None) => unreachable!("handled above"),
+    };
+    let m = Arc::new(m);
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    // Keep a handful: each holds a whole DiT.
+    if c.len() >= 4 {
+        c.clear();
+    }
+    c.insert(key, m.clone());
+    Ok(m)
+}
+
+impl TypedOperator for SampleT2v {
+    type Params = T2vParams;
+
+    fn spec(&self) -> OpSpec {
+        OpSpec {
+            name: "sample.t2v",
+            summary: "Text-to-video sampling: every prompt with every checkpoint (or a fixed one) → H.264 MP4 samples",
+            doc: "For each (checkpoint, prompt) pair — the checkpoints arriving on `checkpoints` (one per training \
+                  round, so each epoch's model gets its samples) or the fixed folder `checkpoint` — encodes the \
+                  prompt and `negative_prompt` with the checkpoint's text encoder, draws Gaussian latent noise from \
+                  `seed` (plus a per-prompt offset), runs the flow-matching sampler (`unipc` or `euler`, `steps`, \
+                  timestep `shift`) with classifier-free guidance `guidance`, decodes with the checkpoint's latent \
+                  codec and writes an MP4 blob at the training frame rate. Emits a Sample record per pair \
+                  (settings: sampler, steps, guidance, shift, seed, prompt, seconds). Memoised: the same \
+                  checkpoint, prompt and settings are never sampled twice.",
+            version: 1,
+            inputs: &[
+                InPort { name: "prompts", kinds: &[Kind::Prompt], required: true, doc: "prompts" },
+                InPort {
+                    name: "checkpoints",
+                    kinds: &[Kind::Checkpoint],
+                    required: false,
+                    doc: "checkpoints to sample with (else `checkpoint`)",
+                },
+            ],
+            outputs: &[OutPort { name: OUT_PORT, kind: OutKind::Fixed(Kind::Sample), doc: "one Sample per pair" }],
+            is_source: false,
+            is_sink: false,
+        }
+    }
+
+    fn check(&self, p: &T2vParams, ctx: &CheckCtx) -> Vec<ParamIssue> {
+        let mut v = Vec::new();
+        if p.steps == 0 || p.steps > 1000 {
+            v.push(ParamIssue::error("steps", "between 1 and 1000", Some("steps = 50".into())));
+        }
+        crate::curate::check_range(&mut v, "guidance", p.guidance, 0.0, 50.0, "guidance = 5.0");
+        crate::curate::check_range(&mut v, "shift", p.shift, 0.01, 100.0, "shift = 3.0");
+        if let Some(f) = p.frames
+            && (f == 0 || (f - 1) % 4 != 0)
+        {
+            v.push(ParamIssue::error("frames", format!("frames must be 1 + 4k, got {f}"), None));
+        }
+        if let Some(d) = &p.checkpoint {
+            let path = if Path::new(d).is_absolute() { PathBuf::from(d) } else { ctx.base_dir.join(d) };
+            if !path.join(crate::train::checkpoint::META_FILE).is_file() {
+                v.push(ParamIssue::error(
+                    "checkpoint",
+                    format!("{} is not a medgen checkpoint folder (no medgen.json)", path.display()),
+                    Some("a folder train.flow_matching wrote: outputs/<node>/epoch-<n>".into()),
+                ));
+            }
+        }
+        crate::curate::check_threads(p.threads, &mut v);
+        v
+    }
+
+    fn fingerprint(&self, p: &T2vParams) -> serde_json::Value {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("threads");
+        }
+        v
+    }
+
+    fn build<'s>(
+        &self,
+        ctx: &mut BuildCtx<'s>,
+        p: &T2vParams,
+        mut inputs: Inputs<'s>,
+    ) -> Result<Outputs<'s>, BuildError> {
+        let prompts = inputs.take(ctx.scope, "prompts").ok_or_else(|| BuildError::Invalid {
+            node: ctx.node.clone(),
+            message: "input `prompts` is not connected".into(),
+        })?;
+        let prompts = prompts.flat_map(|r| match r {
+            Record::Prompt(p) => Some(p),
+            _ => None,
+        });
+        let fixed = p.checkpoint.as_deref().map(|d| ctx.resolve(d));
+        let jobs = match inputs.take(ctx.scope, "checkpoints") {
+            Some(ckpts) => {
+                let ckpts = ckpts.flat_map(|r| match r {
+                    Record::Checkpoint(c) => Some(((), c)),
+                    _ => None,
+                });
+                ckpts.join(prompts.map(|p| ((), p))).map(|((), (c, prompt))| SampleJob { ckpt: Some(c), prompt })
+            }
+            None if fixed.is_some() => prompts.map(|prompt| SampleJob { ckpt: None, prompt }),
+            None => {
+                return Err(BuildError::Invalid {
+                    node: ctx.node.clone(),
+                    message: "no checkpoint: connect `checkpoints` (a train.flow_matching node) or set `checkpoint`"
+                        .into(),
+                });
+            }
+        };
+        let services = ctx.services.clone();
+        let base = ctx.base_dir.clone();
+        let p = p.clone();
+        let all =
+            pool_map(ctx, jobs, PoolConfig { threads: p.threads, memoise: true }, move |job: &SampleJob, ictx| {
+                let m =
+                    model(job, &fixed, &base, services.as_ref()).map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
+                let offset = u64::from_le_bytes(
+                    blake3::hash(job.prompt.prompt_id.as_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]),
+                ) % 1_000_000;
+                let settings = SampleSettings {
+                    sampler: p.sampler,
+                    steps: p.steps,
+                    guidance: p.guidance,
+                    shift: p.shift,
+                    seed: p.seed.wrapping_add(offset),
+                    negative_prompt: p.negative_prompt.clone(),
+                    frames: p.frames,
+                    width: p.width,
+                    height: p.height,
+                };
+                let started = std::time::Instant::now();
+                let stop = ictx.shutdown.clone();
+                let video = generate(&m, &job.prompt.text, &settings, &mut |_, _| {
+                    let _ = stop.load(std::sync::atomic::Ordering::Relaxed);
+                })
+                .map_err(|e| ItemError::new(ErrorClass::Internal, format!("sampling {:?}: {e}", job.prompt.text)))?;
+                let key = video_to_mp4(&video, m.meta.video.fps, services.as_ref(), ictx)?;
+                let mut s: BTreeMap<String, String> = BTreeMap::new();
+                s.insert("sampler".into(), format!("{:?}", settings.sampler).to_lowercase());
+                s.insert("steps".into(), settings.steps.to_string());
+                s.insert("guidance".into(), settings.guidance.to_string());
+                s.insert("shift".into(), settings.shift.to_string());
+                s.insert("seed".into(), settings.seed.to_string());
+                s.insert("prompt".into(), job.prompt.text.clone());
+                s.insert("seconds".into(), format!("{:.2}", started.elapsed().as_secs_f64()));
+                s.insert("size".into(), format!("{}x{}x{}", video.shape()[3], video.shape()[2], video.shape()[1]));
+                Ok(vec![Record::Sample(Sample {
+                    prompt_id: job.prompt.prompt_id.clone(),
+                    checkpoint_epoch: m.meta.epoch,
+                    checkpoint_step: m.meta.step,
+                    video_blob: key,
+                    settings: s,
+                })])
+            });
+        let (ok, failed) = split_failures(all);
+        Ok(Outputs::default().with(OUT_PORT, ok).with(FAILURES_PORT, failed))
+    }
+}
