@@ -14,7 +14,7 @@
 //!    kernel is kept when its mean probability is at least `box_threshold` and it is not taller
 //!    than 20% of the frame (the detector fires on very large high-contrast shapes such as colour
 //!    bars; burned-in text lines are far smaller). Its bounding box is grown by DB's unclip
-//!    distance `d = w·h·1.5 / (2(w + h))` to cover the whole line; grown boxes under 8 px on a
+//!    distance `d = w·h·1.5 / (2(w + h))` to cover the whole line; grown boxes under 9 px on a
 //!    side (at the detector's resolution) are noise specks, not readable text, and are dropped;
 //!    so are grown boxes narrower than half their height — vertical edges (the border between two
 //!    colour bars), since the margin alone makes even a one-glyph box about as wide as it is tall
@@ -73,7 +73,7 @@ const STD: [f32; 3] = [0.229, 0.224, 0.225];
 pub const MAX_LINE_FRACTION: f64 = 0.2;
 /// Boxes (grown) narrower or shorter than this many pixels at the detector's resolution are
 /// dropped: text that small is unreadable, and noise makes such specks.
-pub const MIN_BOX_PX: usize = 8;
+pub const MIN_BOX_PX: usize = 9;
 /// DB's unclip ratio.
 pub const UNCLIP_RATIO: f64 = 1.5;
 /// Words wider than this many box heights are split by width.
@@ -517,7 +517,7 @@ impl TypedOperator for CurateSubtitleOcr {
                   by scripts/fetch-models.sh; input [N,3,H,W] ImageNet-normalised RGB, output [N,1,H,W] text \
                   probability). The map is thresholded (pixel_threshold), 8-connected kernels with mean probability \
                   ≥ box_threshold and height ≤ 20% of the frame become boxes (grown by DB's unclip distance); boxes \
-                  under 8 px and solid shapes (ink stroke width > 0.2 × box height) are dropped. Words \
+                  under 9 px and solid shapes (ink stroke width > 0.2 × box height) are dropped. Words \
                   per box: runs of ink columns (luma range over the box's rows) split at gaps ≥ word_gap × box \
                   height; runs wider than 4 box heights count width / (4 × height) words. Scores: ocr_words (max \
                   over frames), ocr_words_mean, ocr_boxes, ocr_box_coverage (largest share of a frame in boxes); \
@@ -526,7 +526,7 @@ impl TypedOperator for CurateSubtitleOcr {
                   on average) go to `rejected` (labels rejected_by, reason). The measurement is memoised per clip \
                   span with the model's content hash, frames, det_side and the detector thresholds; max_words and \
                   aggregate only change decisions.",
-            version: 1,
+            version: 2,
             inputs: &[InPort {
                 name: "in",
                 kinds: &[Kind::Clip, Kind::Scores],

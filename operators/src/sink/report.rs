@@ -261,9 +261,12 @@ fn render(view: &View, p: &ReportParams, labels: &[String], epoch: u64, thumbs: 
         let ids: BTreeSet<String> = recs.iter().map(|r| media(r).map(|m| m.0).unwrap_or_else(|| r.item_id())).collect();
         ids.len()
     };
-    let max = order.iter().map(|l| count(&by_label[l])).max().unwrap_or(1).max(1);
+    // The funnel counts data items; metric streams are charted below instead.
+    let funnel: Vec<&str> =
+        order.iter().copied().filter(|l| !by_label[l].iter().all(|r| matches!(r, Record::Metric(_)))).collect();
+    let max = funnel.iter().map(|l| count(&by_label[l])).max().unwrap_or(1).max(1);
     h.push_str("<h2 id=\"funnel\">Funnel</h2><table class=\"funnel\">");
-    for l in &order {
+    for l in &funnel {
         let n = count(&by_label[l]);
         let _ = write!(
             h,
