@@ -42,6 +42,11 @@ const PAR_THRESHOLD: usize = 1 << 20;
 /// `C = scale·A·B` (or `C += scale·A·B` when `accumulate`), `A` m×k, `B` k×n, `C` m×n with
 /// strides `(c_rs, c_cs)`. `parallel` allows gemm's own rayon parallelism for large products;
 /// pass `false` from inside parallel loops.
+///
+/// The bits of the result do not depend on `parallel` or on the thread count: gemm 0.19 splits
+/// the output tiles statically among its threads and always runs the sum over `k` sequentially
+/// (depth blocks in order), with block sizes derived from `m, n, k` and the cache sizes only
+/// (tests/determinism.rs checks 1 vs 2 vs 4 threads).
 #[allow(clippy::too_many_arguments)]
 pub(crate) fn gemm<T: Float>(
     m: usize,
@@ -118,31 +123,101 @@ pub(crate) fn map_rows<T: Float>(x: &[T], out: &mut [T], d: usize, f: impl Fn(us
     }
 }
 
-/// Column sums of a row-major `rows × d` matrix (`Σ_rows`), parallel over row blocks.
+/// Most partial accumulators a [`reduce_blocks`] call creates.
+const MAX_PARTS: usize = 64;
+
+/// Soft cap on the elements of all partial accumulators of one [`reduce_blocks`] call: wide
+/// accumulators get fewer parts (at least one).
+const PARTIAL_BUDGET: usize = 1 << 22;
+
+/// Elements per partial sum in [`det_sum`].
+pub(crate) const SUM_CHUNK: usize = 1 << 14;
+
+/// Number of parts [`reduce_blocks`] splits `items` items into: one per `min_items` items, at most
+/// [`MAX_PARTS`] and at most `PARTIAL_BUDGET / width`, at least one. It depends on the sizes only,
+/// never on the thread count.
+pub(crate) fn reduce_parts(items: usize, width: usize, min_items: usize) -> usize {
+    let by_work = items.div_ceil(min_items.max(1));
+    let by_memory = PARTIAL_BUDGET / width.max(1);
+    by_work.min(by_memory).clamp(1, MAX_PARTS)
+}
+
+/// Deterministic parallel reduction of items `0..items` into a `width`-long accumulator.
+///
+/// The items are cut into [`reduce_parts`]`(items, width, min_items)` contiguous ranges of equal
+/// length (the last one shorter); `f(range, acc)` adds the contribution of its range into its own
+/// zeroed accumulator, the ranges in parallel; then the partial accumulators are added element by
+/// element in range order (`((p₀ + p₁) + p₂) + …`). The grouping of every floating-point sum
+/// depends only on `items`, `width` and `min_items`, so the result is bitwise the same in every
+/// run and for every rayon pool size. (`fold`/`reduce` and `par_iter().sum()` instead group by
+/// rayon's adaptive splits, which follow work stealing.)
+pub(crate) fn reduce_blocks<T: Float>(
+    items: usize,
+    width: usize,
+    min_items: usize,
+    f: impl Fn(std::ops::Range<usize>, &mut [T]) + Sync + Send,
+) -> Vec<T> {
+    let per = items.div_ceil(reduce_parts(items, width, min_items)).max(1);
+    let parts = items.div_ceil(per);
+    if parts <= 1 {
+        let mut acc = vec![T::ZERO; width];
+        if items > 0 {
+            f(0..items, &mut acc);
+        }
+        return acc;
+    }
+    let partials: Vec<Vec<T>> = (0..parts)
+        .into_par_iter()
+        .map(|p| {
+            let mut acc = vec![T::ZERO; width];
+            f(p * per..((p + 1) * per).min(items), &mut acc);
+            acc
+        })
+        .collect();
+    let mut out = partials[0].clone();
+    // Column blocks in parallel; within a column, the parts in order.
+    const COLS: usize = 1 << 12;
+    let combine = |c: usize, o: &mut [T]| {
+        for p in &partials[1..] {
+            for (x, &y) in o.iter_mut().zip(&p[c * COLS..]) {
+                *x += y;
+            }
+        }
+    };
+    if width * parts >= 1 << 16 {
+        out.par_chunks_mut(COLS).enumerate().for_each(|(c, o)| combine(c, o));
+    } else {
+        out.chunks_mut(COLS).enumerate().for_each(|(c, o)| combine(c, o));
+    }
+    out
+}
+
+/// Deterministic parallel `Σ` over `0..n`: `f(range)` sums fixed chunks of [`SUM_CHUNK`] indices
+/// (in parallel), and the chunk sums are added sequentially in index order, so the grouping
+/// depends only on `n`.
+pub(crate) fn det_sum(n: usize, f: impl Fn(std::ops::Range<usize>) -> f64 + Sync + Send) -> f64 {
+    if n <= SUM_CHUNK {
+        return f(0..n);
+    }
+    let partials: Vec<f64> =
+        (0..n.div_ceil(SUM_CHUNK)).into_par_iter().map(|c| f(c * SUM_CHUNK..((c + 1) * SUM_CHUNK).min(n))).collect();
+    partials.iter().sum()
+}
+
+/// Column sums of a row-major `rows × d` matrix (`Σ_rows`), parallel over row blocks with a
+/// deterministic grouping ([`reduce_blocks`]).
 pub(crate) fn sum_rows<T: Float>(x: &[T], d: usize) -> Vec<T> {
     if d == 0 {
         return Vec::new();
     }
-    let block = (1 << 14) / d.max(1) + 1;
-    x.par_chunks(block * d)
-        .map(|chunk| {
-            let mut acc = vec![T::ZERO; d];
-            for row in chunk.chunks(d) {
-                for (a, &v) in acc.iter_mut().zip(row) {
-                    *a += v;
-                }
+    let rows = x.len() / d;
+    reduce_blocks(rows, d, (1 << 14) / d + 1, |range, acc: &mut [T]| {
+        for row in x[range.start * d..range.end * d].chunks(d) {
+            for (a, &v) in acc.iter_mut().zip(row) {
+                *a += v;
             }
-            acc
-        })
-        .reduce(
-            || vec![T::ZERO; d],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+        }
+    })
 }
 
 /// Elementwise map, parallel for large inputs.

@@ -228,12 +228,13 @@ fn update<T: Float>(
     Ok(())
 }
 
-/// Global L2 norm of all gradients, accumulated in f64.
+/// Global L2 norm of all gradients, accumulated in f64 over fixed chunks (bitwise the same for
+/// any thread count).
 pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
     let mut total = 0.0;
     for g in grads {
         let d = g.cpu_data::<f64>("grad_norm")?;
-        total += d.par_iter().map(|&x| x * x).sum::<f64>();
+        total += crate::cpu::det_sum(d.len(), |r| d[r].iter().map(|&x| x * x).sum::<f64>());
     }
     Ok(total.sqrt())
 }

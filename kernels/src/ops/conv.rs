@@ -15,7 +15,7 @@
 use rayon::prelude::*;
 
 use super::{compute_dtype, dispatch, expect_rank, out_dtype};
-use crate::cpu::{MatRef, gemm, sum_rows};
+use crate::cpu::{MatRef, gemm, reduce_blocks, reduce_parts, sum_rows};
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -244,27 +244,21 @@ pub fn conv3d_backward(
         let rows = g.b * to * ho;
         let tile = rows_per_tile(wo, kc);
         let ntiles = rows.div_ceil(tile);
-        let dwf = (0..ntiles)
-            .into_par_iter()
-            .fold(
-                || vec![T::ZERO; kc * g.cout],
-                |mut acc, ti| {
-                    let r0 = ti * tile;
-                    let n = tile.min(rows - r0);
-                    let mut patches = vec![T::ZERO; n * wo * kc];
-                    build_patches(&xcl, &g, r0, n, &mut patches);
-                    let gt = &gcl[r0 * wo * g.cout..(r0 + n) * wo * g.cout];
-                    gemm(kc, g.cout, n * wo, &mut acc, g.cout, 1, true, MatRef::rows_t(&patches, kc), MatRef::rows(gt, g.cout), T::ONE, false);
-                    acc
-                },
-            )
-            .reduce(
-                || vec![T::ZERO; kc * g.cout],
-                |mut a, b| {
-                    a.iter_mut().zip(b).for_each(|(x, y)| *x += y);
-                    a
-                },
-            );
+        // Tiles in fixed groups, each group accumulated in tile order, the groups added in order
+        // ([`reduce_blocks`]): the bits do not depend on the thread count. Few groups (a wide
+        // dW) hand the parallelism to gemm instead, whose bits do not depend on it either.
+        let width = kc * g.cout;
+        let par_gemm = reduce_parts(ntiles, width, 1) < rayon::current_num_threads();
+        let dwf = reduce_blocks(ntiles, width, 1, |range, acc: &mut [T]| {
+            for ti in range {
+                let r0 = ti * tile;
+                let n = tile.min(rows - r0);
+                let mut patches = vec![T::ZERO; n * wo * kc];
+                build_patches(&xcl, &g, r0, n, &mut patches);
+                let gt = &gcl[r0 * wo * g.cout..(r0 + n) * wo * g.cout];
+                gemm(kc, g.cout, n * wo, acc, g.cout, 1, true, MatRef::rows_t(&patches, kc), MatRef::rows(gt, g.cout), T::ONE, par_gemm);
+            }
+        });
         let mut dw = vec![T::ZERO; g.cout * kc];
         for co in 0..g.cout {
             for ci in 0..g.cin {

@@ -4,7 +4,7 @@
 use rayon::prelude::*;
 
 use super::{compute_dtype, dispatch, expect_rank, expect_same_shape, out_dtype};
-use crate::cpu::{map, zip_map};
+use crate::cpu::{map, reduce_blocks, zip_map};
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::tensor::{Tensor, contiguous_strides};
@@ -168,25 +168,9 @@ fn sum_to_shape_impl<T: Float>(g: &[T], out: &[usize], shape: &[usize]) -> Vec<T
             }
         }
     };
-    let block = ((1 << 15) / last).max(1);
-    (0..rows.div_ceil(block))
-        .into_par_iter()
-        .fold(
-            || vec![T::ZERO; tn],
-            |mut acc, blk| {
-                acc_rows(blk * block..((blk + 1) * block).min(rows), &mut acc);
-                acc
-            },
-        )
-        .reduce(
-            || vec![T::ZERO; tn],
-            |mut a, b| {
-                for (x, y) in a.iter_mut().zip(b) {
-                    *x += y;
-                }
-                a
-            },
-        )
+    // Fixed row blocks of ≥ 32k elements, partial sums combined in block order: the grouping
+    // depends on the shapes only (bitwise reproducible for any thread count).
+    reduce_blocks(rows, tn, ((1 << 15) / last).max(1), acc_rows)
 }
 
 /// Backward of [`add`]: `(sum_to_shape(dy, a), sum_to_shape(dy, b))`.

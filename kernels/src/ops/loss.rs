@@ -1,13 +1,13 @@
 //! Mean-squared-error loss (the flow-matching objective).
 
 use super::{compute_dtype, dispatch, expect_same_shape};
-use crate::cpu::zip_map;
+use crate::cpu::{det_sum, zip_map};
 use crate::dtype::Float;
 use crate::error::Result;
 use crate::tensor::Tensor;
-use rayon::prelude::*;
 
-/// `mean((pred − target)²)` over all elements, accumulated in f64; returns the value.
+/// `mean((pred − target)²)` over all elements, accumulated in f64 over fixed chunks (the
+/// grouping depends on the size only, so the bits do not depend on the thread count); returns the value.
 pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<f64> {
     expect_same_shape(pred, target, "mse_loss")?;
     let ct = compute_dtype(&[pred, target]);
@@ -15,14 +15,17 @@ pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<f64> {
         let p = pred.cpu_data::<T>("mse_loss")?;
         let t = target.cpu_data::<T>("mse_loss")?;
         let n = p.len().max(1) as f64;
-        let s: f64 = p
-            .par_iter()
-            .zip(t.par_iter())
-            .map(|(&a, &b)| {
-                let d = (a - b).to_f64();
-                d * d
-            })
-            .sum();
+        // fixed chunks, chunk sums added in order: bitwise the same for any thread count
+        let s = det_sum(p.len(), |r| {
+            p[r.clone()]
+                .iter()
+                .zip(&t[r])
+                .map(|(&a, &b)| {
+                    let d = (a - b).to_f64();
+                    d * d
+                })
+                .sum::<f64>()
+        });
         Ok(s / n)
     })
 }

@@ -7,7 +7,7 @@
 use rayon::prelude::*;
 
 use super::{compute_dtype, dispatch, expect_same_shape, out_dtype};
-use crate::cpu::map_rows;
+use crate::cpu::{map_rows, reduce_blocks};
 use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
@@ -80,32 +80,21 @@ pub struct NormGrads {
     pub dbias: Option<Tensor>,
 }
 
-/// Per-row partial sums for parameter gradients, reduced over row blocks in parallel.
+/// Per-row partial sums for parameter gradients, reduced over fixed row blocks in parallel with
+/// a deterministic grouping ([`reduce_blocks`]): `f(row, dw_acc, db_acc)` adds one row.
 fn reduce_param_grads<T: Float>(
     rows: usize,
     d: usize,
     f: impl Fn(usize, &mut [T], &mut [T]) + Sync + Send,
 ) -> (Vec<T>, Vec<T>) {
-    let block = ((1 << 14) / d).max(1);
-    (0..rows.div_ceil(block))
-        .into_par_iter()
-        .fold(
-            || (vec![T::ZERO; d], vec![T::ZERO; d]),
-            |(mut a, mut b), blk| {
-                for r in blk * block..((blk + 1) * block).min(rows) {
-                    f(r, &mut a, &mut b);
-                }
-                (a, b)
-            },
-        )
-        .reduce(
-            || (vec![T::ZERO; d], vec![T::ZERO; d]),
-            |(mut a, mut b), (c, e)| {
-                a.iter_mut().zip(c).for_each(|(x, y)| *x += y);
-                b.iter_mut().zip(e).for_each(|(x, y)| *x += y);
-                (a, b)
-            },
-        )
+    let mut acc = reduce_blocks(rows, 2 * d, ((1 << 14) / d.max(1)).max(1), |range, acc: &mut [T]| {
+        let (a, b) = acc.split_at_mut(d);
+        for r in range {
+            f(r, a, b);
+        }
+    });
+    let db = acc.split_off(d);
+    (acc, db)
 }
 
 /// Backward of [`layer_norm`]. With `g = dy·γ` (or `dy`):
