@@ -2,6 +2,9 @@
 
 use std::path::PathBuf;
 
+#[path = "bench_curate.rs"]
+mod curate;
+
 /// What `medgen bench` measures.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
 pub enum BenchWhat {
@@ -10,6 +13,12 @@ pub enum BenchWhat {
     /// sampling of a 10-minute file against a full decode, exact (the frame at each second) and
     /// keyframe-accurate (the nearest keyframe, decoding only keyframes).
     Decode,
+    /// Videos/hour/core of the classical curation path (`medgen run -w 1` of curate.segment →
+    /// curate.black_border → curate.dedup, fresh store) on the sample videos against an
+    /// equivalent PySceneDetect + OpenCV pipeline (`scripts/bench/curate_baseline.py`, venv from
+    /// `scripts/bench/setup-baseline.sh`; skipped with a hint when absent) and a plain
+    /// `gst-launch-1.0 ... decodebin ! fakesink` decode (the decode floor), each pinned to one CPU.
+    Curate,
 }
 
 /// Arguments of `medgen bench`.
@@ -18,12 +27,13 @@ pub struct BenchArgs {
     /// What to benchmark.
     #[arg(value_enum)]
     pub what: BenchWhat,
-    /// Folder for the generated videos, kept and reused by later runs (default: a temporary
-    /// folder, deleted afterwards).
+    /// decode: folder for the generated videos, kept and reused by later runs (default: a
+    /// temporary folder, deleted afterwards). curate: folder of the videos to curate (default
+    /// .cache/samples; DICOM files are left out).
     #[arg(long)]
     pub dir: Option<PathBuf>,
-    /// Shorter files (4 s instead of 10 s; a 1-minute sampling file instead of 10 minutes):
-    /// a quick check, not the reference numbers.
+    /// A quick check, not the reference numbers. decode: shorter files (4 s instead of 10 s; a
+    /// 1-minute sampling file instead of 10 minutes). curate: only the two smallest videos.
     #[arg(long)]
     pub quick: bool,
     /// Runs per measurement; the best one counts.
@@ -38,7 +48,21 @@ pub struct BenchArgs {
 pub fn bench(a: &BenchArgs) -> anyhow::Result<i32> {
     match a.what {
         BenchWhat::Decode => decode(a),
+        BenchWhat::Curate => curate(a),
     }
+}
+
+fn curate(a: &BenchArgs) -> anyhow::Result<i32> {
+    use curate::{CurateBenchOptions, bench_curate};
+    let opts = CurateBenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.max(1) };
+    let mut log = |line: &str| eprintln!("[bench] {line}");
+    let report = bench_curate(&opts, &mut log)?;
+    println!("{report}");
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("[bench] wrote {}", path.display());
+    }
+    Ok(0)
 }
 
 #[cfg(feature = "video")]

@@ -139,7 +139,7 @@ pub struct FlowMatchingParams {
     /// Probability of training a step's example on the empty (zero) context.
     #[serde(default = "d_dropout")]
     pub caption_dropout: f64,
-    /// Timestep shift of the σ sampling.
+    /// Timestep shift of the σ sampling (1: uniform σ; FastVideo's Wan fine-tuning recipe uses 3).
     #[serde(default = "d_shift")]
     pub shift: f64,
     /// Examples per optimiser step (gradient accumulation: one forward/backward each).
