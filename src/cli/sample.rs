@@ -81,8 +81,11 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
     if let Ok(style) = indicatif::ProgressStyle::with_template("sampling {bar:30} {pos}/{len} steps {elapsed}/{eta}") {
         bar.set_style(style);
     }
-    let video = generate(&model, &a.prompt, &settings, &mut |i, _| bar.set_position(i as u64))
-        .map_err(|e| anyhow::anyhow!("sampling failed: {e}"))?;
+    let video = generate(&model, &a.prompt, &settings, &mut |i, _| {
+        bar.set_position(i as u64);
+        true
+    })
+    .map_err(|e| anyhow::anyhow!("sampling failed: {e}"))?;
     bar.finish_and_clear();
     let dir = a.out.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(std::path::Path::new("."));
     std::fs::create_dir_all(dir).map_err(|e| anyhow::anyhow!("cannot create {}: {e}", dir.display()))?;

@@ -51,6 +51,10 @@ impl ItemError {
     pub fn transient(message: impl Into<String>) -> Self {
         Self::new(ErrorClass::Transient, message)
     }
+    /// An error of our own making (a bug or an unexpected I/O state), from anything displayable.
+    pub fn internal(e: impl std::fmt::Display) -> Self {
+        Self::new(ErrorClass::Internal, e.to_string())
+    }
 }
 
 impl std::fmt::Display for ItemError {

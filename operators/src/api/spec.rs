@@ -170,9 +170,14 @@ impl BuildCtx<'_> {
     }
     /// Resolve a path from the graph file relative to the graph file's folder.
     pub fn resolve(&self, p: &str) -> PathBuf {
-        let path = PathBuf::from(p);
-        if path.is_absolute() { path } else { self.base_dir.join(path) }
+        resolve_path(&self.base_dir, p)
     }
+}
+
+/// A path from a graph file: absolute as given, relative to the graph file's folder `base`.
+pub fn resolve_path(base: &std::path::Path, p: &str) -> PathBuf {
+    let path = PathBuf::from(p);
+    if path.is_absolute() { path } else { base.join(path) }
 }
 
 /// The collections arriving at a node, by input port.

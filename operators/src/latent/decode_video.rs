@@ -6,7 +6,7 @@ use super::{LATENT_TENSOR, get_tensor};
 use crate::api::*;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::path::{Path, PathBuf};
+use std::path::Path;
 
 pub struct LatentDecodeVideo;
 
@@ -79,14 +79,10 @@ impl TypedOperator for LatentDecodeVideo {
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
         let input = crate::curate::take_input(ctx, &mut inputs)?;
-        let resolve = |s: &str| {
-            let path = PathBuf::from(s);
-            if path.is_absolute() { path } else { ctx.base_dir.join(path) }
-        };
         let (path, vae) = match (&p.codec_from, &p.codec_file, &p.vae) {
             (Some(node), _, _) => (codec_path(&ctx.services.outputs_dir(), node), false),
-            (_, Some(f), _) => (resolve(f), false),
-            (_, _, Some(d)) => (resolve(d), true),
+            (_, Some(f), _) => (ctx.resolve(f), false),
+            (_, _, Some(d)) => (ctx.resolve(d), true),
             _ => {
                 return Err(BuildError::Invalid {
                     node: ctx.node.clone(),

@@ -156,10 +156,6 @@ impl PoolItem for FitJob {
 /// Codec tag of the internal prepared-frames records.
 const PREPARED: &str = "prepared-frames";
 
-fn internal(e: impl std::fmt::Display) -> ItemError {
-    ItemError::new(ErrorClass::Internal, e.to_string())
-}
-
 /// The clip a record stands for: a clip, a scored clip, or a whole video (an already-cut clip file).
 fn as_clip(rec: &Record) -> Result<Clip, ItemError> {
     if let Record::Video(v) = rec {
@@ -189,14 +185,16 @@ fn as_clip(rec: &Record) -> Result<Clip, ItemError> {
 fn prepare(rec: &Record, spec: &FrameSpec, services: &dyn Services, ictx: &ItemCtx) -> Result<Vec<Record>, ItemError> {
     let clip = as_clip(rec)?;
     let video = clip_video(&clip, spec, services, ictx)?;
-    let (w, h, frames) = super::codec::video_to_rgb(&video).map_err(internal)?;
-    let tmp = tempfile::Builder::new().prefix("frames-").tempfile_in(services.tmp_dir()).map_err(internal)?;
+    let (w, h, frames) = super::codec::video_to_rgb(&video).map_err(ItemError::internal)?;
+    let tmp =
+        tempfile::Builder::new().prefix("frames-").tempfile_in(services.tmp_dir()).map_err(ItemError::internal)?;
     let header = FramesHeader { width: w, height: h, format: PixelFormat::Rgb, fps: spec.fps };
-    let mut wr = FramesWriter::create(tmp.path(), header).map_err(internal)?;
+    let mut wr = FramesWriter::create(tmp.path(), header).map_err(ItemError::internal)?;
     for (i, px) in frames.into_iter().enumerate() {
-        wr.write(&crate::video::Frame::new(i as f64 / spec.fps, None, w, h, PixelFormat::Rgb, px)).map_err(internal)?;
+        wr.write(&crate::video::Frame::new(i as f64 / spec.fps, None, w, h, PixelFormat::Rgb, px))
+            .map_err(ItemError::internal)?;
     }
-    wr.finish().map_err(internal)?;
+    wr.finish().map_err(ItemError::internal)?;
     let key = services.blob_put_file(tmp.path()).map_err(|e| ItemError::transient(e.to_string()))?;
     Ok(vec![Record::Latent(Latent {
         clip_id: clip.clip_id.clone(),
@@ -213,7 +211,7 @@ fn prepared_video(key: &str, services: &dyn Services) -> Result<medgen_kernels::
     let reader = FramesReader::open(&path)
         .map_err(|e| ItemError::unreadable(format!("prepared frames {key} ({}): {e}", path.display())))?;
     let frames = reader.collect::<std::io::Result<Vec<_>>>().map_err(|e| ItemError::unreadable(e.to_string()))?;
-    frames_to_video(&frames).map_err(internal)
+    frames_to_video(&frames).map_err(ItemError::internal)
 }
 
 impl TypedOperator for LatentEncodeVideo {
@@ -285,16 +283,16 @@ impl TypedOperator for LatentEncodeVideo {
                     "codec = \"wan_vae\" needs `vae`, the Wan2.1 VAE folder (diffusers vae/: config.json + safetensors)",
                     Some("vae = \"models/Wan2.1-T2V-1.3B-Diffusers/vae\", or codec = \"patch_pca\"".into()),
                 )),
-                Some(d) if !resolve(&ctx.base_dir, d).exists() => v.push(ParamIssue::error(
+                Some(d) if !resolve_path(&ctx.base_dir, d).exists() => v.push(ParamIssue::error(
                     "vae",
-                    format!("{} does not exist", resolve(&ctx.base_dir, d).display()),
+                    format!("{} does not exist", resolve_path(&ctx.base_dir, d).display()),
                     None,
                 )),
                 _ => {}
             },
             CodecKind::PatchPca => {
                 if let Some(f) = &p.codec_file {
-                    let path = resolve(&ctx.base_dir, f);
+                    let path = resolve_path(&ctx.base_dir, f);
                     if let Err(e) = PatchPca::load(&path) {
                         v.push(ParamIssue::error("codec_file", format!("{}: {e}", path.display()), None));
                     }
@@ -329,11 +327,14 @@ impl TypedOperator for LatentEncodeVideo {
         let known: Option<String> = match p.codec {
             CodecKind::WanVae => {
                 let d = p.vae.as_deref().ok_or_else(|| invalid("codec = \"wan_vae\" needs `vae`".into()))?;
-                Some(format!("vae:{}", resolve(&ctx.base_dir, d).display()))
+                Some(format!("vae:{}", resolve_path(&ctx.base_dir, d).display()))
             }
             CodecKind::PatchPca => {
-                let file =
-                    p.codec_file.as_deref().map(|f| resolve(&ctx.base_dir, f)).or(kept.is_file().then(|| kept.clone()));
+                let file = p
+                    .codec_file
+                    .as_deref()
+                    .map(|f| resolve_path(&ctx.base_dir, f))
+                    .or(kept.is_file().then(|| kept.clone()));
                 match file {
                     Some(f) => {
                         let bytes = std::fs::read(&f).map_err(|e| invalid(format!("reading {}: {e}", f.display())))?;
@@ -401,18 +402,20 @@ impl TypedOperator for LatentEncodeVideo {
                         let mut stats = CovarianceStats::new(PatchGeometry::default());
                         for key in &job.frames {
                             crate::curate::frames::check_stop(ictx)?;
-                            stats.add_video(&prepared_video(key, svc.as_ref())?, stride).map_err(internal)?;
+                            stats
+                                .add_video(&prepared_video(key, svc.as_ref())?, stride)
+                                .map_err(ItemError::internal)?;
                         }
                         let codec = PatchPca::fit(&stats)
                             .map_err(|e| ItemError::invalid(format!("fitting the patch-PCA codec: {e}")))?;
                         let tmp = tempfile::Builder::new()
                             .suffix(".safetensors")
                             .tempfile_in(svc.tmp_dir())
-                            .map_err(internal)?;
-                        codec.save(tmp.path()).map_err(internal)?;
-                        let bytes = std::fs::read(tmp.path()).map_err(internal)?;
+                            .map_err(ItemError::internal)?;
+                        codec.save(tmp.path()).map_err(ItemError::internal)?;
+                        let bytes = std::fs::read(tmp.path()).map_err(ItemError::internal)?;
                         let key = svc.blob_put(&bytes).map_err(|e| ItemError::transient(e.to_string()))?;
-                        crate::api::fsutil::atomic_write(&kept2, &bytes).map_err(internal)?;
+                        crate::api::fsutil::atomic_write(&kept2, &bytes).map_err(ItemError::internal)?;
                         Ok(vec![
                             Record::Latent(Latent {
                                 clip_id: "codec".into(),
@@ -457,7 +460,7 @@ impl TypedOperator for LatentEncodeVideo {
             let back = codec
                 .decode(&z)
                 .map_err(|e| ItemError::new(ErrorClass::Internal, format!("decoding clip {clip_id}: {e}")))?;
-            let quality = psnr(&video, &back).map_err(internal)?;
+            let quality = psnr(&video, &back).map_err(ItemError::internal)?;
             let id = codec.id();
             let fps = spec.fps.to_string();
             let meta = [
@@ -502,9 +505,4 @@ fn load_codec(spec: &str, services: &dyn Services) -> Result<VideoCodec, String>
     } else {
         Err(format!("internal: unknown codec reference {spec:?}"))
     }
-}
-
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let path = PathBuf::from(p);
-    if path.is_absolute() { path } else { base.join(path) }
 }

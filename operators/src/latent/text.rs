@@ -60,8 +60,7 @@ pub struct TextEncoder {
 pub fn resolve_dir(kind: TextEncoderKind, dir: Option<&str>, base: &Path) -> Result<PathBuf, String> {
     match (dir, kind) {
         (Some(d), _) => {
-            let p = PathBuf::from(d);
-            let p = if p.is_absolute() { p } else { base.join(p) };
+            let p = crate::api::resolve_path(base, d);
             if p.is_dir() { Ok(p) } else { Err(format!("text encoder folder {} does not exist", p.display())) }
         }
         (None, TextEncoderKind::Minilm) => minilm::fetched_minilm_dir()

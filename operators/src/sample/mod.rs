@@ -61,19 +61,43 @@ fn kerr(e: impl std::fmt::Display) -> String {
     e.to_string()
 }
 
+/// Why [`generate`] returned no video.
+#[derive(Debug)]
+pub enum Stopped {
+    /// `progress` asked to stop.
+    Stopped,
+    /// Bad settings or a model error.
+    Failed(String),
+}
+
+impl From<String> for Stopped {
+    fn from(e: String) -> Self {
+        Stopped::Failed(e)
+    }
+}
+
+impl std::fmt::Display for Stopped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Stopped::Stopped => f.write_str("stopped"),
+            Stopped::Failed(e) => f.write_str(e),
+        }
+    }
+}
+
 /// Generates a video `[3, T, H, W]` in `[-1, 1]` for `prompt`; `progress(step, steps)` is called
-/// after every sampler step.
+/// after every sampler step and stops the sampling by returning false (a run shutting down).
 pub fn generate(
     m: &LoadedModel,
     prompt: &str,
     s: &SampleSettings,
-    progress: &mut dyn FnMut(usize, usize),
-) -> Result<Tensor, String> {
+    progress: &mut dyn FnMut(usize, usize) -> bool,
+) -> Result<Tensor, Stopped> {
     let frames = s.frames.unwrap_or(m.meta.video.frames);
     let width = s.width.unwrap_or(m.meta.video.width);
     let height = s.height.unwrap_or(m.meta.video.height);
     if frames == 0 || !(frames - 1).is_multiple_of(4) {
-        return Err(format!("frames must be 1 + 4k, got {frames}"));
+        return Err(format!("frames must be 1 + 4k, got {frames}").into());
     }
     let [_, ph, pw] = m.dit.config().patch_size;
     if width == 0
@@ -81,10 +105,12 @@ pub fn generate(
         || !(width as usize).is_multiple_of(8 * pw)
         || !(height as usize).is_multiple_of(8 * ph)
     {
-        return Err(format!("{width}×{height} is not a multiple of {}×{} (codec ×8, DiT patches)", 8 * pw, 8 * ph));
+        return Err(
+            format!("{width}×{height} is not a multiple of {}×{} (codec ×8, DiT patches)", 8 * pw, 8 * ph).into()
+        );
     }
     if s.steps == 0 {
-        return Err("steps must be at least 1".into());
+        return Err(Stopped::Failed("steps must be at least 1".into()));
     }
     let c = m.dit.config().in_channels;
     let shape = [1, c, 1 + (frames - 1) / 4, height as usize / 8, width as usize / 8];
@@ -109,8 +135,10 @@ pub fn generate(
             v_c
         };
         x = sampler.step(&v, &x).map_err(kerr)?;
-        progress(i + 1, n);
+        if !progress(i + 1, n) {
+            return Err(Stopped::Stopped);
+        }
     }
     let z = x.squeeze(0).map_err(kerr)?;
-    m.codec.decode(&z)
+    Ok(m.codec.decode(&z)?)
 }

@@ -1,6 +1,6 @@
 //! `sample.t2v`: prompts × checkpoints → MP4 samples.
 
-use super::{SampleSettings, SamplerKind, generate};
+use super::{SampleSettings, SamplerKind, Stopped, generate};
 use crate::api::*;
 use crate::latent::codec::video_to_mp4;
 use crate::train::checkpoint::{LoadedModel, load_dir, load_with};
@@ -178,7 +178,7 @@ impl TypedOperator for SampleT2v {
             v.push(ParamIssue::error("frames", format!("frames must be 1 + 4k, got {f}"), None));
         }
         if let Some(d) = &p.checkpoint {
-            let path = if Path::new(d).is_absolute() { PathBuf::from(d) } else { ctx.base_dir.join(d) };
+            let path = resolve_path(&ctx.base_dir, d);
             if !path.join(crate::train::checkpoint::META_FILE).is_file() {
                 v.push(ParamIssue::error(
                     "checkpoint",
@@ -255,9 +255,14 @@ impl TypedOperator for SampleT2v {
                 let started = std::time::Instant::now();
                 let stop = ictx.shutdown.clone();
                 let video = generate(&m, &job.prompt.text, &settings, &mut |_, _| {
-                    let _ = stop.load(std::sync::atomic::Ordering::Relaxed);
+                    !stop.load(std::sync::atomic::Ordering::Relaxed)
                 })
-                .map_err(|e| ItemError::new(ErrorClass::Internal, format!("sampling {:?}: {e}", job.prompt.text)))?;
+                .map_err(|e| match e {
+                    Stopped::Stopped => ItemError::transient("the run is stopping; the sample is redone next run"),
+                    Stopped::Failed(e) => {
+                        ItemError::new(ErrorClass::Internal, format!("sampling {:?}: {e}", job.prompt.text))
+                    }
+                })?;
                 let key = video_to_mp4(&video, m.meta.video.fps, services.as_ref(), ictx)?;
                 let mut s: BTreeMap<String, String> = BTreeMap::new();
                 s.insert("sampler".into(), format!("{:?}", settings.sampler).to_lowercase());

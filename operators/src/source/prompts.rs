@@ -61,7 +61,7 @@ fn gather(p: &PromptsParams, base: &Path) -> Result<Vec<(String, String)>, Strin
     let mut all: Vec<(String, String)> =
         p.prompts.iter().enumerate().map(|(i, t)| (format!("p{i}"), t.clone())).collect();
     if let Some(f) = &p.file {
-        let path = if Path::new(f).is_absolute() { Path::new(f).to_path_buf() } else { base.join(f) };
+        let path = resolve_path(base, f);
         let offset = all.len();
         all.extend(read_prompts(&path)?.into_iter().map(|(id, t)| {
             // Ids from plain-text files continue after the inline prompts.

@@ -244,10 +244,6 @@ fn read_rounds(dir: &Path) -> Vec<RoundDone> {
     std::fs::read(rounds_file(dir)).ok().and_then(|b| serde_json::from_slice(&b).ok()).unwrap_or_default()
 }
 
-fn internal(e: impl std::fmt::Display) -> ItemError {
-    ItemError::new(ErrorClass::Internal, e.to_string())
-}
-
 impl FlowMatchingParams {
     fn train_config(&self) -> FlowMatchingConfig {
         FlowMatchingConfig {
@@ -312,7 +308,7 @@ impl RoundCtx {
             return WanDit::init(cfg, &mut rng, DType::F32)
                 .map_err(|e| ItemError::invalid(format!("scratch model: {e}")));
         }
-        let dir = resolve(&self.base_dir, &self.p.model);
+        let dir = resolve_path(&self.base_dir, &self.p.model);
         let cfg = WanDitConfig::from_file(dir.join("config.json"))
             .map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))?;
         let src = StCheckpoint::open(&dir).map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))?;
@@ -376,7 +372,7 @@ impl RoundCtx {
                 }
                 batch.push(cache[&e.clip_id].clone());
             }
-            let st = trainer.step(&batch).map_err(|e| internal(format!("training step {step}: {e}")))?;
+            let st = trainer.step(&batch).map_err(|e| ItemError::internal(format!("training step {step}: {e}")))?;
             losses.push(st.loss);
             let subject = format!("{}/step-{:07}", self.node, st.step);
             metrics.push(Record::Metric(Metric {
@@ -404,8 +400,8 @@ impl RoundCtx {
         let mut done = read_rounds(&self.dir);
         done.retain(|r| r.job.id != job.id);
         done.push(RoundDone { job: job.clone(), checkpoint: ckpt.clone() });
-        let bytes = serde_json::to_vec_pretty(&done).map_err(internal)?;
-        crate::api::fsutil::atomic_write(&rounds_file(&self.dir), &bytes).map_err(internal)?;
+        let bytes = serde_json::to_vec_pretty(&done).map_err(ItemError::internal)?;
+        crate::api::fsutil::atomic_write(&rounds_file(&self.dir), &bytes).map_err(ItemError::internal)?;
         let mean = if losses.is_empty() { f64::NAN } else { losses.iter().sum::<f64>() / losses.len() as f64 };
         let subject = format!("{}/epoch-{}", self.node, job.epoch);
         metrics.push(Record::Metric(Metric {
@@ -430,22 +426,22 @@ impl RoundCtx {
     fn export(&self, job: &RoundJob, trainer: &FlowMatchingTrainer, state: &Path) -> Result<Checkpoint, ItemError> {
         let first = &job.pool[0];
         let ema = self.p.ema_decay.is_some();
-        let model = trainer.inference_model(ema).map_err(internal)?;
+        let model = trainer.inference_model(ema).map_err(ItemError::internal)?;
         let dir = self.dir.join(format!("epoch-{}", job.epoch));
         let tmp = self.dir.join(format!(".epoch-{}.tmp", job.epoch));
         let _ = std::fs::remove_dir_all(&tmp);
-        std::fs::create_dir_all(&tmp).map_err(internal)?;
-        let cfg_json = serde_json::to_vec_pretty(&diffusers_config(model.config())).map_err(internal)?;
-        std::fs::write(tmp.join(CONFIG_FILE), cfg_json).map_err(internal)?;
+        std::fs::create_dir_all(&tmp).map_err(ItemError::internal)?;
+        let cfg_json = serde_json::to_vec_pretty(&diffusers_config(model.config())).map_err(ItemError::internal)?;
+        std::fs::write(tmp.join(CONFIG_FILE), cfg_json).map_err(ItemError::internal)?;
         let params = model.named_parameters();
-        save(tmp.join(WEIGHTS_FILE), &params, None).map_err(internal)?;
+        save(tmp.join(WEIGHTS_FILE), &params, None).map_err(ItemError::internal)?;
         if self.p.lora_rank.is_some() && state.join(LORA_FILE).is_file() {
-            std::fs::copy(state.join(LORA_FILE), tmp.join(LORA_FILE)).map_err(internal)?;
+            std::fs::copy(state.join(LORA_FILE), tmp.join(LORA_FILE)).map_err(ItemError::internal)?;
         }
         let meta_l = tensor_metadata(self.services.as_ref(), &first.latent)?;
         let codec_ref = meta_l.get("codec_ref").cloned().unwrap_or_default();
         let codec = if let Some(key) = codec_ref.strip_prefix("blob:") {
-            std::fs::copy(self.services.blob_path(key), tmp.join(CODEC_FILE)).map_err(internal)?;
+            std::fs::copy(self.services.blob_path(key), tmp.join(CODEC_FILE)).map_err(ItemError::internal)?;
             CodecSpec { kind: "patch_pca".into(), id: first.codec.clone(), file: Some(CODEC_FILE.into()), path: None }
         } else if let Some(path) = codec_ref.strip_prefix("vae:") {
             CodecSpec { kind: "wan_vae".into(), id: first.codec.clone(), file: None, path: Some(path.into()) }
@@ -467,7 +463,7 @@ impl RoundCtx {
                 kind: text_kind,
                 tokens,
                 id: text_id,
-                model_dir: self.p.text_model.as_deref().map(|d| resolve(&self.base_dir, d).display().to_string()),
+                model_dir: self.p.text_model.as_deref().map(|d| resolve_path(&self.base_dir, d).display().to_string()),
             },
             codec,
             video: VideoGeom {
@@ -480,15 +476,16 @@ impl RoundCtx {
             ema,
             lora_rank: self.p.lora_rank,
         };
-        std::fs::write(tmp.join(META_FILE), serde_json::to_vec_pretty(&meta).map_err(internal)?).map_err(internal)?;
+        std::fs::write(tmp.join(META_FILE), serde_json::to_vec_pretty(&meta).map_err(ItemError::internal)?)
+            .map_err(ItemError::internal)?;
         let mut blobs = BTreeMap::new();
-        for entry in std::fs::read_dir(&tmp).map_err(internal)? {
-            let entry = entry.map_err(internal)?;
+        for entry in std::fs::read_dir(&tmp).map_err(ItemError::internal)? {
+            let entry = entry.map_err(ItemError::internal)?;
             let name = entry.file_name().to_string_lossy().into_owned();
-            let bytes = std::fs::read(entry.path()).map_err(internal)?;
+            let bytes = std::fs::read(entry.path()).map_err(ItemError::internal)?;
             blobs.insert(name, self.services.blob_put(&bytes).map_err(|e| ItemError::transient(e.to_string()))?);
         }
-        for f in std::fs::read_dir(&tmp).map_err(internal)? {
+        for f in std::fs::read_dir(&tmp).map_err(ItemError::internal)? {
             if let Ok(f) = f
                 && let Ok(file) = std::fs::File::open(f.path())
             {
@@ -496,7 +493,7 @@ impl RoundCtx {
             }
         }
         let _ = std::fs::remove_dir_all(&dir);
-        std::fs::rename(&tmp, &dir).map_err(internal)?;
+        std::fs::rename(&tmp, &dir).map_err(ItemError::internal)?;
         Ok(Checkpoint { epoch: job.epoch, step: trainer.step_count(), blobs })
     }
 }
@@ -585,11 +582,6 @@ fn load_example(services: &dyn Services, e: &Example) -> Result<TrainExample, It
     })
 }
 
-fn resolve(base: &Path, p: &str) -> PathBuf {
-    let path = PathBuf::from(p);
-    if path.is_absolute() { path } else { base.join(path) }
-}
-
 fn round_id(prev: Option<&str>, settings: &str, pool: &[Example], new: &[String]) -> String {
     let mut h = blake3::Hasher::new();
     h.update(prev.unwrap_or("start").as_bytes());
@@ -641,7 +633,7 @@ impl TypedOperator for TrainFlowMatching {
     fn check(&self, p: &FlowMatchingParams, ctx: &CheckCtx) -> Vec<ParamIssue> {
         let mut v = Vec::new();
         if p.model != "scratch" {
-            let dir = resolve(&ctx.base_dir, &p.model);
+            let dir = resolve_path(&ctx.base_dir, &p.model);
             if !dir.join("config.json").is_file() {
                 v.push(ParamIssue::error(
                     "model",
