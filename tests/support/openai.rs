@@ -138,10 +138,15 @@ fn handle(
     let req = Seen { at: Instant::now(), body, text, images, auth };
     let n = arrivals.fetch_add(1, Ordering::SeqCst);
     seen.lock().unwrap().push(req.clone());
-    let reply = policy(&req, n);
-    let result = respond(stream, reply);
+    let mut reply = policy(&req, n);
+    while let Reply::Slow(d, inner) = reply {
+        std::thread::sleep(d);
+        reply = *inner;
+    }
+    // Answered from here on: a client that reads the reply may send its next request before this
+    // thread returns, so the request stops counting as in flight before the reply is written.
     in_flight.fetch_sub(1, Ordering::SeqCst);
-    result
+    respond(stream, reply)
 }
 
 fn user_parts(body: &serde_json::Value) -> (String, usize) {
