@@ -79,6 +79,25 @@ sampler = "euler"
 steps = 4
 guidance = 2.0
 
+[nodes.vbench]
+op = "eval.vbench"
+inputs = { samples = "samples" }
+
+[nodes.gate]
+op = "eval.gate"
+inputs = { metrics = "vbench", checkpoints = "train" }
+rule = "drop.total <= 50"
+
+[nodes.evals]
+op = "sink.jsonl"
+inputs = ["vbench", "gate"]
+path = "evals.jsonl"
+
+[nodes.accepted]
+op = "sink.jsonl"
+inputs = ["gate.accepted"]
+path = "accepted.jsonl"
+
 [nodes.losses]
 op = "sink.jsonl"
 inputs = ["train.metrics"]
@@ -108,7 +127,7 @@ path = "recon.jsonl"
 [nodes.failed]
 op = "sink.jsonl"
 inputs = ["captions.failures", "text.failures", "latents.failures", "train.failures", "samples.failures",
-          "recon.failures"]
+          "recon.failures", "vbench.failures", "gate.failures"]
 path = "failures.jsonl"
 "#;
 
@@ -211,7 +230,7 @@ fn trains_from_scratch_samples_and_reruns_from_the_cache() {
 
     // A re-run recomputes nothing: every pool answers from the memo cache, no new round.
     let s2 = run(&graph, &store);
-    for node in ["captions", "text", "latents", "samples"] {
+    for node in ["captions", "text", "latents", "samples", "vbench"] {
         assert_eq!(counter(&s2, node, "memo_misses"), 0, "{node} recomputed: {s2}");
     }
     assert_eq!(losses(&store).len(), 120);
@@ -281,6 +300,10 @@ fn new_videos_in_a_later_epoch_train_a_second_round_incrementally() {
     let staged = clip(dir.path(), "gradient.mp4", Content::Gradient);
     std::fs::rename(&staged, data.join("gradient.mp4")).unwrap();
     wait_for("the second round's samples", Duration::from_secs(240), || samples().len() == 4);
+    // …and their evaluation: both checkpoints' aggregates over two videos each.
+    wait_for("the second checkpoint's evaluation", Duration::from_secs(240), || {
+        common::rows(&store, "evals.jsonl").iter().filter(|r| r["name"] == "videos" && r["value"] == 2.0).count() == 2
+    });
     let pid = child.id().to_string();
     assert!(std::process::Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
     let out = child.wait_with_output().unwrap();
@@ -306,6 +329,34 @@ fn new_videos_in_a_later_epoch_train_a_second_round_incrementally() {
     let epochs: std::collections::BTreeSet<u64> =
         samples().iter().map(|r| r["checkpoint_epoch"].as_u64().unwrap()).collect();
     assert_eq!(epochs.len(), 2, "{epochs:?}");
+
+    // Evaluation in the loop: each checkpoint's two samples scored once (the first checkpoint's
+    // stay memo hits when the second arrives), an aggregate row per checkpoint, and the gate's
+    // verdict on each, passed on as the Checkpoint records themselves.
+    assert_eq!(counter(&s, "vbench", "memo_misses"), 4, "{s}");
+    let evals = common::rows(&store, "evals.jsonl");
+    let agg = |e: u64, name: &str| {
+        evals
+            .iter()
+            .find(|r| r["subject"] == format!("checkpoint:epoch{e}").as_str() && r["name"] == name)
+            .and_then(|r| r["value"].as_f64())
+    };
+    let gate_epochs: Vec<u64> = epochs.iter().copied().collect();
+    for e in &gate_epochs {
+        assert_eq!(agg(*e, "videos"), Some(2.0), "{evals:?}");
+        let total = agg(*e, "total").unwrap_or_else(|| panic!("no total for epoch {e}: {evals:?}"));
+        assert!(total > 0.0 && total <= 100.0, "{total}");
+        assert!(agg(*e, "gate.accepted").is_some(), "{evals:?}");
+        let ms = evals.iter().find(|r| {
+            r["subject"] == format!("checkpoint:epoch{e}").as_str()
+                && r["name"].as_str().unwrap_or("").starts_with("motion_smoothness@embedded:")
+        });
+        assert!(ms.is_some(), "motion smoothness names its backbone: {evals:?}");
+    }
+    let accepted = common::rows(&store, "accepted.jsonl");
+    let n_accepted = gate_epochs.iter().filter(|e| agg(**e, "gate.accepted") == Some(1.0)).count();
+    assert_eq!(accepted.len(), n_accepted, "{accepted:?}");
+    assert!(n_accepted >= 1, "the first checkpoint has no reference and is accepted");
 }
 
 #[test]

@@ -4,6 +4,7 @@
 pub mod api;
 pub mod caption;
 pub mod curate;
+pub mod eval;
 pub mod latent;
 pub mod onnx;
 pub mod registry;

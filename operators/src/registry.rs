@@ -55,7 +55,9 @@ impl Registry {
             ops.push(Box::new(crate::latent::decode_video::LatentDecodeVideo));
             ops.push(Box::new(crate::train::flow_matching::TrainFlowMatching));
             ops.push(Box::new(crate::sample::t2v::SampleT2v));
+            ops.push(Box::new(crate::eval::op::EvalVbench));
         }
+        ops.push(Box::new(crate::eval::gate::EvalGate));
         Registry { ops }
     }
 

@@ -354,11 +354,16 @@ fn render(view: &View, p: &ReportParams, labels: &[String], epoch: u64, thumbs: 
     }
     // Metrics as curves, captions and failures.
     let mut metrics: BTreeMap<&str, Vec<(&str, f64)>> = BTreeMap::new();
+    let mut evals: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
     let mut captions = Vec::new();
     let mut failures: BTreeMap<(String, String), usize> = BTreeMap::new();
     for recs in by_label.values() {
         for r in recs {
             match r {
+                // Evaluation results get their own table below.
+                Record::Metric(m) if m.subject.starts_with("checkpoint:") => {
+                    evals.entry(m.subject.as_str()).or_default().insert(m.name.as_str(), m.value.0);
+                }
                 Record::Metric(m) => metrics.entry(&m.name).or_default().push((&m.subject, m.value.0)),
                 Record::Caption(c) => captions.push(c),
                 Record::Failure(f) => *failures.entry((f.node.clone(), f.class.to_string())).or_default() += 1,
@@ -375,6 +380,7 @@ fn render(view: &View, p: &ReportParams, labels: &[String], epoch: u64, thumbs: 
         }
         h.push_str("</div>");
     }
+    benchmark_table(&mut h, &evals);
     // Generated videos, newest checkpoint first, embedded so the page stays self-contained.
     let mut samples: Vec<&Sample> = by_label
         .values()
@@ -393,8 +399,9 @@ fn render(view: &View, p: &ReportParams, labels: &[String], epoch: u64, thumbs: 
                 h,
                 "<div class=\"card\" style=\"width:{w}px\"><video src=\"{src}\" width=\"{w}\" autoplay loop muted \
                  controls playsinline style=\"image-rendering:pixelated;background:#000\"></video>\
-                 <div>epoch {e}, step {st} · {pid}</div><div>{prompt}</div><div>{how}</div></div>",
+                 <div>epoch {e}, step {st} · {pid}</div><div>{prompt}</div><div>{how}</div>{scores}</div>",
                 w = p.thumbnail_width,
+                scores = video_scores(&evals, smp),
                 e = smp.checkpoint_epoch,
                 st = smp.checkpoint_step,
                 pid = esc(&smp.prompt_id),
@@ -442,6 +449,94 @@ fn render(view: &View, p: &ReportParams, labels: &[String], epoch: u64, thumbs: 
     }
     h.push_str("</body></html>\n");
     h
+}
+
+/// The evaluation dimensions in the order of the paper's Table 2, with their column titles.
+const TABLE2: [(&str, &str); 4] = [
+    ("imaging_quality", "Imaging Quality"),
+    ("subject_consistency", "Subject Consistency"),
+    ("background_consistency", "Background Consistency"),
+    ("motion_smoothness", "Motion Smoothness"),
+];
+
+/// Per-checkpoint evaluation aggregates (subjects `checkpoint:epoch<e>`) as a table shaped like the
+/// paper's Table 2: one row per checkpoint, one column per dimension (percent), the backbone that
+/// made each column named in its header, then total, videos and the gate's decision.
+fn benchmark_table(h: &mut String, evals: &BTreeMap<&str, BTreeMap<&str, f64>>) {
+    let rows: Vec<(&str, &BTreeMap<&str, f64>)> =
+        evals.iter().filter(|(s, _)| !s.contains('/')).map(|(s, m)| (*s, m)).collect();
+    if rows.is_empty() {
+        return;
+    }
+    // Column per (dimension, backbone) present.
+    let mut cols: Vec<(&str, &str, String)> = Vec::new();
+    for (key, title) in TABLE2 {
+        let mut names: BTreeSet<&str> = BTreeSet::new();
+        for (_, m) in &rows {
+            names.extend(m.keys().copied().filter(|n| n.split('@').next() == Some(key)));
+        }
+        for n in names {
+            cols.push((n, title, n.split_once('@').map(|x| x.1.to_string()).unwrap_or_default()));
+        }
+    }
+    h.push_str(
+        "<h2 id=\"benchmark\">Benchmark (Med-VBench dimensions)</h2><p>Percent, mean over each checkpoint's videos. \
+         Each column names the backbone that scored it; only VBench's own backbones (DINO, CLIP, AMT-S, MUSIQ) give \
+         VBench numbers — embedded defaults are comparable between checkpoints, not with published tables.</p>\
+         <table class=\"data\"><tr><th>checkpoint</th>",
+    );
+    for (_, title, backbone) in &cols {
+        let _ = write!(h, "<th>{}<br><small>{}</small></th>", esc(title), esc(backbone));
+    }
+    let we = rows.iter().any(|(_, m)| m.contains_key("warping_error@raters"));
+    if we {
+        h.push_str("<th>Warping Error<br><small>raters (lower is better)</small></th>");
+    }
+    h.push_str("<th>Total</th><th>videos</th><th>gate</th></tr>");
+    let mut rows = rows;
+    rows.sort_by_key(|(s, _)| natural(s));
+    for (subject, m) in rows {
+        let _ = write!(h, "<tr><td>{}</td>", esc(subject.trim_start_matches("checkpoint:")));
+        for (name, _, _) in &cols {
+            match m.get(name) {
+                Some(v) => {
+                    let _ = write!(h, "<td>{v:.2}%</td>");
+                }
+                None => h.push_str("<td>–</td>"),
+            }
+        }
+        let cell = |k: &str, f: &dyn Fn(f64) -> String| m.get(k).map(|v| f(*v)).unwrap_or_else(|| "–".into());
+        if we {
+            let _ = write!(h, "<td>{}</td>", cell("warping_error@raters", &|v| format!("{v:.2}%")));
+        }
+        let _ = write!(
+            h,
+            "<td><b>{}</b></td><td>{}</td><td>{}</td></tr>",
+            cell("total", &|v| format!("{v:.2}%")),
+            cell("videos", &|v| format!("{v:.0}")),
+            cell("gate.accepted", &|v| if v >= 0.5 {
+                "accepted".into()
+            } else {
+                "<span style=\"color:#c33\">rejected</span>".into()
+            })
+        );
+    }
+    h.push_str("</table>");
+}
+
+/// A sample's own scores (eval.vbench's `videos` port), as a line under its video.
+fn video_scores(evals: &BTreeMap<&str, BTreeMap<&str, f64>>, smp: &Sample) -> String {
+    let subject = format!("checkpoint:epoch{}/prompt:{}", smp.checkpoint_epoch, smp.prompt_id);
+    let Some(m) = evals.get(subject.as_str()) else { return String::new() };
+    let parts: Vec<String> = TABLE2
+        .iter()
+        .filter_map(|(key, title)| {
+            let (_, v) = m.iter().find(|(n, _)| n.split('@').next() == Some(*key))?;
+            let short: String = title.split(' ').filter_map(|w| w.chars().next()).collect();
+            Some(format!("{short} {:.1}", 100.0 * v))
+        })
+        .collect();
+    format!("<div><b>{}</b></div>", esc(&parts.join(" · ")))
 }
 
 /// Sort key that orders "step 10" after "step 9".
@@ -628,5 +723,42 @@ mod tests {
         assert_eq!(clip_media(&c), ("c".into(), "/v.mp4".into(), 13.0));
         c.metadata.insert(REDACTED_BLOB.into(), "ab12".into());
         assert_eq!(clip_media(&c), ("c".into(), "blob:ab12".into(), 3.0));
+    }
+
+    #[test]
+    fn evaluation_aggregates_render_as_a_table_2() {
+        let mut evals: BTreeMap<&str, BTreeMap<&str, f64>> = BTreeMap::new();
+        for (subject, iq, total, gate) in
+            [("checkpoint:epoch10", 55.5, 80.25, 0.0), ("checkpoint:epoch2", 50.0, 81.0, 1.0)]
+        {
+            evals.insert(
+                subject,
+                BTreeMap::from([
+                    ("imaging_quality@embedded:brisque", iq),
+                    ("motion_smoothness@embedded:rife-hdv3", 97.0),
+                    ("total", total),
+                    ("videos", 200.0),
+                    ("gate.accepted", gate),
+                ]),
+            );
+        }
+        evals.insert("checkpoint:epoch2/prompt:p1", BTreeMap::from([("imaging_quality@embedded:brisque", 0.5)]));
+        let mut h = String::new();
+        benchmark_table(&mut h, &evals);
+        // Columns in the paper's order, each naming its backbone; rows in epoch order; per-video rows left out.
+        let iq = h.find("Imaging Quality<br><small>embedded:brisque").expect(&h);
+        let ms = h.find("Motion Smoothness<br><small>embedded:rife-hdv3").expect(&h);
+        assert!(iq < ms);
+        assert!(h.find("epoch2</td>").unwrap() < h.find("epoch10</td>").unwrap(), "{h}");
+        assert!(h.contains("<td>55.50%</td>") && h.contains("<b>80.25%</b>") && h.contains("rejected"), "{h}");
+        assert!(!h.contains("prompt:p1") && !h.contains("Warping Error"), "{h}");
+        let smp = Sample {
+            prompt_id: "p1".into(),
+            checkpoint_epoch: 2,
+            checkpoint_step: 9,
+            video_blob: "k".into(),
+            settings: Default::default(),
+        };
+        assert_eq!(video_scores(&evals, &smp), "<div><b>IQ 50.0</b></div>");
     }
 }
