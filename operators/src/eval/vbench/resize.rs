@@ -124,6 +124,43 @@ mod tests {
         assert_eq!(resize_u8(&p, 4, 5, true), p);
     }
 
+    /// torchvision's own results (scripts/make-vbench-fixture.py): bilinear values all equal; bicubic
+    /// ones equal but for rare rounding ties, where PyTorch's compiled kernel (fused multiply-adds) may
+    /// land on the other side of .5 — at most one step, at most 1 value in 1000.
+    #[test]
+    fn resizes_and_crops_equal_torchvision() {
+        let path =
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/vbench/resize_reference.safetensors");
+        let fx = medgen_kernels::io::safetensors::Checkpoint::open_file(&path).unwrap();
+        let get = |n: &str| {
+            let t = fx.load(n).unwrap();
+            let s = t.shape().to_vec();
+            Planar { c: s[0], h: s[1], w: s[2], d: t.to_vec_f32().unwrap() }
+        };
+        for case in ["up", "down"] {
+            let x = get(&format!("{case}.input"));
+            for (mode, bicubic) in [("bilinear", false), ("bicubic", true)] {
+                let want = get(&format!("{case}.{mode}"));
+                let got = resize_u8(&x, want.h, want.w, bicubic);
+                let bad = got.d.iter().zip(&want.d).filter(|(a, b)| a != b).count();
+                let worst = got.d.iter().zip(&want.d).map(|(a, b)| (a - b).abs()).fold(0f32, f32::max);
+                let allowed = if bicubic { want.d.len() / 1000 } else { 0 };
+                assert!(
+                    bad <= allowed && worst <= 1.0,
+                    "{case} {mode}: {bad} of {} values differ (max {worst})",
+                    want.d.len()
+                );
+            }
+        }
+        let x = get("clip.input");
+        let (oh, ow) = shorter_side_size(x.h, x.w, 24);
+        let got = resize_u8(&x, oh, ow, true).center_crop(24);
+        let want = get("clip.output");
+        assert_eq!((got.h, got.w), (want.h, want.w));
+        assert!(got.d.iter().zip(&want.d).all(|(a, b)| (a - b).abs() <= 1.0));
+        assert!(got.d.iter().zip(&want.d).filter(|(a, b)| a != b).count() <= 1);
+    }
+
     #[test]
     fn bilinear_and_bicubic_upscale_like_pytorch() {
         // torch: F.interpolate(tensor([[[[0., 100.]]]]), size=(1, 4), mode="bilinear") = [0, 25, 75, 100].
