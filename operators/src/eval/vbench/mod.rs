@@ -116,6 +116,9 @@ pub enum EvalError {
     Brisque(String),
     #[error("{0}")]
     Video(String),
+    /// A model file the embedded defaults need is not installed.
+    #[error("{0}")]
+    Setup(String),
 }
 
 impl EvalError {
@@ -123,7 +126,6 @@ impl EvalError {
     pub fn class(&self) -> ErrorClass {
         match self {
             EvalError::Video(_) => ErrorClass::InvalidInput,
-            EvalError::Rife(medgen_kernels::Error::Io { .. }) => ErrorClass::Backend,
             _ => ErrorClass::Backend,
         }
     }
@@ -222,7 +224,7 @@ impl Evaluator {
                 }
                 None => {
                     let w = fetched_rife_weights()
-                        .ok_or_else(|| EvalError::Video(format!("the RIFE weights are missing: {RIFE_FETCH_HINT}")))?;
+                        .ok_or_else(|| EvalError::Setup(format!("the RIFE weights are missing: {RIFE_FETCH_HINT}")))?;
                     Interpolator::Rife(Arc::new(Rife::load(&w).map_err(EvalError::Rife)?))
                 }
             })
@@ -342,9 +344,13 @@ impl Evaluator {
             let mid = match interp {
                 Interpolator::Rife(r) => r.interpolate(&pair[0], &pair[1], 1.0).map_err(EvalError::Rife)?,
                 Interpolator::Onnx { model, .. } => {
-                    let t =
-                        |x: &Tensor| TensorF32 { shape: x.shape().to_vec(), data: x.to_vec_f32().unwrap_or_default() };
-                    let (a, b) = (t(&pair[0]), t(&pair[1]));
+                    let t = |x: &Tensor| -> Result<TensorF32, EvalError> {
+                        Ok(TensorF32 {
+                            shape: x.shape().to_vec(),
+                            data: x.to_vec_f32().map_err(|e| EvalError::Video(e.to_string()))?,
+                        })
+                    };
+                    let (a, b) = (t(&pair[0])?, t(&pair[1])?);
                     let embt = TensorF32 { shape: vec![1, 1, 1, 1], data: vec![0.5] };
                     let names: Vec<String> = model.inputs().iter().map(|i| i.name.clone()).collect();
                     let mut inputs = vec![(names[0].as_str(), &a)];
