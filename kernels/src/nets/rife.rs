@@ -20,13 +20,12 @@
 
 use std::path::Path;
 
-use rayon::prelude::*;
-
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::io::pth::PthFile;
 use crate::io::source::TensorSource;
-use crate::ops::conv::{Conv3dParams, conv3d};
+use crate::ops::image::{conv_transpose2d, conv2d, prelu, resize_bilinear, sigmoid, warp};
+use crate::ops::shape::cat;
 use crate::tensor::Tensor;
 
 /// Channels of an IFBlock's features.
@@ -34,188 +33,57 @@ const C: usize = 90;
 /// Input channels of a block: two RGB frames, the mask, the 4-channel flow.
 const IN: usize = 7 + 4;
 
-/// A feature map of batch 1: `c` planes of `h × w`, row-major.
-#[derive(Clone, Debug)]
-struct Map {
-    c: usize,
-    h: usize,
-    w: usize,
-    d: Vec<f32>,
+/// Elementwise `f` over a tensor's values (f32).
+fn map(x: &Tensor, f: impl Fn(f32) -> f32) -> Result<Tensor> {
+    Tensor::from_vec(x.to_vec_f32()?.into_iter().map(f).collect(), x.shape())
 }
 
-impl Map {
-    fn zeros(c: usize, h: usize, w: usize) -> Map {
-        Map { c, h, w, d: vec![0.0; c * h * w] }
+/// Elementwise `f(a, b)` over two tensors of one shape (f32).
+fn zip(a: &Tensor, b: &Tensor, f: impl Fn(f32, f32) -> f32) -> Result<Tensor> {
+    if a.shape() != b.shape() {
+        return Err(Error::shape("rife", format!("{:?} vs {:?}", a.shape(), b.shape())));
     }
-    fn plane(&self, i: usize) -> &[f32] {
-        &self.d[i * self.h * self.w..(i + 1) * self.h * self.w]
-    }
-    /// Channels `[a, b)`.
-    fn channels(&self, a: usize, b: usize) -> Map {
-        Map { c: b - a, h: self.h, w: self.w, d: self.d[a * self.h * self.w..b * self.h * self.w].to_vec() }
-    }
-    fn cat(parts: &[&Map]) -> Map {
-        let (h, w) = (parts[0].h, parts[0].w);
-        let mut d = Vec::with_capacity(parts.iter().map(|p| p.d.len()).sum());
-        for p in parts {
-            d.extend_from_slice(&p.d);
-        }
-        Map { c: parts.iter().map(|p| p.c).sum(), h, w, d }
-    }
-    fn map(mut self, f: impl Fn(f32) -> f32 + Sync) -> Map {
-        self.d.par_iter_mut().for_each(|x| *x = f(*x));
-        self
-    }
-    fn add(mut self, o: &Map) -> Map {
-        self.d.iter_mut().zip(&o.d).for_each(|(a, b)| *a += b);
-        self
-    }
-    /// The flow with its two halves swapped (channels 2–3 first).
-    fn swap_flow(&self) -> Map {
-        Map::cat(&[&self.channels(2, 4), &self.channels(0, 2)])
-    }
+    let d = a.to_vec_f32()?.into_iter().zip(b.to_vec_f32()?).map(|(x, y)| f(x, y)).collect();
+    Tensor::from_vec(d, a.shape())
 }
 
-/// A 2-D convolution with bias, as a depth-1 conv3d.
-struct Conv {
+/// Channels `[a, b)` of an `[N, C, H, W]` tensor, contiguous.
+fn channels(x: &Tensor, a: usize, b: usize) -> Result<Tensor> {
+    x.narrow(1, a, b - a)?.try_contiguous()
+}
+
+/// The flow `[N, 4, H, W]` with its two halves swapped (channels 2–3 first).
+fn swap_flow(f: &Tensor) -> Result<Tensor> {
+    cat(&[&channels(f, 2, 4)?, &channels(f, 0, 2)?], 1)
+}
+
+/// `conv(...)` of the reference: a 3×3 Conv2d (padding 1) + PReLU.
+struct ConvAct {
     w: Tensor,
     b: Tensor,
+    a: Tensor,
     stride: usize,
-    pad: usize,
-}
-
-impl Conv {
-    fn apply(&self, x: &Map) -> Result<Map> {
-        let t = Tensor::from_vec(x.d.clone(), &[1, x.c, 1, x.h, x.w])?;
-        let p = Conv3dParams::new([1, self.stride, self.stride], [0, self.pad, self.pad]);
-        let y = conv3d(&t, &self.w, Some(&self.b), &p)?;
-        let s = y.shape().to_vec();
-        Ok(Map { c: s[1], h: s[3], w: s[4], d: y.to_vec_f32()? })
-    }
-}
-
-/// `ConvTranspose2d(cin, cout, 4, stride 2, padding 1)` as a convolution of the zero-interleaved
-/// input (padding 2) with the flipped, transposed kernel: output `2h × 2w`.
-struct Deconv {
-    conv: Conv,
-}
-
-impl Deconv {
-    fn new(w: Tensor, b: Tensor) -> Result<Deconv> {
-        // [cin, cout, 4, 4] → [cout, cin, 1, 4, 4], spatially flipped.
-        let s = w.shape().to_vec();
-        let (cin, cout, k) = (s[0], s[1], s[2]);
-        let src = w.to_vec_f32()?;
-        let mut d = vec![0f32; cout * cin * k * k];
-        for i in 0..cin {
-            for o in 0..cout {
-                for y in 0..k {
-                    for x in 0..k {
-                        d[((o * cin + i) * k + y) * k + x] = src[((i * cout + o) * k + (k - 1 - y)) * k + (k - 1 - x)];
-                    }
-                }
-            }
-        }
-        let w = Tensor::from_vec(d, &[cout, cin, 1, k, k])?;
-        Ok(Deconv { conv: Conv { w, b, stride: 1, pad: 2 } })
-    }
-
-    fn apply(&self, x: &Map) -> Result<Map> {
-        let (h2, w2) = (2 * x.h - 1, 2 * x.w - 1);
-        let mut up = Map::zeros(x.c, h2, w2);
-        for c in 0..x.c {
-            let src = x.plane(c);
-            let dst = &mut up.d[c * h2 * w2..(c + 1) * h2 * w2];
-            for y in 0..x.h {
-                for xx in 0..x.w {
-                    dst[2 * y * w2 + 2 * xx] = src[y * x.w + xx];
-                }
-            }
-        }
-        self.conv.apply(&up)
-    }
-}
-
-/// Per-channel PReLU.
-fn prelu(mut x: Map, a: &[f32]) -> Map {
-    let hw = x.h * x.w;
-    x.d.par_chunks_mut(hw).zip(a.par_iter()).for_each(|(p, &a)| {
-        for v in p {
-            if *v < 0.0 {
-                *v *= a;
-            }
-        }
-    });
-    x
-}
-
-/// `F.interpolate(x, scale_factor = f, mode = "bilinear", align_corners = False,
-/// recompute_scale_factor = False)`: output `floor(h·f) × floor(w·f)`, source coordinate
-/// `(i + 0.5) / f − 0.5` clamped at 0.
-fn resize(x: &Map, f: f64) -> Map {
-    if f == 1.0 {
-        return x.clone();
-    }
-    let (oh, ow) = (((x.h as f64) * f).floor() as usize, ((x.w as f64) * f).floor() as usize);
-    let inv = (1.0 / f) as f32;
-    let index = |o: usize, n: usize| -> (usize, usize, f32) {
-        let src = ((o as f32 + 0.5) * inv - 0.5).max(0.0);
-        let i0 = (src as usize).min(n - 1);
-        let i1 = if i0 < n - 1 { i0 + 1 } else { i0 };
-        (i0, i1, src - i0 as f32)
-    };
-    let ys: Vec<_> = (0..oh).map(|o| index(o, x.h)).collect();
-    let xs: Vec<_> = (0..ow).map(|o| index(o, x.w)).collect();
-    let mut out = Map::zeros(x.c, oh, ow);
-    out.d.par_chunks_mut(oh * ow).enumerate().for_each(|(c, dst)| {
-        let src = x.plane(c);
-        for (oy, &(y0, y1, ly)) in ys.iter().enumerate() {
-            for (ox, &(x0, x1, lx)) in xs.iter().enumerate() {
-                let top = (1.0 - lx) * src[y0 * x.w + x0] + lx * src[y0 * x.w + x1];
-                let bot = (1.0 - lx) * src[y1 * x.w + x0] + lx * src[y1 * x.w + x1];
-                dst[oy * ow + ox] = (1.0 - ly) * top + ly * bot;
-            }
-        }
-    });
-    out
-}
-
-/// Backward warp (`grid_sample`, bilinear, padding "border", align_corners = True, with the grid
-/// the reference builds from the flow): pixel `(x, y)` samples the image at `(x + fx, y + fy)`,
-/// coordinates clamped to the image.
-fn warp(img: &Map, flow: &Map) -> Map {
-    let (h, w) = (img.h, img.w);
-    let (fx, fy) = (flow.plane(0), flow.plane(1));
-    let mut out = Map::zeros(img.c, h, w);
-    out.d.par_chunks_mut(h * w).enumerate().for_each(|(c, dst)| {
-        let src = img.plane(c);
-        for y in 0..h {
-            for x in 0..w {
-                let i = y * w + x;
-                // The reference normalises to [-1, 1] and back; these are the same coordinates.
-                let sx = (x as f32 + fx[i]).clamp(0.0, (w - 1) as f32);
-                let sy = (y as f32 + fy[i]).clamp(0.0, (h - 1) as f32);
-                let (x0, y0) = (sx.floor() as usize, sy.floor() as usize);
-                let (x1, y1) = ((x0 + 1).min(w - 1), (y0 + 1).min(h - 1));
-                let (lx, ly) = (sx - x0 as f32, sy - y0 as f32);
-                let top = (1.0 - lx) * src[y0 * w + x0] + lx * src[y0 * w + x1];
-                let bot = (1.0 - lx) * src[y1 * w + x0] + lx * src[y1 * w + x1];
-                dst[i] = (1.0 - ly) * top + ly * bot;
-            }
-        }
-    });
-    out
-}
-
-/// `conv(...)` of the reference: Conv2d + PReLU.
-struct ConvAct {
-    conv: Conv,
-    a: Vec<f32>,
 }
 
 impl ConvAct {
-    fn apply(&self, x: &Map) -> Result<Map> {
-        Ok(prelu(self.conv.apply(x)?, &self.a))
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        prelu(&conv2d(x, &self.w, Some(&self.b), self.stride, 1)?, &self.a)
+    }
+}
+
+/// A head: ConvTranspose2d(90, 45, 4, 2, 1), PReLU, ConvTranspose2d(45, out, 4, 2, 1).
+struct Head {
+    w0: Tensor,
+    b0: Tensor,
+    a: Tensor,
+    w1: Tensor,
+    b1: Tensor,
+}
+
+impl Head {
+    fn apply(&self, x: &Tensor) -> Result<Tensor> {
+        let y = prelu(&conv_transpose2d(x, &self.w0, Some(&self.b0), 2, 1)?, &self.a)?;
+        conv_transpose2d(&y, &self.w1, Some(&self.b1), 2, 1)
     }
 }
 
@@ -223,22 +91,23 @@ impl ConvAct {
 struct Block {
     conv0: [ConvAct; 2],
     blocks: Vec<[ConvAct; 2]>,
-    flow_head: (Deconv, Vec<f32>, Deconv),
-    mask_head: (Deconv, Vec<f32>, Deconv),
+    flow_head: Head,
+    mask_head: Head,
 }
 
 impl Block {
-    fn forward(&self, x: &Map, flow: &Map, scale: f64) -> Result<(Map, Map)> {
-        let xs = resize(x, 1.0 / scale);
-        let fs = resize(flow, 1.0 / scale).map(|v| v * (1.0 / scale) as f32);
-        let mut feat = self.conv0[1].apply(&self.conv0[0].apply(&Map::cat(&[&xs, &fs]))?)?;
+    /// `x [N, 11, H, W]`, `flow [N, 4, H, W]` → (flow delta, mask delta) at `H × W`.
+    fn forward(&self, x: &Tensor, flow: &Tensor, scale: f64) -> Result<(Tensor, Tensor)> {
+        let xs = resize_bilinear(x, 1.0 / scale)?;
+        // `F.interpolate(flow, ...) * 1. / scale`: a division, as the reference writes it.
+        let fs = map(&resize_bilinear(flow, 1.0 / scale)?, |v| v / scale as f32)?;
+        let mut feat = self.conv0[1].apply(&self.conv0[0].apply(&cat(&[&xs, &fs], 1)?)?)?;
         for pair in &self.blocks {
             let y = pair[1].apply(&pair[0].apply(&feat)?)?;
-            feat = y.add(&feat);
+            feat = zip(&y, &feat, |a, b| a + b)?;
         }
-        let head = |h: &(Deconv, Vec<f32>, Deconv)| -> Result<Map> { h.2.apply(&prelu(h.0.apply(&feat)?, &h.1)) };
-        let f = resize(&head(&self.flow_head)?, scale).map(|v| v * scale as f32);
-        let m = resize(&head(&self.mask_head)?, scale);
+        let f = map(&resize_bilinear(&self.flow_head.apply(&feat)?, scale)?, |v| v * scale as f32)?;
+        let m = resize_bilinear(&self.mask_head.apply(&feat)?, scale)?;
         Ok((f, m))
     }
 }
@@ -283,21 +152,22 @@ impl Rife {
             }
             src.load_checked(&full, shape, DType::F32)
         };
-        let vec = |name: &str, n: usize| -> Result<Vec<f32>> { get(name, &[n])?.to_vec_f32() };
         let conv_act = |p: &str, cin: usize, cout: usize, stride: usize| -> Result<ConvAct> {
-            let w = get(&format!("{p}.0.weight"), &[cout, cin, 3, 3])?;
-            let w = w.reshape(&[cout, cin, 1, 3, 3])?;
             Ok(ConvAct {
-                conv: Conv { w, b: get(&format!("{p}.0.bias"), &[cout])?, stride, pad: 1 },
-                a: vec(&format!("{p}.1.weight"), cout)?,
+                w: get(&format!("{p}.0.weight"), &[cout, cin, 3, 3])?,
+                b: get(&format!("{p}.0.bias"), &[cout])?,
+                a: get(&format!("{p}.1.weight"), &[cout])?,
+                stride,
             })
         };
-        let head = |p: &str, out: usize| -> Result<(Deconv, Vec<f32>, Deconv)> {
-            Ok((
-                Deconv::new(get(&format!("{p}.0.weight"), &[C, C / 2, 4, 4])?, get(&format!("{p}.0.bias"), &[C / 2])?)?,
-                vec(&format!("{p}.1.weight"), C / 2)?,
-                Deconv::new(get(&format!("{p}.2.weight"), &[C / 2, out, 4, 4])?, get(&format!("{p}.2.bias"), &[out])?)?,
-            ))
+        let head = |p: &str, out: usize| -> Result<Head> {
+            Ok(Head {
+                w0: get(&format!("{p}.0.weight"), &[C, C / 2, 4, 4])?,
+                b0: get(&format!("{p}.0.bias"), &[C / 2])?,
+                a: get(&format!("{p}.1.weight"), &[C / 2])?,
+                w1: get(&format!("{p}.2.weight"), &[C / 2, out, 4, 4])?,
+                b1: get(&format!("{p}.2.bias"), &[out])?,
+            })
         };
         let mut blocks = Vec::new();
         for b in 0..3 {
@@ -343,31 +213,30 @@ impl Rife {
         if !(scale > 0.0 && scale.is_finite()) {
             return Err(Error::arg("rife", format!("scale {scale} must be positive")));
         }
-        let m0 = Map { c: 3, h, w, d: img0.to_vec_f32()? };
-        let m1 = Map { c: 3, h, w, d: img1.to_vec_f32()? };
-        let mut flow = Map::zeros(4, h, w);
-        let mut mask = Map::zeros(1, h, w);
+        let m0 = img0.to_dtype(DType::F32)?.try_contiguous()?;
+        let m1 = img1.to_dtype(DType::F32)?.try_contiguous()?;
+        let mut flow = Tensor::zeros(&[1, 4, h, w], DType::F32, crate::tensor::Device::Cpu)?;
+        let mut mask = Tensor::zeros(&[1, 1, h, w], DType::F32, crate::tensor::Device::Cpu)?;
         let (mut w0, mut w1) = (m0.clone(), m1.clone());
         for (i, block) in self.blocks.iter().enumerate() {
             let sc = [4.0, 2.0, 1.0][i] / scale as f64;
-            let neg = mask.clone().map(|v| -v);
-            let (f0, k0) = block.forward(&Map::cat(&[&w0, &w1, &mask]), &flow, sc)?;
-            let (f1, k1) = block.forward(&Map::cat(&[&w1, &w0, &neg]), &flow.swap_flow(), sc)?;
-            let df = f0.add(&f1.swap_flow()).map(|v| v / 2.0);
-            let dm = k0.add(&k1.map(|v| -v)).map(|v| v / 2.0);
-            flow = flow.add(&df);
-            mask = mask.add(&dm);
-            w0 = warp(&m0, &flow.channels(0, 2));
-            w1 = warp(&m1, &flow.channels(2, 4));
+            // Both directions at once, as a batch of 2: (w0, w1, mask, flow) and
+            // (w1, w0, −mask, swapped flow).
+            let x = cat(&[&cat(&[&w0, &w1, &mask], 1)?, &cat(&[&w1, &w0, &map(&mask, |v| -v)?], 1)?], 0)?;
+            let fl = cat(&[&flow, &swap_flow(&flow)?], 0)?;
+            let (f, m) = block.forward(&x, &fl, sc)?;
+            let (f0, f1) = (f.narrow(0, 0, 1)?.try_contiguous()?, f.narrow(0, 1, 1)?.try_contiguous()?);
+            let (k0, k1) = (m.narrow(0, 0, 1)?.try_contiguous()?, m.narrow(0, 1, 1)?.try_contiguous()?);
+            let df = zip(&f0, &swap_flow(&f1)?, |a, b| (a + b) / 2.0)?;
+            flow = zip(&flow, &df, |a, b| a + b)?;
+            mask = zip(&mask, &zip(&k0, &k1, |a, b| (a + -b) / 2.0)?, |a, b| a + b)?;
+            w0 = warp(&m0, &channels(&flow, 0, 2)?)?;
+            w1 = warp(&m1, &channels(&flow, 2, 4)?)?;
         }
-        let sig: Vec<f32> = mask.d.iter().map(|&v| 1.0 / (1.0 + (-v).exp())).collect();
-        let mut out = vec![0f32; 3 * h * w];
-        for c in 0..3 {
-            for i in 0..h * w {
-                let m = sig[i];
-                out[c * h * w + i] = w0.d[c * h * w + i] * m + w1.d[c * h * w + i] * (1.0 - m);
-            }
-        }
+        let sig = sigmoid(&mask)?.to_vec_f32()?;
+        let (d0, d1) = (w0.to_vec_f32()?, w1.to_vec_f32()?);
+        let hw = h * w;
+        let out = (0..3 * hw).map(|i| d0[i] * sig[i % hw] + d1[i] * (1.0 - sig[i % hw])).collect();
         Tensor::from_vec(out, &[1, 3, h, w])
     }
 }
@@ -377,39 +246,8 @@ mod tests {
     use super::*;
 
     #[test]
-    fn resize_matches_pytorch_half_and_double() {
-        // 4 → 2 with scale 0.5: sources 0.5 and 2.5 → means of neighbours.
-        let x = Map { c: 1, h: 1, w: 4, d: vec![0.0, 1.0, 2.0, 3.0] };
-        let y = resize(&Map { c: 1, h: 2, w: 4, d: [x.d.clone(), x.d.clone()].concat() }, 0.5);
-        assert_eq!((y.h, y.w), (1, 2));
-        assert_eq!(y.d, vec![0.5, 2.5]);
-        // 2 → 4 with scale 2: sources -0.25→0, 0.25, 0.75, 1.25→clamped neighbour.
-        let z = resize(&Map { c: 1, h: 1, w: 2, d: vec![0.0, 4.0] }, 2.0);
-        assert_eq!(z.d, vec![0.0, 1.0, 3.0, 4.0, 0.0, 1.0, 3.0, 4.0]);
-    }
-
-    #[test]
-    fn warp_by_a_whole_pixel_shifts_with_border_padding() {
-        let img = Map { c: 1, h: 1, w: 4, d: vec![1.0, 2.0, 3.0, 4.0] };
-        let flow = Map { c: 2, h: 1, w: 4, d: vec![1.0, 1.0, 1.0, 1.0, 0.0, 0.0, 0.0, 0.0] };
-        assert_eq!(warp(&img, &flow).d, vec![2.0, 3.0, 4.0, 4.0]);
-        let half = Map { c: 2, h: 1, w: 4, d: vec![-0.5, -0.5, -0.5, -0.5, 0.0, 0.0, 0.0, 0.0] };
-        assert_eq!(warp(&img, &half).d, vec![1.0, 1.5, 2.5, 3.5]);
-    }
-
-    #[test]
-    fn deconv_doubles_the_size_like_conv_transpose() {
-        // One input pixel, kernel of ones: ConvTranspose2d(1,1,4,2,1) on 1×1 gives the kernel's
-        // centre 2×2 (rows/cols 1..3).
-        let mut k = vec![0f32; 16];
-        for (i, v) in k.iter_mut().enumerate() {
-            *v = i as f32;
-        }
-        let d = Deconv::new(Tensor::from_vec(k, &[1, 1, 4, 4]).unwrap(), Tensor::from_vec(vec![0.5f32], &[1]).unwrap())
-            .unwrap();
-        let y = d.apply(&Map { c: 1, h: 1, w: 1, d: vec![2.0] }).unwrap();
-        assert_eq!((y.h, y.w), (2, 2));
-        // out[y][x] = in · k[y + p][x + p] with p = 1.
-        assert_eq!(y.d, vec![2.0 * 5.0 + 0.5, 2.0 * 6.0 + 0.5, 2.0 * 9.0 + 0.5, 2.0 * 10.0 + 0.5]);
+    fn swap_flow_swaps_the_halves() {
+        let f = Tensor::from_vec((0..8).map(|v| v as f32).collect::<Vec<_>>(), &[1, 4, 1, 2]).unwrap();
+        assert_eq!(swap_flow(&f).unwrap().to_vec_f32().unwrap(), vec![4.0, 5.0, 6.0, 7.0, 0.0, 1.0, 2.0, 3.0]);
     }
 }

@@ -16,6 +16,7 @@ pub mod activation;
 pub mod attention;
 pub mod conv;
 pub mod elementwise;
+pub mod image;
 pub mod linear;
 pub mod loss;
 pub mod norm;
@@ -51,6 +52,19 @@ macro_rules! dispatch {
     };
 }
 pub(crate) use dispatch;
+
+/// Whether the inputs live on a CUDA device (then all of them must be on the same one): the ops call their
+/// CUDA implementation in [`crate::cuda`] when this is true.
+#[cfg(feature = "cuda")]
+pub(crate) fn on_cuda(ts: &[&Tensor], op: &'static str) -> crate::Result<bool> {
+    let Some(first) = ts.first().map(|t| t.device()) else { return Ok(false) };
+    for t in ts {
+        if t.device() != first {
+            return Err(crate::Error::DeviceMismatch { op, a: first, b: t.device() });
+        }
+    }
+    Ok(first != crate::Device::Cpu)
+}
 
 /// Checks that `t` has exactly `rank` dims.
 pub(crate) fn expect_rank(t: &Tensor, rank: usize, op: &'static str) -> crate::Result<()> {

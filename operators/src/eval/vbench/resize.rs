@@ -68,11 +68,15 @@ fn cubic_taps(o: usize, n_in: usize, n_out: usize) -> [(usize, f32); 4] {
     const A: f32 = -0.75;
     let scale = n_in as f32 / n_out as f32;
     let src = (o as f32 + 0.5) * scale - 0.5;
-    let f = src.floor();
-    let t = src - f;
-    let c1 = |x: f32| ((A + 2.0) * x - (A + 3.0)) * x * x + 1.0;
-    let c2 = |x: f32| ((A * x - 5.0 * A) * x + 8.0 * A) * x - 4.0 * A;
-    let w = [c2(t + 1.0), c1(t), c1(1.0 - t), c2(2.0 - t)];
+    // PyTorch's `guard_index_and_lambda` and `get_cubic_upsample_coefficients`, term for term (the
+    // last weight takes `(1 - t) + 1`, which can differ from `2 - t` in the last bit), with the fused
+    // multiply-adds PyTorch's AVX2 build contracts the polynomials into (fewer off-by-one ties).
+    let f = src.floor().min((n_in - 1) as f32);
+    let t = (src - f).clamp(0.0, 1.0);
+    let c1 = |x: f32| ((A + 2.0).mul_add(x, -(A + 3.0)) * x).mul_add(x, 1.0);
+    let c2 = |x: f32| A.mul_add(x, -5.0 * A).mul_add(x, 8.0 * A).mul_add(x, -4.0 * A);
+    let t2 = 1.0 - t;
+    let w = [c2(t + 1.0), c1(t), c1(t2), c2(t2 + 1.0)];
     let idx = |k: i64| (f as i64 + k).clamp(0, n_in as i64 - 1) as usize;
     [(idx(-1), w[0]), (idx(0), w[1]), (idx(1), w[2]), (idx(2), w[3])]
 }
