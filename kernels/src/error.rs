@@ -86,6 +86,39 @@ pub enum Error {
         /// Device of the other tensor.
         b: Device,
     },
+    /// No usable CUDA driver or device (or the crate was built without the `cuda` feature). The reason says
+    /// which, e.g. "no CUDA driver (libcuda.so not found): running on CPU".
+    #[error("{reason}")]
+    NoCuda {
+        /// What is missing.
+        reason: String,
+    },
+    /// A CUDA driver, cuBLAS or NVRTC call failed.
+    #[error("{op}: CUDA error: {msg}")]
+    Cuda {
+        /// The operation that was running.
+        op: &'static str,
+        /// The error reported by the driver / library.
+        msg: String,
+    },
+    /// A CUDA kernel file did not compile with NVRTC.
+    #[error("NVRTC could not compile kernels/cuda/{file} ({options}):\n{log}")]
+    CudaCompile {
+        /// The kernel file.
+        file: String,
+        /// The NVRTC options used.
+        options: String,
+        /// The compiler log.
+        log: String,
+    },
+    /// The op has no implementation for tensors on this device yet.
+    #[error("{op}: not implemented for {device} tensors (move them with to_cpu() first)")]
+    NotOnDevice {
+        /// The operation.
+        op: &'static str,
+        /// The device of the inputs.
+        device: Device,
+    },
     /// An I/O error while reading a file.
     #[error("{path}: {source}")]
     Io {

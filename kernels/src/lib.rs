@@ -43,8 +43,10 @@
 //!
 //! # Devices
 //!
-//! Every tensor carries a [`Device`]. Only the CPU backend exists so far; asking for a CUDA
-//! tensor returns [`Error::NoBackend`] instead of panicking.
+//! Every tensor carries a [`Device`]. The CPU backend runs every op. The CUDA backend (feature
+//! `cuda`, see [`cuda`]) is loaded at run time and runs the ops listed there on `Device::Cuda`
+//! tensors; a machine without a driver gets [`Error::NoCuda`] from [`cuda::available`], and an op
+//! without a CUDA path gets [`Error::NotOnDevice`] — never a panic.
 
 // Numeric kernels index several parallel slices with one loop counter; iterator chains would
 // obscure the formulas.
@@ -52,6 +54,7 @@
 #![warn(missing_docs)]
 
 pub mod codec;
+pub mod cuda;
 pub mod dtype;
 pub mod error;
 pub mod io;

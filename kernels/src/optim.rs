@@ -4,7 +4,7 @@ use rayon::prelude::*;
 
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 
 /// AdamW hyper-parameters (torch defaults except the learning rate).
 #[derive(Debug, Clone, Copy, PartialEq)]
@@ -29,8 +29,19 @@ impl Default for AdamWConfig {
 
 #[derive(Debug, Clone)]
 enum Moments {
-    F32 { m: Vec<f32>, v: Vec<f32> },
-    F64 { m: Vec<f64>, v: Vec<f64> },
+    F32 {
+        m: Vec<f32>,
+        v: Vec<f32>,
+    },
+    F64 {
+        m: Vec<f64>,
+        v: Vec<f64>,
+    },
+    /// f32 moments on the parameter's CUDA device.
+    Device {
+        m: Tensor,
+        v: Tensor,
+    },
 }
 
 /// AdamW with decoupled weight decay and bias correction:
@@ -91,6 +102,9 @@ impl AdamW {
                 format!("optimiser holds state for {} params, got {}", self.state.len(), params.len()),
             ));
         }
+        if params.iter().any(|p| p.device() != Device::Cpu) {
+            return self.step_device(params, grads);
+        }
         for (p, g) in params.iter().zip(grads) {
             if p.shape() != g.shape() {
                 return Err(Error::shape(OP, format!("param {:?} vs grad {:?}", p.shape(), g.shape())));
@@ -120,9 +134,65 @@ impl AdamW {
             match st {
                 Moments::F32 { m, v } => update::<f32>(p, g, m, v, &c, bc1, bc2)?,
                 Moments::F64 { m, v } => update::<f64>(p, g, m, v, &c, bc1, bc2)?,
+                Moments::Device { .. } => {
+                    return Err(Error::arg(OP, "the moments are on a CUDA device but the parameters are not"));
+                }
             }
         }
         Ok(())
+    }
+
+    /// [`AdamW::step`] for parameters on a CUDA device (f32 master weights; moments kept on the
+    /// device, moved there from a CPU state restored by [`AdamW::import_state`]).
+    fn step_device(&mut self, params: &mut [Tensor], grads: &[Tensor]) -> Result<()> {
+        const OP: &str = "AdamW::step";
+        let device = params[0].device();
+        if let Some(p) = params.iter().find(|p| p.device() != device) {
+            return Err(Error::DeviceMismatch { op: OP, a: device, b: p.device() });
+        }
+        if self.state.is_empty() {
+            self.state = params
+                .iter()
+                .map(|p| {
+                    Ok(Moments::Device {
+                        m: Tensor::zeros(p.shape(), DType::F32, device)?,
+                        v: Tensor::zeros(p.shape(), DType::F32, device)?,
+                    })
+                })
+                .collect::<Result<_>>()?;
+        }
+        for (st, p) in self.state.iter_mut().zip(params.iter()) {
+            if let Moments::F32 { m, v } = st {
+                if m.len() != p.numel() {
+                    return Err(Error::shape(OP, "parameter changed size between steps"));
+                }
+                let m = Tensor::from_vec(std::mem::take(m), p.shape())?.to_device(device)?;
+                let v = Tensor::from_vec(std::mem::take(v), p.shape())?.to_device(device)?;
+                *st = Moments::Device { m, v };
+            }
+        }
+        let mut ms = Vec::with_capacity(params.len());
+        let mut vs = Vec::with_capacity(params.len());
+        for st in &self.state {
+            match st {
+                Moments::Device { m, v } => {
+                    ms.push(m.clone());
+                    vs.push(v.clone());
+                }
+                _ => return Err(Error::arg(OP, "f64 moments cannot be used with CUDA parameters")),
+            }
+        }
+        #[cfg(feature = "cuda")]
+        {
+            crate::cuda::adamw_step(params, grads, &ms, &vs, &self.cfg, self.t + 1)?;
+            self.t += 1;
+            Ok(())
+        }
+        #[cfg(not(feature = "cuda"))]
+        {
+            let _ = grads;
+            Err(Error::NoBackend { op: OP, device })
+        }
     }
 }
 
@@ -142,8 +212,9 @@ pub struct AdamWState {
 
 impl AdamW {
     /// The optimiser state (step count and moments), for checkpoints. The hyper-parameters are
-    /// not part of it (see [`AdamW::config`]).
-    pub fn export_state(&self) -> AdamWState {
+    /// not part of it (see [`AdamW::config`]). Moments on a CUDA device are copied to the host
+    /// (which can fail).
+    pub fn export_state(&self) -> Result<AdamWState> {
         let mut exp_avg = Vec::with_capacity(self.state.len());
         let mut exp_avg_sq = Vec::with_capacity(self.state.len());
         for st in &self.state {
@@ -155,11 +226,16 @@ impl AdamW {
                 Moments::F64 { m, v } => {
                     (Tensor::from_vec(m.clone(), &[m.len()]), Tensor::from_vec(v.clone(), &[v.len()]))
                 }
+                Moments::Device { m, v } => {
+                    let flat =
+                        |t: &Tensor| -> Result<Tensor> { Tensor::from_vec(t.to_cpu()?.to_vec_f32()?, &[t.numel()]) };
+                    (flat(m), flat(v))
+                }
             };
-            exp_avg.push(m.unwrap_or_else(|_| unreachable!("flat tensor of its own length")));
-            exp_avg_sq.push(v.unwrap_or_else(|_| unreachable!("flat tensor of its own length")));
+            exp_avg.push(m?);
+            exp_avg_sq.push(v?);
         }
-        AdamWState { step: self.t, exp_avg, exp_avg_sq }
+        Ok(AdamWState { step: self.t, exp_avg, exp_avg_sq })
     }
 
     /// Restores a state written by [`AdamW::export_state`]. Moments may have any shape (they
@@ -231,6 +307,10 @@ fn update<T: Float>(
 /// Global L2 norm of all gradients, accumulated in f64 over fixed chunks (bitwise the same for
 /// any thread count).
 pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
+    #[cfg(feature = "cuda")]
+    if grads.iter().any(|g| g.device() != Device::Cpu) {
+        return crate::cuda::grad_norm(grads);
+    }
     let mut total = 0.0;
     for g in grads {
         let d = g.cpu_data::<f64>("grad_norm")?;
@@ -246,6 +326,10 @@ pub fn grad_norm(grads: &[Tensor]) -> Result<f64> {
 pub fn clip_grad_norm(grads: &mut [Tensor], max_norm: f64) -> Result<f64> {
     if max_norm.is_nan() || max_norm <= 0.0 {
         return Err(Error::arg("clip_grad_norm", format!("max_norm {max_norm} must be > 0")));
+    }
+    #[cfg(feature = "cuda")]
+    if grads.iter().any(|g| g.device() != Device::Cpu) {
+        return crate::cuda::clip_grad_norm(grads, max_norm);
     }
     let norm = grad_norm(grads)?;
     if norm.is_finite() && norm > max_norm {

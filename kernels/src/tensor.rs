@@ -16,8 +16,8 @@ use crate::rng::Rng;
 pub enum Device {
     /// Host memory; computed by the CPU backend.
     Cpu,
-    /// A CUDA device by ordinal. No backend exists yet: creating or moving a tensor here returns
-    /// [`Error::NoBackend`].
+    /// A CUDA device by ordinal (the `cuda` feature). Creating or moving a tensor here without a usable
+    /// driver/device returns [`Error::NoCuda`] (or [`Error::NoBackend`] in a build without the feature).
     Cuda(usize),
 }
 
@@ -77,10 +77,12 @@ impl CpuStorage {
     }
 }
 
-/// Backend storage. Only the CPU variant exists; a CUDA variant will join it.
+/// Backend storage: host vectors or a CUDA device buffer.
 #[derive(Debug, Clone)]
 pub(crate) enum Storage {
     Cpu(CpuStorage),
+    #[cfg(feature = "cuda")]
+    Cuda(crate::cuda::CudaStorage),
 }
 
 /// Shape, element strides and element offset of a view into a storage.
@@ -247,6 +249,22 @@ impl Tensor {
         Tensor { storage: Arc::new(Storage::Cpu(storage)), layout: Layout::contiguous(shape) }
     }
 
+    /// Internal: a contiguous tensor over a whole CUDA buffer.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn from_cuda(storage: crate::cuda::CudaStorage, shape: &[usize]) -> Tensor {
+        debug_assert_eq!(storage.len(), shape.iter().product::<usize>());
+        Tensor { storage: Arc::new(Storage::Cuda(storage)), layout: Layout::contiguous(shape) }
+    }
+
+    /// Internal: the CUDA buffer of a device tensor.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn cuda_storage(&self) -> Option<&crate::cuda::CudaStorage> {
+        match &*self.storage {
+            Storage::Cuda(s) => Some(s),
+            Storage::Cpu(_) => None,
+        }
+    }
+
     /// A CPU tensor owning `data` (row-major) with the given shape; the dtype follows `E`.
     pub fn from_vec<E: Element>(data: Vec<E>, shape: &[usize]) -> Result<Tensor> {
         let numel: usize = shape.iter().product();
@@ -274,6 +292,10 @@ impl Tensor {
     /// A tensor filled with `value`.
     pub fn full(shape: &[usize], value: f64, dtype: DType, device: Device) -> Result<Tensor> {
         check_backend(device, "full")?;
+        #[cfg(feature = "cuda")]
+        if let Device::Cuda(i) = device {
+            return crate::cuda::ops::full(i, shape, value, dtype);
+        }
         let n: usize = shape.iter().product();
         let s = match dtype {
             DType::F32 => CpuStorage::F32(vec![value as f32; n]),
@@ -354,6 +376,8 @@ impl Tensor {
     pub fn dtype(&self) -> DType {
         match &*self.storage {
             Storage::Cpu(s) => s.dtype(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.dtype(),
         }
     }
 
@@ -361,13 +385,19 @@ impl Tensor {
     pub fn device(&self) -> Device {
         match &*self.storage {
             Storage::Cpu(_) => Device::Cpu,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => Device::Cuda(s.device().ordinal),
         }
     }
 
-    /// The host storage, or [`Error::NoBackend`] for tensors on other devices.
-    pub(crate) fn cpu_storage(&self, _op: &'static str) -> Result<&CpuStorage> {
+    /// The host storage, or [`Error::NotOnDevice`] for tensors on other devices (an op without a
+    /// device implementation).
+    pub(crate) fn cpu_storage(&self, op: &'static str) -> Result<&CpuStorage> {
+        let _ = op;
         match &*self.storage {
             Storage::Cpu(s) => Ok(s),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(Error::NotOnDevice { op, device: self.device() }),
         }
     }
 
@@ -394,8 +424,11 @@ impl Tensor {
         })))
     }
 
-    /// Row-major copy of the data converted to element type `E`.
+    /// Row-major copy of the data converted to element type `E` (device tensors are copied to the host).
     pub fn to_vec<E: Element>(&self) -> Result<Vec<E>> {
+        if self.device() != Device::Cpu {
+            return self.to_cpu()?.to_vec();
+        }
         let s = self.cpu_storage("to_vec")?;
         let l = &self.layout;
         Ok(with_storage!(s, v => {
@@ -404,13 +437,19 @@ impl Tensor {
         }))
     }
 
-    /// Row-major data as `f32`.
+    /// Row-major data as `f32` (device tensors are copied to the host).
     pub fn to_vec_f32(&self) -> Result<Vec<f32>> {
+        if self.device() != Device::Cpu {
+            return self.to_cpu()?.to_vec_f32();
+        }
         Ok(self.cpu_data::<f32>("to_vec_f32")?.into_owned())
     }
 
-    /// Row-major data as `f64`.
+    /// Row-major data as `f64` (device tensors are copied to the host).
     pub fn to_vec_f64(&self) -> Result<Vec<f64>> {
+        if self.device() != Device::Cpu {
+            return self.to_cpu()?.to_vec_f64();
+        }
         Ok(self.cpu_data::<f64>("to_vec_f64")?.into_owned())
     }
 
@@ -427,6 +466,10 @@ impl Tensor {
         if dtype == self.dtype() {
             return Ok(self.clone());
         }
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            return crate::cuda::ops::copy_cast(self, dtype);
+        }
         let s = self.cpu_storage("to_dtype")?;
         let l = &self.layout;
         let storage = with_storage!(s, v => {
@@ -441,18 +484,75 @@ impl Tensor {
         Ok(Tensor::from_storage(storage, self.shape()))
     }
 
-    /// Move to a device. Only [`Device::Cpu`] has a backend; anything else is [`Error::NoBackend`].
+    /// Move to a device (a no-op when the tensor is already there). A CUDA device without a usable
+    /// driver is [`Error::NoCuda`]; a build without the `cuda` feature gives [`Error::NoBackend`].
     pub fn to_device(&self, device: Device) -> Result<Tensor> {
         check_backend(device, "to_device")?;
-        Ok(self.clone())
+        if device == self.device() {
+            return Ok(self.clone());
+        }
+        match device {
+            Device::Cpu => self.to_cpu(),
+            #[cfg(feature = "cuda")]
+            Device::Cuda(i) => {
+                let host = self.to_cpu()?.contiguous();
+                let Storage::Cpu(s) = &*host.storage else { unreachable!("to_cpu returns a host tensor") };
+                let n = host.numel();
+                let off = host.layout.offset;
+                let exact = with_storage!(s, v => Element::into_storage(v[off..off + n].to_vec()));
+                let dev = crate::cuda::ops::device(i)?;
+                let st = crate::cuda::CudaStorage::upload(&dev, &exact)?;
+                Ok(Tensor::from_cuda(st, self.shape()))
+            }
+            #[cfg(not(feature = "cuda"))]
+            Device::Cuda(_) => Err(Error::NoBackend { op: "to_device", device }),
+        }
+    }
+
+    /// A host copy of a device tensor (`self` when already on the CPU).
+    pub fn to_cpu(&self) -> Result<Tensor> {
+        match &*self.storage {
+            Storage::Cpu(_) => Ok(self.clone()),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                let c = self.try_contiguous()?;
+                let Some(cs) = c.cuda_storage() else { unreachable!("a device tensor stays on its device") };
+                let host = cs.download(c.layout.offset, c.numel())?;
+                Ok(Tensor::from_storage(host, self.shape()))
+            }
+        }
+    }
+
+    /// A row-major copy (or `self` when already contiguous); errors only when a device copy fails.
+    pub fn try_contiguous(&self) -> Result<Tensor> {
+        if self.is_contiguous() {
+            return Ok(self.clone());
+        }
+        #[cfg(feature = "cuda")]
+        if self.cuda_storage().is_some() {
+            return crate::cuda::ops::copy_cast(self, self.dtype());
+        }
+        Ok(self.contiguous())
     }
 
     /// A row-major copy (or `self` when already contiguous).
+    ///
+    /// # Panics
+    ///
+    /// For a CUDA tensor whose device copy fails (out of device memory); use
+    /// [`try_contiguous`](Tensor::try_contiguous) to get that as an error.
+    #[cfg_attr(not(feature = "cuda"), allow(clippy::infallible_destructuring_match))]
     pub fn contiguous(&self) -> Tensor {
         if self.is_contiguous() {
             return self.clone();
         }
-        let Storage::Cpu(s) = &*self.storage;
+        let s = match &*self.storage {
+            Storage::Cpu(s) => s,
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => {
+                return self.try_contiguous().unwrap_or_else(|e| panic!("contiguous copy on the device failed: {e}"));
+            }
+        };
         let l = &self.layout;
         let storage = with_storage!(s, v => Element::into_storage(gather_strided(v, l)));
         Tensor::from_storage(storage, self.shape())
@@ -464,15 +564,20 @@ impl Tensor {
         if self.dtype() != T::DTYPE {
             return Err(Error::DType { op: "data_mut", dtype: self.dtype(), msg: format!("expected {:?}", T::DTYPE) });
         }
-        let Storage::Cpu(s) = &*self.storage;
+        let s = self.cpu_storage("data_mut")?;
         if !self.is_contiguous() || self.layout.offset != 0 || s.len() != self.numel() {
             *self = Tensor::from_storage(
                 T::into_storage(self.cpu_data::<T>("data_mut")?.into_owned()),
                 &self.layout.shape.clone(),
             );
         }
-        let Storage::Cpu(s) = Arc::make_mut(&mut self.storage);
-        Ok(T::storage_slice_mut(s).expect("dtype checked above"))
+        #[cfg(feature = "cuda")]
+        let device = self.device();
+        match Arc::make_mut(&mut self.storage) {
+            Storage::Cpu(s) => Ok(T::storage_slice_mut(s).expect("dtype checked above")),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(_) => Err(Error::NotOnDevice { op: "data_mut", device }),
+        }
     }
 
     /// Largest `|a − b|` over all elements (shapes must match); handy in tests.
@@ -494,8 +599,11 @@ impl Tensor {
     }
 
     fn storage_len(&self) -> usize {
-        let Storage::Cpu(s) = &*self.storage;
-        s.len()
+        match &*self.storage {
+            Storage::Cpu(s) => s.len(),
+            #[cfg(feature = "cuda")]
+            Storage::Cuda(s) => s.len(),
+        }
     }
 
     /// Reorder dimensions: result dim `i` is input dim `perm[i]`.
@@ -544,7 +652,7 @@ impl Tensor {
         if n != self.numel() {
             return Err(Error::shape("reshape", format!("cannot reshape {:?} into {shape:?}", self.shape())));
         }
-        let t = self.contiguous();
+        let t = self.try_contiguous()?;
         let offset = t.layout.offset;
         Ok(t.with_layout(Layout { shape: shape.to_vec(), strides: contiguous_strides(shape), offset }))
     }
@@ -598,10 +706,14 @@ impl Tensor {
     }
 }
 
-/// Errors unless the device has a backend.
+/// Errors unless the device has a backend (for CUDA: a driver and that device).
 pub(crate) fn check_backend(device: Device, op: &'static str) -> Result<()> {
+    let _ = op;
     match device {
         Device::Cpu => Ok(()),
+        #[cfg(feature = "cuda")]
+        Device::Cuda(i) => crate::cuda::ops::device(i).map(|_| ()),
+        #[cfg(not(feature = "cuda"))]
         Device::Cuda(_) => Err(Error::NoBackend { op, device }),
     }
 }
@@ -669,10 +781,14 @@ mod tests {
 
     #[test]
     fn cuda_is_a_typed_error() {
+        // Without the `cuda` feature: NoBackend. With it, on a machine without a driver or device: NoCuda.
+        if crate::cuda::is_available() {
+            return;
+        }
         let e = Tensor::zeros(&[2], DType::F32, Device::Cuda(0)).unwrap_err();
-        assert!(matches!(e, Error::NoBackend { device: Device::Cuda(0), .. }));
+        assert!(matches!(e, Error::NoBackend { device: Device::Cuda(0), .. } | Error::NoCuda { .. }), "{e}");
         let t = iota(&[2]);
-        assert!(matches!(t.to_device(Device::Cuda(1)), Err(Error::NoBackend { .. })));
+        assert!(matches!(t.to_device(Device::Cuda(1)), Err(Error::NoBackend { .. } | Error::NoCuda { .. })));
     }
 
     #[test]

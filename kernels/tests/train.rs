@@ -408,7 +408,7 @@ fn adamw_state_round_trips() {
     let mut a = AdamW::new(cfg).unwrap();
     a.step(&mut p1, &g[0]).unwrap();
     a.step(&mut p1, &g[1]).unwrap();
-    let st = a.export_state();
+    let st = a.export_state().unwrap();
     assert_eq!((st.step, st.exp_avg.len(), st.exp_avg[0].shape()), (2, 2, &[6][..]));
     let mut b = AdamW::new(cfg).unwrap();
     b.import_state(st.clone()).unwrap();

@@ -17,7 +17,7 @@ pub struct VerifyArgs {
     /// Fixture files, or folders (every `*.safetensors` inside, sorted).
     #[arg(required = true)]
     pub fixtures: Vec<PathBuf>,
-    /// Where to compute.
+    /// Where to compute. `cuda` without a usable driver or device warns and runs on the CPU.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
     /// Weights and activations precision (bf16 judges every check on a 2e-2 relative error).
@@ -104,7 +104,17 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<i32> {
     let opts = VerifyOptions {
         device: match a.device {
             DeviceArg::Cpu => Device::Cpu,
-            DeviceArg::Cuda => Device::Cuda(0),
+            DeviceArg::Cuda => match medgen_kernels::cuda::available() {
+                Ok(devices) if !devices.is_empty() => Device::Cuda(0),
+                Ok(_) => {
+                    eprintln!("warning: CUDA driver found but no device: running on CPU");
+                    Device::Cpu
+                }
+                Err(e) => {
+                    eprintln!("warning: {e}");
+                    Device::Cpu
+                }
+            },
         },
         dtype: match a.dtype {
             DTypeArg::F32 => DType::F32,

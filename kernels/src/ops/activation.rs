@@ -64,11 +64,20 @@ fn unary_backward(
 
 /// GELU with the tanh approximation: `0.5·x·(1 + tanh(√(2/π)·(x + 0.044715·x³)))`.
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], "gelu_tanh")? {
+        return crate::cuda::ops::activation(x, "gelu_tanh");
+    }
     unary(x, gelu_tanh_fwd::<f32>, gelu_tanh_fwd::<f64>)
 }
 
 /// Backward of [`gelu_tanh`]: `dx = dy·gelu'(x)`.
 pub fn gelu_tanh_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, dy], "gelu_tanh_backward")? {
+        expect_same_shape(x, dy, "gelu_tanh_backward")?;
+        return crate::cuda::ops::activation_backward(x, dy, "gelu_tanh");
+    }
     unary_backward(x, dy, "gelu_tanh_backward", gelu_tanh_grad::<f32>, gelu_tanh_grad::<f64>)
 }
 
@@ -113,11 +122,20 @@ fn silu_grad<T: Float>(x: T) -> T {
 
 /// SiLU: `x·σ(x)`.
 pub fn silu(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], "silu")? {
+        return crate::cuda::ops::activation(x, "silu");
+    }
     unary(x, silu_fwd::<f32>, silu_fwd::<f64>)
 }
 
 /// Backward of [`silu`]: `dx = dy·σ(x)·(1 + x·(1 − σ(x)))`.
 pub fn silu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, dy], "silu_backward")? {
+        expect_same_shape(x, dy, "silu_backward")?;
+        return crate::cuda::ops::activation_backward(x, dy, "silu");
+    }
     unary_backward(x, dy, "silu_backward", silu_grad::<f32>, silu_grad::<f64>)
 }
 
@@ -127,6 +145,10 @@ pub fn softmax(x: &Tensor) -> Result<Tensor> {
         return Err(Error::rank("softmax", "≥ 1", x.shape()));
     }
     let d = *x.shape().last().expect("rank ≥ 1");
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], "softmax")? {
+        return crate::cuda::ops::softmax(x);
+    }
     let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>("softmax")?;
@@ -153,6 +175,10 @@ pub fn softmax_backward(y: &Tensor, dy: &Tensor) -> Result<Tensor> {
         return Err(Error::rank("softmax_backward", "≥ 1", y.shape()));
     }
     let d = *y.shape().last().expect("rank ≥ 1");
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[y, dy], "softmax_backward")? {
+        return crate::cuda::ops::softmax_backward(y, dy);
+    }
     let ct = compute_dtype(&[y, dy]);
     dispatch!(ct, T => {
         let yd = y.cpu_data::<T>("softmax_backward")?;

@@ -119,6 +119,10 @@ pub fn attention_tiled(
 ) -> Result<AttentionOutput> {
     const OP: &str = "attention";
     let dm = dims(q, k, v, tiles, OP)?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[q, k, v], OP)? {
+        return crate::cuda::ops::attention(q, k, v, default_scale(dm.d, scale));
+    }
     let (ct, ot) = (compute_dtype(&[q, k, v]), out_dtype(&[q, k, v]));
     let scale = default_scale(dm.d, scale);
     dispatch!(ct, T => {
@@ -246,6 +250,10 @@ pub fn attention_backward_tiled(
             OP,
             format!("out {:?}, dout {:?}, lse {:?} for q {:?}", out.shape(), dout.shape(), lse.shape(), q.shape()),
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[q, k, v, out, lse, dout], OP)? {
+        return crate::cuda::ops::attention_backward(q, k, v, out, lse, dout, default_scale(dm.d, scale));
     }
     let ct = compute_dtype(&[q, k, v, out, dout]);
     let scale = default_scale(dm.d, scale);

@@ -62,6 +62,20 @@ impl Geo {
     fn taps(&self) -> usize {
         self.k.iter().product()
     }
+
+    #[cfg(feature = "cuda")]
+    fn cuda(&self) -> crate::cuda::ops::ConvShape {
+        crate::cuda::ops::ConvShape {
+            b: self.b,
+            cin: self.cin,
+            cout: self.cout,
+            inp: self.inp,
+            k: self.k,
+            stride: self.stride,
+            pad0: self.pad0,
+            out: self.out,
+        }
+    }
 }
 
 fn geometry(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv3dParams, op: &'static str) -> Result<Geo> {
@@ -168,6 +182,10 @@ pub fn conv3d(x: &Tensor, w: &Tensor, b: Option<&Tensor>, p: &Conv3dParams) -> R
     let g = geometry(x, w, b, p, OP)?;
     let mut ins = vec![x, w];
     ins.extend(b);
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&ins, OP)? {
+        return crate::cuda::ops::conv3d(x, w, b, g.cuda());
+    }
     let (ct, ot) = (compute_dtype(&ins), out_dtype(&ins));
     dispatch!(ct, T => {
         let xcl = channels_last::<T>(x, OP)?;
@@ -232,6 +250,11 @@ pub fn conv3d_backward(
     let [to, ho, wo] = g.out;
     if dy.shape() != [g.b, g.cout, to, ho, wo] {
         return Err(Error::shape(OP, format!("dy {:?} for output {:?}", dy.shape(), [g.b, g.cout, to, ho, wo])));
+    }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, w, dy], OP)? {
+        let (dx, dw, db) = crate::cuda::ops::conv3d_backward(x, w, has_bias, dy, g.cuda())?;
+        return Ok(Conv3dGrads { dx: need_dx.then_some(dx), dw, db });
     }
     let ct = compute_dtype(&[x, w, dy]);
     dispatch!(ct, T => {

@@ -92,6 +92,15 @@ fn binary(
     f64f: fn(f64, f64) -> f64,
 ) -> Result<Tensor> {
     let shape = broadcast_shape(a.shape(), b.shape())?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[a, b], op)? {
+        let code = match op {
+            "add" => 0,
+            "sub" => 1,
+            _ => 2,
+        };
+        return crate::cuda::ops::binary(a, b, &shape, code, op);
+    }
     let (ct, ot) = (compute_dtype(&[a, b]), out_dtype(&[a, b]));
     match ct {
         crate::DType::F64 => {
@@ -124,6 +133,10 @@ pub fn mul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
 
 /// `s·x` for a scalar `s`.
 pub fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], "scale")? {
+        return crate::cuda::ops::scale(x, s);
+    }
     let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
     dispatch!(ct, T => {
         let d = x.cpu_data::<T>("scale")?;
@@ -217,6 +230,10 @@ fn modulation_dims(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<(usize,
 /// `[B, 1, D]` or `[B, D]` (broadcast over the L tokens).
 pub fn modulate(x: &Tensor, shift: &Tensor, scale: &Tensor) -> Result<Tensor> {
     let (b, l, d) = modulation_dims(x, shift, scale)?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, shift, scale], "modulate")? {
+        return crate::cuda::ops::modulate(x, shift, scale, b, l, d);
+    }
     let (ct, ot) = (compute_dtype(&[x, shift, scale]), out_dtype(&[x, shift, scale]));
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>("modulate")?;
@@ -249,6 +266,11 @@ pub struct ModulateGrads {
 pub fn modulate_backward(x: &Tensor, shift: &Tensor, scale: &Tensor, dy: &Tensor) -> Result<ModulateGrads> {
     let (b, l, d) = modulation_dims(x, shift, scale)?;
     expect_same_shape(x, dy, "modulate_backward")?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, shift, scale, dy], "modulate_backward")? {
+        let (dx, dshift, dscale) = crate::cuda::ops::modulate_backward(x, shift, scale, dy, b, l, d)?;
+        return Ok(ModulateGrads { dx, dshift, dscale });
+    }
     let ct = compute_dtype(&[x, shift, scale, dy]);
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>("modulate_backward")?;

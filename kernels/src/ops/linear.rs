@@ -47,6 +47,10 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     let (m, din, dout) = linear_dims(x, w, b)?;
     let mut ins = vec![x, w];
     ins.extend(b);
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&ins, "linear")? {
+        return crate::cuda::ops::linear(x, w, b, m, din, dout, &out_shape(x, dout));
+    }
     let (ct, ot) = (compute_dtype(&ins), out_dtype(&ins));
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>("linear")?;
@@ -94,6 +98,10 @@ pub fn linear_backward(x: &Tensor, w: &Tensor, has_bias: bool, dy: &Tensor, need
             "linear_backward",
             format!("dy {:?} for output {:?}", dy.shape(), out_shape(x, dout)),
         ));
+    }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, w, dy], "linear_backward")? {
+        return crate::cuda::ops::linear_backward(x, w, has_bias, dy, need_dx, m, din, dout);
     }
     let ct = compute_dtype(&[x, w, dy]);
     dispatch!(ct, T => {

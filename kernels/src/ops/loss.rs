@@ -10,6 +10,10 @@ use crate::tensor::Tensor;
 /// grouping depends on the size only, so the bits do not depend on the thread count); returns the value.
 pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<f64> {
     expect_same_shape(pred, target, "mse_loss")?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[pred, target], "mse_loss")? {
+        return crate::cuda::ops::mse_loss(pred, target);
+    }
     let ct = compute_dtype(&[pred, target]);
     dispatch!(ct, T => {
         let p = pred.cpu_data::<T>("mse_loss")?;
@@ -34,6 +38,10 @@ pub fn mse_loss(pred: &Tensor, target: &Tensor) -> Result<f64> {
 /// (pass `dloss = 1/grad_accum_steps` for gradient accumulation). `dtarget = −dpred`.
 pub fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f64) -> Result<Tensor> {
     expect_same_shape(pred, target, "mse_loss_backward")?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[pred, target], "mse_loss_backward")? {
+        return crate::cuda::ops::mse_loss_backward(pred, target, dloss);
+    }
     let ct = compute_dtype(&[pred, target]);
     dispatch!(ct, T => {
         let p = pred.cpu_data::<T>("mse_loss_backward")?;

@@ -45,6 +45,10 @@ pub fn layer_norm(x: &Tensor, weight: Option<&Tensor>, bias: Option<&Tensor>, ep
     let mut ins = vec![x];
     ins.extend(weight);
     ins.extend(bias);
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&ins, OP)? {
+        return crate::cuda::ops::layer_norm(x, weight, bias, eps, d);
+    }
     let (ct, ot) = (compute_dtype(&ins), out_dtype(&ins));
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>(OP)?;
@@ -112,6 +116,10 @@ pub fn layer_norm_backward(
     expect_same_shape(x, dy, OP)?;
     let mut ins = vec![x, dy];
     ins.extend(weight);
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&ins, OP)? {
+        return crate::cuda::ops::layer_norm_backward(x, weight, has_bias, eps, dy, d);
+    }
     let ct = compute_dtype(&ins);
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>(OP)?;
@@ -164,6 +172,10 @@ pub fn rms_norm(x: &Tensor, weight: &Tensor, eps: f64) -> Result<Tensor> {
     const OP: &str = "rms_norm";
     let d = last_dim(x, OP)?;
     check_param(Some(weight), d, OP, "weight")?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, weight], OP)? {
+        return crate::cuda::ops::rms_norm(x, weight, eps, d);
+    }
     let (ct, ot) = (compute_dtype(&[x, weight]), out_dtype(&[x, weight]));
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>(OP)?;
@@ -189,6 +201,10 @@ pub fn rms_norm_backward(x: &Tensor, weight: &Tensor, eps: f64, dy: &Tensor) -> 
     let d = last_dim(x, OP)?;
     check_param(Some(weight), d, OP, "weight")?;
     expect_same_shape(x, dy, OP)?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, weight, dy], OP)? {
+        return crate::cuda::ops::rms_norm_backward(x, weight, eps, dy, d);
+    }
     let ct = compute_dtype(&[x, weight, dy]);
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>(OP)?;
@@ -263,6 +279,10 @@ fn channel_norms<T: Float>(x: &[T], b: usize, c: usize, s: usize) -> Vec<T> {
 pub fn rms_norm_channel(x: &Tensor, gamma: &Tensor) -> Result<Tensor> {
     const OP: &str = "rms_norm_channel";
     let (b, c, s) = channel_dims(x, gamma, OP)?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, gamma], OP)? {
+        return crate::cuda::ops::rms_norm_channel(x, gamma, b, c, s);
+    }
     let (ct, ot) = (compute_dtype(&[x, gamma]), out_dtype(&[x, gamma]));
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>(OP)?;
@@ -290,6 +310,10 @@ pub fn rms_norm_channel_backward(x: &Tensor, gamma: &Tensor, dy: &Tensor) -> Res
     const OP: &str = "rms_norm_channel_backward";
     let (b, c, s) = channel_dims(x, gamma, OP)?;
     expect_same_shape(x, dy, OP)?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, gamma, dy], OP)? {
+        return crate::cuda::ops::rms_norm_channel_backward(x, gamma, dy, b, c, s);
+    }
     let ct = compute_dtype(&[x, gamma, dy]);
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>(OP)?;

@@ -79,6 +79,19 @@ impl Rope3d {
         self.grid
     }
 
+    /// The tables rounded to f32 in the layout of `kernels/cuda/rope.cu`:
+    /// `[cos_t | sin_t | cos_h | sin_h | cos_w | sin_w]` (each `grid[a] × pairs[a]`, row = position), with
+    /// the grid and the pairs per axis.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn tables_f32(&self) -> (Vec<f32>, [usize; 3], [usize; 3]) {
+        let mut t = Vec::new();
+        for a in 0..3 {
+            t.extend(self.cos[a].iter().map(|&v| v as f32));
+            t.extend(self.sin[a].iter().map(|&v| v as f32));
+        }
+        (t, self.grid, self.pairs)
+    }
+
     /// `(cos, sin)` of every pair of token `n`, in the compute type.
     fn token_row<T: Float>(&self, n: usize, cos: &mut [T], sin: &mut [T]) {
         let [_, gh, gw] = self.grid;
@@ -115,6 +128,15 @@ fn check(x: &Tensor, rope: &Rope3d, op: &'static str) -> Result<(usize, usize, u
 
 fn rotate(x: &Tensor, rope: &Rope3d, sign: f64, op: &'static str, out_dt: crate::DType) -> Result<Tensor> {
     let (_b, l, h) = check(x, rope, op)?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], op)? {
+        return crate::cuda::ops::rope(
+            x,
+            rope,
+            sign as f32,
+            if out_dt == crate::DType::F64 { crate::DType::F32 } else { out_dt },
+        );
+    }
     let hd = rope.head_dim;
     let ct = compute_dtype(&[x]);
     dispatch!(ct, T => {

@@ -208,7 +208,7 @@ impl FlowMatchingTrainer {
         fsync_file(&wp)?;
 
         // training state
-        let os = self.opt.export_state();
+        let os = self.opt.export_state()?;
         let mut owned: Vec<(String, Tensor)> = Vec::new();
         if !os.exp_avg.is_empty() {
             if os.exp_avg.len() != names.len() {

@@ -1,0 +1,159 @@
+//! The CUDA backend: driver detection, NVRTC-compiled kernels (`kernels/cuda/*.cu`) cached on disk, cuBLAS
+//! GEMMs, device storage for [`Tensor`](crate::Tensor)s and the op implementations the networks dispatch to.
+//!
+//! Everything CUDA is loaded with `dlopen` at run time (cudarc's `dynamic-loading`): the binary builds and
+//! starts on machines without any CUDA library, and [`available`] reports [`Error::NoCuda`] there (for
+//! example "no CUDA driver (libcuda.so not found): running on CPU") instead of panicking. Callers fall back
+//! to the CPU backend on that error.
+//!
+//! # Pieces
+//!
+//! * Detection: [`available`] lists the devices; it checks that `libcuda` can be opened *before* any other
+//!   driver call, because cudarc panics when it cannot load the library.
+//! * Compilation: each `kernels/cuda/<file>.cu` is compiled by NVRTC at its first use on a device, with
+//!   `--gpu-architecture=compute_<major><minor>` of that device, prefixed with `common.cuh`; the PTX is cached
+//!   in `$MEDGEN_CUDA_CACHE` (or `~/.cache/medgen/cuda/`) under the blake3 hash of source, options and NVRTC
+//!   version, written atomically. NVRTC is found by name (`libnvrtc.so.13`) or, when `MEDGEN_NVRTC_DIR` is
+//!   set (or [`preload_nvrtc`] was called), from that folder (the PyPI wheel `nvidia-cuda-nvrtc`, see
+//!   `scripts/setup.sh`). PTX must not be newer than the driver: use the NVRTC of the driver's CUDA version.
+//! * Devices: one context + one stream + one cuBLAS handle per ordinal, created at first use and kept for the
+//!   life of the process. All work of a device runs in order on its stream.
+//! * GEMMs: cuBLAS `GemmStridedBatchedEx`, row-major convention (see `launch::gemm`), bf16 or f32 operands
+//!   with fp32 compute; the output may be f32 for bf16 inputs (gradients).
+//! * Ops with a CUDA path (forward and backward): linear, conv3d (im2col + GEMM + col2im), layer norm, RMS norm,
+//!   channel RMS norm, RoPE 3D, attention (flash forward/backward), GELU-tanh, SiLU, modulation, softmax,
+//!   add/sub/mul/scale, MSE loss; plus [`adamw_step`], [`grad_norm`] and [`clip_grad_norm`] on device
+//!   buffers. CUDA tensors given to any other op give [`Error::NotOnDevice`].
+//!
+//! Device dtypes: kernels load f32/bf16/f16/f64 and compute in f32; GEMMs take f32 or bf16.
+
+#[cfg(feature = "cuda")]
+mod compile;
+#[cfg(feature = "cuda")]
+mod device;
+#[cfg(feature = "cuda")]
+pub(crate) mod launch;
+#[cfg(feature = "cuda")]
+pub(crate) mod ops;
+#[cfg(feature = "cuda")]
+mod optim;
+#[cfg(feature = "cuda")]
+pub(crate) mod storage;
+
+#[cfg(feature = "cuda")]
+pub use compile::{compile_ptx, nvrtc_version, preload_nvrtc};
+#[cfg(feature = "cuda")]
+pub use optim::{adamw_step, clip_grad_norm, grad_norm};
+#[cfg(feature = "cuda")]
+pub(crate) use storage::CudaStorage;
+
+use crate::error::Result;
+
+/// One CUDA device as seen by [`available`].
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct DeviceInfo {
+    /// Ordinal (`Device::Cuda(ordinal)`).
+    pub ordinal: usize,
+    /// Marketing name, e.g. "NVIDIA H100 80GB HBM3".
+    pub name: String,
+    /// Compute capability `(major, minor)`, e.g. `(9, 0)`.
+    pub compute_capability: (i32, i32),
+    /// Total device memory in bytes.
+    pub total_memory: usize,
+}
+
+/// A kernel source file of `kernels/cuda/` and the `extern "C"` kernels it must define.
+#[derive(Debug, Clone, Copy)]
+pub struct KernelFile {
+    /// File name, e.g. `"norm.cu"`.
+    pub name: &'static str,
+    /// The source text (without the `common.cuh` prelude).
+    pub source: &'static str,
+    /// Kernel entry points the launchers use.
+    pub kernels: &'static [&'static str],
+}
+
+/// The shared prelude prepended to every kernel file.
+pub const COMMON_HEADER: &str = include_str!("../../cuda/common.cuh");
+
+/// Every kernel file with its kernels.
+pub const KERNEL_FILES: &[KernelFile] = &[
+    KernelFile {
+        name: "elementwise.cu",
+        source: include_str!("../../cuda/elementwise.cu"),
+        kernels: &[
+            "copy_strided",
+            "binary_bcast",
+            "scale_kernel",
+            "scale_inplace_f32",
+            "fill",
+            "add_bias_rows",
+            "col_sum_partial",
+            "silu_fwd",
+            "silu_bwd",
+            "gelu_tanh_fwd",
+            "gelu_tanh_bwd",
+            "modulate_fwd",
+            "modulate_bwd_dx",
+            "modulate_bwd_params",
+        ],
+    },
+    KernelFile {
+        name: "norm.cu",
+        source: include_str!("../../cuda/norm.cu"),
+        kernels: &[
+            "layer_norm_fwd",
+            "layer_norm_bwd",
+            "rms_norm_fwd",
+            "rms_norm_bwd",
+            "norm_param_grads",
+            "rms_norm_channel_fwd",
+            "rms_norm_channel_bwd",
+            "rms_norm_channel_dgamma",
+        ],
+    },
+    KernelFile {
+        name: "softmax.cu",
+        source: include_str!("../../cuda/softmax.cu"),
+        kernels: &["softmax_fwd", "softmax_bwd"],
+    },
+    KernelFile { name: "rope.cu", source: include_str!("../../cuda/rope.cu"), kernels: &["rope3d"] },
+    KernelFile {
+        name: "attention.cu",
+        source: include_str!("../../cuda/attention.cu"),
+        kernels: &["flash_attn_fwd", "attn_bwd_delta", "flash_attn_bwd_dq", "flash_attn_bwd_dkdv"],
+    },
+    KernelFile { name: "conv.cu", source: include_str!("../../cuda/conv.cu"), kernels: &["im2col3d", "col2im3d"] },
+    KernelFile {
+        name: "loss.cu",
+        source: include_str!("../../cuda/loss.cu"),
+        kernels: &["sq_diff_partial", "mse_bwd"],
+    },
+    KernelFile { name: "optim.cu", source: include_str!("../../cuda/optim.cu"), kernels: &["adamw_step"] },
+];
+
+/// The CUDA devices of this machine, or [`Error::NoCuda`] saying why there are none ("no CUDA driver
+/// (libcuda.so not found): running on CPU", "CUDA driver found but no device", the crate built without the
+/// `cuda` feature, …). Never panics.
+pub fn available() -> Result<Vec<DeviceInfo>> {
+    #[cfg(feature = "cuda")]
+    {
+        device::list_devices()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        Err(crate::error::Error::NoCuda { reason: "built without the `cuda` feature: running on CPU".into() })
+    }
+}
+
+/// Waits until all work queued on CUDA device `ordinal` has finished (for timings; transfers to the host
+/// synchronise by themselves).
+#[cfg(feature = "cuda")]
+pub fn synchronize(ordinal: usize) -> Result<()> {
+    device::device(ordinal)?.synchronize()
+}
+
+/// Whether at least one CUDA device is usable (see [`available`]).
+pub fn is_available() -> bool {
+    available().is_ok_and(|d| !d.is_empty())
+}

@@ -1,0 +1,310 @@
+//! Without a CUDA driver the backend reports a clean `Error::NoCuda` and nothing panics; with a device, every
+//! CUDA op is checked against the CPU op on random inputs, forward and backward (GPU parity, issue #8).
+
+use medgen_kernels::ops::{activation, attention, conv, elementwise, linear, loss, norm, rope};
+use medgen_kernels::{DType, Device, Error, Rng, Tensor, cuda};
+
+/// The first CUDA device, or `None` (with the reason printed) on a machine without one.
+fn gpu() -> Option<Device> {
+    match cuda::available() {
+        Ok(devs) if !devs.is_empty() => {
+            println!("CUDA devices: {devs:?}");
+            Some(Device::Cuda(0))
+        }
+        Ok(_) => None,
+        Err(e) => {
+            println!("{e}");
+            println!("no CUDA device: GPU parity not run");
+            None
+        }
+    }
+}
+
+#[test]
+fn no_driver_is_a_clean_error_and_nothing_panics() {
+    let r = std::panic::catch_unwind(|| {
+        let avail = cuda::available();
+        let t = Tensor::from_vec(vec![1f32, 2., 3.], &[3]).unwrap();
+        (avail, t.to_device(Device::Cuda(0)).map(|_| ()), Tensor::zeros(&[2], DType::F32, Device::Cuda(0)).map(|_| ()))
+    });
+    let (avail, moved, zeros) = r.expect("CUDA detection must not panic");
+    match avail {
+        Ok(devs) => {
+            assert!(!devs.is_empty());
+            assert!(moved.is_ok() && zeros.is_ok());
+        }
+        Err(Error::NoCuda { reason }) => {
+            println!("{reason}");
+            assert!(reason.contains("running on CPU") || reason.contains("CUDA device"), "{reason}");
+            assert!(matches!(moved, Err(Error::NoCuda { .. }) | Err(Error::NoBackend { .. })), "{moved:?}");
+            assert!(matches!(zeros, Err(Error::NoCuda { .. }) | Err(Error::NoBackend { .. })), "{zeros:?}");
+            assert!(!cuda::is_available());
+            // The CPU path is unaffected.
+            let y = activation::silu(&Tensor::from_vec(vec![0f32, 1.], &[2]).unwrap()).unwrap();
+            assert!((y.to_vec_f32().unwrap()[1] - 0.731_058_6).abs() < 1e-6);
+        }
+        Err(e) => panic!("expected NoCuda, got {e}"),
+    }
+}
+
+#[test]
+fn tensors_stay_send_and_sync() {
+    fn check<T: Send + Sync>() {}
+    check::<Tensor>();
+}
+
+// ------------------------------------------------------------------------------------------------
+// GPU parity (runs only with a device)
+
+fn rand(shape: &[usize], dtype: DType, rng: &mut Rng) -> Tensor {
+    Tensor::randn(shape, 1.0, dtype, rng)
+}
+
+fn dev(t: &Tensor, d: Device) -> Tensor {
+    t.to_device(d).unwrap()
+}
+
+/// Asserts `|gpu − cpu| ≤ atol + rtol·max|cpu|` and prints the error.
+fn close(name: &str, gpu: &Tensor, cpu: &Tensor, tol: f64) {
+    assert_eq!(gpu.shape(), cpu.shape(), "{name}: shape");
+    let g = gpu.to_vec_f64().unwrap();
+    let c = cpu.to_vec_f64().unwrap();
+    let scale = c.iter().fold(0f64, |a, &b| a.max(b.abs())).max(1e-6);
+    let err = g.iter().zip(&c).map(|(a, b)| (a - b).abs()).fold(0f64, f64::max);
+    println!("{name}: max abs err {err:.3e}, rel {:.3e}", err / scale);
+    assert!(err <= tol * scale, "{name}: max abs err {err} > {tol}·{scale}");
+}
+
+fn tol(dt: DType) -> f64 {
+    if dt == DType::BF16 { 2e-2 } else { 2e-5 }
+}
+
+#[test]
+fn gpu_parity_elementwise_and_activations() {
+    let Some(d) = gpu() else { return };
+    let mut rng = Rng::new(1);
+    for dt in [DType::F32, DType::BF16] {
+        let a = rand(&[3, 5, 7], dt, &mut rng);
+        let b = rand(&[5, 1], dt, &mut rng);
+        let dy = rand(&[3, 5, 7], DType::F32, &mut rng);
+        let (ga, gb, gdy) = (dev(&a, d), dev(&b, d), dev(&dy, d));
+        close("add", &elementwise::add(&ga, &gb).unwrap(), &elementwise::add(&a, &b).unwrap(), tol(dt));
+        close("mul", &elementwise::mul(&ga, &gb).unwrap(), &elementwise::mul(&a, &b).unwrap(), tol(dt));
+        close(
+            "sub(view)",
+            &elementwise::sub(&ga.transpose(1, 2).unwrap(), &ga.transpose(1, 2).unwrap()).unwrap(),
+            &elementwise::sub(&a.transpose(1, 2).unwrap(), &a.transpose(1, 2).unwrap()).unwrap(),
+            tol(dt),
+        );
+        close("scale", &elementwise::scale(&ga, 0.3).unwrap(), &elementwise::scale(&a, 0.3).unwrap(), tol(dt));
+        close("silu", &activation::silu(&ga).unwrap(), &activation::silu(&a).unwrap(), tol(dt));
+        close(
+            "silu_bwd",
+            &activation::silu_backward(&ga, &gdy).unwrap(),
+            &activation::silu_backward(&a, &dy).unwrap(),
+            1e-5,
+        );
+        close("gelu", &activation::gelu_tanh(&ga).unwrap(), &activation::gelu_tanh(&a).unwrap(), tol(dt));
+        close(
+            "gelu_bwd",
+            &activation::gelu_tanh_backward(&ga, &gdy).unwrap(),
+            &activation::gelu_tanh_backward(&a, &dy).unwrap(),
+            1e-5,
+        );
+        close("softmax", &activation::softmax(&ga).unwrap(), &activation::softmax(&a).unwrap(), tol(dt));
+        let y = activation::softmax(&a).unwrap();
+        close(
+            "softmax_bwd",
+            &activation::softmax_backward(&dev(&y, d), &gdy).unwrap(),
+            &activation::softmax_backward(&y, &dy).unwrap(),
+            1e-5,
+        );
+        close("to_dtype", &ga.to_dtype(DType::F32).unwrap(), &a.to_dtype(DType::F32).unwrap(), 0.0);
+        // modulation
+        let x = rand(&[2, 9, 16], dt, &mut rng);
+        let (sh, sc) = (rand(&[2, 1, 16], dt, &mut rng), rand(&[2, 16], dt, &mut rng));
+        let g = rand(&[2, 9, 16], DType::F32, &mut rng);
+        let (gx, gsh, gsc, gg) = (dev(&x, d), dev(&sh, d), dev(&sc, d), dev(&g, d));
+        close(
+            "modulate",
+            &elementwise::modulate(&gx, &gsh, &gsc).unwrap(),
+            &elementwise::modulate(&x, &sh, &sc).unwrap(),
+            tol(dt),
+        );
+        let (mg, mc) = (
+            elementwise::modulate_backward(&gx, &gsh, &gsc, &gg).unwrap(),
+            elementwise::modulate_backward(&x, &sh, &sc, &g).unwrap(),
+        );
+        close("modulate dx", &mg.dx, &mc.dx, 1e-5);
+        close("modulate dshift", &mg.dshift, &mc.dshift, 1e-5);
+        close("modulate dscale", &mg.dscale, &mc.dscale, 1e-5);
+        // loss
+        let (p, t) = (rand(&[4, 33], dt, &mut rng), rand(&[4, 33], dt, &mut rng));
+        let (lg, lc) = (loss::mse_loss(&dev(&p, d), &dev(&t, d)).unwrap(), loss::mse_loss(&p, &t).unwrap());
+        println!("mse: gpu {lg} cpu {lc}");
+        assert!((lg - lc).abs() <= 1e-6 * lc.abs().max(1.0));
+        close(
+            "mse_bwd",
+            &loss::mse_loss_backward(&dev(&p, d), &dev(&t, d), 0.5).unwrap(),
+            &loss::mse_loss_backward(&p, &t, 0.5).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn gpu_parity_linear_norms_rope() {
+    let Some(d) = gpu() else { return };
+    let mut rng = Rng::new(2);
+    for dt in [DType::F32, DType::BF16] {
+        let tl = if dt == DType::BF16 { 3e-2 } else { 1e-4 };
+        let x = rand(&[2, 7, 24], dt, &mut rng);
+        let w = rand(&[40, 24], dt, &mut rng);
+        let b = rand(&[40], dt, &mut rng);
+        let dy = rand(&[2, 7, 40], DType::F32, &mut rng);
+        let (gx, gw, gb, gdy) = (dev(&x, d), dev(&w, d), dev(&b, d), dev(&dy, d));
+        close("linear", &linear::linear(&gx, &gw, Some(&gb)).unwrap(), &linear::linear(&x, &w, Some(&b)).unwrap(), tl);
+        let (lg, lc) = (
+            linear::linear_backward(&gx, &gw, true, &gdy, true).unwrap(),
+            linear::linear_backward(&x, &w, true, &dy, true).unwrap(),
+        );
+        close("linear dx", lg.dx.as_ref().unwrap(), lc.dx.as_ref().unwrap(), tl);
+        close("linear dw", &lg.dw, &lc.dw, tl);
+        close("linear db", lg.db.as_ref().unwrap(), lc.db.as_ref().unwrap(), 1e-5);
+        // norms
+        let (nw, nb) = (rand(&[24], dt, &mut rng), rand(&[24], dt, &mut rng));
+        let g = rand(&[2, 7, 24], DType::F32, &mut rng);
+        let (gnw, gnb, gg) = (dev(&nw, d), dev(&nb, d), dev(&g, d));
+        close(
+            "layer_norm",
+            &norm::layer_norm(&gx, Some(&gnw), Some(&gnb), 1e-6).unwrap(),
+            &norm::layer_norm(&x, Some(&nw), Some(&nb), 1e-6).unwrap(),
+            tol(dt),
+        );
+        close(
+            "layer_norm(plain)",
+            &norm::layer_norm(&gx, None, None, 1e-6).unwrap(),
+            &norm::layer_norm(&x, None, None, 1e-6).unwrap(),
+            tol(dt),
+        );
+        let (ng, nc) = (
+            norm::layer_norm_backward(&gx, Some(&gnw), true, 1e-6, &gg).unwrap(),
+            norm::layer_norm_backward(&x, Some(&nw), true, 1e-6, &g).unwrap(),
+        );
+        close("layer_norm dx", &ng.dx, &nc.dx, 1e-4);
+        close("layer_norm dw", ng.dweight.as_ref().unwrap(), nc.dweight.as_ref().unwrap(), 1e-4);
+        close("layer_norm db", ng.dbias.as_ref().unwrap(), nc.dbias.as_ref().unwrap(), 1e-5);
+        close("rms_norm", &norm::rms_norm(&gx, &gnw, 1e-6).unwrap(), &norm::rms_norm(&x, &nw, 1e-6).unwrap(), tol(dt));
+        let (rg, rc) = (
+            norm::rms_norm_backward(&gx, &gnw, 1e-6, &gg).unwrap(),
+            norm::rms_norm_backward(&x, &nw, 1e-6, &g).unwrap(),
+        );
+        close("rms_norm dx", &rg.dx, &rc.dx, 1e-4);
+        close("rms_norm dw", rg.dweight.as_ref().unwrap(), rc.dweight.as_ref().unwrap(), 1e-4);
+        let xc = rand(&[2, 6, 3, 4, 5], dt, &mut rng);
+        let gam = rand(&[6, 1, 1, 1], dt, &mut rng);
+        let gc = rand(&[2, 6, 3, 4, 5], DType::F32, &mut rng);
+        close(
+            "rms_norm_channel",
+            &norm::rms_norm_channel(&dev(&xc, d), &dev(&gam, d)).unwrap(),
+            &norm::rms_norm_channel(&xc, &gam).unwrap(),
+            tol(dt),
+        );
+        let (cg, cc) = (
+            norm::rms_norm_channel_backward(&dev(&xc, d), &dev(&gam, d), &dev(&gc, d)).unwrap(),
+            norm::rms_norm_channel_backward(&xc, &gam, &gc).unwrap(),
+        );
+        close("rms_norm_channel dx", &cg.dx, &cc.dx, 1e-4);
+        close("rms_norm_channel dgamma", cg.dweight.as_ref().unwrap(), cc.dweight.as_ref().unwrap(), 1e-4);
+        // RoPE: hd = 32 on a 3x4x5 grid
+        let r = rope::Rope3d::new(32, [3, 4, 5], 10000.0).unwrap();
+        let q = rand(&[2, 60, 3, 32], dt, &mut rng);
+        let gq = rand(&[2, 60, 3, 32], DType::F32, &mut rng);
+        close("rope", &rope::rope_apply(&dev(&q, d), &r).unwrap(), &rope::rope_apply(&q, &r).unwrap(), tol(dt));
+        close(
+            "rope_bwd",
+            &rope::rope_backward(&dev(&gq, d), &r).unwrap(),
+            &rope::rope_backward(&gq, &r).unwrap(),
+            1e-5,
+        );
+    }
+}
+
+#[test]
+fn gpu_parity_attention_conv_optim() {
+    let Some(d) = gpu() else { return };
+    let mut rng = Rng::new(3);
+    for dt in [DType::F32, DType::BF16] {
+        let tl = if dt == DType::BF16 { 3e-2 } else { 1e-4 };
+        for (lq, lk, hd) in [(100, 100, 32), (70, 37, 128), (5, 300, 16)] {
+            let q = rand(&[2, lq, 3, hd], dt, &mut rng);
+            let k = rand(&[2, lk, 3, hd], dt, &mut rng);
+            let v = rand(&[2, lk, 3, hd], dt, &mut rng);
+            let go = rand(&[2, lq, 3, hd], DType::F32, &mut rng);
+            let c = attention::attention(&q, &k, &v, None).unwrap();
+            let g = attention::attention(&dev(&q, d), &dev(&k, d), &dev(&v, d), None).unwrap();
+            close(&format!("attention {lq}x{lk} d{hd}"), &g.out, &c.out, tl);
+            close("attention lse", &g.lse, &c.lse, 1e-4);
+            let cb = attention::attention_backward(&q, &k, &v, &c.out, &c.lse, &go, None).unwrap();
+            let gb = attention::attention_backward(
+                &dev(&q, d),
+                &dev(&k, d),
+                &dev(&v, d),
+                &g.out,
+                &g.lse,
+                &dev(&go, d),
+                None,
+            )
+            .unwrap();
+            close("attention dq", &gb.dq, &cb.dq, tl);
+            close("attention dk", &gb.dk, &cb.dk, tl);
+            close("attention dv", &gb.dv, &cb.dv, tl);
+        }
+        // conv3d: patch embedding (k = s = (1,2,2)) and a causal 3x3x3
+        for (p, ks) in [
+            (conv::Conv3dParams::new([1, 2, 2], [0, 0, 0]), [1, 2, 2]),
+            (conv::Conv3dParams::causal([1, 1, 1], [1, 1, 1]), [3, 3, 3]),
+        ] {
+            let x = rand(&[2, 4, 3, 6, 8], dt, &mut rng);
+            let w = rand(&[5, 4, ks[0], ks[1], ks[2]], dt, &mut rng);
+            let b = rand(&[5], dt, &mut rng);
+            let yc = conv::conv3d(&x, &w, Some(&b), &p).unwrap();
+            let yg = conv::conv3d(&dev(&x, d), &dev(&w, d), Some(&dev(&b, d)), &p).unwrap();
+            close("conv3d", &yg, &yc, tl);
+            let dy = rand(yc.shape(), DType::F32, &mut rng);
+            let gc = conv::conv3d_backward(&x, &w, true, &dy, &p, true).unwrap();
+            let gg = conv::conv3d_backward(&dev(&x, d), &dev(&w, d), true, &dev(&dy, d), &p, true).unwrap();
+            close("conv3d dx", gg.dx.as_ref().unwrap(), gc.dx.as_ref().unwrap(), tl);
+            close("conv3d dw", &gg.dw, &gc.dw, tl);
+            close("conv3d db", gg.db.as_ref().unwrap(), gc.db.as_ref().unwrap(), 1e-5);
+        }
+    }
+}
+
+#[cfg(feature = "cuda")]
+#[test]
+fn gpu_parity_adamw_and_clipping() {
+    let Some(d) = gpu() else { return };
+    let mut rng = Rng::new(4);
+    // AdamW + clipping vs the CPU optimiser
+    let cfg = medgen_kernels::optim::AdamWConfig { lr: 1e-2, ..Default::default() };
+    let mut opt = medgen_kernels::optim::AdamW::new(cfg).unwrap();
+    let mut p = vec![rand(&[300], DType::F32, &mut rng)];
+    let gp = vec![dev(&p[0], d)];
+    let (m, v) =
+        (vec![Tensor::zeros(&[300], DType::F32, d).unwrap()], vec![Tensor::zeros(&[300], DType::F32, d).unwrap()]);
+    for step in 1..=3 {
+        let g = vec![rand(&[300], DType::F32, &mut rng)];
+        let gg = vec![dev(&g[0], d)];
+        let (nc, ng) = (medgen_kernels::optim::grad_norm(&g).unwrap(), cuda::grad_norm(&gg).unwrap());
+        assert!((nc - ng).abs() < 1e-9 * nc, "grad norm {nc} vs {ng}");
+        opt.step(&mut p, &g).unwrap();
+        cuda::adamw_step(&gp, &gg, &m, &v, &cfg, step).unwrap();
+        close("adamw", &gp[0], &p[0], 1e-6);
+    }
+    let g = vec![dev(&rand(&[300], DType::F32, &mut rng), d)];
+    let before = cuda::clip_grad_norm(&g, 1.0).unwrap();
+    let after = cuda::grad_norm(&g).unwrap();
+    println!("clip: {before} -> {after}");
+    assert!(before > 1.0 && (after - 1.0).abs() < 1e-5);
+}

@@ -1,0 +1,97 @@
+//! Every `kernels/cuda/*.cu` compiles with NVRTC for sm_90 and sm_80 and defines the kernels the launchers
+//! use. Needs no GPU and no driver, only NVRTC: `scripts/setup.sh` installs the `nvidia-cuda-nvrtc` wheel into
+//! `.cache/cudaenv` (or point `MEDGEN_NVRTC_DIR` at a folder with `libnvrtc.so.13`). A missing NVRTC fails
+//! these tests (it does not skip them).
+#![cfg(feature = "cuda")]
+
+use std::collections::BTreeSet;
+use std::path::{Path, PathBuf};
+use std::sync::OnceLock;
+
+use medgen_kernels::Error;
+use medgen_kernels::cuda::{self, KERNEL_FILES, KernelFile};
+
+const FIX: &str = "run scripts/setup.sh (it installs the pinned nvidia-cuda-nvrtc wheel into .cache/cudaenv) or set \
+                   MEDGEN_NVRTC_DIR to a folder holding libnvrtc.so.13 and libnvrtc-builtins.so.13.*";
+
+fn repo_root() -> PathBuf {
+    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("kernels/ has a parent").to_path_buf()
+}
+
+/// The NVRTC folder: `$MEDGEN_NVRTC_DIR`, else the wheel in `.cache/cudaenv`.
+fn nvrtc_dir() -> Option<PathBuf> {
+    if let Some(d) = std::env::var_os("MEDGEN_NVRTC_DIR") {
+        return Some(PathBuf::from(d));
+    }
+    let lib = repo_root().join(".cache/cudaenv/lib");
+    std::fs::read_dir(&lib)
+        .ok()?
+        .filter_map(|e| e.ok())
+        .map(|e| e.path().join("site-packages/nvidia/cu13/lib"))
+        .find(|p| p.join("libnvrtc.so.13").is_file())
+}
+
+/// Loads NVRTC once for all tests of this binary, or fails with the fix.
+fn setup() -> (i32, i32) {
+    static V: OnceLock<Result<(i32, i32), String>> = OnceLock::new();
+    V.get_or_init(|| {
+        let dir = nvrtc_dir().ok_or_else(|| format!("NVRTC not found: {FIX}"))?;
+        cuda::preload_nvrtc(&dir).map_err(|e| format!("{e}: {FIX}"))?;
+        cuda::nvrtc_version().map_err(|e| format!("{e}: {FIX}"))
+    })
+    .clone()
+    .unwrap_or_else(|e| panic!("{e}"))
+}
+
+#[test]
+fn every_kernel_file_is_listed() {
+    let on_disk: BTreeSet<String> = std::fs::read_dir(repo_root().join("kernels/cuda"))
+        .expect("kernels/cuda exists")
+        .filter_map(|e| e.ok())
+        .filter_map(|e| e.file_name().to_str().map(String::from))
+        .filter(|n| n.ends_with(".cu"))
+        .collect();
+    let listed: BTreeSet<String> = KERNEL_FILES.iter().map(|f| f.name.to_string()).collect();
+    assert_eq!(on_disk, listed, "kernels/cuda/*.cu and cuda::KERNEL_FILES differ");
+}
+
+#[test]
+fn every_kernel_compiles_for_sm90_and_sm80() {
+    let (major, minor) = setup();
+    println!("NVRTC {major}.{minor}");
+    let mut total = 0;
+    for f in KERNEL_FILES {
+        for arch in ["compute_90", "compute_80"] {
+            let t = std::time::Instant::now();
+            let ptx = cuda::compile_ptx(f, arch).unwrap_or_else(|e| panic!("{e}"));
+            assert!(ptx.contains(&format!(".target sm_{}", &arch[8..])), "{}: PTX target for {arch}", f.name);
+            if (major, minor) == (13, 0) {
+                // The CUDA 13.0 driver (580) JIT-compiles PTX ISA up to 9.0.
+                assert!(ptx.contains(".version 9.0"), "{}: NVRTC 13.0 should emit PTX ISA 9.0", f.name);
+            }
+            for k in f.kernels {
+                assert!(ptx.contains(&format!(".entry {k}(")), "{}: kernel {k} missing from the {arch} PTX", f.name);
+                total += 1;
+            }
+            println!("{} {arch}: {} kernels, {} bytes of PTX, {:?}", f.name, f.kernels.len(), ptx.len(), t.elapsed());
+        }
+    }
+    assert!(total >= 2 * 34, "expected every kernel for two architectures, got {total}");
+}
+
+#[test]
+fn compile_errors_are_typed_with_the_log() {
+    setup();
+    let bad = KernelFile {
+        name: "broken.cu",
+        source: "extern \"C\" __global__ void broken(float* x) { x[0] = undefined_symbol; }\n",
+        kernels: &["broken"],
+    };
+    match cuda::compile_ptx(&bad, "compute_90") {
+        Err(Error::CudaCompile { file, log, .. }) => {
+            assert_eq!(file, "broken.cu");
+            assert!(log.contains("undefined_symbol"), "log: {log}");
+        }
+        other => panic!("expected a CudaCompile error, got {other:?}"),
+    }
+}
