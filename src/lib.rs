@@ -2,6 +2,7 @@
 //! command line. Operators live in `medgen-operators` and are known only through its registry.
 
 pub mod graph;
+pub mod review;
 pub mod runtime;
 pub mod store;
 

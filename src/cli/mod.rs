@@ -7,6 +7,7 @@ mod classifier;
 mod doctor;
 mod failures;
 mod ops;
+mod review;
 mod run;
 #[cfg(feature = "video")]
 mod sample;
@@ -90,6 +91,10 @@ pub enum Command {
     /// One prompt → one MP4 from a checkpoint folder that train.flow_matching wrote.
     #[cfg(feature = "video")]
     Sample(sample::SampleArgs),
+    /// Doctors rate two models' videos blind, pairwise, in a local web page (text alignment, medical
+    /// accuracy, visual quality, warping errors); `--results` prints the counts, WE and Cohen's kappa.
+    #[command(after_help = review::AFTER)]
+    Review(review::ReviewArgs),
 }
 
 fn version() -> &'static str {
@@ -146,6 +151,7 @@ pub fn main() -> i32 {
         Command::Classifier(a) => classifier::classifier(a),
         #[cfg(feature = "video")]
         Command::Sample(a) => sample::sample(a),
+        Command::Review(a) => review::review(a),
     };
     match result {
         Ok(code) => code,

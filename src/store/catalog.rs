@@ -86,6 +86,29 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (node, epoch, path)
     ) WITHOUT ROWID;
     "#,
+    // 2: `medgen review` ratings: blind pairwise outcomes (in model terms) and warping-error levels.
+    r#"
+    CREATE TABLE ratings (
+        model_a    TEXT NOT NULL,
+        model_b    TEXT NOT NULL,
+        prompt_id  TEXT NOT NULL,
+        rater      TEXT NOT NULL,
+        criterion  TEXT NOT NULL,
+        outcome    TEXT NOT NULL CHECK (outcome IN ('a_wins', 'both_lose', 'b_wins')),
+        left_model TEXT NOT NULL,             -- which model the rater saw on the left
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (model_a, model_b, prompt_id, rater, criterion)
+    ) WITHOUT ROWID;
+
+    CREATE TABLE warping_ratings (
+        model      TEXT NOT NULL,
+        prompt_id  TEXT NOT NULL,
+        rater      TEXT NOT NULL,
+        level      TEXT NOT NULL CHECK (level IN ('no', 'minor', 'moderate', 'severe')),
+        created_at TEXT NOT NULL,
+        PRIMARY KEY (model, prompt_id, rater)
+    ) WITHOUT ROWID;
+    "#,
 ];
 
 /// The schema version this build writes.

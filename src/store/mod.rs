@@ -21,6 +21,7 @@
 mod blobs;
 mod catalog;
 mod error;
+mod ratings;
 mod types;
 
 #[cfg(test)]
@@ -28,6 +29,7 @@ mod tests;
 
 pub use blobs::is_valid_key as is_valid_blob_key;
 pub use error::StoreError;
+pub use ratings::{Outcome, RatingRow, WarpLevel, WarpingRow};
 pub use types::{CommitRow, FailureFilter, FailureRow, OutputRow, RunInfo, RunRow, RunStatus};
 
 use blobs::{Blobs, TempFile};
