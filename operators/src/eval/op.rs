@@ -13,14 +13,14 @@
 //! error ratings the paper's total adds `100 − WE`, which `medgen review` reports). A new checkpoint
 //! only adds its own videos: the earlier ones stay memo hits.
 
-use super::vbench::{self as vb, BackboneConfig, Dimension, Evaluator};
+use super::vbench::{self as vb, BackboneConfig, Dimension, EvalError, Evaluator};
 use crate::api::*;
 use crate::curate::{check_threads, fingerprint_without};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex, OnceLock};
 
 pub struct EvalVbench;
 
@@ -85,6 +85,38 @@ impl VbenchParams {
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 struct EvalJob {
     sample: Sample,
+}
+
+/// Loads the backbones once per process for a given configuration (`check` and `build` both need
+/// them, and watch mode rebuilds): keyed on the configuration, the dimensions and each model file's
+/// size and modification time, so an edited model file is loaded again.
+fn load_evaluator(cfg: &BackboneConfig, dims: &[Dimension]) -> Result<Arc<Evaluator>, EvalError> {
+    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Evaluator>>>> = OnceLock::new();
+    let stamp = |p: &Option<PathBuf>| {
+        p.as_ref()
+            .and_then(|p| std::fs::metadata(p).ok())
+            .map(|m| format!("{}:{:?}", m.len(), m.modified().ok()))
+            .unwrap_or_default()
+    };
+    let key = format!(
+        "{}|{dims:?}|{}|{}|{}|{}",
+        serde_json::to_string(cfg).unwrap_or_default(),
+        stamp(&cfg.subject_onnx),
+        stamp(&cfg.background_onnx),
+        stamp(&cfg.interpolator_onnx),
+        stamp(&cfg.imaging_onnx)
+    );
+    let cache = CACHE.get_or_init(Default::default);
+    if let Some(ev) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
+        return Ok(ev.clone());
+    }
+    let ev = Arc::new(Evaluator::load(cfg, dims)?);
+    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
+    if c.len() >= 8 {
+        c.clear();
+    }
+    c.insert(key, ev.clone());
+    Ok(ev)
 }
 
 /// `checkpoint:epoch<e>`, the subject of a checkpoint's aggregates and gate decisions.
@@ -303,7 +335,7 @@ impl TypedOperator for EvalVbench {
             }
             crate::curate::check_range(&mut v, &format!("warping_error.{k}"), *we, 0.0, 100.0, "12.5");
         }
-        if let Err(e) = Evaluator::load(&p.backbones(&ctx.base_dir), &p.dimensions) {
+        if let Err(e) = load_evaluator(&p.backbones(&ctx.base_dir), &p.dimensions) {
             v.push(ParamIssue::error(
                 "dimensions",
                 format!("cannot load the scoring backbones: {e}"),
@@ -331,10 +363,9 @@ impl TypedOperator for EvalVbench {
             node: ctx.node.clone(),
             message: "input `samples` is not connected (a sample.t2v node)".into(),
         })?;
-        let ev = Evaluator::load(&p.backbones(&ctx.base_dir), &p.dimensions)
+        let ev = load_evaluator(&p.backbones(&ctx.base_dir), &p.dimensions)
             .map_err(|e| BuildError::Invalid { node: ctx.node.clone(), message: e.to_string() })?;
         ctx.params_fingerprint = format!("{}|backbones={}", ctx.params_fingerprint, ev.fingerprint());
-        let ev = Arc::new(ev);
         let mut dims = p.dimensions.clone();
         dims.sort();
         dims.dedup();

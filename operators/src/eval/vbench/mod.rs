@@ -304,6 +304,17 @@ impl Evaluator {
         Ok(out)
     }
 
+    /// Each frame's features from a consistency dimension's backbone, in frame order: what
+    /// [`consistency`] scores. Other dimensions have no per-frame features (an error).
+    pub fn frame_features(&self, clip: &Clip, d: Dimension) -> Result<Vec<Vec<f32>>, EvalError> {
+        check_clip(clip)?;
+        match d {
+            Dimension::SubjectConsistency => self.features(&self.subject, clip, d),
+            Dimension::BackgroundConsistency => self.features(&self.background, clip, d),
+            _ => Err(EvalError::Video(format!("{} has no per-frame features", d.key()))),
+        }
+    }
+
     fn features(&self, f: &Option<Features>, clip: &Clip, d: Dimension) -> Result<Vec<Vec<f32>>, EvalError> {
         let f = f.as_ref().ok_or_else(|| EvalError::Video(format!("{} was not loaded", d.key())))?;
         let (w, h) = (clip.width as usize, clip.height as usize);
