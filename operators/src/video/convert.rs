@@ -117,8 +117,9 @@ fn row_444(c: &Coeffs, y: &[u8], u: &[u8], v: &[u8], out: &mut [u8]) {
 }
 
 /// Convert the `w × h` rectangle at `(x0, y0)` into packed RGB (`out.len() == w*h*3`).
+/// `AVX2`: the caller runs with AVX2 enabled (planar 4:2:0 / 4:2:2 rows then take [`row_pairs_avx2`]).
 #[inline(always)]
-fn convert_rect(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize, out: &mut [u8]) {
+fn convert_rect<const AVX2: bool>(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize, out: &mut [u8]) {
     // Pairs need an even start column; an odd one takes the slow path for its first pixel.
     for row in 0..h {
         let sy = y0 + row;
@@ -157,7 +158,15 @@ fn convert_rect(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize
                 let cn = n.div_ceil(2);
                 let us = &ub[base + k0 * step + uo..base + (k0 + cn - 1) * step + uo + 1];
                 let vs = &vb[base + k0 * step + vo..base + (k0 + cn - 1) * step + vo + 1];
-                if step == 1 {
+                if step == 1 && AVX2 {
+                    #[cfg(target_arch = "x86_64")]
+                    // SAFETY: AVX2 is only set by `convert_avx2`, which runs after AVX2 was detected.
+                    unsafe {
+                        row_pairs_avx2(c, &yr[xs..], us, vs, &mut o[xs * 3..])
+                    };
+                    #[cfg(not(target_arch = "x86_64"))]
+                    row_pairs::<1>(c, &yr[xs..], us, vs, &mut o[xs * 3..]);
+                } else if step == 1 {
                     row_pairs::<1>(c, &yr[xs..], us, vs, &mut o[xs * 3..]);
                 } else {
                     row_pairs::<2>(c, &yr[xs..], us, vs, &mut o[xs * 3..]);
@@ -170,13 +179,109 @@ fn convert_rect(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "avx2")]
 unsafe fn convert_avx2(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize, out: &mut [u8]) {
-    convert_rect(p, c, x0, y0, w, h, out)
+    convert_rect::<true>(p, c, x0, y0, w, h, out)
+}
+
+/// `pshufb` masks that gather byte `chunk*16 + j` of packed RGB (pixel `(chunk*16 + j) / 3`) from
+/// the 16-pixel plane of channel `ch`; other bytes are zeroed (0x80).
+const fn rgb_mask(chunk: usize, ch: usize) -> [i8; 16] {
+    let mut m = [-128i8; 16];
+    let mut j = 0;
+    while j < 16 {
+        let b = chunk * 16 + j;
+        if b % 3 == ch {
+            m[j] = (b / 3) as i8;
+        }
+        j += 1;
+    }
+    m
+}
+
+const RGB_MASKS: [[[i8; 16]; 3]; 3] = [
+    [rgb_mask(0, 0), rgb_mask(0, 1), rgb_mask(0, 2)],
+    [rgb_mask(1, 0), rgb_mask(1, 1), rgb_mask(1, 2)],
+    [rgb_mask(2, 0), rgb_mask(2, 1), rgb_mask(2, 2)],
+];
+
+/// [`row_pairs`] for planar chroma (one sample per two pixels, adjacent bytes), 16 pixels per step
+/// with AVX2: the same 16.16 fixed-point arithmetic in 32-bit lanes, so the result is bit-identical;
+/// saturating packs do the clamp, and three `pshufb` per 16 output bytes interleave R, G, B.
+#[cfg(target_arch = "x86_64")]
+#[target_feature(enable = "avx2")]
+fn row_pairs_avx2(c: &Coeffs, y: &[u8], u: &[u8], v: &[u8], out: &mut [u8]) {
+    use std::arch::x86_64::*;
+    let n = y.len() / 16 * 16;
+    // The vector loop reads y[..n], u[..n/2], v[..n/2] and writes out[..3n]; the rest goes scalar.
+    if n == 0 || u.len() < n / 2 || v.len() < n / 2 || out.len() < 3 * y.len() {
+        row_pairs::<1>(c, y, u, v, out);
+        return;
+    }
+    let cy = _mm256_set1_epi32(c.cy);
+    let y_off = _mm256_set1_epi32(c.y_off);
+    let round = _mm256_set1_epi32(32768);
+    let (crv, cgu, cgv, cbu) =
+        (_mm256_set1_epi32(c.crv), _mm256_set1_epi32(c.cgu), _mm256_set1_epi32(c.cgv), _mm256_set1_epi32(c.cbu));
+    let c128 = _mm256_set1_epi32(128);
+    // SAFETY: each mask is a 16-byte array.
+    let masks: [[__m128i; 3]; 3] = std::array::from_fn(|k| {
+        std::array::from_fn(|ch| unsafe { _mm_loadu_si128(RGB_MASKS[k][ch].as_ptr() as *const __m128i) })
+    });
+    // 16 i32 lanes (two registers) → 16 saturated u8, in order.
+    macro_rules! pack {
+        ($lo:expr, $hi:expr) => {{
+            let w16 = _mm256_permute4x64_epi64::<0xD8>(_mm256_packs_epi32($lo, $hi));
+            _mm_packus_epi16(_mm256_castsi256_si128(w16), _mm256_extracti128_si256::<1>(w16))
+        }};
+    }
+    macro_rules! widen {
+        ($b:expr) => {
+            (_mm256_cvtepu8_epi32($b), _mm256_cvtepu8_epi32(_mm_srli_si128::<8>($b)))
+        };
+    }
+    let mut i = 0;
+    while i < n {
+        // SAFETY: i + 16 <= n <= y.len() and i/2 + 8 <= n/2 <= u.len(), v.len() (checked above).
+        let (yb, ub, vb) = unsafe {
+            (
+                _mm_loadu_si128(y.as_ptr().add(i) as *const __m128i),
+                _mm_loadl_epi64(u.as_ptr().add(i / 2) as *const __m128i),
+                _mm_loadl_epi64(v.as_ptr().add(i / 2) as *const __m128i),
+            )
+        };
+        let (ud, vd) = (_mm_unpacklo_epi8(ub, ub), _mm_unpacklo_epi8(vb, vb));
+        let (y0, y1) = widen!(yb);
+        let (d0, d1) = widen!(ud);
+        let (e0, e1) = widen!(vd);
+        let (d0, d1) = (_mm256_sub_epi32(d0, c128), _mm256_sub_epi32(d1, c128));
+        let (e0, e1) = (_mm256_sub_epi32(e0, c128), _mm256_sub_epi32(e1, c128));
+        let l0 = _mm256_add_epi32(_mm256_mullo_epi32(cy, _mm256_sub_epi32(y0, y_off)), round);
+        let l1 = _mm256_add_epi32(_mm256_mullo_epi32(cy, _mm256_sub_epi32(y1, y_off)), round);
+        let (r0, r1) = (_mm256_mullo_epi32(crv, e0), _mm256_mullo_epi32(crv, e1));
+        let g0 = _mm256_add_epi32(_mm256_mullo_epi32(cgu, d0), _mm256_mullo_epi32(cgv, e0));
+        let g1 = _mm256_add_epi32(_mm256_mullo_epi32(cgu, d1), _mm256_mullo_epi32(cgv, e1));
+        let (b0, b1) = (_mm256_mullo_epi32(cbu, d0), _mm256_mullo_epi32(cbu, d1));
+        let planes = [
+            pack!(_mm256_srai_epi32::<16>(_mm256_add_epi32(l0, r0)), _mm256_srai_epi32::<16>(_mm256_add_epi32(l1, r1))),
+            pack!(_mm256_srai_epi32::<16>(_mm256_sub_epi32(l0, g0)), _mm256_srai_epi32::<16>(_mm256_sub_epi32(l1, g1))),
+            pack!(_mm256_srai_epi32::<16>(_mm256_add_epi32(l0, b0)), _mm256_srai_epi32::<16>(_mm256_add_epi32(l1, b1))),
+        ];
+        for (k, m) in masks.iter().enumerate() {
+            let px = _mm_or_si128(
+                _mm_or_si128(_mm_shuffle_epi8(planes[0], m[0]), _mm_shuffle_epi8(planes[1], m[1])),
+                _mm_shuffle_epi8(planes[2], m[2]),
+            );
+            // SAFETY: 3i + 16k + 16 <= 3n <= out.len() (checked above).
+            unsafe { _mm_storeu_si128(out.as_mut_ptr().add(3 * i + 16 * k) as *mut __m128i, px) };
+        }
+        i += 16;
+    }
+    row_pairs::<1>(c, &y[n..], &u[n / 2..], &v[n / 2..], &mut out[3 * n..]);
 }
 
 #[cfg(target_arch = "x86_64")]
 #[target_feature(enable = "sse4.1")]
 unsafe fn convert_sse41(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize, out: &mut [u8]) {
-    convert_rect(p, c, x0, y0, w, h, out)
+    convert_rect::<false>(p, c, x0, y0, w, h, out)
 }
 
 /// Whether a rectangle fits the planes (so the conversion cannot index out of bounds).
@@ -218,7 +323,7 @@ pub fn to_rgb(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize) 
             return Some(out);
         }
     }
-    convert_rect(p, c, x0, y0, w, h, &mut out);
+    convert_rect::<false>(p, c, x0, y0, w, h, &mut out);
     Some(out)
 }
 
@@ -294,6 +399,37 @@ mod tests {
         let c = Coeffs::new(Matrix::Bt601, true);
         let rgb = to_rgb(&planes(&[76, 76], &[85], &[255], 2, Layout::P420), &c, 0, 0, 2, 1).unwrap();
         assert!(rgb[0] > 250 && rgb[1] < 5 && rgb[2] < 5, "{rgb:?}");
+    }
+
+    #[test]
+    fn simd_paths_equal_the_scalar_formula() {
+        // Widths around the 16-pixel vector step, odd crops, both ranges, every planar layout.
+        let mut seed = 0x9E37_79B9u32;
+        let mut next = || {
+            seed ^= seed << 13;
+            seed ^= seed >> 17;
+            seed ^= seed << 5;
+            (seed >> 24) as u8
+        };
+        for w in [1usize, 2, 15, 16, 17, 31, 32, 33, 47, 64, 100] {
+            let h = 4;
+            let y: Vec<u8> = (0..w * h).map(|_| next()).collect();
+            let u: Vec<u8> = (0..w * h).map(|_| next()).collect();
+            let v: Vec<u8> = (0..w * h).map(|_| next()).collect();
+            for layout in [Layout::P420, Layout::P422, Layout::P444] {
+                for full in [false, true] {
+                    let c = Coeffs::new(Matrix::Bt709, full);
+                    let p = planes(&y, &u, &v, w, layout);
+                    for x0 in [0, 1.min(w - 1)] {
+                        let cw = w - x0;
+                        let got = to_rgb(&p, &c, x0, 0, cw, h).unwrap();
+                        let mut want = vec![0u8; cw * h * 3];
+                        convert_rect::<false>(&p, &c, x0, 0, cw, h, &mut want);
+                        assert_eq!(got, want, "w {w} x0 {x0} {layout:?} full {full}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
