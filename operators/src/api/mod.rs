@@ -3,6 +3,7 @@
 
 pub mod epochs;
 pub mod fsutil;
+pub mod loaded;
 pub mod pool;
 pub mod records;
 pub mod services;

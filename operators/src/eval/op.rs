@@ -14,13 +14,14 @@
 //! only adds its own videos: the earlier ones stay memo hits.
 
 use super::vbench::{self as vb, BackboneConfig, Dimension, EvalError, Evaluator};
+use crate::api::loaded::LoadedCache;
 use crate::api::*;
 use crate::curate::{check_threads, fingerprint_without};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 pub struct EvalVbench;
 
@@ -91,7 +92,7 @@ struct EvalJob {
 /// them, and watch mode rebuilds): keyed on the configuration, the dimensions and each model file's
 /// size and modification time, so an edited model file is loaded again.
 fn load_evaluator(cfg: &BackboneConfig, dims: &[Dimension]) -> Result<Arc<Evaluator>, EvalError> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<Evaluator>>>> = OnceLock::new();
+    static CACHE: LoadedCache<Evaluator> = LoadedCache::new(8);
     let stamp = |p: &Option<PathBuf>| {
         p.as_ref()
             .and_then(|p| std::fs::metadata(p).ok())
@@ -106,17 +107,7 @@ fn load_evaluator(cfg: &BackboneConfig, dims: &[Dimension]) -> Result<Arc<Evalua
         stamp(&cfg.interpolator_onnx),
         stamp(&cfg.imaging_onnx)
     );
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(ev) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(ev.clone());
-    }
-    let ev = Arc::new(Evaluator::load(cfg, dims)?);
-    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-    if c.len() >= 8 {
-        c.clear();
-    }
-    c.insert(key, ev.clone());
-    Ok(ev)
+    CACHE.get_or_load(key, || Evaluator::load(cfg, dims))
 }
 
 /// `checkpoint:epoch<e>`, the subject of a checkpoint's aggregates and gate decisions.

@@ -1,14 +1,15 @@
 //! `sample.t2v`: prompts × checkpoints → MP4 samples.
 
 use super::{SampleSettings, SamplerKind, Stopped, generate};
+use crate::api::loaded::LoadedCache;
 use crate::api::*;
 use crate::latent::codec::video_to_mp4;
 use crate::train::checkpoint::{LoadedModel, load_dir, load_with};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex, OnceLock};
+use std::sync::Arc;
 
 pub struct SampleT2v;
 
@@ -105,33 +106,17 @@ fn model(
     base: &Path,
     services: &dyn Services,
 ) -> Result<Arc<LoadedModel>, String> {
-    static CACHE: OnceLock<Mutex<HashMap<String, Arc<LoadedModel>>>> = OnceLock::new();
-    let key = match (&job.ckpt, fixed) {
-        (Some(c), _) => serde_json::to_string(&c.blobs).unwrap_or_default(),
-        (None, Some(d)) => d.display().to_string(),
-        (None, None) => return Err("no checkpoint: connect `checkpoints` or set `checkpoint`".into()),
-    };
-    let cache = CACHE.get_or_init(Default::default);
-    if let Some(m) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
-        return Ok(m.clone());
-    }
-    let m = match (&job.ckpt, fixed) {
-        (Some(c), _) => {
+    // Keep a handful: each holds a whole DiT.
+    static CACHE: LoadedCache<LoadedModel> = LoadedCache::new(4);
+    match (&job.ckpt, fixed) {
+        (Some(c), _) => CACHE.get_or_load(serde_json::to_string(&c.blobs).unwrap_or_default(), || {
             let paths: BTreeMap<String, PathBuf> =
                 c.blobs.iter().map(|(n, k)| (n.clone(), services.blob_path(k))).collect();
-            load_with(&move |name| paths.get(name).cloned(), base)?
-        }
-        (None, Some(d)) => load_dir(d)?,
-        (None, None) => unreachable!("handled above"),
-    };
-    let m = Arc::new(m);
-    let mut c = cache.lock().unwrap_or_else(|p| p.into_inner());
-    // Keep a handful: each holds a whole DiT.
-    if c.len() >= 4 {
-        c.clear();
+            load_with(&move |name| paths.get(name).cloned(), base)
+        }),
+        (None, Some(d)) => CACHE.get_or_load(d.display().to_string(), || load_dir(d)),
+        (None, None) => Err("no checkpoint: connect `checkpoints` or set `checkpoint`".into()),
     }
-    c.insert(key, m.clone());
-    Ok(m)
 }
 
 impl TypedOperator for SampleT2v {
