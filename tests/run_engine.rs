@@ -195,6 +195,27 @@ changelog = true
     let removed = diffs.iter().find(|d| d.2 && d.1 == -1).unwrap();
     assert!(removed.0 > added.0);
     assert_eq!(diffs.len(), 4, "{changes}");
+
+    // A new watching run over an emptied folder: its view is empty from the first epoch on, and
+    // the file the last run left must say so then (it used to stay until the run finished, which
+    // a watching run never does).
+    for f in ["b.mp4", "c.mp4"] {
+        std::fs::remove_file(data.join(f)).unwrap();
+    }
+    assert_eq!(view().lines().count(), 2);
+    let child = medgen()
+        .args(["run", "-q", "--store"])
+        .arg(&store)
+        .arg(&graph)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    wait_for("the empty view", Duration::from_secs(60), || view().is_empty());
+    let pid = child.id().to_string();
+    assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());
+    let out = wait_with_timeout(child, Duration::from_secs(30));
+    assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
 }
 
 #[test]

@@ -392,6 +392,7 @@ impl TypedOperator for SinkDataset {
         };
         let mut pending: BTreeMap<u64, Vec<(Row, isize)>> = BTreeMap::new();
         let mut wrote_once = false;
+        let base_epoch = ctx.base_epoch;
         rows.inner.sink(Exchange::new(|_: &(Row, u64, isize)| 0u64), &format!("{node}:sink.dataset"), move |(input, frontier)| {
             input.for_each(|_cap, data| {
                 for (row, t, r) in data.drain(..) {
@@ -419,7 +420,7 @@ impl TypedOperator for SinkDataset {
                 }
                 last = Some(t);
             }
-            if !writer || !(changed || (frontier.is_empty() && !wrote_once)) {
+            if !writer || !(changed || super::first_write_due(wrote_once, frontier, base_epoch)) {
                 return;
             }
             match ds.write() {

@@ -128,6 +128,7 @@ impl TypedOperator for SinkJsonl {
         let dry_run = ctx.settings.dry_run || ctx.worker_index() != 0;
         let mut pending: BTreeMap<u64, Vec<(Record, isize)>> = BTreeMap::new();
         let mut wrote_once = false;
+        let base_epoch = ctx.base_epoch;
 
         input.inner.sink(Exchange::new(|_: &(Record, u64, isize)| 0u64), &format!("{node}:sink.jsonl"), move |(input, frontier)| {
             input.for_each(|_cap, data| {
@@ -168,8 +169,7 @@ impl TypedOperator for SinkJsonl {
                 changed |= !changes.is_empty();
                 last_epoch = Some(t);
             }
-            let finished = frontier.is_empty();
-            if dry_run || !(changed || (finished && !wrote_once)) {
+            if dry_run || !(changed || super::first_write_due(wrote_once, frontier, base_epoch)) {
                 return;
             }
             let bytes = view.render();
