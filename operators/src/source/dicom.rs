@@ -505,7 +505,8 @@ impl DicomFrames {
             cine,
             selector,
             geometry,
-            format: spec.format,
+            // DICOM pixels are not YUV planes: a YUV request gets RGB (see PixelFormat::Yuv).
+            format: if spec.format == PixelFormat::Yuv { PixelFormat::Rgb } else { spec.format },
             info,
             next: 0,
             frame_dur,

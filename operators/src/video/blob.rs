@@ -53,6 +53,12 @@ pub struct FramesWriter {
 impl FramesWriter {
     /// Create `path` and write the header.
     pub fn create(path: &Path, header: FramesHeader) -> std::io::Result<FramesWriter> {
+        if header.format == PixelFormat::Yuv {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::InvalidInput,
+                "frames blobs hold RGB or gray frames; convert YUV frames with Frame::rgb first",
+            ));
+        }
         let mut out = BufWriter::with_capacity(1 << 20, File::create(path)?);
         out.write_all(MAGIC)?;
         out.write_all(&VERSION.to_le_bytes())?;

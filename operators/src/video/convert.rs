@@ -285,7 +285,8 @@ unsafe fn convert_sse41(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, 
 }
 
 /// Whether a rectangle fits the planes (so the conversion cannot index out of bounds).
-fn fits(p: &Planes, x0: usize, y0: usize, w: usize, h: usize) -> bool {
+/// Whether the `w × h` rectangle at `(x0, y0)` lies inside the planes.
+pub fn fits(p: &Planes, x0: usize, y0: usize, w: usize, h: usize) -> bool {
     if w == 0 || h == 0 {
         return true;
     }

@@ -39,7 +39,7 @@ use super::gst_util::{self, Pipeline, classify, clock, describe_caps, secs};
 use super::probe::SizeLimits;
 use super::{
     Accuracy, DecodeSpec, Frame, Geometry, KeyPicker, PixelFormat, ResizeMode, Sampling, Selector, Size, TIME_TOL,
-    TimeRange, VideoError, check_input_file, is_dicom_file, local_path, size_from_params,
+    TimeRange, VideoError, YuvLayout, check_input_file, is_dicom_file, local_path, size_from_params,
 };
 use crate::api::*;
 use gstreamer as gst;
@@ -747,6 +747,27 @@ impl GstDecoder {
             _ => Matrix::Bt601,
         };
         let map = buffer.into_mapped_buffer_readable().map_err(|_| internal("cannot map a frame"))?;
+        if self.format == PixelFormat::Yuv {
+            // The planes as they are (native size, no crop: DecodeSpec::validate).
+            let (u, v) = match vinfo.format() {
+                gst_video::VideoFormat::Yv12 => (offsets[2], offsets[1]),
+                _ if planes_n == 2 => (offsets[1], 0),
+                _ => (offsets[1], offsets[2]),
+            };
+            let yuv = YuvLayout {
+                layout,
+                offsets: [offsets[0], u, v],
+                y_stride: strides[0],
+                c_stride: strides[1],
+                matrix,
+                full_range,
+            };
+            let frame = Frame::mapped_yuv(pts, dur, w, h, map, yuv);
+            if frame.planes().is_none() {
+                return Err(internal("a frame smaller than its caps say"));
+            }
+            return Ok(frame);
+        }
         // Full-range gray of a whole frame is the luma plane itself: hand it out without a copy.
         if self.format == PixelFormat::Gray
             && full_range
@@ -773,7 +794,8 @@ impl GstDecoder {
         let (x, y, cw, chh) = (x as usize, y as usize, cw as usize, chh as usize);
         let pixels = match self.format {
             PixelFormat::Rgb => to_rgb(&planes, &Coeffs::new(matrix, full_range), x, y, cw, chh),
-            PixelFormat::Gray => to_gray(&planes, full_range, x, y, cw, chh),
+            // (YUV frames were returned above.)
+            PixelFormat::Gray | PixelFormat::Yuv => to_gray(&planes, full_range, x, y, cw, chh),
         };
         let pixels = pixels.ok_or_else(|| internal("a frame smaller than its caps say"))?;
         Ok(Frame::new(pts, dur, cw as u32, chh as u32, self.format, pixels))

@@ -197,6 +197,11 @@ impl Encoder {
         let in_format = match format {
             PixelFormat::Rgb => "RGB",
             PixelFormat::Gray => "GRAY8",
+            PixelFormat::Yuv => {
+                return Err(VideoError::BadRequest(
+                    "the encoder takes RGB or gray frames; convert YUV frames with Frame::rgb first".into(),
+                ));
+            }
         };
         let in_caps = gst::Caps::builder("video/x-raw")
             .field("format", in_format)

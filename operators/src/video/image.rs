@@ -1,6 +1,72 @@
 //! Small pixel helpers for frames that do not come out of GStreamer (DICOM) and for checks:
 //! resizing, cropping, colour conversion, PSNR.
 
+/// One 8-bit channel of an image in memory: sample `(x, y)` is `data[y * stride + x * step + offset]`
+/// (a plane, one channel of packed pixels, or one half of interleaved chroma).
+#[derive(Clone, Copy, Debug)]
+pub struct PlaneRef<'a> {
+    pub data: &'a [u8],
+    pub stride: usize,
+    pub step: usize,
+    pub offset: usize,
+}
+
+/// Box-average `src` (`sw × sh` samples) to `dw × dh`, writing output sample `(x, y)` to
+/// `out[(y * dw + x) * out_step + out_offset]`, rounded to nearest. Output pixel `i` averages the
+/// source samples `[i·s/d, max((i+1)·s/d, i·s/d + 1))` on each axis (the boxes of
+/// `curate::imgproc::area_resize`), so upscaling repeats samples. One pass over the source rows
+/// (column sums per output row, then box sums). Returns false (and writes nothing) when `src` or `out` is too short.
+#[allow(clippy::too_many_arguments)]
+pub fn shrink_plane(
+    src: &PlaneRef,
+    sw: usize,
+    sh: usize,
+    dw: usize,
+    dh: usize,
+    out: &mut [u8],
+    out_step: usize,
+    out_offset: usize,
+) -> bool {
+    if sw == 0 || sh == 0 || dw == 0 || dh == 0 || src.step == 0 {
+        return false;
+    }
+    let last = (sh - 1) * src.stride + src.offset + (sw - 1) * src.step;
+    if last >= src.data.len() || (dw * dh - 1) * out_step + out_offset >= out.len() {
+        return false;
+    }
+    let span = |i: usize, s: usize, d: usize| {
+        let a = (i * s / d).min(s - 1);
+        (a, ((i + 1) * s / d).max(a + 1).min(s))
+    };
+    let xs: Vec<(usize, usize)> = (0..dw).map(|i| span(i, sw, dw)).collect();
+    // Per output row: sum the box's source rows column by column (contiguous, vectorises), then
+    // each output pixel sums its columns.
+    let mut cols = vec![0u32; sw];
+    for oy in 0..dh {
+        let (y0, y1) = span(oy, sh, dh);
+        cols.fill(0);
+        for y in y0..y1 {
+            let row = &src.data[y * src.stride + src.offset..];
+            if src.step == 1 {
+                for (c, &v) in cols.iter_mut().zip(&row[..sw]) {
+                    *c += v as u32;
+                }
+            } else {
+                for (x, c) in cols.iter_mut().enumerate() {
+                    *c += row[x * src.step] as u32;
+                }
+            }
+        }
+        let rows = (y1 - y0) as u32;
+        for (ox, &(x0, x1)) in xs.iter().enumerate() {
+            let n = rows * (x1 - x0) as u32;
+            let sum: u32 = cols[x0..x1].iter().sum();
+            out[(oy * dw + ox) * out_step + out_offset] = ((sum + n / 2) / n) as u8;
+        }
+    }
+    true
+}
+
 /// Resize packed 8-bit pixels (`channels` per pixel) from `sw × sh` to `dw × dh` with a separable
 /// triangle (bilinear) filter whose support widens when shrinking, so downscaling averages
 /// (no aliasing) and upscaling interpolates.

@@ -65,14 +65,21 @@ pub enum PixelFormat {
     Rgb,
     /// 8-bit luma, 1 byte per pixel.
     Gray,
+    /// The decoder's own 8-bit YUV planes, handed out without conversion or copy (GStreamer
+    /// sources at [`Size::Native`] only; sources that do not decode to YUV, such as DICOM, give
+    /// [`PixelFormat::Rgb`] frames instead). Read them with [`Frame::rgb`], [`Frame::gray`] and
+    /// [`Frame::shrink_rgb`]. For in-process consumers: not a params or blob format.
+    #[serde(skip)]
+    #[schemars(skip)]
+    Yuv,
 }
 
 impl PixelFormat {
-    /// Bytes per pixel.
+    /// Bytes per pixel (of the luma plane for [`PixelFormat::Yuv`]).
     pub fn channels(self) -> usize {
         match self {
             PixelFormat::Rgb => 3,
-            PixelFormat::Gray => 1,
+            PixelFormat::Gray | PixelFormat::Yuv => 1,
         }
     }
     /// Name as used in params and blobs.
@@ -80,6 +87,7 @@ impl PixelFormat {
         match self {
             PixelFormat::Rgb => "rgb",
             PixelFormat::Gray => "gray",
+            PixelFormat::Yuv => "yuv",
         }
     }
 }
@@ -103,6 +111,20 @@ pub struct Frame {
     pub height: u32,
     pub format: PixelFormat,
     data: FrameData,
+    /// Where the planes are, for [`PixelFormat::Yuv`] frames.
+    yuv: Option<YuvLayout>,
+}
+
+/// Plane layout and colour of a [`PixelFormat::Yuv`] frame's bytes.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub struct YuvLayout {
+    pub layout: convert::Layout,
+    /// Byte offsets of the Y, U and V planes (U: the interleaved chroma plane of NV12/NV21).
+    pub offsets: [usize; 3],
+    pub y_stride: usize,
+    pub c_stride: usize,
+    pub matrix: convert::Matrix,
+    pub full_range: bool,
 }
 
 impl std::fmt::Debug for Frame {
@@ -128,7 +150,8 @@ impl Frame {
         data: Vec<u8>,
     ) -> Frame {
         debug_assert_eq!(data.len(), width as usize * height as usize * format.channels());
-        Frame { pts_s, duration_s, width, height, format, data: FrameData::Owned(data) }
+        debug_assert!(format != PixelFormat::Yuv, "YUV frames carry their layout: Frame::yuv");
+        Frame { pts_s, duration_s, width, height, format, data: FrameData::Owned(data), yuv: None }
     }
 
     #[cfg(feature = "video")]
@@ -140,12 +163,57 @@ impl Frame {
         format: PixelFormat,
         map: gstreamer::MappedBuffer<gstreamer::buffer::Readable>,
     ) -> Frame {
-        Frame { pts_s, duration_s, width, height, format, data: FrameData::Mapped(map) }
+        Frame { pts_s, duration_s, width, height, format, data: FrameData::Mapped(map), yuv: None }
     }
 
-    /// The pixels: `height` rows of `width * channels` bytes.
+    /// A [`PixelFormat::Yuv`] frame over a mapped decoder buffer laid out as `yuv` says.
+    #[cfg(feature = "video")]
+    pub(crate) fn mapped_yuv(
+        pts_s: f64,
+        duration_s: Option<f64>,
+        width: u32,
+        height: u32,
+        map: gstreamer::MappedBuffer<gstreamer::buffer::Readable>,
+        yuv: YuvLayout,
+    ) -> Frame {
+        Frame {
+            pts_s,
+            duration_s,
+            width,
+            height,
+            format: PixelFormat::Yuv,
+            data: FrameData::Mapped(map),
+            yuv: Some(yuv),
+        }
+    }
+
+    /// A [`PixelFormat::Yuv`] frame over owned bytes laid out as `yuv` says (tests, other sources).
+    pub fn owned_yuv(
+        pts_s: f64,
+        duration_s: Option<f64>,
+        width: u32,
+        height: u32,
+        data: Vec<u8>,
+        yuv: YuvLayout,
+    ) -> Frame {
+        Frame {
+            pts_s,
+            duration_s,
+            width,
+            height,
+            format: PixelFormat::Yuv,
+            data: FrameData::Owned(data),
+            yuv: Some(yuv),
+        }
+    }
+
+    /// The pixels: `height` rows of `width * channels` bytes (all the buffer's bytes for
+    /// [`PixelFormat::Yuv`]: see [`Frame::planes`]).
     pub fn data(&self) -> &[u8] {
-        let n = self.width as usize * self.height as usize * self.format.channels();
+        let n = match self.format {
+            PixelFormat::Yuv => usize::MAX,
+            f => self.width as usize * self.height as usize * f.channels(),
+        };
         match &self.data {
             FrameData::Owned(v) => &v[..n.min(v.len())],
             #[cfg(feature = "video")]
@@ -179,6 +247,114 @@ impl Frame {
             return 0.0;
         }
         d.iter().map(|&v| v as u64).sum::<u64>() as f64 / d.len() as f64
+    }
+
+    /// The planes of a [`PixelFormat::Yuv`] frame and their colour coefficients; `None` for
+    /// other formats or a buffer smaller than its layout says.
+    pub fn planes(&self) -> Option<(convert::Planes<'_>, YuvLayout)> {
+        let l = self.yuv?;
+        let data = self.data();
+        let plane = |i: usize| data.get(l.offsets[i]..).unwrap_or(&[]);
+        let planes = convert::Planes {
+            layout: l.layout,
+            y: plane(0),
+            y_stride: l.y_stride,
+            u: plane(1),
+            v: if matches!(l.layout, convert::Layout::Nv12 | convert::Layout::Nv21) { &[] } else { plane(2) },
+            c_stride: l.c_stride,
+        };
+        convert::fits(&planes, 0, 0, self.width as usize, self.height as usize).then_some((planes, l))
+    }
+
+    /// The frame as packed RGB8 (`width × height × 3`): borrowed when it is RGB already,
+    /// converted from YUV or gray otherwise. `None` when a YUV buffer is short.
+    pub fn rgb(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
+        let (w, h) = (self.width as usize, self.height as usize);
+        match self.format {
+            PixelFormat::Rgb => Some(Cow::Borrowed(self.data())),
+            PixelFormat::Gray => Some(Cow::Owned(self.data().iter().flat_map(|&v| [v, v, v]).collect())),
+            PixelFormat::Yuv => {
+                let (p, l) = self.planes()?;
+                convert::to_rgb(&p, &convert::Coeffs::new(l.matrix, l.full_range), 0, 0, w, h).map(Cow::Owned)
+            }
+        }
+    }
+
+    /// The frame as full-range 8-bit luma (`width × height`): borrowed when it is gray already,
+    /// the (range-expanded) Y plane of YUV, BT.601 luma of RGB. `None` when a YUV buffer is short.
+    pub fn gray(&self) -> Option<std::borrow::Cow<'_, [u8]>> {
+        use std::borrow::Cow;
+        let (w, h) = (self.width as usize, self.height as usize);
+        match self.format {
+            PixelFormat::Gray => Some(Cow::Borrowed(self.data())),
+            PixelFormat::Rgb => Some(Cow::Owned(
+                self.data()
+                    .chunks_exact(3)
+                    .map(|p| ((77 * p[0] as u32 + 150 * p[1] as u32 + 29 * p[2] as u32 + 128) >> 8) as u8)
+                    .collect(),
+            )),
+            PixelFormat::Yuv => {
+                let (p, l) = self.planes()?;
+                convert::to_gray(&p, l.full_range, 0, 0, w, h).map(Cow::Owned)
+            }
+        }
+    }
+
+    /// The frame box-averaged down (or repeated up) to `dw × dh` packed RGB8. A YUV frame is
+    /// averaged plane by plane (chroma onto the output grid, as 4:4:4) and only the small result
+    /// is converted, so this reads each source byte once and never builds a full-size RGB frame.
+    /// `None` when a YUV buffer is short.
+    pub fn shrink_rgb(&self, dw: u32, dh: u32) -> Option<Vec<u8>> {
+        let (sw, sh, dw, dh) = (self.width as usize, self.height as usize, dw as usize, dh as usize);
+        match self.format {
+            PixelFormat::Rgb | PixelFormat::Gray => {
+                let c = self.format.channels();
+                let mut out = vec![0u8; dw * dh * 3];
+                for ch in 0..3 {
+                    let plane = image::PlaneRef { data: self.data(), stride: sw * c, step: c, offset: ch.min(c - 1) };
+                    image::shrink_plane(&plane, sw, sh, dw, dh, &mut out, 3, ch);
+                }
+                Some(out)
+            }
+            PixelFormat::Yuv => {
+                let (p, l) = self.planes()?;
+                let (cw, chh) = match l.layout {
+                    convert::Layout::P444 => (sw, sh),
+                    convert::Layout::P422 => (sw.div_ceil(2), sh),
+                    _ => (sw.div_ceil(2), sh.div_ceil(2)),
+                };
+                let mut y = vec![0u8; dw * dh];
+                let yp = image::PlaneRef { data: p.y, stride: p.y_stride, step: 1, offset: 0 };
+                image::shrink_plane(&yp, sw, sh, dw, dh, &mut y, 1, 0);
+                let (u, v) = match l.layout {
+                    convert::Layout::Nv12 => (
+                        image::PlaneRef { data: p.u, stride: p.c_stride, step: 2, offset: 0 },
+                        image::PlaneRef { data: p.u, stride: p.c_stride, step: 2, offset: 1 },
+                    ),
+                    convert::Layout::Nv21 => (
+                        image::PlaneRef { data: p.u, stride: p.c_stride, step: 2, offset: 1 },
+                        image::PlaneRef { data: p.u, stride: p.c_stride, step: 2, offset: 0 },
+                    ),
+                    _ => (
+                        image::PlaneRef { data: p.u, stride: p.c_stride, step: 1, offset: 0 },
+                        image::PlaneRef { data: p.v, stride: p.c_stride, step: 1, offset: 0 },
+                    ),
+                };
+                let (mut us, mut vs) = (vec![0u8; dw * dh], vec![0u8; dw * dh]);
+                image::shrink_plane(&u, cw, chh, dw, dh, &mut us, 1, 0);
+                image::shrink_plane(&v, cw, chh, dw, dh, &mut vs, 1, 0);
+                let small = convert::Planes {
+                    layout: convert::Layout::P444,
+                    y: &y,
+                    y_stride: dw,
+                    u: &us,
+                    v: &vs,
+                    c_stride: dw,
+                };
+                convert::to_rgb(&small, &convert::Coeffs::new(l.matrix, l.full_range), 0, 0, dw, dh)
+            }
+        }
     }
 }
 
@@ -406,6 +582,11 @@ impl DecodeSpec {
                 "keyframe accuracy needs a sampling (fps, uniform or timestamps): with every frame wanted there are \
                  no times to snap to keyframes"
                     .into(),
+            ));
+        }
+        if self.format == PixelFormat::Yuv && self.size != Size::Native {
+            return Err(VideoError::BadRequest(
+                "YUV frames are the decoder's own planes: ask for them at the native size".into(),
             ));
         }
         validate_size(&self.size).map_err(VideoError::BadRequest)
@@ -967,6 +1148,90 @@ pub fn local_path(uri: &str) -> Result<PathBuf, VideoError> {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A `w × h` I420 frame (Y stride `w + 3`, chroma stride `cw + 1`) and the same picture as NV12.
+    fn yuv_pair(w: usize, h: usize) -> (Frame, Frame) {
+        let (cw, ch) = (w.div_ceil(2), h.div_ceil(2));
+        let (ys, cs) = (w + 3, cw + 1);
+        // Smooth ramps that never clip in RGB (where clipping makes the conversion non-affine).
+        let yv = |x: usize, y: usize| (if x + y == 0 { 16 } else { 40 + x * 3 + y * 2 }) as u8;
+        let uv = |x: usize, y: usize| (100 + x * 2 + y) as u8;
+        let vv = |x: usize, y: usize| (150 - x - y) as u8;
+        let mut i420 = vec![0u8; ys * h + 2 * cs * ch];
+        let mut nv12 = vec![0u8; ys * h + 2 * cs * ch];
+        for y in 0..h {
+            for x in 0..w {
+                i420[y * ys + x] = yv(x, y);
+                nv12[y * ys + x] = yv(x, y);
+            }
+        }
+        let (u0, v0) = (ys * h, ys * h + cs * ch);
+        for y in 0..ch {
+            for x in 0..cw {
+                i420[u0 + y * cs + x] = uv(x, y);
+                i420[v0 + y * cs + x] = vv(x, y);
+                nv12[u0 + y * 2 * cs + 2 * x] = uv(x, y);
+                nv12[u0 + y * 2 * cs + 2 * x + 1] = vv(x, y);
+            }
+        }
+        let l = YuvLayout {
+            layout: convert::Layout::P420,
+            offsets: [0, u0, v0],
+            y_stride: ys,
+            c_stride: cs,
+            matrix: convert::Matrix::Bt709,
+            full_range: false,
+        };
+        let n = YuvLayout { layout: convert::Layout::Nv12, offsets: [0, u0, 0], c_stride: 2 * cs, ..l };
+        (
+            Frame::owned_yuv(0.0, None, w as u32, h as u32, i420, l),
+            Frame::owned_yuv(0.0, None, w as u32, h as u32, nv12, n),
+        )
+    }
+
+    #[test]
+    fn yuv_frames_convert_and_shrink_like_their_rgb() {
+        let (w, h) = (41, 30);
+        let (i420, nv12) = yuv_pair(w, h);
+        let rgb = i420.rgb().unwrap().into_owned();
+        assert_eq!(rgb.len(), w * h * 3);
+        assert_eq!(nv12.rgb().unwrap().as_ref(), &rgb[..], "NV12 and I420 of one picture");
+        let gray = i420.gray().unwrap();
+        assert_eq!(gray.len(), w * h);
+        // limited-range luma expanded: Y = 16 → 0
+        assert_eq!(gray[0], 0);
+        let as_rgb = Frame::new(0.0, None, w as u32, h as u32, PixelFormat::Rgb, rgb.clone());
+        for (dw, dh) in [(8, 6), (20, 15), (41, 30)] {
+            let a = i420.shrink_rgb(dw, dh).unwrap();
+            assert_eq!(nv12.shrink_rgb(dw, dh).unwrap(), a);
+            let b = as_rgb.shrink_rgb(dw, dh).unwrap();
+            assert_eq!(a.len(), (dw * dh * 3) as usize);
+            // averaging before or after the (here affine) conversion: rounding and chroma boxes
+            // (aligned to the chroma grid, not to the nearest-sample upsampling) apart
+            let diffs: Vec<i32> = a.iter().zip(&b).map(|(x, y)| (*x as i32 - *y as i32).abs()).collect();
+            let worst = diffs.iter().max().copied().unwrap_or(0);
+            let mean = diffs.iter().sum::<i32>() as f64 / diffs.len() as f64;
+            assert!(worst <= 8 && mean <= 2.0, "{dw}×{dh}: worst difference {worst}, mean {mean}");
+        }
+        // a short buffer is refused, not read past
+        let short = Frame::owned_yuv(0.0, None, w as u32, h as u32, vec![0; 100], i420.yuv.unwrap());
+        assert!(short.planes().is_none() && short.rgb().is_none() && short.shrink_rgb(8, 6).is_none());
+    }
+
+    #[test]
+    fn shrink_plane_averages_boxes_with_steps() {
+        // 4×2 samples, one channel of packed pairs (step 2, offset 1)
+        let data = [0, 10, 0, 20, 0, 30, 0, 40, 0, 50, 0, 60, 0, 70, 0, 80];
+        let plane = image::PlaneRef { data: &data, stride: 8, step: 2, offset: 1 };
+        let mut out = [0u8; 2];
+        assert!(image::shrink_plane(&plane, 4, 2, 2, 1, &mut out, 1, 0));
+        assert_eq!(out, [(10 + 20 + 50 + 60 + 2) / 4, (30 + 40 + 70 + 80 + 2) / 4]);
+        let mut up = [0u8; 8];
+        assert!(image::shrink_plane(&plane, 4, 2, 8, 1, &mut up, 1, 0));
+        assert_eq!(up, [30, 30, 40, 40, 50, 50, 60, 60]);
+        assert!(!image::shrink_plane(&plane, 5, 2, 2, 1, &mut out, 1, 0), "reads past the data");
+        assert!(!image::shrink_plane(&plane, 4, 2, 3, 1, &mut out, 1, 0), "writes past the output");
+    }
 
     #[test]
     fn geometry_fit_fill_exact() {
