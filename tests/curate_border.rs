@@ -95,6 +95,8 @@ fn borders_are_measured_within_two_pixels_and_thresholds_only_change_decisions()
             assert!((measured - truth as f64).abs() <= 2.0, "{name}: measured {w:?}, truth {lb}/{pb}");
         }
         assert_eq!(score(row, "border_frames"), 5.0);
+        // segment's one decode measured the frames (curate::ticks): no second decode
+        assert_eq!(label(row, "border_frames_from"), "segment");
         if lb == 0 && pb == 0 {
             assert_eq!(label(row, "border"), "none");
             assert!(row["labels"].get("rejected_by").is_none());
@@ -131,9 +133,21 @@ fn borders_are_measured_within_two_pixels_and_thresholds_only_change_decisions()
         );
     }
 
-    // 4. A measurement param (black_level) is part of the memo key: measured again.
+    // 4. A measurement param (black_level) is part of the memo key: measured again, and as the
+    //    digests were measured with the default, from frames decoded here — to the same widths.
     let s4 = run(&graph(dir.path(), "black_level = 30"), &store);
     assert_eq!(counter(&s4, "border", "memo_misses"), 4);
+    let all = [rows(&store, "kept.jsonl"), rows(&store, "rejected.jsonl")].concat();
+    assert_eq!(all.len(), 4);
+    for (name, lb, pb) in VIDEOS {
+        let row = by_name(&all, name).unwrap();
+        assert_eq!(label(row, "border_frames_from"), "decode");
+        let w: Vec<f64> =
+            ["border_top", "border_bottom", "border_left", "border_right"].iter().map(|k| score(row, k)).collect();
+        for (measured, truth) in w.iter().zip([lb, lb, pb, pb]) {
+            assert!((measured - truth as f64).abs() <= 2.0, "{name} (decoded): measured {w:?}, truth {lb}/{pb}");
+        }
+    }
 }
 
 /// 4 s of `cockatoo.mp4` (real footage: a hand-held close-up with dark and bright areas) scaled to

@@ -108,6 +108,8 @@ fn a_distorted_copy_is_removed_once_and_comes_back_when_the_original_goes() {
     );
     assert!(d <= 6.0);
     assert_eq!(counter(&s1, "dedup", "memo_misses"), 4);
+    // The hashes come from segment's one decode (curate::ticks), not from a second one.
+    assert!(kept.iter().chain(&rejected).all(|r| label(r, "phash_frames_from") == "segment"));
 
     // Decision params only: nothing is hashed again, and a threshold below the pair's distance
     // keeps both.
@@ -115,6 +117,19 @@ fn a_distorted_copy_is_removed_once_and_comes_back_when_the_original_goes() {
     assert_eq!((counter(&s2, "dedup", "memo_hits"), counter(&s2, "dedup", "memo_misses")), (4, 0));
     assert!(rows(&store, "rejected.jsonl").is_empty());
     assert_eq!(rows(&store, "kept.jsonl").len(), 4);
+
+    // Without segment's frame digests dedup decodes its frames itself: the same decision.
+    let g = graph(dir.path(), "");
+    let text = std::fs::read_to_string(&g)
+        .unwrap()
+        .replace("cut_detection = false", "cut_detection = false\nframe_digests = false");
+    std::fs::write(&g, text).unwrap();
+    let s3 = run(&g, &store);
+    assert_eq!(counter(&s3, "dedup", "memo_misses"), 4);
+    let (kept, rejected) = (rows(&store, "kept.jsonl"), rows(&store, "rejected.jsonl"));
+    assert_eq!((kept.len(), rejected.len()), (3, 1), "{:?} / {:?}", names(&kept), names(&rejected));
+    assert_eq!(rejected[0]["clip"]["clip_id"], large);
+    assert!(kept.iter().chain(&rejected).all(|r| label(r, "phash_frames_from") == "decode"));
 
     // The kept one of the pair is deleted while a watching run is live: its retraction flows
     // through the LSH join and the reduce, and the copy is admitted again.

@@ -4,7 +4,12 @@
 //!
 //! # Measurement (memoised; thresholds and mode are not part of its key)
 //!
-//! `frames` frames spread uniformly over the clip are decoded at their stored size (RGB). On each:
+//! `frames` frames spread uniformly over the clip, at their stored size (RGB). When the clip comes
+//! from `curate.segment` with frame digests (its default) and this node's `black_level`,
+//! `canny_low` and `canny_high` are the defaults, the frames are segment's 1-fps ticks nearest the
+//! uniform positions, measured during segment's single decode ([`super::ticks`]): nothing is
+//! decoded here. Otherwise the frames are decoded. Label `border_frames_from` says which
+//! (`segment` / `decode`). On each frame:
 //!
 //! 1. [`canny`] on the luma (`canny_low`, `canny_high`), then [`hough_axis_lines`]: horizontal and
 //!    vertical lines (normals within 2° of the axes, 0.5° steps) supported by edge pixels along at
@@ -29,8 +34,8 @@
 
 use super::imgproc::{GrayImage, canny, hough_axis_lines, luma};
 use super::{
-    Measured, REJECTED_PORT, check_range, check_threads, fingerprint_without, frames, measure, reject, split_decided,
-    take_input,
+    Measured, REJECTED_PORT, check_range, check_threads, fingerprint_without, frames, measure_with_text, reject,
+    split_decided, take_input, ticks,
 };
 use crate::api::*;
 use crate::video::{PixelFormat, Sampling, Size};
@@ -188,14 +193,30 @@ pub fn summarize(per_frame: &[Borders], width: u32, height: u32) -> Measured {
     m
 }
 
-fn measure_clip(clip: &Clip, p: &BorderParams, ctx: &ItemCtx) -> Result<Measured, ItemError> {
+/// Measure a clip: from the frame digests `curate.segment` measured (`digests`, the clip's
+/// `frame_digests` metadata) when they were measured with these detection settings, else from
+/// `frames` frames decoded uniformly over the span. Label `border_frames_from` says which.
+fn measure_clip(clip: &Clip, digests: &str, p: &BorderParams, ctx: &ItemCtx) -> Result<Measured, ItemError> {
+    let want = ticks::BorderSettings { black_level: p.black_level, canny_low: p.canny_low, canny_high: p.canny_high };
+    let text = (!digests.is_empty()).then_some(digests);
+    if let Some(picked) = ticks::for_span(text, clip.start_s.0, clip.end_s.0, p.frames, Some(&want)) {
+        let per_frame: Vec<Borders> = picked
+            .iter()
+            .map(|d| Borders { top: d.borders[0], bottom: d.borders[1], left: d.borders[2], right: d.borders[3] })
+            .collect();
+        let mut m = summarize(&per_frame, clip.width, clip.height);
+        m.label("border_frames_from", "segment");
+        return Ok(m);
+    }
     let (info, frames) =
         frames::clip_frames(clip, Sampling::Uniform { count: p.frames.max(1) }, Size::Native, PixelFormat::Rgb, ctx)?;
     let per_frame: Vec<Borders> = frames
         .iter()
         .map(|f| detect(f.data(), f.width as usize, f.height as usize, p.black_level, p.canny_low, p.canny_high))
         .collect();
-    Ok(summarize(&per_frame, info.out_width, info.out_height))
+    let mut m = summarize(&per_frame, info.out_width, info.out_height);
+    m.label("border_frames_from", "decode");
+    Ok(m)
 }
 
 fn even_up(v: u32) -> u32 {
@@ -320,7 +341,13 @@ impl TypedOperator for CurateBlackBorder {
     ) -> Result<Outputs<'s>, BuildError> {
         let input = take_input(ctx, &mut inputs)?;
         let mp = p.clone();
-        let (merged, failed) = measure(ctx, input, p.threads, move |clip, ictx| measure_clip(clip, &mp, ictx));
+        let (merged, failed) = measure_with_text(
+            ctx,
+            input,
+            p.threads,
+            |clip| clip.metadata.get(ticks::DIGESTS_KEY).cloned().unwrap_or_default(),
+            move |clip, digests, ictx| measure_clip(clip, digests, &mp, ictx),
+        );
         let (p, node) = (p.clone(), ctx.node.clone());
         let (kept, rejected) = split_decided(merged.map(move |s| decide(s, &p, &node)));
         Ok(Outputs::default().with(OUT_PORT, kept).with(REJECTED_PORT, rejected).with(FAILURES_PORT, failed))

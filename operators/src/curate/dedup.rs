@@ -2,10 +2,14 @@
 //!
 //! # Measurement (memoised per clip span; `max_distance` and `bands` are not part of its key)
 //!
-//! `frames` frames spread uniformly over the clip are decoded as gray, scaled to 128×128, and each
-//! gets a 64-bit DCT perceptual hash ([`phash`](super::imgproc::phash): 32×32 box average, 8×8
-//! lowest DCT frequencies against their median). Flat frames (no structure) have no hash. The
-//! hashes go into label `phash` (16 hex digits per frame, comma-separated, `-` for flat frames).
+//! `frames` frames spread uniformly over the clip each get a 64-bit DCT perceptual hash
+//! ([`phash`](super::imgproc::phash) of the gray frame: 32×32 box average, 8×8 lowest DCT
+//! frequencies against their median). When the clip comes from `curate.segment` with frame
+//! digests (its default), the hashes are those segment computed during its single decode on its
+//! 1-fps ticks nearest the uniform positions ([`super::ticks`]): nothing is decoded here.
+//! Otherwise the frames are decoded as gray, scaled to 128×128. Label `phash_frames_from` says
+//! which (`segment` / `decode`). Flat frames (no structure) have no hash. The hashes go into
+//! label `phash` (16 hex digits per frame, comma-separated, `-` for flat frames).
 //!
 //! # Decision: a banded LSH join in differential dataflow
 //!
@@ -30,8 +34,8 @@
 
 use super::imgproc::{hamming, phash};
 use super::{
-    Measured, REJECTED_PORT, ScoresColl, check_range, check_threads, fingerprint_without, frames, measure, reject,
-    take_input,
+    Measured, REJECTED_PORT, ScoresColl, check_range, check_threads, fingerprint_without, frames, measure_with_text,
+    reject, take_input, ticks,
 };
 use crate::api::*;
 use crate::video::{PixelFormat, Sampling, Size};
@@ -126,13 +130,25 @@ pub fn band_keys(sig: &Signature, bands: u32) -> Vec<(u32, u64)> {
     out
 }
 
-fn measure_clip(clip: &Clip, p: &DedupParams, ctx: &ItemCtx) -> Result<Measured, ItemError> {
+/// Hash a clip: the perceptual hashes of the frame digests `curate.segment` measured (`digests`,
+/// the clip's `frame_digests` metadata) when it carries them, else of `frames` frames decoded
+/// uniformly over the span as gray 128×128. Label `phash_frames_from` says which.
+fn measure_clip(clip: &Clip, digests: &str, p: &DedupParams, ctx: &ItemCtx) -> Result<Measured, ItemError> {
+    let text = (!digests.is_empty()).then_some(digests);
+    if let Some(picked) = ticks::for_span(text, clip.start_s.0, clip.end_s.0, p.frames, None) {
+        let sig: Signature = picked.iter().map(|d| d.phash).collect();
+        let mut m = Measured::default();
+        m.label("phash", format_signature(&sig));
+        m.label("phash_frames_from", "segment");
+        return Ok(m);
+    }
     let size = Size::Exact { width: HASH_INPUT_SIDE, height: HASH_INPUT_SIDE };
     let (_, frames) =
         frames::clip_frames(clip, Sampling::Uniform { count: p.frames.max(1) }, size, PixelFormat::Gray, ctx)?;
     let sig: Signature = frames.iter().map(|f| phash(f.data(), f.width as usize, f.height as usize, 1)).collect();
     let mut m = Measured::default();
     m.label("phash", format_signature(&sig));
+    m.label("phash_frames_from", "decode");
     Ok(m)
 }
 
@@ -266,7 +282,13 @@ impl TypedOperator for CurateDedup {
     ) -> Result<Outputs<'s>, BuildError> {
         let input = take_input(ctx, &mut inputs)?;
         let mp = p.clone();
-        let (merged, failed) = measure(ctx, input, p.threads, move |clip, ictx| measure_clip(clip, &mp, ictx));
+        let (merged, failed) = measure_with_text(
+            ctx,
+            input,
+            p.threads,
+            |clip| clip.metadata.get(ticks::DIGESTS_KEY).cloned().unwrap_or_default(),
+            move |clip, digests, ictx| measure_clip(clip, digests, &mp, ictx),
+        );
         let (kept, rejected) = dedup(merged, p.bands, p.max_distance, ctx.node.clone());
         Ok(Outputs::default().with(OUT_PORT, kept).with(REJECTED_PORT, rejected).with(FAILURES_PORT, failed))
     }

@@ -36,6 +36,7 @@ pub mod metadata_filter;
 pub mod motion;
 pub mod relevance;
 pub mod rule;
+pub mod ticks;
 // Natural-scene-statistics quality models (pure Rust; used by curate.technical_quality).
 pub mod brisque;
 pub mod niqe;

@@ -2,7 +2,11 @@
 //!
 //! # Signal (measured once per video, memoised)
 //!
-//! One decode of the video, every frame, downscaled by GStreamer to fit 64×64 (RGB). For every
+//! One decode of the video, every frame, taken as the decoder's own YUV planes at native size
+//! (no copy) and box-averaged in Rust to fit 64×64 RGB. With `frame_digests` (default), each
+//! similarity sample's frame is also measured at native size for `curate.black_border` and
+//! `curate.dedup` (borders, perceptual hash; [`super::ticks`]) and each clip carries the digests
+//! of the samples inside it (metadata `frame_digests`), so those stages decode nothing. For every
 //! frame the built-in [`Descriptor`](super::imgproc::Descriptor) — a 64-bin RGB histogram and a
 //! 8×8 gray thumbnail — is computed, and:
 //!
@@ -54,9 +58,10 @@
 //! `rejected_by` and `reason`) and is logged; it is not a failure, the input is fine.
 
 use super::imgproc::{Descriptor, describe_rgb, similarity};
+use super::ticks::{self, TickDigest};
 use super::{REASON, REJECTED_BY, REJECTED_PORT, check_range, check_threads, clip_id, frames, round_time, take_input};
 use crate::api::*;
-use crate::video::{PixelFormat, Sampling, Size, TimeRange};
+use crate::video::{Geometry, PixelFormat, Sampling, Size, TimeRange};
 use medgen_kernels::nets::transnetv2::{self, TransNetV2};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -75,7 +80,7 @@ pub const CUT_FLOOR: f64 = 0.05;
 /// Seconds on each side of a frame over which its context dissimilarity is averaged.
 pub const CONTEXT_S: f64 = 0.5;
 /// Version of the signal format and its computation (part of its memo key).
-pub const SIGNAL_VERSION: u32 = 1;
+pub const SIGNAL_VERSION: u32 = 2;
 /// Version of the memoised TransNetV2 probabilities (part of their memo key).
 pub const TRANSNET_VERSION: u32 = 1;
 
@@ -169,6 +174,12 @@ pub struct SegmentParams {
     /// (0–1; the reference's default 0.5).
     #[serde(default = "d_transnet_threshold")]
     pub transnet_threshold: f64,
+    /// Also measure, on each similarity tick's frame at native resolution, what
+    /// `curate.black_border` and `curate.dedup` need (borders, perceptual hash), and hand the
+    /// ticks inside each clip to them in the clip's metadata (`frame_digests`), so they decode
+    /// nothing (see `curate::ticks`). Off: they decode their frames themselves.
+    #[serde(default = "d_true")]
+    pub frame_digests: bool,
 }
 
 /// A cut candidate: presentation time of the frame, its dissimilarity to the previous frame and
@@ -197,6 +208,9 @@ pub struct Signal {
     /// to the accepted candidates by [`cut_times`]. Not part of the memoised signal.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub extra_cuts: Vec<f64>,
+    /// The frame digests of the similarity samples, one per sample (empty: not measured).
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub digests: Vec<TickDigest>,
 }
 
 impl Signal {
@@ -239,8 +253,9 @@ impl SignalBuilder {
         }
     }
 
-    /// Add the next frame (packed RGB, `w × h`, shown from `pts` for `dur` seconds).
-    pub fn push(&mut self, rgb: &[u8], w: usize, h: usize, pts: f64, dur: Option<f64>) {
+    /// Add the next frame (packed RGB, `w × h`, shown from `pts` for `dur` seconds). Returns
+    /// whether it became a similarity sample.
+    pub fn push(&mut self, rgb: &[u8], w: usize, h: usize, pts: f64, dur: Option<f64>) -> bool {
         let dur = dur.filter(|d| d.is_finite() && *d > 0.0).unwrap_or(self.fallback_dur);
         let desc = describe_rgb(rgb, w, h);
         if let Some(p) = &self.prev {
@@ -248,7 +263,8 @@ impl SignalBuilder {
         }
         let mid = pts + 0.5 * dur;
         let tick = *self.next_tick.get_or_insert(pts);
-        if mid >= tick - 1e-6 {
+        let sampled = mid >= tick - 1e-6;
+        if sampled {
             if let Some(ls) = &self.last_sample {
                 self.sims.push(similarity(ls, &desc) as f32);
             }
@@ -264,6 +280,7 @@ impl SignalBuilder {
         self.start.get_or_insert(pts);
         self.end = self.end.max(pts + dur);
         self.frames += 1;
+        sampled
     }
 
     /// The finished signal; `None` when no frame was pushed.
@@ -298,6 +315,7 @@ impl SignalBuilder {
             sims: self.sims,
             candidates,
             extra_cuts: Vec::new(),
+            digests: Vec::new(),
         })
     }
 }
@@ -485,28 +503,44 @@ fn signal_key(p: &SegmentParams, source_id: &str) -> MemoKey {
         "thumb": super::imgproc::THUMB,
         "structure_std": super::imgproc::STRUCTURE_STD,
         "hist_levels": super::imgproc::HIST_LEVELS,
+        "frame_digests": p.frame_digests,
     })
     .to_string();
     MemoKey::new("curate.segment#signal", SIGNAL_VERSION, &fp, source_id.as_bytes())
 }
 
-/// Decode the video and measure its signal; `Ok(Err((w, h)))` when it is below the resolution floor.
+/// Decode the video (once, every frame, the decoder's own YUV planes at native size) and measure
+/// its signal — every frame box-averaged to fit [`ANALYSIS_SIDE`] — and, with `frame_digests`,
+/// the tick digests on the sampled frames; `Ok(Err((w, h)))` when it is below the resolution floor.
 fn analyse(v: &Video, p: &SegmentParams, ctx: &ItemCtx) -> Result<Result<Signal, (u32, u32)>, ItemError> {
-    let size = Size::Fit { width: ANALYSIS_SIDE, height: ANALYSIS_SIDE };
-    let dec = frames::open(&v.uri, TimeRange::ALL, Sampling::All, size, PixelFormat::Rgb, ctx)?;
+    let dec = frames::open(&v.uri, TimeRange::ALL, Sampling::All, Size::Native, PixelFormat::Yuv, ctx)?;
     let info = dec.info().clone();
     if info.width.min(info.height) < p.min_height {
         return Ok(Err((info.width, info.height)));
     }
+    let fit = Size::Fit { width: ANALYSIS_SIDE, height: ANALYSIS_SIDE };
+    let (tw, th) = Geometry::compute(&fit, info.width, info.height, info.par).out_size();
+    let short = |f: &crate::video::Frame| {
+        ItemError::invalid(format!(
+            "{}: a {}×{} frame at {:.3} s has fewer bytes than its planes need",
+            v.uri, f.width, f.height, f.pts_s
+        ))
+    };
     let mut b = SignalBuilder::new(p.sample_fps, info.fps_f64());
+    let mut digests = Vec::new();
     for f in dec {
         let f = f?;
-        b.push(f.data(), f.width as usize, f.height as usize, f.pts_s, f.duration_s);
+        let thumb = f.shrink_rgb(tw, th).ok_or_else(|| short(&f))?;
+        if b.push(&thumb, tw as usize, th as usize, f.pts_s, f.duration_s) && p.frame_digests {
+            digests.push(ticks::measure(&f, &ticks::BORDER_DEFAULTS).ok_or_else(|| short(&f))?);
+        }
         frames::check_stop(ctx)?;
     }
-    b.finish(info.width, info.height, info.fps_f64())
-        .map(Ok)
-        .ok_or_else(|| ItemError::invalid(format!("{}: no frames could be decoded", v.uri)))
+    let mut sig = b
+        .finish(info.width, info.height, info.fps_f64())
+        .ok_or_else(|| ItemError::invalid(format!("{}: no frames could be decoded", v.uri)))?;
+    sig.digests = digests;
+    Ok(Ok(sig))
 }
 
 /// TransNetV2's measurement of one video: every frame's presentation time and transition
@@ -700,6 +734,11 @@ pub fn segment_record(
             let mut metadata: BTreeMap<String, String> = v.metadata.clone();
             metadata.insert("segment_start".into(), s.start_by.as_str().into());
             metadata.insert("segment_end".into(), s.end_by.as_str().into());
+            if sig.digests.len() == sig.samples.len() && !sig.digests.is_empty() {
+                let inside: Vec<TickDigest> =
+                    sig.digests.iter().filter(|d| d.t >= a - 1e-6 && d.t < b - 1e-6).copied().collect();
+                metadata.insert(ticks::DIGESTS_KEY.into(), ticks::format(&ticks::BORDER_DEFAULTS, &inside));
+            }
             Record::Clip(Clip {
                 clip_id: clip_id(&v.source_id, a, b),
                 source_id: v.source_id.clone(),
@@ -885,6 +924,7 @@ mod tests {
             sims: vec![0.9; n.saturating_sub(1)],
             candidates: Vec::new(),
             extra_cuts: Vec::new(),
+            digests: Vec::new(),
         }
     }
 
