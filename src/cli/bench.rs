@@ -36,9 +36,11 @@ pub struct BenchArgs {
     /// 1-minute sampling file instead of 10 minutes). curate: only the two smallest videos.
     #[arg(long)]
     pub quick: bool,
-    /// Runs per measurement; the best one counts.
-    #[arg(long, default_value_t = 2)]
-    pub repeats: u32,
+    /// decode: interleaved rounds of the throughput measurements (every pipeline once per round;
+    /// medians and within-round ratios count) and runs of the sampling ones (best counts).
+    /// curate: runs per measurement (best counts). Default: 5 for decode, 2 for curate.
+    #[arg(long)]
+    pub repeats: Option<u32>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
@@ -54,7 +56,7 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<i32> {
 
 fn curate(a: &BenchArgs) -> anyhow::Result<i32> {
     use curate::{CurateBenchOptions, bench_curate};
-    let opts = CurateBenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.max(1) };
+    let opts = CurateBenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.unwrap_or(2).max(1) };
     let mut log = |line: &str| eprintln!("[bench] {line}");
     let report = bench_curate(&opts, &mut log)?;
     println!("{report}");
@@ -68,7 +70,7 @@ fn curate(a: &BenchArgs) -> anyhow::Result<i32> {
 #[cfg(feature = "video")]
 fn decode(a: &BenchArgs) -> anyhow::Result<i32> {
     use medgen_operators::video::bench::{BenchOptions, bench_decode};
-    let opts = BenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.max(1) };
+    let opts = BenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.unwrap_or(5).max(1) };
     let mut log = |line: &str| eprintln!("[bench] {line}");
     let report = bench_decode(&opts, &mut log)?;
     println!("{report}");
