@@ -11,6 +11,25 @@ extern "C" __global__ void copy_strided(const void* x, int xdt, Strided xs, void
     GRID_STRIDE(i, n) { st(y, ydt, i, ld(x, xdt, strided_index(xs, i))); }
 }
 
+// y[view ys(i)] = x[view xs(i)] converted from xdt to ydt, for the row-major index i < n over the shape both
+// views share: a copy into a strided destination (cat writes each piece into its slice of the output).
+extern "C" __global__ void copy_into_strided(const void* x, int xdt, Strided xs, void* y, int ydt, Strided ys,
+                                             i64 n) {
+    GRID_STRIDE(i, n) { st(y, ydt, strided_index(ys, i), ld(x, xdt, strided_index(xs, i))); }
+}
+
+// y[o] = sum over k < m of x[keep(o) + red(k)]: `keep` maps each output element to its first input element
+// (stride 0 / size 1 on the summed dims), `red` (offset 0) spans the summed dims. One thread per output,
+// summing in k order (deterministic). sum_to_shape and upsample_nearest_backward.
+extern "C" __global__ void sum_reduce(const void* x, int xdt, Strided keep, Strided red, float* y, i64 n, i64 m) {
+    GRID_STRIDE(o, n) {
+        i64 base = strided_index(keep, o);
+        float acc = 0.f;
+        for (i64 k = 0; k < m; ++k) acc += ld(x, xdt, base + strided_index(red, k));
+        y[o] = acc;
+    }
+}
+
 // y = a (op) b over the broadcast output shape (op: 0 add, 1 sub, 2 mul); as/bs map the output index to each
 // operand (stride 0 on broadcast dims).
 extern "C" __global__ void binary_bcast(const void* a, int adt, Strided as, const void* b, int bdt, Strided bs,

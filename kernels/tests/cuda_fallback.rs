@@ -1,7 +1,7 @@
 //! Without a CUDA driver the backend reports a clean `Error::NoCuda` and nothing panics; with a device, every
 //! CUDA op is checked against the CPU op on random inputs, forward and backward (GPU parity, issue #8).
 
-use medgen_kernels::ops::{activation, attention, conv, elementwise, linear, loss, norm, rope};
+use medgen_kernels::ops::{activation, attention, conv, elementwise, linear, loss, norm, rope, shape};
 use medgen_kernels::{DType, Device, Error, Rng, Tensor, cuda};
 
 /// The first CUDA device, or `None` (with the reason printed) on a machine without one.
@@ -307,4 +307,68 @@ fn gpu_parity_adamw_and_clipping() {
     let after = cuda::grad_norm(&g).unwrap();
     println!("clip: {before} -> {after}");
     assert!(before > 1.0 && (after - 1.0).abs() < 1e-5);
+}
+
+#[test]
+fn gpu_parity_cat_sum_to_shape_upsample() {
+    let Some(d) = gpu() else { return };
+    let mut rng = Rng::new(4);
+    for dt in [DType::F32, DType::BF16] {
+        let a = rand(&[2, 3, 4], dt, &mut rng);
+        let b = rand(&[2, 5, 4], dt, &mut rng);
+        let c = rand(&[2, 4, 3], dt, &mut rng).transpose(1, 2).unwrap(); // a strided view [2, 3, 4]
+        let (ga, gb, gc) = (dev(&a, d), dev(&b, d), dev(&c, d));
+        close("cat(dim 1)", &shape::cat(&[&ga, &gb, &gc], 1).unwrap(), &shape::cat(&[&a, &b, &c], 1).unwrap(), tol(dt));
+        close("cat(dim 2)", &shape::cat(&[&ga, &gc], 2).unwrap(), &shape::cat(&[&a, &c], 2).unwrap(), tol(dt));
+        close("cat(dim 0)", &shape::cat(&[&ga, &gc], 0).unwrap(), &shape::cat(&[&a, &c], 0).unwrap(), tol(dt));
+        let dy = rand(&[2, 11, 4], DType::F32, &mut rng);
+        let (gp, cp) = (
+            shape::cat_backward(&dev(&dy, d), 1, &[3, 5, 3]).unwrap(),
+            shape::cat_backward(&dy, 1, &[3, 5, 3]).unwrap(),
+        );
+        for (g, c) in gp.iter().zip(&cp) {
+            close("cat_backward", g, c, 1e-6);
+        }
+
+        let g = rand(&[3, 5, 7], dt, &mut rng);
+        let gg = dev(&g, d);
+        for to in [vec![5, 1], vec![1, 1, 7], vec![7], vec![3, 1, 7], vec![3, 5, 7], vec![1]] {
+            close(
+                &format!("sum_to_shape {to:?}"),
+                &elementwise::sum_to_shape(&gg, &to).unwrap(),
+                &elementwise::sum_to_shape(&g, &to).unwrap(),
+                tol(dt) * 4.0,
+            );
+        }
+        let gv = gg.transpose(0, 2).unwrap();
+        close(
+            "sum_to_shape(view)",
+            &elementwise::sum_to_shape(&gv, &[1, 5, 1]).unwrap(),
+            &elementwise::sum_to_shape(&g.transpose(0, 2).unwrap(), &[1, 5, 1]).unwrap(),
+            tol(dt) * 4.0,
+        );
+
+        let x = rand(&[2, 3, 4, 5], dt, &mut rng);
+        let gx = dev(&x, d);
+        close(
+            "upsample_nearest",
+            &shape::upsample_nearest(&gx, [2, 3]).unwrap(),
+            &shape::upsample_nearest(&x, [2, 3]).unwrap(),
+            tol(dt),
+        );
+        let xv = x.transpose(2, 3).unwrap();
+        close(
+            "upsample_nearest(view)",
+            &shape::upsample_nearest(&gx.transpose(2, 3).unwrap(), [3, 2]).unwrap(),
+            &shape::upsample_nearest(&xv, [3, 2]).unwrap(),
+            tol(dt),
+        );
+        let dy = rand(&[2, 3, 8, 15], dt, &mut rng);
+        close(
+            "upsample_nearest_backward",
+            &shape::upsample_nearest_backward(&dev(&dy, d), [2, 3]).unwrap(),
+            &shape::upsample_nearest_backward(&dy, [2, 3]).unwrap(),
+            tol(dt) * 4.0,
+        );
+    }
 }

@@ -47,6 +47,37 @@ impl Strided {
         }
         Ok(s)
     }
+
+    /// The view's dims as (size, stride) pairs, and its offset.
+    pub fn parts(&self) -> (Vec<(i64, i64)>, i64) {
+        let r = self.rank.max(0) as usize;
+        ((0..r).map(|d| (self.shape[d], self.strides[d])).collect(), self.offset)
+    }
+
+    /// A view from (size, stride) pairs and an offset; more than [`MAX_RANK`] dims are an error.
+    pub fn from_parts(dims: &[(i64, i64)], offset: i64, op: &'static str) -> Result<Strided> {
+        if dims.len() > MAX_RANK {
+            let shape: Vec<usize> = dims.iter().map(|d| d.0.max(0) as usize).collect();
+            return Err(Error::rank(op, format!("≤ {MAX_RANK} on CUDA"), &shape));
+        }
+        let mut s =
+            Strided { shape: [1; MAX_RANK], strides: [0; MAX_RANK], offset, rank: dims.len().max(1) as i32, pad: 0 };
+        for (i, &(n, st)) in dims.iter().enumerate() {
+            s.shape[i] = n;
+            s.strides[i] = st;
+        }
+        Ok(s)
+    }
+
+    /// Splits the view for a reduction over the dims where `summed(d)`: (`keep`: those dims at size 1,
+    /// the offset kept; `red`: only those dims, offset 0) and the number of summed elements.
+    pub fn split_sum(&self, summed: impl Fn(usize) -> bool, op: &'static str) -> Result<(Strided, Strided, usize)> {
+        let (dims, offset) = self.parts();
+        let keep: Vec<(i64, i64)> = dims.iter().enumerate().map(|(d, &p)| if summed(d) { (1, 0) } else { p }).collect();
+        let red: Vec<(i64, i64)> = dims.iter().enumerate().map(|(d, &p)| if summed(d) { p } else { (1, 0) }).collect();
+        let m = red.iter().map(|p| p.0.max(0) as usize).product();
+        Ok((Strided::from_parts(&keep, offset, op)?, Strided::from_parts(&red, 0, op)?, m))
+    }
 }
 
 /// Mirror of `struct ConvGeo` in `kernels/cuda/conv.cu`.

@@ -22,7 +22,7 @@
 //!   with fp32 compute; the output may be f32 for bf16 inputs (gradients).
 //! * Ops with a CUDA path (forward and backward): linear, conv3d (im2col + GEMM + col2im), layer norm, RMS norm,
 //!   channel RMS norm, RoPE 3D, attention (flash forward/backward), GELU-tanh, SiLU, modulation, softmax,
-//!   add/sub/mul/scale, MSE loss; plus [`adamw_step`], [`grad_norm`] and [`clip_grad_norm`] on device
+//!   add/sub/mul/scale, sum_to_shape, cat, nearest upsampling, MSE loss; plus [`adamw_step`], [`grad_norm`] and [`clip_grad_norm`] on device
 //!   buffers. CUDA tensors given to any other op give [`Error::NotOnDevice`].
 //!
 //! Device dtypes: kernels load f32/bf16/f16/f64 and compute in f32; GEMMs take f32 or bf16.

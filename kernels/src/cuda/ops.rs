@@ -731,3 +731,95 @@ pub(crate) fn mse_loss_backward(pred: &Tensor, target: &Tensor, dloss: f64) -> R
     }
     Ok(g)
 }
+
+// ------------------------------------------------------------------------------------------------
+// data movement and reductions
+
+/// Concatenation along `dim` into a new `shape` tensor of `dtype` (shapes checked by the caller): each piece,
+/// any view, is copied into its slice of the output.
+pub(crate) fn cat(ts: &[&Tensor], dim: usize, shape: &[usize], dtype: DType) -> Result<Tensor> {
+    let dev = common_device(ts, "cat")?;
+    let y = empty(&dev, shape, dtype)?;
+    let ybase = y.cuda_storage().expect("CUDA").ptr_at(0);
+    let mut start = 0;
+    for t in ts {
+        let len = t.shape()[dim];
+        let n = t.numel();
+        if n > 0 {
+            let ys = Strided::of(&y.narrow(dim, start, len)?, t.shape(), "cat")?;
+            let xs = Strided::of(t, t.shape(), "cat")?;
+            let xbase = t.cuda_storage().expect("CUDA").ptr_at(0);
+            launch!(dev, "elementwise.cu", "copy_into_strided", cfg_elems(n);
+                xbase, dt(t.dtype()), xs, ybase, dt(dtype), ys, i64_(n))?;
+        }
+        start += len;
+    }
+    Ok(y)
+}
+
+/// Sums `g` over the dims where `shape` (right-aligned, broadcastable to `g`; checked by the caller) is 1
+/// and `g` is not: an f32 tensor of `shape`.
+pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
+    const OP: &str = "sum_to_shape";
+    let dev = common_device(&[g], OP)?;
+    let out = g.shape().to_vec();
+    let pad = out.len() - shape.len().min(out.len());
+    let target = |d: usize| if d < pad { 1 } else { shape[d - pad] };
+    let (keep, red, m) = Strided::of(g, &out, OP)?.split_sum(|d| target(d) == 1 && out[d] != 1, OP)?;
+    let y = empty(&dev, shape, DType::F32)?;
+    let n = y.numel();
+    if n > 0 {
+        let base = g.cuda_storage().expect("CUDA").ptr_at(0);
+        launch!(dev, "elementwise.cu", "sum_reduce", cfg_elems(n); base, dt(g.dtype()), keep, red, ptr(&y), i64_(n), i64_(m))?;
+    }
+    Ok(y)
+}
+
+/// `x [.., H, W]` as `[.., H, fh, W, fw]` (sizes, strides) with the factor dims split off the last two.
+fn split_last_two(dims: &[(i64, i64)], fh: usize, fw: usize, stretch: bool) -> Vec<(i64, i64)> {
+    let r = dims.len();
+    let (fh, fw) = (fh as i64, fw as i64);
+    let mut v = dims[..r - 2].to_vec();
+    let ((h, sh), (w, sw)) = (dims[r - 2], dims[r - 1]);
+    if stretch {
+        // x itself: each element repeated (stride 0 on the factor dims)
+        v.extend([(h, sh), (fh, 0), (w, sw), (fw, 0)]);
+    } else {
+        // dy [.., H·fh, W·fw]: row i·fh + a, column j·fw + b
+        v.extend([(h / fh, sh * fh), (fh, sh), (w / fw, sw * fw), (fw, sw)]);
+    }
+    v
+}
+
+/// Nearest-neighbour upsampling of the last two dims into a new `shape` tensor of `dtype` (checked by the
+/// caller): a strided copy of `x` with stride 0 on the factor dims.
+pub(crate) fn upsample_nearest(x: &Tensor, factor: [usize; 2], shape: &[usize], dtype: DType) -> Result<Tensor> {
+    const OP: &str = "upsample_nearest";
+    let dev = common_device(&[x], OP)?;
+    let (dims, offset) = Strided::of(x, x.shape(), OP)?.parts();
+    let view = Strided::from_parts(&split_last_two(&dims, factor[0], factor[1], true), offset, OP)?;
+    let y = empty(&dev, shape, dtype)?;
+    let n = y.numel();
+    if n > 0 {
+        let base = x.cuda_storage().expect("CUDA").ptr_at(0);
+        launch!(dev, "elementwise.cu", "copy_strided", cfg_elems(n); base, dt(x.dtype()), view, ptr(&y), dt(dtype), i64_(n))?;
+    }
+    Ok(y)
+}
+
+/// Backward of [`upsample_nearest`]: each `fh × fw` block of `dy` summed into an f32 tensor of `shape`.
+pub(crate) fn upsample_nearest_backward(dy: &Tensor, factor: [usize; 2], shape: &[usize]) -> Result<Tensor> {
+    const OP: &str = "upsample_nearest_backward";
+    let dev = common_device(&[dy], OP)?;
+    let (dims, offset) = Strided::of(dy, dy.shape(), OP)?.parts();
+    let split = split_last_two(&dims, factor[0], factor[1], false);
+    let r = split.len();
+    let (keep, red, m) = Strided::from_parts(&split, offset, OP)?.split_sum(|d| d == r - 3 || d == r - 1, OP)?;
+    let y = empty(&dev, shape, DType::F32)?;
+    let n = y.numel();
+    if n > 0 {
+        let base = dy.cuda_storage().expect("CUDA").ptr_at(0);
+        launch!(dev, "elementwise.cu", "sum_reduce", cfg_elems(n); base, dt(dy.dtype()), keep, red, ptr(&y), i64_(n), i64_(m))?;
+    }
+    Ok(y)
+}

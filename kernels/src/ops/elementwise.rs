@@ -151,6 +151,10 @@ pub fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     if broadcast_shape(shape, &out)? != out {
         return Err(Error::shape("sum_to_shape", format!("{shape:?} does not broadcast to {out:?}")));
     }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[g], "sum_to_shape")? {
+        return crate::cuda::ops::sum_to_shape(g, shape);
+    }
     let ct = compute_dtype(&[g]);
     dispatch!(ct, T => {
         let gd = g.cpu_data::<T>("sum_to_shape")?;

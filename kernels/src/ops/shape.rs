@@ -27,6 +27,10 @@ pub fn cat(tensors: &[&Tensor], dim: usize) -> Result<Tensor> {
     let inner: usize = first.shape()[dim + 1..].iter().product();
     let mut shape = first.shape().to_vec();
     shape[dim] = tensors.iter().map(|t| t.shape()[dim]).sum();
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(tensors, OP)? {
+        return crate::cuda::ops::cat(tensors, dim, &shape, ot);
+    }
     dispatch!(ct, T => {
         let datas = tensors.iter().map(|t| t.cpu_data::<T>(OP)).collect::<Result<Vec<_>>>()?;
         let mut out = Vec::with_capacity(shape.iter().product());
@@ -74,6 +78,10 @@ pub fn upsample_nearest(x: &Tensor, factor: [usize; 2]) -> Result<Tensor> {
     shape[r - 2] = h * fh;
     shape[r - 1] = w * fw;
     let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], OP)? {
+        return crate::cuda::ops::upsample_nearest(x, factor, &shape, ot);
+    }
     dispatch!(ct, T => {
         let xd = x.cpu_data::<T>(OP)?;
         let plane = h * w;
@@ -108,6 +116,10 @@ pub fn upsample_nearest_backward(dy: &Tensor, factor: [usize; 2]) -> Result<Tens
     shape[r - 2] = h;
     shape[r - 1] = w;
     let ct = compute_dtype(&[dy]);
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[dy], OP)? {
+        return crate::cuda::ops::upsample_nearest_backward(dy, factor, &shape);
+    }
     dispatch!(ct, T => {
         let g = dy.cpu_data::<T>(OP)?;
         let plane = h * w;
