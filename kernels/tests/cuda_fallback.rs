@@ -310,6 +310,26 @@ fn gpu_parity_adamw_and_clipping() {
 }
 
 #[test]
+fn gpu_parity_matmul() {
+    let Some(d) = gpu() else { return };
+    let mut rng = Rng::new(5);
+    for dt in [DType::F32, DType::BF16] {
+        for (ash, bsh) in [(vec![2, 3, 5, 7], vec![2, 3, 7, 4]), (vec![4, 6, 8], vec![8, 3]), (vec![1, 9], vec![9, 2])]
+        {
+            let (a, b) = (rand(&ash, dt, &mut rng), rand(&bsh, dt, &mut rng));
+            let (ga, gb) = (dev(&a, d), dev(&b, d));
+            let (gy, cy) = (linear::matmul(&ga, &gb).unwrap(), linear::matmul(&a, &b).unwrap());
+            close(&format!("matmul {ash:?}·{bsh:?}"), &gy, &cy, tol(dt) * 4.0);
+            let dc = rand(cy.shape(), DType::F32, &mut rng);
+            let (gda, gdb) = linear::matmul_backward(&ga, &gb, &dev(&dc, d)).unwrap();
+            let (cda, cdb) = linear::matmul_backward(&a, &b, &dc).unwrap();
+            close("matmul da", &gda, &cda, tol(dt) * 4.0);
+            close("matmul db", &gdb, &cdb, tol(dt) * 4.0);
+        }
+    }
+}
+
+#[test]
 fn gpu_parity_cat_sum_to_shape_upsample() {
     let Some(d) = gpu() else { return };
     let mut rng = Rng::new(4);

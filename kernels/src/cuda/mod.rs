@@ -20,7 +20,7 @@
 //!   life of the process. All work of a device runs in order on its stream.
 //! * GEMMs: cuBLAS `GemmStridedBatchedEx`, row-major convention (see `launch::gemm`), bf16 or f32 operands
 //!   with fp32 compute; the output may be f32 for bf16 inputs (gradients).
-//! * Ops with a CUDA path (forward and backward): linear, conv3d (im2col + GEMM + col2im), layer norm, RMS norm,
+//! * Ops with a CUDA path (forward and backward): linear, batched matmul, conv3d (im2col + GEMM + col2im), layer norm, RMS norm,
 //!   channel RMS norm, RoPE 3D, attention (flash forward/backward), GELU-tanh, SiLU, modulation, softmax,
 //!   add/sub/mul/scale, sum_to_shape, cat, nearest upsampling, MSE loss; plus [`adamw_step`], [`grad_norm`] and [`clip_grad_norm`] on device
 //!   buffers. CUDA tensors given to any other op give [`Error::NotOnDevice`].

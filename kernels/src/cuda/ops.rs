@@ -444,6 +444,116 @@ fn op(t: &Tensor, dtype: DType, trans: bool) -> GemmOperand {
     GemmOperand { ptr: ptr(t), dtype, trans, batch_stride: 0 }
 }
 
+/// `GemmOperand` of a contiguous tensor holding a batch of matrices `batch_stride` elements apart.
+fn op_batched(t: &Tensor, dtype: DType, trans: bool, batch_stride: usize) -> GemmOperand {
+    GemmOperand { ptr: ptr(t), dtype, trans, batch_stride: batch_stride as i64 }
+}
+
+/// Zeros in every element of `y` (a GEMM with an empty inner dimension).
+fn zero(dev: &Arc<CudaDevice>, y: &Tensor) -> Result<()> {
+    let n = y.numel();
+    if n > 0 {
+        launch!(dev, "elementwise.cu", "fill", cfg_elems(n); ptr(y), dt(y.dtype()), 0f32, i64_(n))?;
+    }
+    Ok(())
+}
+
+/// Batched `a·b`: `batch` products `[m, k]·[k, n]`, `b` shared by all when `shared` (dims checked by the
+/// caller); the result has `shape` and the promoted dtype.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul(
+    a: &Tensor,
+    b: &Tensor,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    shared: bool,
+    shape: &[usize],
+) -> Result<Tensor> {
+    let dev = common_device(&[a, b], "matmul")?;
+    let (ac, bc, ct) = gemm_pair(a, b)?;
+    let y = empty(&dev, shape, out_dtype(&[a, b]))?;
+    if k == 0 {
+        zero(&dev, &y)?;
+    } else {
+        let bs = if shared { 0 } else { k * n };
+        gemm(
+            &dev,
+            m,
+            n,
+            k,
+            op_batched(&ac, ct, false, m * k),
+            op_batched(&bc, ct, false, bs),
+            (ptr(&y), y.dtype(), i64_(m * n)),
+            1.0,
+            0.0,
+            batch,
+        )?;
+    }
+    Ok(y)
+}
+
+/// Backward of [`matmul`]: `(da, db)` in f32; with a shared `b`, `db` sums over the batch (one GEMM over
+/// the stacked rows).
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn matmul_backward(
+    a: &Tensor,
+    b: &Tensor,
+    dc: &Tensor,
+    batch: usize,
+    m: usize,
+    k: usize,
+    n: usize,
+    shared: bool,
+) -> Result<(Tensor, Tensor)> {
+    let dev = common_device(&[a, b, dc], "matmul_backward")?;
+    let da = empty(&dev, a.shape(), DType::F32)?;
+    let db = empty(&dev, b.shape(), DType::F32)?;
+    if n == 0 {
+        zero(&dev, &da)?;
+    } else {
+        // da_i[m, k] = dc_i[m, n] · b_iᵀ (b stored [k, n]: the transposed operand)
+        let (g, bc, ct) = gemm_pair(dc, b)?;
+        let bs = if shared { 0 } else { k * n };
+        gemm(
+            &dev,
+            m,
+            k,
+            n,
+            op_batched(&g, ct, false, m * n),
+            op_batched(&bc, ct, true, bs),
+            (ptr(&da), DType::F32, i64_(m * k)),
+            1.0,
+            0.0,
+            batch,
+        )?;
+    }
+    if batch * m == 0 {
+        zero(&dev, &db)?;
+    } else {
+        // db_i[k, n] = a_iᵀ · dc_i (a stored [m, k]: transposed); shared: aᵀ · dc over all batch·m rows
+        let (ac, g, ct) = gemm_pair(a, dc)?;
+        if shared {
+            gemm(&dev, k, n, batch * m, op(&ac, ct, true), op(&g, ct, false), (ptr(&db), DType::F32, 0), 1.0, 0.0, 1)?;
+        } else {
+            gemm(
+                &dev,
+                k,
+                n,
+                m,
+                op_batched(&ac, ct, true, m * k),
+                op_batched(&g, ct, false, m * n),
+                (ptr(&db), DType::F32, i64_(k * n)),
+                1.0,
+                0.0,
+                batch,
+            )?;
+        }
+    }
+    Ok((da, db))
+}
+
 /// `y = x·Wᵀ + b` (`m` rows, `din` → `dout`).
 pub(crate) fn linear(
     x: &Tensor,

@@ -164,6 +164,10 @@ pub fn matmul(a: &Tensor, b: &Tensor) -> Result<Tensor> {
     let (ct, ot) = (compute_dtype(&[a, b]), out_dtype(&[a, b]));
     let mut shape = a.shape().to_vec();
     *shape.last_mut().expect("rank ≥ 2") = n;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[a, b], "matmul")? {
+        return crate::cuda::ops::matmul(a, b, batch, m, k, n, shared, &shape);
+    }
     dispatch!(ct, T => {
         let ad = a.cpu_data::<T>("matmul")?;
         let bd = b.cpu_data::<T>("matmul")?;
@@ -183,6 +187,10 @@ pub fn matmul_backward(a: &Tensor, b: &Tensor, dc: &Tensor) -> Result<(Tensor, T
     *shape.last_mut().expect("rank ≥ 2") = n;
     if dc.shape() != shape.as_slice() {
         return Err(Error::shape("matmul_backward", format!("dc {:?} for output {shape:?}", dc.shape())));
+    }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[a, b, dc], "matmul_backward")? {
+        return crate::cuda::ops::matmul_backward(a, b, dc, batch, m, k, n, shared);
     }
     let ct = compute_dtype(&[a, b, dc]);
     dispatch!(ct, T => {
