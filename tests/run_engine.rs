@@ -132,6 +132,18 @@ fn wait_for(what: &str, limit: Duration, mut cond: impl FnMut() -> bool) {
     }
 }
 
+/// `medgen run -q --store STORE GRAPH` in the background.
+fn spawn_run(store: &Path, graph: &Path) -> Child {
+    medgen()
+        .args(["run", "-q", "--store"])
+        .arg(store)
+        .arg(graph)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap()
+}
+
 #[test]
 fn watch_mode_adds_and_retracts() {
     let dir = tempfile::tempdir().unwrap();
@@ -159,14 +171,7 @@ changelog = true
     )
     .unwrap();
     let store = dir.path().join("store");
-    let child = medgen()
-        .args(["run", "-q", "--store"])
-        .arg(&store)
-        .arg(&graph)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&store, &graph);
     let view = || read_view(&store, "videos.jsonl");
     wait_for("two rows", Duration::from_secs(60), || view().lines().count() == 2);
     std::fs::write(data.join("c.mp4"), "cccc").unwrap();
@@ -203,14 +208,7 @@ changelog = true
         std::fs::remove_file(data.join(f)).unwrap();
     }
     assert_eq!(view().lines().count(), 2);
-    let child = medgen()
-        .args(["run", "-q", "--store"])
-        .arg(&store)
-        .arg(&graph)
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped())
-        .spawn()
-        .unwrap();
+    let child = spawn_run(&store, &graph);
     wait_for("the empty view", Duration::from_secs(60), || view().is_empty());
     let pid = child.id().to_string();
     assert!(Command::new("kill").args(["-TERM", &pid]).status().unwrap().success());

@@ -34,7 +34,7 @@
 
 use super::imgproc::{GrayImage, canny, hough_axis_lines, luma};
 use super::{
-    Measured, REJECTED_PORT, check_range, check_threads, fingerprint_without, frames, measure_with_text, reject,
+    Measured, REJECTED_PORT, check_range, check_threads, fingerprint_without, frames, measure_with_digests, reject,
     split_decided, take_input, ticks,
 };
 use crate::api::*;
@@ -341,13 +341,9 @@ impl TypedOperator for CurateBlackBorder {
     ) -> Result<Outputs<'s>, BuildError> {
         let input = take_input(ctx, &mut inputs)?;
         let mp = p.clone();
-        let (merged, failed) = measure_with_text(
-            ctx,
-            input,
-            p.threads,
-            |clip| clip.metadata.get(ticks::DIGESTS_KEY).cloned().unwrap_or_default(),
-            move |clip, digests, ictx| measure_clip(clip, digests, &mp, ictx),
-        );
+        let (merged, failed) = measure_with_digests(ctx, input, p.threads, move |clip, digests, ictx| {
+            measure_clip(clip, digests, &mp, ictx)
+        });
         let (p, node) = (p.clone(), ctx.node.clone());
         let (kept, rejected) = split_decided(merged.map(move |s| decide(s, &p, &node)));
         Ok(Outputs::default().with(OUT_PORT, kept).with(REJECTED_PORT, rejected).with(FAILURES_PORT, failed))

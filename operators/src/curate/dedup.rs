@@ -34,7 +34,7 @@
 
 use super::imgproc::{hamming, phash};
 use super::{
-    Measured, REJECTED_PORT, ScoresColl, check_range, check_threads, fingerprint_without, frames, measure_with_text,
+    Measured, REJECTED_PORT, ScoresColl, check_range, check_threads, fingerprint_without, frames, measure_with_digests,
     reject, take_input, ticks,
 };
 use crate::api::*;
@@ -282,13 +282,9 @@ impl TypedOperator for CurateDedup {
     ) -> Result<Outputs<'s>, BuildError> {
         let input = take_input(ctx, &mut inputs)?;
         let mp = p.clone();
-        let (merged, failed) = measure_with_text(
-            ctx,
-            input,
-            p.threads,
-            |clip| clip.metadata.get(ticks::DIGESTS_KEY).cloned().unwrap_or_default(),
-            move |clip, digests, ictx| measure_clip(clip, digests, &mp, ictx),
-        );
+        let (merged, failed) = measure_with_digests(ctx, input, p.threads, move |clip, digests, ictx| {
+            measure_clip(clip, digests, &mp, ictx)
+        });
         let (kept, rejected) = dedup(merged, p.bands, p.max_distance, ctx.node.clone());
         Ok(Outputs::default().with(OUT_PORT, kept).with(REJECTED_PORT, rejected).with(FAILURES_PORT, failed))
     }

@@ -232,6 +232,21 @@ where
     join_measured(scores, measured)
 }
 
+/// [`measure_with_text`] with the clip's frame digests (metadata [`ticks::DIGESTS_KEY`], empty when
+/// absent) as the text: for measurements that take their frames from `curate.segment`'s digests
+/// when a clip carries them (`curate.black_border`, `curate.dedup`).
+pub fn measure_with_digests<'s, F>(
+    ctx: &BuildCtx<'s>,
+    input: Coll<'s>,
+    threads: usize,
+    f: F,
+) -> (ScoresColl<'s>, Coll<'s>)
+where
+    F: Fn(&Clip, &str, &ItemCtx) -> Result<Measured, ItemError> + Send + Sync + 'static,
+{
+    measure_with_text(ctx, input, threads, |clip| clip.metadata.get(ticks::DIGESTS_KEY).cloned().unwrap_or_default(), f)
+}
+
 /// A measurement as a stub `Scores` record: it belongs to the span, not to the record that asked.
 fn stub_scores(clip: &Clip, m: Measured) -> Record {
     let stub = Clip {

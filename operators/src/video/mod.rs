@@ -176,15 +176,7 @@ impl Frame {
         map: gstreamer::MappedBuffer<gstreamer::buffer::Readable>,
         yuv: YuvLayout,
     ) -> Frame {
-        Frame {
-            pts_s,
-            duration_s,
-            width,
-            height,
-            format: PixelFormat::Yuv,
-            data: FrameData::Mapped(map),
-            yuv: Some(yuv),
-        }
+        Frame { data: FrameData::Mapped(map), ..Frame::owned_yuv(pts_s, duration_s, width, height, Vec::new(), yuv) }
     }
 
     /// A [`PixelFormat::Yuv`] frame over owned bytes laid out as `yuv` says (tests, other sources).
