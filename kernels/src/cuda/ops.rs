@@ -875,12 +875,25 @@ pub(crate) fn sum_to_shape(g: &Tensor, shape: &[usize]) -> Result<Tensor> {
     let out = g.shape().to_vec();
     let pad = out.len() - shape.len().min(out.len());
     let target = |d: usize| if d < pad { 1 } else { shape[d - pad] };
-    let (keep, red, m) = Strided::of(g, &out, OP)?.split_sum(|d| target(d) == 1 && out[d] != 1, OP)?;
-    let y = empty(&dev, shape, DType::F32)?;
+    sum_dims(&dev, g, Strided::of(g, &out, OP)?, |d| target(d) == 1 && out[d] != 1, shape, OP)
+}
+
+/// Sums `view` (a view of `src`'s storage) over its dims where `summed(d)`: an f32 tensor of `shape`
+/// (the other dims, row-major).
+fn sum_dims(
+    dev: &Arc<CudaDevice>,
+    src: &Tensor,
+    view: Strided,
+    summed: impl Fn(usize) -> bool,
+    shape: &[usize],
+    op: &'static str,
+) -> Result<Tensor> {
+    let (keep, red, m) = view.split_sum(summed, op)?;
+    let y = empty(dev, shape, DType::F32)?;
     let n = y.numel();
     if n > 0 {
-        let base = g.cuda_storage().expect("CUDA").ptr_at(0);
-        launch!(dev, "elementwise.cu", "sum_reduce", cfg_elems(n); base, dt(g.dtype()), keep, red, ptr(&y), i64_(n), i64_(m))?;
+        let base = src.cuda_storage().expect("CUDA").ptr_at(0);
+        launch!(dev, "elementwise.cu", "sum_reduce", cfg_elems(n); base, dt(src.dtype()), keep, red, ptr(&y), i64_(n), i64_(m))?;
     }
     Ok(y)
 }
@@ -924,12 +937,5 @@ pub(crate) fn upsample_nearest_backward(dy: &Tensor, factor: [usize; 2], shape: 
     let (dims, offset) = Strided::of(dy, dy.shape(), OP)?.parts();
     let split = split_last_two(&dims, factor[0], factor[1], false);
     let r = split.len();
-    let (keep, red, m) = Strided::from_parts(&split, offset, OP)?.split_sum(|d| d == r - 3 || d == r - 1, OP)?;
-    let y = empty(&dev, shape, DType::F32)?;
-    let n = y.numel();
-    if n > 0 {
-        let base = dy.cuda_storage().expect("CUDA").ptr_at(0);
-        launch!(dev, "elementwise.cu", "sum_reduce", cfg_elems(n); base, dt(dy.dtype()), keep, red, ptr(&y), i64_(n), i64_(m))?;
-    }
-    Ok(y)
+    sum_dims(&dev, dy, Strided::from_parts(&split, offset, OP)?, |d| d == r - 3 || d == r - 1, shape, OP)
 }

@@ -313,9 +313,7 @@ pub fn area_resize(
 }
 
 /// BT.601 luma of packed RGB as one channel.
-pub fn luma(rgb: &[u8]) -> Vec<u8> {
-    rgb.chunks_exact(3).map(|p| ((77 * p[0] as u32 + 150 * p[1] as u32 + 29 * p[2] as u32 + 128) >> 8) as u8).collect()
-}
+pub use crate::video::image::rgb_to_gray as luma;
 
 /// Side of the gray thumbnail in a [`Descriptor`].
 pub const THUMB: usize = 8;

@@ -34,7 +34,7 @@
 //! DICOM files go through the same API, decoded in pure Rust ([`crate::source::dicom`]).
 
 use super::blob::{FramesHeader, FramesWriter};
-use super::convert::{Coeffs, Layout, Matrix, Planes, to_gray, to_rgb};
+use super::convert::{Coeffs, Layout, Matrix, to_gray, to_rgb};
 use super::gst_util::{self, Pipeline, classify, clock, describe_caps, secs};
 use super::probe::SizeLimits;
 use super::{
@@ -747,21 +747,21 @@ impl GstDecoder {
             _ => Matrix::Bt601,
         };
         let map = buffer.into_mapped_buffer_readable().map_err(|_| internal("cannot map a frame"))?;
+        let (u, v) = match vinfo.format() {
+            gst_video::VideoFormat::Yv12 => (offsets[2], offsets[1]),
+            _ if planes_n == 2 => (offsets[1], 0),
+            _ => (offsets[1], offsets[2]),
+        };
+        let yuv = YuvLayout {
+            layout,
+            offsets: [offsets[0], u, v],
+            y_stride: strides[0],
+            c_stride: strides[1],
+            matrix,
+            full_range,
+        };
         if self.format == PixelFormat::Yuv {
             // The planes as they are (native size, no crop: DecodeSpec::validate).
-            let (u, v) = match vinfo.format() {
-                gst_video::VideoFormat::Yv12 => (offsets[2], offsets[1]),
-                _ if planes_n == 2 => (offsets[1], 0),
-                _ => (offsets[1], offsets[2]),
-            };
-            let yuv = YuvLayout {
-                layout,
-                offsets: [offsets[0], u, v],
-                y_stride: strides[0],
-                c_stride: strides[1],
-                matrix,
-                full_range,
-            };
             let frame = Frame::mapped_yuv(pts, dur, w, h, map, yuv);
             if frame.planes().is_none() {
                 return Err(internal("a frame smaller than its caps say"));
@@ -783,14 +783,7 @@ impl GstDecoder {
             .crop
             .map(|(x, y, cw, ch)| (x.min(w), y.min(h), cw.min(w - x.min(w)), ch.min(h - y.min(h))))
             .unwrap_or((0, 0, w, h));
-        let data: &[u8] = map.as_slice();
-        let plane = |i: usize| data.get(offsets[i]..).unwrap_or(&[]);
-        let (u, v) = match vinfo.format() {
-            gst_video::VideoFormat::Yv12 => (plane(2), plane(1)),
-            _ if planes_n == 2 => (plane(1), &[][..]),
-            _ => (plane(1), plane(2)),
-        };
-        let planes = Planes { layout, y: plane(0), y_stride: strides[0], u, v, c_stride: strides[1] };
+        let planes = yuv.planes(map.as_slice());
         let (x, y, cw, chh) = (x as usize, y as usize, cw as usize, chh as usize);
         let pixels = match self.format {
             PixelFormat::Rgb => to_rgb(&planes, &Coeffs::new(matrix, full_range), x, y, cw, chh),

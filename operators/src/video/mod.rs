@@ -127,6 +127,22 @@ pub struct YuvLayout {
     pub full_range: bool,
 }
 
+impl YuvLayout {
+    /// The planes of `data` laid out as this says (planes past the end of `data` are empty).
+    pub fn planes<'a>(&self, data: &'a [u8]) -> convert::Planes<'a> {
+        let plane = |i: usize| data.get(self.offsets[i]..).unwrap_or(&[]);
+        let semi = matches!(self.layout, convert::Layout::Nv12 | convert::Layout::Nv21);
+        convert::Planes {
+            layout: self.layout,
+            y: plane(0),
+            y_stride: self.y_stride,
+            u: plane(1),
+            v: if semi { &[] } else { plane(2) },
+            c_stride: self.c_stride,
+        }
+    }
+}
+
 impl std::fmt::Debug for Frame {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.debug_struct("Frame")
@@ -245,16 +261,7 @@ impl Frame {
     /// other formats or a buffer smaller than its layout says.
     pub fn planes(&self) -> Option<(convert::Planes<'_>, YuvLayout)> {
         let l = self.yuv?;
-        let data = self.data();
-        let plane = |i: usize| data.get(l.offsets[i]..).unwrap_or(&[]);
-        let planes = convert::Planes {
-            layout: l.layout,
-            y: plane(0),
-            y_stride: l.y_stride,
-            u: plane(1),
-            v: if matches!(l.layout, convert::Layout::Nv12 | convert::Layout::Nv21) { &[] } else { plane(2) },
-            c_stride: l.c_stride,
-        };
+        let planes = l.planes(self.data());
         convert::fits(&planes, 0, 0, self.width as usize, self.height as usize).then_some((planes, l))
     }
 
@@ -265,7 +272,7 @@ impl Frame {
         let (w, h) = (self.width as usize, self.height as usize);
         match self.format {
             PixelFormat::Rgb => Some(Cow::Borrowed(self.data())),
-            PixelFormat::Gray => Some(Cow::Owned(self.data().iter().flat_map(|&v| [v, v, v]).collect())),
+            PixelFormat::Gray => Some(Cow::Owned(image::gray_to_rgb(self.data()))),
             PixelFormat::Yuv => {
                 let (p, l) = self.planes()?;
                 convert::to_rgb(&p, &convert::Coeffs::new(l.matrix, l.full_range), 0, 0, w, h).map(Cow::Owned)
@@ -280,12 +287,7 @@ impl Frame {
         let (w, h) = (self.width as usize, self.height as usize);
         match self.format {
             PixelFormat::Gray => Some(Cow::Borrowed(self.data())),
-            PixelFormat::Rgb => Some(Cow::Owned(
-                self.data()
-                    .chunks_exact(3)
-                    .map(|p| ((77 * p[0] as u32 + 150 * p[1] as u32 + 29 * p[2] as u32 + 128) >> 8) as u8)
-                    .collect(),
-            )),
+            PixelFormat::Rgb => Some(Cow::Owned(image::rgb_to_gray(self.data()))),
             PixelFormat::Yuv => {
                 let (p, l) = self.planes()?;
                 convert::to_gray(&p, l.full_range, 0, 0, w, h).map(Cow::Owned)
