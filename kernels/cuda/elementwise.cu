@@ -1,5 +1,6 @@
-// Elementwise kernels: strided copy/cast, broadcast binary ops, scale, fill, bias add, column sums, SiLU and
-// GELU-tanh (forward and backward), adaLN modulation x*(1+scale)+shift (forward and backward).
+// Elementwise kernels: strided copy/cast, broadcast binary ops, scale, fill, bias add, column sums, pointwise
+// activations (SiLU, GELU tanh/erf, clamp; forward and backward), embedding gather/scatter, adaLN modulation
+// x*(1+scale)+shift (forward and backward).
 //
 // Layout: `Strided` descriptors (common.cuh) describe arbitrary views (permutes, narrows, broadcasts) over the
 // row-major output index; all other buffers are contiguous row-major.
@@ -79,41 +80,74 @@ extern "C" __global__ void col_sum_partial(const void* x, int xdt, float* part, 
 
 __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-x)); }
 
-extern "C" __global__ void silu_fwd(const void* x, int xdt, void* y, int ydt, i64 n) {
-    GRID_STRIDE(i, n) {
-        float v = ld(x, xdt, i);
-        st(y, ydt, i, v * sigmoidf_(v));
-    }
-}
-
-// dx = dy * s * (1 + x * (1 - s)), s = sigmoid(x).
-extern "C" __global__ void silu_bwd(const void* x, int xdt, const void* dy, int dydt, void* dx, int dxdt, i64 n) {
-    GRID_STRIDE(i, n) {
-        float v = ld(x, xdt, i);
-        float s = sigmoidf_(v);
-        st(dx, dxdt, i, ld(dy, dydt, i) * s * (1.f + v * (1.f - s)));
-    }
-}
-
+// Pointwise activations, selected by `kind` (uniform across a launch):
+#define ACT_SILU 0       // x * sigmoid(x)
+#define ACT_GELU_TANH 1  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
+#define ACT_GELU_ERF 2   // 0.5 x (1 + erf(x / sqrt(2)))
+#define ACT_CLAMP 3      // min(max(x, lo), hi)
 #define GELU_K0 0.7978845608028654f
 #define GELU_K1 0.044715f
+#define INV_SQRT2 0.7071067811865476f
+#define INV_SQRT_2PI 0.3989422804014327f
 
-// 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))).
-extern "C" __global__ void gelu_tanh_fwd(const void* x, int xdt, void* y, int ydt, i64 n) {
-    GRID_STRIDE(i, n) {
-        float v = ld(x, xdt, i);
-        float u = GELU_K0 * (v + GELU_K1 * v * v * v);
-        st(y, ydt, i, 0.5f * v * (1.f + tanhf(u)));
+__device__ __forceinline__ float act_value(int kind, float v, float lo, float hi) {
+    switch (kind) {
+        case ACT_SILU: return v * sigmoidf_(v);
+        case ACT_GELU_TANH: return 0.5f * v * (1.f + tanhf(GELU_K0 * (v + GELU_K1 * v * v * v)));
+        case ACT_GELU_ERF: return 0.5f * v * (1.f + erff(v * INV_SQRT2));
+        default: return fminf(fmaxf(v, lo), hi);
     }
 }
 
-extern "C" __global__ void gelu_tanh_bwd(const void* x, int xdt, const void* dy, int dydt, void* dx, int dxdt,
-                                         i64 n) {
+// d act / dx at v (clamp: 1 strictly inside (lo, hi), else 0).
+__device__ __forceinline__ float act_grad(int kind, float v, float lo, float hi) {
+    switch (kind) {
+        case ACT_SILU: {
+            float s = sigmoidf_(v);
+            return s * (1.f + v * (1.f - s));
+        }
+        case ACT_GELU_TANH: {
+            float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
+            return 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * GELU_K0 * (1.f + 3.f * GELU_K1 * v * v);
+        }
+        case ACT_GELU_ERF: return 0.5f * (1.f + erff(v * INV_SQRT2)) + v * INV_SQRT_2PI * expf(-0.5f * v * v);
+        default: return (v > lo && v < hi) ? 1.f : 0.f;
+    }
+}
+
+extern "C" __global__ void act_fwd(const void* x, int xdt, void* y, int ydt, i64 n, int kind, float lo, float hi) {
+    GRID_STRIDE(i, n) { st(y, ydt, i, act_value(kind, ld(x, xdt, i), lo, hi)); }
+}
+
+// dx = dy * act'(x).
+extern "C" __global__ void act_bwd(const void* x, int xdt, const void* dy, int dydt, void* dx, int dxdt, i64 n,
+                                   int kind, float lo, float hi) {
+    GRID_STRIDE(i, n) { st(dx, dxdt, i, ld(dy, dydt, i) * act_grad(kind, ld(x, xdt, i), lo, hi)); }
+}
+
+// Embedding lookup: y[r, c] = table[ids[r], c] for a row-major [V, d] table; n = rows * d.
+extern "C" __global__ void embedding_gather(const void* table, int tdt, const i64* ids, void* y, int ydt, i64 d,
+                                            i64 n) {
     GRID_STRIDE(i, n) {
-        float v = ld(x, xdt, i);
-        float t = tanhf(GELU_K0 * (v + GELU_K1 * v * v * v));
-        float g = 0.5f * (1.f + t) + 0.5f * v * (1.f - t * t) * GELU_K0 * (1.f + 3.f * GELU_K1 * v * v);
-        st(dx, dxdt, i, ld(dy, dydt, i) * g);
+        i64 r = i / d, c = i % d;
+        st(y, ydt, i, ld(table, tdt, ids[r] * d + c));
+    }
+}
+
+// Embedding backward without atomics: `plan` holds, for u uniq ids, [uniq ids (u) | starts (u + 1) | rows (m)],
+// the rows of each id listed in increasing order. dtable[uniq[k], c] = sum over its rows r of dy[r, c], in row
+// order (deterministic, the CPU's order). Rows of ids that never occur are left as they are (zero-filled by the
+// caller). n = u * d.
+extern "C" __global__ void embedding_scatter(const void* dy, int dydt, const i64* plan, i64 u, float* dtable, i64 d,
+                                             i64 n) {
+    const i64* uniq = plan;
+    const i64* starts = plan + u;
+    const i64* rows = plan + 2 * u + 1;
+    GRID_STRIDE(i, n) {
+        i64 k = i / d, c = i % d;
+        float acc = 0.f;
+        for (i64 j = starts[k]; j < starts[k + 1]; ++j) acc += ld(dy, dydt, rows[j] * d + c);
+        dtable[uniq[k] * d + c] = acc;
     }
 }
 

@@ -20,10 +20,15 @@
 //!   life of the process. All work of a device runs in order on its stream.
 //! * GEMMs: cuBLAS `GemmStridedBatchedEx`, row-major convention (see `launch::gemm`), bf16 or f32 operands
 //!   with fp32 compute; the output may be f32 for bf16 inputs (gradients).
-//! * Ops with a CUDA path (forward and backward): linear, batched matmul, conv3d (im2col + GEMM + col2im), layer norm, RMS norm,
-//!   channel RMS norm, RoPE 3D, attention (flash forward/backward), GELU-tanh, SiLU, modulation, softmax,
-//!   add/sub/mul/scale, sum_to_shape, cat, nearest upsampling, MSE loss; plus [`adamw_step`], [`grad_norm`] and [`clip_grad_norm`] on device
-//!   buffers. CUDA tensors given to any other op give [`Error::NotOnDevice`].
+//! * Ops with a CUDA path (forward and backward): linear, batched matmul, conv3d (im2col + GEMM + col2im),
+//!   layer norm, RMS norm, channel RMS norm, RoPE 3D (tables uploaded once per grid and device), attention
+//!   (flash forward/backward), GELU (tanh and erf), SiLU, clamp, modulation, softmax, add/sub/mul/scale,
+//!   sum_to_shape, cat, nearest upsampling, embedding (gather; a deterministic per-id sum backward), MSE loss;
+//!   plus [`adamw_step`], [`grad_norm`] and [`clip_grad_norm`] on device buffers. With these the Wan DiT
+//!   (forward, backward, flow-matching training), the Wan VAE and umT5 run on a device (`to_device` /
+//!   `load_on`). CUDA tensors given to any other op (the 2-D image ops of RIFE, TransNetV2's pooling) give
+//!   [`Error::NotOnDevice`].
+//! * Memory: [`memory_stats`] counts the bytes device tensors hold, now and at peak (per device).
 //!
 //! Device dtypes: kernels load f32/bf16/f16/f64 and compute in f32; GEMMs take f32 or bf16.
 
@@ -83,16 +88,18 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         source: include_str!("../../cuda/elementwise.cu"),
         kernels: &[
             "copy_strided",
+            "copy_into_strided",
+            "sum_reduce",
             "binary_bcast",
             "scale_kernel",
             "scale_inplace_f32",
             "fill",
             "add_bias_rows",
             "col_sum_partial",
-            "silu_fwd",
-            "silu_bwd",
-            "gelu_tanh_fwd",
-            "gelu_tanh_bwd",
+            "act_fwd",
+            "act_bwd",
+            "embedding_gather",
+            "embedding_scatter",
             "modulate_fwd",
             "modulate_bwd_dx",
             "modulate_bwd_params",
@@ -148,9 +155,49 @@ pub fn available() -> Result<Vec<DeviceInfo>> {
 
 /// Waits until all work queued on CUDA device `ordinal` has finished (for timings; transfers to the host
 /// synchronise by themselves).
-#[cfg(feature = "cuda")]
 pub fn synchronize(ordinal: usize) -> Result<()> {
-    device::device(ordinal)?.synchronize()
+    #[cfg(feature = "cuda")]
+    {
+        device::device(ordinal)?.synchronize()
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        Err(crate::error::Error::NoCuda { reason: "built without the `cuda` feature".into() })
+    }
+}
+
+/// Device memory held by tensors on one device (see [`memory_stats`]).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct MemoryStats {
+    /// Bytes held by live tensors now.
+    pub held: usize,
+    /// The most bytes held at once since the process started or [`reset_peak_memory`].
+    pub peak: usize,
+}
+
+/// Tensor memory on CUDA device `ordinal`: what live tensors hold and the peak (PyTorch's
+/// `memory_allocated` / `max_memory_allocated`, without allocator rounding). Zero without the
+/// `cuda` feature or before anything was allocated there.
+pub fn memory_stats(ordinal: usize) -> MemoryStats {
+    #[cfg(feature = "cuda")]
+    {
+        let (held, peak) = storage::memory(ordinal);
+        MemoryStats { held, peak }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = ordinal;
+        MemoryStats::default()
+    }
+}
+
+/// Restarts the peak of [`memory_stats`] on device `ordinal` from what is held now.
+pub fn reset_peak_memory(ordinal: usize) {
+    #[cfg(feature = "cuda")]
+    storage::reset_peak(ordinal);
+    #[cfg(not(feature = "cuda"))]
+    let _ = ordinal;
 }
 
 /// Whether at least one CUDA device is usable (see [`available`]).

@@ -125,36 +125,139 @@ pub(crate) fn scale(x: &Tensor, s: f64) -> Result<Tensor> {
     Ok(y)
 }
 
-/// Pointwise activation forward: "silu" or "gelu_tanh".
-pub(crate) fn activation(x: &Tensor, which: &'static str) -> Result<Tensor> {
-    let dev = common_device(&[x], which)?;
+/// A pointwise activation of `act_fwd` / `act_bwd` in elementwise.cu.
+#[derive(Debug, Clone, Copy)]
+pub(crate) enum Act {
+    Silu,
+    GeluTanh,
+    GeluErf,
+    /// `min(max(x, lo), hi)` (infinite bounds allowed).
+    Clamp(f64, f64),
+}
+
+impl Act {
+    /// (kernel `kind`, lo, hi).
+    fn args(self) -> (i32, f32, f32) {
+        match self {
+            Act::Silu => (0, 0.0, 0.0),
+            Act::GeluTanh => (1, 0.0, 0.0),
+            Act::GeluErf => (2, 0.0, 0.0),
+            Act::Clamp(lo, hi) => (3, lo as f32, hi as f32),
+        }
+    }
+
+    fn name(self) -> &'static str {
+        match self {
+            Act::Silu => "silu",
+            Act::GeluTanh => "gelu_tanh",
+            Act::GeluErf => "gelu_erf",
+            Act::Clamp(..) => "clamp",
+        }
+    }
+}
+
+/// Pointwise activation forward (result in `x`'s dtype).
+pub(crate) fn activation(x: &Tensor, act: Act) -> Result<Tensor> {
+    let dev = common_device(&[x], act.name())?;
     let x = cont(x)?;
     let y = empty(&dev, x.shape(), x.dtype())?;
     let n = x.numel();
     if n > 0 {
-        let args = (ptr(&x), dt(x.dtype()), ptr(&y), dt(y.dtype()), i64_(n));
-        match which {
-            "silu" => launch!(dev, "elementwise.cu", "silu_fwd", cfg_elems(n); args.0, args.1, args.2, args.3, args.4)?,
-            _ => launch!(dev, "elementwise.cu", "gelu_tanh_fwd", cfg_elems(n); args.0, args.1, args.2, args.3, args.4)?,
-        }
+        let (kind, lo, hi) = act.args();
+        launch!(dev, "elementwise.cu", "act_fwd", cfg_elems(n);
+            ptr(&x), dt(x.dtype()), ptr(&y), dt(y.dtype()), i64_(n), kind, lo, hi)?;
     }
     Ok(y)
 }
 
-/// Pointwise activation backward (`dx` in f32): "silu" or "gelu_tanh".
-pub(crate) fn activation_backward(x: &Tensor, dy: &Tensor, which: &'static str) -> Result<Tensor> {
-    let dev = common_device(&[x, dy], which)?;
+/// Pointwise activation backward (`dx` in f32).
+pub(crate) fn activation_backward(x: &Tensor, dy: &Tensor, act: Act) -> Result<Tensor> {
+    let dev = common_device(&[x, dy], act.name())?;
     let (x, dy) = (cont(x)?, cont(dy)?);
     let dx = empty(&dev, x.shape(), DType::F32)?;
     let n = x.numel();
     if n > 0 {
-        let a = (ptr(&x), dt(x.dtype()), ptr(&dy), dt(dy.dtype()), ptr(&dx), dt(DType::F32), i64_(n));
-        match which {
-            "silu" => launch!(dev, "elementwise.cu", "silu_bwd", cfg_elems(n); a.0, a.1, a.2, a.3, a.4, a.5, a.6)?,
-            _ => launch!(dev, "elementwise.cu", "gelu_tanh_bwd", cfg_elems(n); a.0, a.1, a.2, a.3, a.4, a.5, a.6)?,
-        }
+        let (kind, lo, hi) = act.args();
+        launch!(dev, "elementwise.cu", "act_bwd", cfg_elems(n);
+            ptr(&x), dt(x.dtype()), ptr(&dy), dt(dy.dtype()), ptr(&dx), dt(DType::F32), i64_(n), kind, lo, hi)?;
     }
     Ok(dx)
+}
+
+// ------------------------------------------------------------------------------------------------
+// embedding
+
+/// Rows `ids` of `table [V, d]` as `[ids.len(), d]` in the table's dtype (ids checked by the caller).
+pub(crate) fn embedding(ids: &[usize], table: &Tensor) -> Result<Tensor> {
+    let dev = common_device(&[table], "embedding")?;
+    let t = cont(table)?;
+    let d = t.shape()[1];
+    let y = empty(&dev, &[ids.len(), d], t.dtype())?;
+    let n = y.numel();
+    if n > 0 {
+        let idx = IndexBuffer::upload(&dev, &ids.iter().map(|&i| i as i64).collect::<Vec<_>>())?;
+        launch!(dev, "elementwise.cu", "embedding_gather", cfg_elems(n);
+            ptr(&t), dt(t.dtype()), idx.ptr(), ptr(&y), dt(y.dtype()), i64_(d), i64_(n))?;
+    }
+    Ok(y)
+}
+
+/// Backward of [`embedding`]: `dtable [V, d]` (f32), each used row the sum of its `dy` rows in row order.
+pub(crate) fn embedding_backward(ids: &[usize], vocab: usize, dy: &Tensor) -> Result<Tensor> {
+    let dev = common_device(&[dy], "embedding_backward")?;
+    let dy = cont(dy)?;
+    let d = *dy.shape().last().unwrap_or(&0);
+    let dtab = empty(&dev, &[vocab, d], DType::F32)?;
+    zero(&dev, &dtab)?;
+    let plan = embedding_plan(ids);
+    let u = (plan.len() - 1 - ids.len()) / 2;
+    let n = u * d;
+    if n > 0 {
+        let buf = IndexBuffer::upload(&dev, &plan)?;
+        launch!(dev, "elementwise.cu", "embedding_scatter", cfg_elems(n);
+            ptr(&dy), dt(dy.dtype()), buf.ptr(), i64_(u), ptr(&dtab), i64_(d), i64_(n))?;
+    }
+    Ok(dtab)
+}
+
+/// The `embedding_scatter` plan: `[uniq ids (u) | starts (u + 1) | rows (ids.len())]`, uniq ids ascending,
+/// each id's rows ascending.
+pub(crate) fn embedding_plan(ids: &[usize]) -> Vec<i64> {
+    let mut order: Vec<usize> = (0..ids.len()).collect();
+    order.sort_by_key(|&r| (ids[r], r));
+    let (mut uniq, mut starts) = (Vec::new(), Vec::new());
+    for (j, &r) in order.iter().enumerate() {
+        if uniq.last() != Some(&(ids[r] as i64)) {
+            uniq.push(ids[r] as i64);
+            starts.push(j as i64);
+        }
+    }
+    starts.push(order.len() as i64);
+    uniq.into_iter().chain(starts).chain(order.into_iter().map(|r| r as i64)).collect()
+}
+
+/// A device array of `i64` (indices for gather/scatter kernels), freed on drop.
+struct IndexBuffer {
+    buf: cudarc::driver::CudaSlice<i64>,
+    ptr: u64,
+}
+
+impl IndexBuffer {
+    fn upload(dev: &Arc<CudaDevice>, v: &[i64]) -> Result<IndexBuffer> {
+        use cudarc::driver::DevicePtr as _;
+        let buf = if v.is_empty() { dev.stream.alloc_zeros::<i64>(1) } else { dev.stream.clone_htod(v) }
+            .map_err(|e| super::device::cuda_err("index upload", e))?;
+        let ptr = {
+            let (p, _sync) = buf.device_ptr(&dev.stream);
+            p
+        };
+        Ok(IndexBuffer { buf, ptr })
+    }
+
+    fn ptr(&self) -> u64 {
+        let _ = &self.buf;
+        self.ptr
+    }
 }
 
 /// Softmax over the last dim.
@@ -413,8 +516,8 @@ pub(crate) fn rms_norm_channel_backward(
 pub(crate) fn rope(x: &Tensor, rope: &crate::ops::rope::Rope3d, sign: f32, out: DType) -> Result<Tensor> {
     let dev = common_device(&[x], "rope")?;
     let xc = cont(x)?;
-    let (tab, grid, pairs) = rope.tables_f32();
-    let tab_t = Tensor::from_vec(tab, &[rope_len(&grid, &pairs)])?.to_device(x.device())?;
+    let tab_t = rope.device_tables(x.device())?;
+    let (grid, pairs) = (rope.grid(), rope.pairs());
     let s = x.shape();
     let (l, h, hd) = (s[1], s[2], s[3]);
     let y = empty(&dev, s, out)?;
@@ -425,10 +528,6 @@ pub(crate) fn rope(x: &Tensor, rope: &crate::ops::rope::Rope3d, sign: f32, out: 
             i64_(grid[0]), i64_(grid[1]), i64_(grid[2]), i64_(pairs[0]), i64_(pairs[1]), i64_(pairs[2]), sign, i64_(npairs))?;
     }
     Ok(y)
-}
-
-fn rope_len(grid: &[usize; 3], pairs: &[usize; 3]) -> usize {
-    (0..3).map(|a| 2 * grid[a] * pairs[a]).sum::<usize>()
 }
 
 // ------------------------------------------------------------------------------------------------
@@ -938,4 +1037,21 @@ pub(crate) fn upsample_nearest_backward(dy: &Tensor, factor: [usize; 2], shape: 
     let split = split_last_two(&dims, factor[0], factor[1], false);
     let r = split.len();
     sum_dims(&dev, dy, Strided::from_parts(&split, offset, OP)?, |d| d == r - 3 || d == r - 1, shape, OP)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::embedding_plan;
+
+    #[test]
+    fn embedding_plan_groups_rows_by_id_in_row_order() {
+        // ids by row: 3 0 3 7 0 3
+        let p = embedding_plan(&[3, 0, 3, 7, 0, 3]);
+        let (uniq, rest) = p.split_at(3);
+        let (starts, rows) = rest.split_at(4);
+        assert_eq!(uniq, [0, 3, 7]);
+        assert_eq!(starts, [0, 2, 5, 6]);
+        assert_eq!(rows, [1, 4, 0, 2, 5, 3]);
+        assert_eq!(embedding_plan(&[]), vec![0]);
+    }
 }

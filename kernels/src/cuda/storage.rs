@@ -1,6 +1,7 @@
 //! Device storage of a tensor and host <-> device transfers.
 
 use std::sync::Arc;
+use std::sync::atomic::{AtomicUsize, Ordering};
 
 use cudarc::driver::{CudaSlice, DevicePtr};
 use half::{bf16, f16};
@@ -10,11 +11,60 @@ use crate::dtype::DType;
 use crate::error::Result;
 use crate::tensor::CpuStorage;
 
+/// Devices whose tensor memory is counted (ordinals past it are not counted).
+const COUNTED_DEVICES: usize = 16;
+
+/// Bytes held by live device tensors, per ordinal.
+static HELD: [AtomicUsize; COUNTED_DEVICES] = [const { AtomicUsize::new(0) }; COUNTED_DEVICES];
+/// The most bytes held at once since the process started or [`reset_peak`].
+static PEAK: [AtomicUsize; COUNTED_DEVICES] = [const { AtomicUsize::new(0) }; COUNTED_DEVICES];
+
+/// (bytes held now, peak bytes) of tensor storage on device `ordinal`. Counts what the tensors
+/// hold, not the driver's pools or cuBLAS workspaces.
+pub(crate) fn memory(ordinal: usize) -> (usize, usize) {
+    match (HELD.get(ordinal), PEAK.get(ordinal)) {
+        (Some(h), Some(p)) => (h.load(Ordering::Relaxed), p.load(Ordering::Relaxed)),
+        _ => (0, 0),
+    }
+}
+
+/// Restarts the peak of device `ordinal` from what is held now.
+pub(crate) fn reset_peak(ordinal: usize) {
+    if let (Some(h), Some(p)) = (HELD.get(ordinal), PEAK.get(ordinal)) {
+        p.store(h.load(Ordering::Relaxed), Ordering::Relaxed);
+    }
+}
+
+/// An allocation with its size, counted in [`HELD`] while it lives.
+struct Tracked {
+    buf: CudaSlice<u8>,
+    bytes: usize,
+    ordinal: usize,
+}
+
+impl Tracked {
+    fn new(buf: CudaSlice<u8>, bytes: usize, ordinal: usize) -> Tracked {
+        if let (Some(h), Some(p)) = (HELD.get(ordinal), PEAK.get(ordinal)) {
+            let now = h.fetch_add(bytes, Ordering::Relaxed) + bytes;
+            p.fetch_max(now, Ordering::Relaxed);
+        }
+        Tracked { buf, bytes, ordinal }
+    }
+}
+
+impl Drop for Tracked {
+    fn drop(&mut self) {
+        if let Some(h) = HELD.get(self.ordinal) {
+            h.fetch_sub(self.bytes, Ordering::Relaxed);
+        }
+    }
+}
+
 /// A device buffer of `len` elements of `dtype` (shared by the views of a tensor).
 #[derive(Clone)]
 pub(crate) struct CudaStorage {
     /// Keeps the allocation alive; freed (stream-ordered) when the last view goes.
-    _buf: Arc<CudaSlice<u8>>,
+    _buf: Arc<Tracked>,
     /// Device address of element 0.
     ptr: u64,
     dtype: DType,
@@ -34,7 +84,8 @@ impl CudaStorage {
             let (p, _sync) = buf.device_ptr(&dev.stream);
             p
         };
-        CudaStorage { _buf: Arc::new(buf), ptr, dtype, len, dev }
+        let bytes = buf.len();
+        CudaStorage { _buf: Arc::new(Tracked::new(buf, bytes, dev.ordinal)), ptr, dtype, len, dev }
     }
 
     /// An uninitialised buffer (every kernel that allocates one writes all of it).
@@ -64,7 +115,7 @@ impl CudaStorage {
         let bytes = if n == 0 {
             Vec::new()
         } else {
-            let view = self._buf.slice(offset * sz..(offset + n) * sz);
+            let view = self._buf.buf.slice(offset * sz..(offset + n) * sz);
             self.dev.stream.clone_dtoh(&view).map_err(|e| cuda_err("to_cpu", e))?
         };
         Ok(match self.dtype {

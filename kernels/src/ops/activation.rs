@@ -66,7 +66,7 @@ fn unary_backward(
 pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if super::on_cuda(&[x], "gelu_tanh")? {
-        return crate::cuda::ops::activation(x, "gelu_tanh");
+        return crate::cuda::ops::activation(x, crate::cuda::ops::Act::GeluTanh);
     }
     unary(x, gelu_tanh_fwd::<f32>, gelu_tanh_fwd::<f64>)
 }
@@ -76,7 +76,7 @@ pub fn gelu_tanh_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if super::on_cuda(&[x, dy], "gelu_tanh_backward")? {
         expect_same_shape(x, dy, "gelu_tanh_backward")?;
-        return crate::cuda::ops::activation_backward(x, dy, "gelu_tanh");
+        return crate::cuda::ops::activation_backward(x, dy, crate::cuda::ops::Act::GeluTanh);
     }
     unary_backward(x, dy, "gelu_tanh_backward", gelu_tanh_grad::<f32>, gelu_tanh_grad::<f64>)
 }
@@ -103,11 +103,20 @@ fn gelu_erf_grad_f64(x: f64) -> f64 {
 
 /// Exact GELU `x·Φ(x) = 0.5·x·(1 + erf(x/√2))` (BERT / MiniLM `hidden_act = "gelu"`).
 pub fn gelu_erf(x: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], "gelu_erf")? {
+        return crate::cuda::ops::activation(x, crate::cuda::ops::Act::GeluErf);
+    }
     unary(x, gelu_erf_f32, gelu_erf_f64)
 }
 
 /// Backward of [`gelu_erf`]: `dx = dy·(Φ(x) + x·φ(x))`, `φ(x) = exp(−x²/2)/√(2π)`.
 pub fn gelu_erf_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, dy], "gelu_erf_backward")? {
+        expect_same_shape(x, dy, "gelu_erf_backward")?;
+        return crate::cuda::ops::activation_backward(x, dy, crate::cuda::ops::Act::GeluErf);
+    }
     unary_backward(x, dy, "gelu_erf_backward", gelu_erf_grad_f32, gelu_erf_grad_f64)
 }
 
@@ -124,7 +133,7 @@ fn silu_grad<T: Float>(x: T) -> T {
 pub fn silu(x: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if super::on_cuda(&[x], "silu")? {
-        return crate::cuda::ops::activation(x, "silu");
+        return crate::cuda::ops::activation(x, crate::cuda::ops::Act::Silu);
     }
     unary(x, silu_fwd::<f32>, silu_fwd::<f64>)
 }
@@ -134,7 +143,7 @@ pub fn silu_backward(x: &Tensor, dy: &Tensor) -> Result<Tensor> {
     #[cfg(feature = "cuda")]
     if super::on_cuda(&[x, dy], "silu_backward")? {
         expect_same_shape(x, dy, "silu_backward")?;
-        return crate::cuda::ops::activation_backward(x, dy, "silu");
+        return crate::cuda::ops::activation_backward(x, dy, crate::cuda::ops::Act::Silu);
     }
     unary_backward(x, dy, "silu_backward", silu_grad::<f32>, silu_grad::<f64>)
 }
@@ -200,6 +209,10 @@ pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
     if lo.is_nan() || hi.is_nan() || lo > hi {
         return Err(Error::arg("clamp", format!("invalid range [{lo}, {hi}]")));
     }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x], "clamp")? {
+        return crate::cuda::ops::activation(x, crate::cuda::ops::Act::Clamp(lo, hi));
+    }
     let (ct, ot) = (compute_dtype(&[x]), out_dtype(&[x]));
     dispatch!(ct, T => {
         let d = x.cpu_data::<T>("clamp")?;
@@ -211,6 +224,10 @@ pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
 /// Backward of [`clamp`]: `dy` where `lo < x < hi`, else 0.
 pub fn clamp_backward(x: &Tensor, lo: f64, hi: f64, dy: &Tensor) -> Result<Tensor> {
     expect_same_shape(x, dy, "clamp_backward")?;
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, dy], "clamp_backward")? {
+        return crate::cuda::ops::activation_backward(x, dy, crate::cuda::ops::Act::Clamp(lo, hi));
+    }
     let ct = compute_dtype(&[x, dy]);
     dispatch!(ct, T => {
         let d = x.cpu_data::<T>("clamp_backward")?;

@@ -29,6 +29,10 @@ pub struct Rope3d {
     cos: [Vec<f64>; 3],
     /// Per axis: `sin[pos·pairs + j]`.
     sin: [Vec<f64>; 3],
+    /// The f32 tables uploaded once per device (shared by clones: every block of a forward pass and
+    /// the backward pass rotate with the same tables).
+    #[cfg(feature = "cuda")]
+    device_tables: std::sync::Arc<std::sync::Mutex<Vec<(crate::tensor::Device, Tensor)>>>,
 }
 
 impl Rope3d {
@@ -61,7 +65,15 @@ impl Rope3d {
                 }
             }
         }
-        Ok(Rope3d { head_dim, grid, pairs, cos, sin })
+        Ok(Rope3d {
+            head_dim,
+            grid,
+            pairs,
+            cos,
+            sin,
+            #[cfg(feature = "cuda")]
+            device_tables: Default::default(),
+        })
     }
 
     /// Number of tokens `F'·H'·W'`.
@@ -80,16 +92,34 @@ impl Rope3d {
     }
 
     /// The tables rounded to f32 in the layout of `kernels/cuda/rope.cu`:
-    /// `[cos_t | sin_t | cos_h | sin_h | cos_w | sin_w]` (each `grid[a] × pairs[a]`, row = position), with
-    /// the grid and the pairs per axis.
+    /// `[cos_t | sin_t | cos_h | sin_h | cos_w | sin_w]` (each `grid[a] × pairs[a]`, row = position).
     #[cfg(feature = "cuda")]
-    pub(crate) fn tables_f32(&self) -> (Vec<f32>, [usize; 3], [usize; 3]) {
+    fn tables_f32(&self) -> Vec<f32> {
         let mut t = Vec::new();
         for a in 0..3 {
             t.extend(self.cos[a].iter().map(|&v| v as f32));
             t.extend(self.sin[a].iter().map(|&v| v as f32));
         }
-        (t, self.grid, self.pairs)
+        t
+    }
+
+    /// Rotated channel pairs per axis `[d_t/2, d_h/2, d_w/2]`.
+    pub fn pairs(&self) -> [usize; 3] {
+        self.pairs
+    }
+
+    /// [`tables_f32`](Self::tables_f32) as a tensor on `device`, uploaded on first use.
+    #[cfg(feature = "cuda")]
+    pub(crate) fn device_tables(&self, device: crate::tensor::Device) -> Result<Tensor> {
+        let mut cache = self.device_tables.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((_, t)) = cache.iter().find(|(d, _)| *d == device) {
+            return Ok(t.clone());
+        }
+        let tab = self.tables_f32();
+        let n = tab.len();
+        let t = Tensor::from_vec(tab, &[n])?.to_device(device)?;
+        cache.push((device, t.clone()));
+        Ok(t)
     }
 
     /// `(cos, sin)` of every pair of token `n`, in the compute type.

@@ -145,6 +145,10 @@ pub fn embedding(ids: &[usize], ids_shape: &[usize], table: &Tensor) -> Result<T
     let (ct, ot) = (compute_dtype(&[table]), out_dtype(&[table]));
     let mut shape = ids_shape.to_vec();
     shape.push(d);
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[table], OP)? {
+        return crate::cuda::ops::embedding(ids, table)?.reshape(&shape);
+    }
     dispatch!(ct, T => {
         let td = table.cpu_data::<T>(OP)?;
         let mut out = Vec::with_capacity(ids.len() * d);
@@ -178,6 +182,10 @@ pub fn embedding_backward(ids: &[usize], ids_shape: &[usize], table: &Tensor, dy
     want.push(d);
     if dy.shape() != want.as_slice() {
         return Err(Error::shape(OP, format!("dy {:?}, expected {want:?}", dy.shape())));
+    }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[table, dy], OP)? {
+        return crate::cuda::ops::embedding_backward(ids, v, dy);
     }
     let ct = compute_dtype(&[table, dy]);
     dispatch!(ct, T => {
