@@ -74,3 +74,25 @@ fn output_into_a_closed_pipe_ends_quietly() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(!err.contains("panicked"), "{err}");
 }
+
+#[test]
+fn a_cuda_request_runs_the_networks_where_it_can_and_says_where() {
+    let gpu = medgen_kernels::cuda::is_available();
+    let out = medgen()
+        .args(["verify", "--device", "cuda", "--json"])
+        .arg(fixtures().join("wan_dit_tiny.safetensors"))
+        .arg(fixtures().join("flow_euler_s3_n2.safetensors"))
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(0), "{text}{err}");
+    let lines: Vec<serde_json::Value> = text.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    assert_eq!(lines.len(), 2, "{text}");
+    assert_eq!(lines[0]["model"], "wan_dit");
+    assert_eq!(lines[0]["device"], if gpu { "cuda:0" } else { "cpu" });
+    assert_eq!(lines[1]["device"], "cpu", "schedulers have no device path");
+    if !gpu {
+        assert!(err.contains("warning") && err.contains("CPU"), "{err}");
+    }
+}

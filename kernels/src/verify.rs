@@ -37,6 +37,8 @@ pub struct Fixture {
     /// `layout` metadata: `diffusers` (default) or `original`.
     pub layout: String,
     tolerance: serde_json::Value,
+    /// Where the model runs: [`Fixture::input`] places inputs there (CPU unless [`run`] chose a device).
+    pub device: Device,
 }
 
 impl Fixture {
@@ -66,7 +68,7 @@ impl Fixture {
             Some(t) => serde_json::from_str(t).map_err(|e| bad(format!("`tolerance` metadata is not JSON: {e}")))?,
             None => serde_json::Value::Null,
         };
-        Ok(Fixture { path, file, model, config, layout, tolerance })
+        Ok(Fixture { path, file, model, config, layout, tolerance, device: Device::Cpu })
     }
 
     /// The fixture's path.
@@ -97,9 +99,19 @@ impl Fixture {
         })
     }
 
-    /// Input `in.NAME`.
+    /// Input `in.NAME`, on [`Fixture::device`] (f64 inputs become f32 on a CUDA device, which
+    /// computes in f32).
     pub fn input(&self, name: &str) -> Result<Tensor> {
-        self.tensor(&format!("in.{name}"))
+        self.on_device(self.tensor(&format!("in.{name}"))?)
+    }
+
+    /// `t` placed on [`Fixture::device`].
+    pub fn on_device(&self, t: Tensor) -> Result<Tensor> {
+        if self.device == Device::Cpu {
+            return Ok(t);
+        }
+        let t = if t.dtype() == DType::F64 { t.to_dtype(DType::F32)? } else { t };
+        t.to_device(self.device)
     }
 
     /// Integer input `in.NAME` (token ids, masks) with its shape.
@@ -240,6 +252,9 @@ pub struct Report {
     pub model: String,
     /// Every check, in order.
     pub checks: Vec<Check>,
+    /// Where the model ran (the CPU for models without a device path: schedulers, MiniLM,
+    /// TransNetV2).
+    pub device: Device,
 }
 
 impl Report {
@@ -249,15 +264,19 @@ impl Report {
     }
 }
 
+/// Fixture models whose networks run on a CUDA device when one is asked for.
+pub const DEVICE_MODELS: [&str; 3] = ["wan_dit", "wan_vae", "umt5"];
+
 /// Loads `path` and runs it on the network or scheduler its `model` names.
 pub fn run(path: impl AsRef<Path>, opts: &VerifyOptions) -> Result<Report> {
-    let fx = Fixture::open(path)?;
+    let mut fx = Fixture::open(path)?;
     if opts.dtype != DType::F32 && opts.dtype != DType::BF16 {
         return Err(fx.error(format!("dtype {:?} is not supported (use f32 or bf16)", opts.dtype)));
     }
-    if opts.device != Device::Cpu {
-        return Err(Error::NoBackend { op: "verify", device: opts.device });
-    }
+    crate::tensor::check_backend(opts.device, "verify")?;
+    // The generation networks run on the chosen device; the others have no device path.
+    fx.device = if DEVICE_MODELS.contains(&fx.model.as_str()) { opts.device } else { Device::Cpu };
+    let opts = &VerifyOptions { device: fx.device, ..*opts };
     let checks: Vec<Check> = match fx.model.as_str() {
         "wan_dit" => crate::nets::wan_dit::verify(&fx, opts),
         "wan_vae" => crate::nets::wan_vae::verify(&fx, opts),
@@ -269,7 +288,7 @@ pub fn run(path: impl AsRef<Path>, opts: &VerifyOptions) -> Result<Report> {
             "model {other:?} is not one this build verifies (wan_dit, wan_vae, umt5, minilm, transnetv2, flow_euler, flow_unipc)"
         ))),
     }?;
-    Ok(Report { fixture: fx.path.clone(), model: fx.model.clone(), checks })
+    Ok(Report { fixture: fx.path.clone(), model: fx.model.clone(), checks, device: fx.device })
 }
 
 #[cfg(test)]

@@ -17,7 +17,9 @@ pub struct VerifyArgs {
     /// Fixture files, or folders (every `*.safetensors` inside, sorted).
     #[arg(required = true)]
     pub fixtures: Vec<PathBuf>,
-    /// Where to compute. `cuda` without a usable driver or device warns and runs on the CPU.
+    /// Where to compute. `cuda` runs the Wan DiT, VAE and umT5 fixtures on the first CUDA device (the
+    /// schedulers, MiniLM and TransNetV2 stay on the CPU); without a usable driver or device it warns
+    /// and runs everything on the CPU.
     #[arg(long, value_enum, default_value_t = DeviceArg::Cpu)]
     pub device: DeviceArg,
     /// Weights and activations precision (bf16 judges every check on a 2e-2 relative error).
@@ -69,7 +71,7 @@ fn limit_text(l: Limit) -> String {
 }
 
 fn print_table(r: &Report, path: &Path) {
-    println!("{} ({})", path.display(), r.model);
+    println!("{} ({}, on {})", path.display(), r.model, r.device);
     let w = r.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(5).max(5);
     println!("  {:<w$}  {:>10}  {:>10}  {:<12}  result", "check", "max abs", "max rel", "limit");
     for c in &r.checks {
@@ -97,7 +99,8 @@ fn json(r: &Report) -> serde_json::Value {
                 "limit": limit, "elements": c.elements, "pass": c.pass()})
         })
         .collect();
-    serde_json::json!({"fixture": r.fixture, "model": r.model, "pass": r.pass(), "checks": checks})
+    serde_json::json!({"fixture": r.fixture, "model": r.model, "device": r.device.to_string(), "pass": r.pass(),
+        "checks": checks})
 }
 
 pub fn verify(a: &VerifyArgs) -> anyhow::Result<i32> {

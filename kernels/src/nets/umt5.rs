@@ -35,7 +35,7 @@ use crate::ops::elementwise::{add, mul, scale};
 use crate::ops::linear::{linear, matmul};
 use crate::ops::norm::rms_norm;
 use crate::ops::shape::embedding;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare_slices};
 
 // ---------------------------------------------------------------------------------------------
@@ -145,7 +145,7 @@ pub(crate) fn masked_attention(
     }
     let lowest = if ct == DType::F64 { f64::MIN } else { f32::MIN as f64 };
     let add_mask: Vec<f64> = mask.iter().map(|&m| if m != 0 { 0.0 } else { lowest }).collect();
-    let add_mask = Tensor::from_f64_slice(&add_mask, &[b, 1, 1, l], ct)?;
+    let add_mask = Tensor::from_f64_slice(&add_mask, &[b, 1, 1, l], ct)?.to_device(q.device())?;
     let bias_and_mask = match bias {
         Some(bias) => add(&bias.to_dtype(ct)?, &add_mask)?, // [B, H, L, L], as transformers sums them first
         None => add_mask,
@@ -411,7 +411,7 @@ impl UMT5Layout {
     }
 }
 
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 struct Layer {
     norm1: Tensor,
     q: Tensor,
@@ -429,7 +429,7 @@ struct Layer {
 }
 
 /// The umT5 encoder with its weights.
-#[derive(Debug)]
+#[derive(Debug, Clone)]
 pub struct UMT5Encoder {
     cfg: UMT5Config,
     ffn: FeedForward,
@@ -489,6 +489,44 @@ impl UMT5Encoder {
         Ok(UMT5Encoder { cfg, ffn, dtype, layout, embed, layers, final_norm })
     }
 
+    /// The encoder with its weights on `device` (the small relative-position tables stay on the
+    /// host, where the per-call bias is built). Token ids and masks are always host slices.
+    pub fn to_device(&self, device: Device) -> Result<UMT5Encoder> {
+        let mv = |t: &Tensor| t.to_device(device);
+        let layers = self
+            .layers
+            .iter()
+            .map(|l| {
+                Ok(Layer {
+                    norm1: mv(&l.norm1)?,
+                    q: mv(&l.q)?,
+                    k: mv(&l.k)?,
+                    v: mv(&l.v)?,
+                    o: mv(&l.o)?,
+                    rel: l.rel.clone(),
+                    norm2: mv(&l.norm2)?,
+                    wi: mv(&l.wi)?,
+                    wi_1: l.wi_1.as_ref().map(mv).transpose()?,
+                    wo: mv(&l.wo)?,
+                })
+            })
+            .collect::<Result<Vec<_>>>()?;
+        Ok(UMT5Encoder {
+            cfg: self.cfg.clone(),
+            ffn: self.ffn,
+            dtype: self.dtype,
+            layout: self.layout,
+            embed: mv(&self.embed)?,
+            layers,
+            final_norm: mv(&self.final_norm)?,
+        })
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.embed.device()
+    }
+
     /// The config.
     pub fn config(&self) -> &UMT5Config {
         &self.cfg
@@ -538,7 +576,7 @@ impl UMT5Encoder {
         for layer in &self.layers {
             let y = rms_norm(&x, &layer.norm1, eps)?;
             let (q, k, v) = (linear(&y, &layer.q, None)?, linear(&y, &layer.k, None)?, linear(&y, &layer.v, None)?);
-            let bias = self.position_bias(layer, &buckets, l)?;
+            let bias = self.position_bias(layer, &buckets, l)?.to_device(x.device())?;
             let a = masked_attention(&q, &k, &v, self.cfg.num_heads, None, Some(&bias), mask)?;
             x = add(&x, &linear(&a, &layer.o, None)?)?;
             let y = rms_norm(&x, &layer.norm2, eps)?;
@@ -562,7 +600,7 @@ impl UMT5Encoder {
                 row.fill(0.0);
             }
         }
-        Tensor::from_f64_slice(&data, hidden.shape(), hidden.dtype())
+        Tensor::from_f64_slice(&data, hidden.shape(), hidden.dtype())?.to_device(hidden.device())
     }
 
     /// Prompts → Wan2.1 text context `[B, 512, d_model]`: cleaned and tokenised as the pipelines do
@@ -583,7 +621,7 @@ pub(crate) fn valid_rows(data: &[f64], mask: &[i64], d: usize) -> Vec<f64> {
 /// compares the valid (mask 1) positions only, absolute limit 1e-5 by default.
 pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let cfg = UMT5Config::from_value(&fx.config).map_err(|e| fx.error(e.to_string()))?;
-    let enc = UMT5Encoder::load(cfg, &fx.weights(), opts.dtype)?;
+    let enc = UMT5Encoder::load(cfg, &fx.weights(), opts.dtype)?.to_device(fx.device)?;
     let (ids, ishape) = fx.input_ints("input_ids")?;
     let (mask, mshape) = fx.input_ints("attention_mask")?;
     let &[b, l] = ishape.as_slice() else {

@@ -308,6 +308,36 @@ impl FlowMatchingTrainer {
         Ok(tr)
     }
 
+    /// The trainer with the model, the trainable tensors and the EMA on `device` (the optimiser
+    /// moments follow the parameters at the next step). Training then runs there: σ and ε are still
+    /// drawn on the host, so a seed gives the same stream on every device.
+    pub fn to_device(mut self, device: Device) -> Result<Self> {
+        self.model = self.model.to_device(device)?;
+        match &mut self.trainable {
+            Trainable::Lora(l) => {
+                let p = l.take_params().iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?;
+                l.put_params(p)?;
+            }
+            Trainable::Full { master: Some(m) } => {
+                for t in m.iter_mut() {
+                    *t = t.to_device(device)?;
+                }
+            }
+            Trainable::Full { master: None } => {}
+        }
+        if let Some(ema) = &mut self.ema {
+            for t in ema.iter_mut() {
+                *t = t.to_device(device)?;
+            }
+        }
+        Ok(self)
+    }
+
+    /// Where the model computes.
+    pub fn device(&self) -> Device {
+        self.model.device()
+    }
+
     /// Steps taken.
     pub fn step_count(&self) -> u64 {
         self.step
@@ -430,15 +460,17 @@ impl FlowMatchingTrainer {
         let tg: Vec<f64> = x0.iter().zip(&eps).map(|(&x, &e)| e - x).collect();
         let mut bshape = vec![1];
         bshape.extend_from_slice(&shape);
+        // σ and ε are drawn on the host (the same stream on every device), then placed with the model.
+        let dev = self.model.device();
         let context = if drop {
-            Tensor::zeros(&[1, ex.context.shape()[0], cfg.text_dim], ex.context.dtype(), Device::Cpu)?
+            Tensor::zeros(&[1, ex.context.shape()[0], cfg.text_dim], ex.context.dtype(), dev)?
         } else {
-            ex.context.unsqueeze(0)?
+            ex.context.unsqueeze(0)?.to_device(dev)?
         };
         Ok(Noised {
-            x_t: Tensor::from_f64_slice(&xt, &bshape, ct)?,
-            t: Tensor::from_f64_slice(&[1000.0 * sigma], &[1], ct)?,
-            target: Tensor::from_f64_slice(&tg, &bshape, ct)?,
+            x_t: Tensor::from_f64_slice(&xt, &bshape, ct)?.to_device(dev)?,
+            t: Tensor::from_f64_slice(&[1000.0 * sigma], &[1], ct)?.to_device(dev)?,
+            target: Tensor::from_f64_slice(&tg, &bshape, ct)?.to_device(dev)?,
             context,
         })
     }
@@ -580,8 +612,12 @@ fn mse(pred: &Tensor, target: &Tensor) -> Result<f64> {
     Ok(s / p.len().max(1) as f64)
 }
 
-/// Global L2 norm, summed per tensor sequentially in f64 (deterministic).
+/// Global L2 norm, summed per tensor sequentially in f64 (deterministic); device gradients use
+/// the device reduction of [`crate::optim::grad_norm`] (also deterministic).
 fn global_norm(grads: &[Tensor]) -> Result<f64> {
+    if grads.iter().any(|g| g.device() != Device::Cpu) {
+        return crate::optim::grad_norm(grads);
+    }
     let mut total = 0.0;
     for g in grads {
         total += g.cpu_data::<f64>("grad norm")?.iter().map(|x| x * x).sum::<f64>();
@@ -590,6 +626,10 @@ fn global_norm(grads: &[Tensor]) -> Result<f64> {
 }
 
 fn scale_in_place(g: &mut Tensor, coef: f64) -> Result<()> {
+    if g.device() != Device::Cpu {
+        *g = crate::ops::elementwise::scale(g, coef)?;
+        return Ok(());
+    }
     fn go<T: Float>(g: &mut Tensor, coef: f64) -> Result<()> {
         let c = T::from_f64(coef);
         g.data_mut::<T>()?.iter_mut().for_each(|x| *x *= c);
@@ -603,6 +643,11 @@ fn scale_in_place(g: &mut Tensor, coef: f64) -> Result<()> {
 }
 
 fn ema_update(e: &mut Tensor, p: &Tensor, decay: f64) -> Result<()> {
+    if e.device() != Device::Cpu || p.device() != Device::Cpu {
+        use crate::ops::elementwise::scale;
+        *e = add(&scale(e, decay)?, &scale(&p.to_device(e.device())?, 1.0 - decay)?)?.to_dtype(e.dtype())?;
+        return Ok(());
+    }
     fn go<T: Float>(e: &mut Tensor, p: &Tensor, decay: f64) -> Result<()> {
         let pd = p.cpu_data::<T>("ema")?;
         let ed = e.data_mut::<T>()?;

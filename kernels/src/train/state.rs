@@ -95,7 +95,7 @@ pub(crate) fn fingerprint(model: &WanDit) -> Result<u64> {
                 h = mix(h ^ d as u64);
             }
             h = mix(h ^ t.dtype().size_in_bytes() as u64);
-            for v in t.cpu_data::<f64>("fingerprint")?.iter() {
+            for v in t.to_vec_f64()?.iter() {
                 h = mix(h ^ v.to_bits());
             }
             Ok(h)

@@ -448,7 +448,8 @@ impl WanDit {
         let mut x = x.to_dtype(x.dtype().compute())?;
 
         // 2–4. timestep sinusoid → time MLP → shared 6-way modulation
-        let sinus = timestep_embedding(&timestep.to_vec_f64()?, cfg.freq_dim, ct)?;
+        // Built on the host in f64 (like the reference), then placed where the model computes.
+        let sinus = timestep_embedding(&timestep.to_vec_f64()?, cfg.freq_dim, ct)?.to_device(x_t.device())?;
         let t1 = self.lin(&sinus, ix.time1)?;
         let s1 = silu(&t1)?;
         let temb = self.lin(&s1, ix.time2)?;

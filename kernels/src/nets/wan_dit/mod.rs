@@ -250,6 +250,24 @@ impl WanDit {
         Ok(Self::assemble(cfg, dtype, names, params))
     }
 
+    /// The model with every parameter on `device` (a no-op copy for parameters already there).
+    /// Inputs must live on the same device: `forward` and `backward` run where the weights are.
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<WanDit> {
+        let params = self.params.iter().map(|p| p.to_device(device)).collect::<Result<Vec<_>>>()?;
+        Ok(WanDit {
+            cfg: self.cfg.clone(),
+            dtype: self.dtype,
+            names: self.names.clone(),
+            params,
+            idx: self.idx.clone(),
+        })
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> crate::tensor::Device {
+        self.params.first().map(Tensor::device).unwrap_or(crate::tensor::Device::Cpu)
+    }
+
     /// The config.
     pub fn config(&self) -> &WanDitConfig {
         &self.cfg
@@ -275,7 +293,7 @@ impl WanDit {
         self.names.iter().position(|n| n == name).map(|i| &self.params[i])
     }
 
-    /// Replaces one parameter (same shape; converted to the parameter's dtype).
+    /// Replaces one parameter (same shape; converted to the parameter's dtype and moved to its device).
     pub fn set_parameter(&mut self, name: &str, value: &Tensor) -> Result<()> {
         let i = self.names.iter().position(|n| n == name).ok_or_else(|| Error::MissingKey(name.to_string()))?;
         if value.shape() != self.params[i].shape() {
@@ -285,7 +303,7 @@ impl WanDit {
                 got: value.shape().to_vec(),
             });
         }
-        self.params[i] = value.to_dtype(self.params[i].dtype())?;
+        self.params[i] = value.to_device(self.params[i].device())?.to_dtype(self.params[i].dtype())?;
         Ok(())
     }
 

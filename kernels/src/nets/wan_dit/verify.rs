@@ -49,7 +49,7 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let cfg = WanDitConfig::from_json(&fx.config)?;
     let original = fx.layout == "original";
     let half = opts.dtype != crate::dtype::DType::F32;
-    let model = WanDit::load(cfg, &fx.weights(), opts.dtype)?;
+    let model = WanDit::load(cfg, &fx.weights(), opts.dtype)?.to_device(fx.device)?;
     let (x_t, t, ctx) = (fx.input("x_t")?, fx.input("timestep")?, fx.input("context")?);
     let (v, tape) = model.forward_train(&x_t, &t, &ctx)?;
     let mut checks =

@@ -56,6 +56,7 @@ pub(crate) struct Loader<'a> {
     src: Option<&'a dyn TensorSource>,
     layout: WanVaeLayout,
     dtype: DType,
+    device: Device,
     recorded: Vec<(String, Vec<usize>)>,
     slots: usize,
 }
@@ -63,19 +64,25 @@ pub(crate) struct Loader<'a> {
 impl<'a> Loader<'a> {
     /// A loader reading `src` (in `layout`) and converting to `dtype`.
     pub fn new(src: &'a dyn TensorSource, layout: WanVaeLayout, dtype: DType) -> Self {
-        Loader { src: Some(src), layout, dtype, recorded: Vec::new(), slots: 0 }
+        Loader { src: Some(src), layout, dtype, device: Device::Cpu, recorded: Vec::new(), slots: 0 }
+    }
+
+    /// Places every parameter on `device` as it is loaded.
+    pub fn on(mut self, device: Device) -> Self {
+        self.device = device;
+        self
     }
 
     /// A loader that only records names and shapes (tensors are empty placeholders).
     pub fn shapes_only(layout: WanVaeLayout) -> Loader<'static> {
-        Loader { src: None, layout, dtype: DType::F32, recorded: Vec::new(), slots: 0 }
+        Loader { src: None, layout, dtype: DType::F32, device: Device::Cpu, recorded: Vec::new(), slots: 0 }
     }
 
     /// The parameter `p` with the given shape.
     pub fn get(&mut self, p: &Prefix, shape: &[usize]) -> Result<Tensor> {
         let name = p.name(self.layout).to_string();
         let t = match self.src {
-            Some(src) => src.load_checked(&name, shape, self.dtype)?,
+            Some(src) => src.load_checked(&name, shape, self.dtype)?.to_device(self.device)?,
             None => Tensor::zeros(&[0], self.dtype, Device::Cpu)?,
         };
         self.recorded.push((name, shape.to_vec()));

@@ -305,5 +305,5 @@ fn channel_affine(
             }
         }
     }
-    crate::Tensor::from_f64_slice(&v, x.shape(), x.dtype())
+    crate::Tensor::from_f64_slice(&v, x.shape(), x.dtype())?.to_device(x.device())
 }

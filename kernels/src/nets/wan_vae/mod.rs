@@ -48,7 +48,7 @@ use crate::error::{Error, Result};
 use crate::io::TensorSource;
 use crate::ops::activation::clamp;
 use crate::ops::shape::cat;
-use crate::tensor::Tensor;
+use crate::tensor::{Device, Tensor};
 use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare};
 
 /// The loaded Wan VAE.
@@ -56,6 +56,7 @@ pub struct WanVae {
     cfg: WanVaeConfig,
     layout: WanVaeLayout,
     dtype: DType,
+    device: Device,
     nets: Networks,
 }
 
@@ -78,9 +79,15 @@ impl WanVae {
     /// every shape against `cfg` and converting to `dtype`. Tensors in `src` that the config does
     /// not use are an error too (they mean the config does not match the checkpoint).
     pub fn load(cfg: WanVaeConfig, src: &dyn TensorSource, dtype: DType) -> Result<WanVae> {
+        Self::load_on(cfg, src, dtype, Device::Cpu)
+    }
+
+    /// [`load`](Self::load) placing the weights on `device`; videos and latents passed to the
+    /// encoder and decoder must then live there too (results come back on it).
+    pub fn load_on(cfg: WanVaeConfig, src: &dyn TensorSource, dtype: DType, device: Device) -> Result<WanVae> {
         cfg.validate()?;
         let layout = WanVaeLayout::detect(src)?;
-        let mut ld = Loader::new(src, layout, dtype);
+        let mut ld = Loader::new(src, layout, dtype).on(device);
         let nets = Networks::build(&cfg, &mut ld)?;
         let used: BTreeSet<&str> = ld.recorded().iter().map(|(n, _)| n.as_str()).collect();
         let extra: Vec<String> = src.names().into_iter().filter(|n| !used.contains(n.as_str())).collect();
@@ -96,7 +103,7 @@ impl WanVae {
                 ),
             });
         }
-        Ok(WanVae { cfg, layout, dtype, nets })
+        Ok(WanVae { cfg, layout, dtype, device, nets })
     }
 
     /// The config.
@@ -112,6 +119,11 @@ impl WanVae {
     /// The weights' dtype.
     pub fn dtype(&self) -> DType {
         self.dtype
+    }
+
+    /// Where the weights live.
+    pub fn device(&self) -> Device {
+        self.device
     }
 
     /// A stream encoding a video chunk by chunk (see [`EncodeStream::push`]).
@@ -369,7 +381,7 @@ impl DecodeStream<'_> {
 pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let cfg = WanVaeConfig::from_value(fx.config.clone()).map_err(|e| fx.error(e.to_string()))?;
     let src = fx.weights();
-    let vae = WanVae::load(cfg, &src, opts.dtype)?;
+    let vae = WanVae::load_on(cfg, &src, opts.dtype, fx.device)?;
     if vae.layout().as_str() != fx.layout {
         return Err(fx.error(format!(
             "the layout metadata says {:?} but the w.* keys are in the {} layout",
@@ -382,7 +394,7 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let mu = vae.encode_mean(&video)?;
     let want_mu = fx.output("latent_mean")?;
     let enc = compare("out.latent_mean", &mu, &want_mu, limit)?;
-    let decoded = vae.decode(&want_mu)?;
+    let decoded = vae.decode(&fx.on_device(want_mu.clone())?)?;
     let dec = compare("out.decoded", &decoded, &fx.output("decoded")?, limit)?;
     Ok(vec![enc, dec])
 }
