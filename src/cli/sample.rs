@@ -1,6 +1,7 @@
 //! `medgen sample`: one prompt → one MP4 from a checkpoint folder.
 
 use clap::{Args, ValueEnum};
+use medgen_operators::api::device::parse_device;
 use medgen_operators::latent::codec::write_mp4;
 use medgen_operators::sample::{SampleSettings, SamplerKind, generate};
 use medgen_operators::train::checkpoint::load_dir;
@@ -52,6 +53,10 @@ pub struct SampleArgs {
     /// Height; default the checkpoint's.
     #[arg(long)]
     pub height: Option<u32>,
+    /// Where the DiT (and a Wan VAE) run: cpu, cuda, cuda:N or auto. A CUDA request without a usable
+    /// driver or device warns and runs on the CPU.
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -62,7 +67,11 @@ pub enum SamplerArg {
 
 pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
     let started = Instant::now();
-    let model = load_dir(&a.checkpoint).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let (device, warning) = parse_device(&a.device).map_err(|e| anyhow::anyhow!("--device: {e}"))?.resolve();
+    if let Some(w) = warning {
+        eprintln!("warning: {w}");
+    }
+    let model = load_dir(&a.checkpoint).and_then(|m| m.to_device(device)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = SampleSettings {
         sampler: match a.sampler {
             SamplerArg::Unipc => SamplerKind::Unipc,

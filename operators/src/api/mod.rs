@@ -1,6 +1,7 @@
 //! The operator API: records, operator specs, run-store services and the off-worker pool.
 //! Operators see the engine only through this module.
 
+pub mod device;
 pub mod epochs;
 pub mod fsutil;
 pub mod loaded;

@@ -13,7 +13,7 @@ use crate::video::{DecodeSpec, Frame, PixelFormat, Sampling, Size};
 use medgen_kernels::codec::patch_pca::PatchPca;
 use medgen_kernels::io::safetensors::Checkpoint as StCheckpoint;
 use medgen_kernels::nets::wan_vae::{WanVae, WanVaeConfig};
-use medgen_kernels::{DType, Tensor};
+use medgen_kernels::{DType, Device, Tensor};
 use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, OnceLock};
@@ -47,10 +47,18 @@ impl VideoCodec {
 
     /// Loads the Wan VAE from a folder or safetensors file (cached per process and path).
     pub fn wan_vae(path: &Path) -> Result<VideoCodec, String> {
-        static CACHE: OnceLock<Mutex<HashMap<PathBuf, Arc<WanVae>>>> = OnceLock::new();
+        Self::wan_vae_on(path, Device::Cpu)
+    }
+
+    /// [`wan_vae`](Self::wan_vae) with the weights on `device` (cached per path and device);
+    /// [`encode`](Self::encode) and [`decode`](Self::decode) move their input there.
+    pub fn wan_vae_on(path: &Path, device: Device) -> Result<VideoCodec, String> {
+        type Cache = Mutex<HashMap<(PathBuf, Device), Arc<WanVae>>>;
+        static CACHE: OnceLock<Cache> = OnceLock::new();
         let cache = CACHE.get_or_init(Default::default);
         let id = format!("wan_vae-{}", path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default());
-        if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(path) {
+        let key = (path.to_path_buf(), device);
+        if let Some(c) = cache.lock().unwrap_or_else(|p| p.into_inner()).get(&key) {
             return Ok(VideoCodec::WanVae(c.clone(), id));
         }
         let cfg_path = if path.is_dir() { path.join("config.json") } else { path.with_file_name("config.json") };
@@ -61,10 +69,10 @@ impl VideoCodec {
         };
         let src = StCheckpoint::open(path).map_err(|e| format!("Wan VAE weights {}: {e}", path.display()))?;
         let vae = Arc::new(
-            WanVae::load(cfg, &src, DType::F32)
-                .map_err(|e| format!("loading the Wan VAE from {}: {e}", path.display()))?,
+            WanVae::load_on(cfg, &src, DType::F32, device)
+                .map_err(|e| format!("loading the Wan VAE from {} onto {device}: {e}", path.display()))?,
         );
-        cache.lock().unwrap_or_else(|p| p.into_inner()).insert(path.to_path_buf(), vae.clone());
+        cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, vae.clone());
         Ok(VideoCodec::WanVae(vae, id))
     }
 
@@ -81,8 +89,9 @@ impl VideoCodec {
         match self {
             VideoCodec::PatchPca(c) => c.encode(video).map_err(kerr),
             VideoCodec::WanVae(vae, _) => {
-                let mu = vae.encode_mean(&video.unsqueeze(0).map_err(kerr)?).map_err(kerr)?;
-                vae.normalize(&mu).and_then(|z| z.squeeze(0)).map_err(kerr)
+                let x = video.unsqueeze(0).and_then(|v| v.to_device(vae.device())).map_err(kerr)?;
+                let mu = vae.encode_mean(&x).map_err(kerr)?;
+                vae.normalize(&mu).and_then(|z| z.squeeze(0)?.to_cpu()).map_err(kerr)
             }
         }
     }
@@ -90,10 +99,11 @@ impl VideoCodec {
     /// Latent `[16, F, h, w]` → video `[3, 1 + 4(F−1), 8h, 8w]` in `[-1, 1]`.
     pub fn decode(&self, z: &Tensor) -> Result<Tensor, String> {
         match self {
-            VideoCodec::PatchPca(c) => c.decode(z).map_err(kerr),
+            VideoCodec::PatchPca(c) => z.to_cpu().and_then(|z| c.decode(&z)).map_err(kerr),
             VideoCodec::WanVae(vae, _) => {
-                let raw = vae.denormalize(&z.unsqueeze(0).map_err(kerr)?).map_err(kerr)?;
-                vae.decode(&raw).and_then(|v| v.squeeze(0)).map_err(kerr)
+                let z = z.unsqueeze(0).and_then(|z| z.to_device(vae.device())).map_err(kerr)?;
+                let raw = vae.denormalize(&z).map_err(kerr)?;
+                vae.decode(&raw).and_then(|v| v.squeeze(0)?.to_cpu()).map_err(kerr)
             }
         }
     }

@@ -4,6 +4,7 @@ use super::codec::{VideoCodec, video_to_mp4};
 use super::encode_video::codec_path;
 use super::{LATENT_TENSOR, get_tensor};
 use crate::api::*;
+use medgen_kernels::Device;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::path::Path;
@@ -31,6 +32,10 @@ pub struct DecodeVideoParams {
     /// Frame rate of the written MP4.
     #[serde(default = "d_fps")]
     pub fps: f64,
+    /// Where a Wan VAE decodes: `cpu`, `cuda`, `cuda:N` or `auto` (a CUDA request on a machine
+    /// without one runs on the CPU with a warning). The patch-PCA codec always runs on the CPU.
+    #[serde(default = "crate::api::device::d_device")]
+    pub device: String,
 }
 
 impl TypedOperator for LatentDecodeVideo {
@@ -65,6 +70,9 @@ impl TypedOperator for LatentDecodeVideo {
             ));
         }
         crate::curate::check_range(&mut v, "fps", p.fps, 0.1, 240.0, "fps = 16.0");
+        if let Err(e) = crate::api::device::parse_device(&p.device) {
+            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
+        }
         v
     }
 
@@ -91,11 +99,17 @@ impl TypedOperator for LatentDecodeVideo {
             }
         };
         let fps = p.fps;
+        let device = if vae {
+            crate::api::device::resolve_device(&p.device, "latent.decode_video")
+                .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?
+        } else {
+            Device::Cpu
+        };
         let services = ctx.services.clone();
         let input = input.filter(|r| matches!(r, Record::Latent(l) if !l.latent_blob.is_empty()));
         let all = pool_map(ctx, input, PoolConfig::default(), move |rec: &Record, ictx| {
             let Record::Latent(l) = rec else { return Ok(vec![]) };
-            let codec = load(&path, vae).map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
+            let codec = load(&path, vae, device).map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
             if codec.id() != l.codec && !vae {
                 return Err(ItemError::invalid(format!(
                     "latent of clip {} was made by codec {} but {} holds codec {}; decode with the codec that encoded it",
@@ -128,6 +142,6 @@ impl TypedOperator for LatentDecodeVideo {
     }
 }
 
-fn load(path: &Path, vae: bool) -> Result<VideoCodec, String> {
-    if vae { VideoCodec::wan_vae(path) } else { VideoCodec::patch_pca(path) }
+fn load(path: &Path, vae: bool, device: Device) -> Result<VideoCodec, String> {
+    if vae { VideoCodec::wan_vae_on(path, device) } else { VideoCodec::patch_pca(path) }
 }

@@ -15,6 +15,7 @@ use crate::api::*;
 use crate::curate::to_scores;
 use crate::video::PixelFormat;
 use crate::video::blob::{FramesHeader, FramesReader, FramesWriter};
+use medgen_kernels::Device;
 use medgen_kernels::codec::patch_pca::{CovarianceStats, PatchGeometry, PatchPca, psnr};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -92,6 +93,10 @@ pub struct EncodeVideoParams {
     /// Pool threads per worker.
     #[serde(default = "d_threads")]
     pub threads: usize,
+    /// Where a Wan VAE encodes: `cpu`, `cuda`, `cuda:N` or `auto` (a CUDA request on a machine
+    /// without one runs on the CPU with a warning). The patch-PCA codec always runs on the CPU.
+    #[serde(default = "crate::api::device::d_device")]
+    pub device: String,
 }
 
 impl EncodeVideoParams {
@@ -302,6 +307,9 @@ impl TypedOperator for LatentEncodeVideo {
                 }
             }
         }
+        if let Err(e) = crate::api::device::parse_device(&p.device) {
+            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
+        }
         v
     }
 
@@ -443,8 +451,15 @@ impl TypedOperator for LatentEncodeVideo {
             }
         };
         let svc = services.clone();
+        let device = match p.codec {
+            CodecKind::WanVae => {
+                crate::api::device::resolve_device(&p.device, "latent.encode_video").map_err(invalid)?
+            }
+            CodecKind::PatchPca => Device::Cpu,
+        };
         let encoded = pool_map(ctx, jobs, pool, move |job: &EncodeJob, ictx| {
-            let codec = load_codec(&job.codec, svc.as_ref()).map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
+            let codec =
+                load_codec(&job.codec, svc.as_ref(), device).map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
             let (clip_id, video) = match &job.rec {
                 Record::Latent(l) if l.codec == PREPARED => {
                     (l.clip_id.clone(), prepared_video(&l.latent_blob, svc.as_ref())?)
@@ -497,11 +512,11 @@ impl TypedOperator for LatentEncodeVideo {
 }
 
 /// The codec an [`EncodeJob`] names.
-fn load_codec(spec: &str, services: &dyn Services) -> Result<VideoCodec, String> {
+fn load_codec(spec: &str, services: &dyn Services, device: Device) -> Result<VideoCodec, String> {
     if let Some(key) = spec.strip_prefix("blob:") {
         VideoCodec::patch_pca(&services.blob_path(key))
     } else if let Some(path) = spec.strip_prefix("vae:") {
-        VideoCodec::wan_vae(Path::new(path))
+        VideoCodec::wan_vae_on(Path::new(path), device)
     } else {
         Err(format!("internal: unknown codec reference {spec:?}"))
     }

@@ -8,9 +8,10 @@
 #[cfg(feature = "video")]
 pub mod t2v;
 
+use crate::latent::codec::VideoCodec;
 use crate::train::checkpoint::LoadedModel;
 use medgen_kernels::sched::{FlowEuler, FlowUniPc, Sampler, cfg_combine};
-use medgen_kernels::{DType, Rng, Tensor};
+use medgen_kernels::{DType, Device, Rng, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 
@@ -85,6 +86,25 @@ impl std::fmt::Display for Stopped {
     }
 }
 
+impl LoadedModel {
+    /// The model with its DiT (and a Wan VAE codec) on `device`; the text encoder stays on the
+    /// host (one call per prompt). A no-op for the CPU.
+    pub fn to_device(self, device: Device) -> Result<LoadedModel, String> {
+        if device == Device::Cpu && self.dit.device() == Device::Cpu {
+            return Ok(self);
+        }
+        let dit = self.dit.to_device(device).map_err(|e| format!("moving the DiT to {device}: {e}"))?;
+        let codec = match self.codec {
+            VideoCodec::WanVae(vae, id) if vae.device() != device => {
+                let path = self.meta.codec.path.as_deref().ok_or("medgen.json names no Wan VAE path")?;
+                VideoCodec::wan_vae_on(std::path::Path::new(path), device).map_err(|e| format!("{e} ({id})"))?
+            }
+            c => c,
+        };
+        Ok(LoadedModel { dit, codec, ..self })
+    }
+}
+
 /// Generates a video `[3, T, H, W]` in `[-1, 1]` for `prompt`; `progress(step, steps)` is called
 /// after every sampler step and stops the sampling by returning false (a run shutting down).
 pub fn generate(
@@ -112,24 +132,28 @@ pub fn generate(
     if s.steps == 0 {
         return Err(Stopped::Failed("steps must be at least 1".into()));
     }
+    // The DiT runs where its weights are (see [`LoadedModel::to_device`]); the sampler's update,
+    // the noise and the text contexts are computed on the host and moved there each step.
+    let dev = m.dit.device();
     let c = m.dit.config().in_channels;
     let shape = [1, c, 1 + (frames - 1) / 4, height as usize / 8, width as usize / 8];
     let mut rng = Rng::new(s.seed);
     let mut x = Tensor::randn(&shape, 1.0, DType::F32, &mut rng);
     let texts = [prompt, s.negative_prompt.as_str()];
     let ctx = m.text.encode(&texts)?;
-    let cond = ctx.narrow(0, 0, 1).map_err(kerr)?.contiguous();
-    let uncond = ctx.narrow(0, 1, 1).map_err(kerr)?.contiguous();
+    let cond = ctx.narrow(0, 0, 1).and_then(|t| t.to_device(dev)).map_err(kerr)?;
+    let uncond = ctx.narrow(0, 1, 1).and_then(|t| t.to_device(dev)).map_err(kerr)?;
     let mut sampler: Box<dyn Sampler> = match s.sampler {
         SamplerKind::Unipc => Box::new(FlowUniPc::new(1000, s.shift, s.steps).map_err(kerr)?),
         SamplerKind::Euler => Box::new(FlowEuler::new(1000, s.shift, s.steps).map_err(kerr)?),
     };
     let n = sampler.len();
     for i in 0..n {
-        let t = Tensor::from_vec(vec![sampler.timestep(i)], &[1]).map_err(kerr)?;
-        let v_c = m.dit.forward(&x, &t, &cond).map_err(kerr)?;
+        let t = Tensor::from_vec(vec![sampler.timestep(i)], &[1]).and_then(|t| t.to_device(dev)).map_err(kerr)?;
+        let xd = x.to_device(dev).map_err(kerr)?;
+        let v_c = m.dit.forward(&xd, &t, &cond).map_err(kerr)?;
         let v = if (s.guidance - 1.0).abs() > 1e-12 {
-            let v_u = m.dit.forward(&x, &t, &uncond).map_err(kerr)?;
+            let v_u = m.dit.forward(&xd, &t, &uncond).map_err(kerr)?;
             cfg_combine(&v_c, &v_u, s.guidance).map_err(kerr)?
         } else {
             v_c

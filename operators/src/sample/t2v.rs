@@ -11,6 +11,8 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use medgen_kernels::Device;
+
 pub struct SampleT2v;
 
 fn d_sampler() -> SamplerKind {
@@ -66,6 +68,11 @@ pub struct T2vParams {
     /// Pool threads per worker.
     #[serde(default = "d_threads")]
     pub threads: usize,
+    /// Where the DiT and a Wan VAE run: `cpu`, `cuda`, `cuda:N` or `auto` (a CUDA request on a machine
+    /// without one runs on the CPU with a warning). Not part of the memo: a sample is not redone
+    /// because it would now run elsewhere.
+    #[serde(default = "crate::api::device::d_device")]
+    pub device: String,
 }
 
 /// A prompt to render with a checkpoint.
@@ -99,22 +106,25 @@ impl PoolItem for SampleJob {
     }
 }
 
-/// Loads (once per process) the model of a checkpoint record or folder.
+/// Loads (once per process and device) the model of a checkpoint record or folder onto `device`.
 fn model(
     job: &SampleJob,
     fixed: &Option<PathBuf>,
     base: &Path,
     services: &dyn Services,
+    device: Device,
 ) -> Result<Arc<LoadedModel>, String> {
     // Keep a handful: each holds a whole DiT.
     static CACHE: LoadedCache<LoadedModel> = LoadedCache::new(4);
     match (&job.ckpt, fixed) {
-        (Some(c), _) => CACHE.get_or_load(serde_json::to_string(&c.blobs).unwrap_or_default(), || {
-            let paths: BTreeMap<String, PathBuf> =
-                c.blobs.iter().map(|(n, k)| (n.clone(), services.blob_path(k))).collect();
-            load_with(&move |name| paths.get(name).cloned(), base)
-        }),
-        (None, Some(d)) => CACHE.get_or_load(d.display().to_string(), || load_dir(d)),
+        (Some(c), _) => {
+            CACHE.get_or_load(format!("{device} {}", serde_json::to_string(&c.blobs).unwrap_or_default()), || {
+                let paths: BTreeMap<String, PathBuf> =
+                    c.blobs.iter().map(|(n, k)| (n.clone(), services.blob_path(k))).collect();
+                load_with(&move |name| paths.get(name).cloned(), base)?.to_device(device)
+            })
+        }
+        (None, Some(d)) => CACHE.get_or_load(format!("{device} {}", d.display()), || load_dir(d)?.to_device(device)),
         (None, None) => Err("no checkpoint: connect `checkpoints` or set `checkpoint`".into()),
     }
 }
@@ -173,6 +183,9 @@ impl TypedOperator for SampleT2v {
             }
         }
         crate::curate::check_threads(p.threads, &mut v);
+        if let Err(e) = crate::api::device::parse_device(&p.device) {
+            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
+        }
         v
     }
 
@@ -180,6 +193,7 @@ impl TypedOperator for SampleT2v {
         let mut v = serde_json::to_value(p).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("threads");
+            o.remove("device");
         }
         v
     }
@@ -219,10 +233,12 @@ impl TypedOperator for SampleT2v {
         let services = ctx.services.clone();
         let base = ctx.base_dir.clone();
         let p = p.clone();
+        let device = crate::api::device::resolve_device(&p.device, "sample.t2v")
+            .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
         let all =
             pool_map(ctx, jobs, PoolConfig { threads: p.threads, memoise: true }, move |job: &SampleJob, ictx| {
-                let m =
-                    model(job, &fixed, &base, services.as_ref()).map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
+                let m = model(job, &fixed, &base, services.as_ref(), device)
+                    .map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
                 let offset = u64::from_le_bytes(
                     blake3::hash(job.prompt.prompt_id.as_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]),
                 ) % 1_000_000;

@@ -24,7 +24,7 @@ use crate::latent::{CONTEXT_TENSOR, LATENT_TENSOR, get_tensor, tensor_metadata};
 use medgen_kernels::io::safetensors::{Checkpoint as StCheckpoint, save};
 use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
 use medgen_kernels::train::{FlowMatchingConfig, FlowMatchingTrainer, LoraConfig, TrainExample};
-use medgen_kernels::{DType, Rng};
+use medgen_kernels::{DType, Device, Rng};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -169,6 +169,11 @@ pub struct FlowMatchingParams {
     /// The text encoder's folder, recorded in checkpoints for samplers (default: the fetched MiniLM).
     #[serde(default)]
     pub text_model: Option<String>,
+    /// Where the DiT trains: `cpu`, `cuda`, `cuda:N` or `auto` (a CUDA request on a machine without
+    /// one trains on the CPU with a warning). The noise, timesteps and batches are drawn on the host
+    /// either way; a round may resume on another device. Not part of the memo.
+    #[serde(default = "crate::api::device::d_device")]
+    pub device: String,
 }
 
 /// One training example: a clip's latent and text context.
@@ -279,6 +284,7 @@ struct RoundCtx {
     base_dir: PathBuf,
     node: String,
     services: std::sync::Arc<dyn Services>,
+    device: Device,
 }
 
 impl RoundCtx {
@@ -327,7 +333,7 @@ impl RoundCtx {
         // Where this round starts: its own progress (a resumed crash), the previous round's final
         // state, or a fresh trainer.
         let prev_final = job.prev.as_ref().map(|p| self.dir.join("state").join(&p.id[..16]).join("final"));
-        let mut trainer = if progress.is_dir() {
+        let trainer = if progress.is_dir() {
             FlowMatchingTrainer::resume(base, &progress).map_err(|e| {
                 ItemError::invalid(format!(
                     "resuming from {}: {e}; delete that folder to restart the round",
@@ -348,6 +354,9 @@ impl RoundCtx {
         } else {
             FlowMatchingTrainer::new(base, self.p.train_config()).map_err(|e| ItemError::invalid(e.to_string()))?
         };
+        let mut trainer = trainer
+            .to_device(self.device)
+            .map_err(|e| ItemError::new(ErrorClass::Backend, format!("moving the trainer to {}: {e}", self.device)))?;
         let start_step = job.prev.as_ref().map(|p| p.step).unwrap_or(0);
         let end_step = end_step(job, &self.p);
         let new: BTreeSet<&str> = job.new.iter().map(String::as_str).collect();
@@ -670,6 +679,17 @@ impl TypedOperator for TrainFlowMatching {
         if p.min_steps_per_round > p.max_steps_per_round {
             v.push(ParamIssue::error("min_steps_per_round", "larger than max_steps_per_round", None));
         }
+        if let Err(e) = crate::api::device::parse_device(&p.device) {
+            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
+        }
+        v
+    }
+
+    fn fingerprint(&self, p: &FlowMatchingParams) -> serde_json::Value {
+        let mut v = serde_json::to_value(p).unwrap_or_default();
+        if let Some(o) = v.as_object_mut() {
+            o.remove("device");
+        }
         v
     }
 
@@ -735,12 +755,15 @@ impl TypedOperator for TrainFlowMatching {
                 jobs.push(job);
                 jobs
             });
+        let device = crate::api::device::resolve_device(&p.device, "train.flow_matching")
+            .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
         let rc = RoundCtx {
             p: p.clone(),
             dir,
             base_dir: ctx.base_dir.clone(),
             node: ctx.node.clone(),
             services: ctx.services.clone(),
+            device,
         };
         let all = pool_map(ctx, jobs, PoolConfig { threads: 1, memoise: true }, move |job: &RoundJob, ictx| {
             rc.run(job, ictx)

@@ -1,0 +1,99 @@
+//! The `device` param of the model operators (`sample.t2v`, `train.flow_matching`,
+//! `latent.encode_video`, `latent.decode_video`): where the networks compute.
+//!
+//! Spellings: `cpu` (the default), `cuda` (the first CUDA device), `cuda:N`, and `auto` (the first
+//! CUDA device when one is usable, else the CPU). A CUDA request on a machine without a usable
+//! driver or device runs on the CPU and says so in a warning, so one graph file serves both kinds
+//! of machine; a malformed spelling is an error.
+
+use medgen_kernels::Device;
+
+/// Parses a `device` param (see the module docs) without touching any driver.
+pub fn parse_device(spec: &str) -> Result<DeviceRequest, String> {
+    let s = spec.trim().to_ascii_lowercase();
+    match s.as_str() {
+        "cpu" => Ok(DeviceRequest::Cpu),
+        "auto" => Ok(DeviceRequest::Auto),
+        "cuda" | "gpu" => Ok(DeviceRequest::Cuda(0)),
+        _ => match s.strip_prefix("cuda:").map(str::parse::<usize>) {
+            Some(Ok(n)) => Ok(DeviceRequest::Cuda(n)),
+            _ => Err(format!("device {spec:?} is not one of cpu, cuda, cuda:N, auto")),
+        },
+    }
+}
+
+/// A parsed `device` param.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum DeviceRequest {
+    Cpu,
+    Cuda(usize),
+    Auto,
+}
+
+impl DeviceRequest {
+    /// The device to compute on, and a warning when a CUDA request falls back to the CPU.
+    pub fn resolve(self) -> (Device, Option<String>) {
+        match self {
+            DeviceRequest::Cpu => (Device::Cpu, None),
+            DeviceRequest::Auto => match medgen_kernels::cuda::available() {
+                Ok(devs) if !devs.is_empty() => (Device::Cuda(0), None),
+                _ => (Device::Cpu, None),
+            },
+            DeviceRequest::Cuda(n) => match medgen_kernels::cuda::available() {
+                Ok(devs) if n < devs.len() => (Device::Cuda(n), None),
+                Ok(devs) => (
+                    Device::Cpu,
+                    Some(format!(
+                        "device cuda:{n} asked for but {} CUDA device(s) found: running on the CPU",
+                        devs.len()
+                    )),
+                ),
+                Err(e) => (Device::Cpu, Some(format!("device cuda:{n} asked for: {e}; running on the CPU"))),
+            },
+        }
+    }
+}
+
+/// Parses and resolves a `device` param, logging the fallback warning (once per call).
+pub fn resolve_device(spec: &str, op: &str) -> Result<Device, String> {
+    let (dev, warn) = parse_device(spec)?.resolve();
+    if let Some(w) = warn {
+        tracing::warn!(op, "{w}");
+    }
+    Ok(dev)
+}
+
+/// The default of every `device` param.
+pub fn d_device() -> String {
+    "cpu".into()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn spellings() {
+        assert_eq!(parse_device("cpu"), Ok(DeviceRequest::Cpu));
+        assert_eq!(parse_device(" CUDA "), Ok(DeviceRequest::Cuda(0)));
+        assert_eq!(parse_device("cuda:3"), Ok(DeviceRequest::Cuda(3)));
+        assert_eq!(parse_device("auto"), Ok(DeviceRequest::Auto));
+        for bad in ["cuda:x", "tpu", "", "cuda:-1"] {
+            assert!(parse_device(bad).unwrap_err().contains("cpu, cuda, cuda:N, auto"), "{bad}");
+        }
+        assert_eq!(DeviceRequest::Cpu.resolve(), (Device::Cpu, None));
+    }
+
+    #[test]
+    fn cuda_without_a_device_falls_back_with_a_warning() {
+        // On machines with a GPU this checks nothing but that resolving is consistent.
+        let (d, warn) = DeviceRequest::Cuda(0).resolve();
+        match medgen_kernels::cuda::available() {
+            Ok(devs) if !devs.is_empty() => assert_eq!((d, warn), (Device::Cuda(0), None)),
+            _ => {
+                assert_eq!(d, Device::Cpu);
+                assert!(warn.unwrap().contains("running on the CPU"));
+            }
+        }
+    }
+}
