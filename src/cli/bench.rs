@@ -4,6 +4,8 @@ use std::path::PathBuf;
 
 #[path = "bench_curate.rs"]
 mod curate;
+#[path = "bench_dit.rs"]
+pub mod dit;
 
 /// What `medgen bench` measures.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, clap::ValueEnum)]
@@ -19,6 +21,11 @@ pub enum BenchWhat {
     /// `scripts/bench/setup-baseline.sh`; skipped with a hint when absent) and a plain
     /// `gst-launch-1.0 ... decodebin ! fakesink` decode (the decode floor), each pinned to one CPU.
     Curate,
+    /// The Wan DiT on random weights (`--config`, default wan-1.3b) at `--frames` × `--size`: one
+    /// forward pass, one training step (forward + loss + backward) and one sampling step (CFG,
+    /// UniPC), each after a warm-up run, with achieved TFLOP/s and (on CUDA) peak tensor memory.
+    /// `scripts/bench/dit_torch.py` times diffusers' WanTransformer3DModel the same way.
+    Dit,
 }
 
 /// Arguments of `medgen bench`.
@@ -38,12 +45,38 @@ pub struct BenchArgs {
     pub quick: bool,
     /// decode: interleaved rounds of the throughput measurements (every pipeline once per round;
     /// medians and within-round ratios count) and runs of the sampling ones (best counts).
-    /// curate: runs per measurement (best counts). Default: 5 for decode, 2 for curate.
+    /// curate: runs per measurement (best counts). dit: timed runs per phase after one warm-up
+    /// (median counts). Default: 5 for decode, 2 for curate, 3 for dit.
     #[arg(long)]
     pub repeats: Option<u32>,
     /// Also write the results as JSON to this file.
     #[arg(long)]
     pub json: Option<PathBuf>,
+    /// dit: where to run (cpu, cuda, cuda:N). A CUDA request without a usable device is an error
+    /// here (a benchmark never falls back silently).
+    #[arg(long, default_value = "cpu")]
+    pub device: String,
+    /// dit: wan-1.3b, wan-14b, or a diffusers transformer config.json.
+    #[arg(long, default_value = "wan-1.3b")]
+    pub config: String,
+    /// dit: keep only this many transformer blocks (e.g. 2 for a quick check at full width).
+    #[arg(long)]
+    pub layers: Option<usize>,
+    /// dit: video frames (1 + 4k).
+    #[arg(long, default_value_t = 81)]
+    pub frames: usize,
+    /// dit: video HEIGHTxWIDTH in pixels.
+    #[arg(long, default_value = "480x832")]
+    pub size: String,
+    /// dit: weights precision (bf16: bf16 GEMM inputs with f32 accumulation; f32).
+    #[arg(long, value_enum, default_value_t = crate::cli::verify::DTypeArg::Bf16)]
+    pub dtype: crate::cli::verify::DTypeArg,
+    /// dit: recompute each block in the backward pass (gradient checkpointing).
+    #[arg(long)]
+    pub recompute: bool,
+    /// dit: time only the forward pass and the sampling step.
+    #[arg(long)]
+    pub no_train: bool,
 }
 
 /// Run a benchmark; prints a table and returns the exit code.
@@ -51,7 +84,48 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<i32> {
     match a.what {
         BenchWhat::Decode => decode(a),
         BenchWhat::Curate => curate(a),
+        BenchWhat::Dit => dit(a),
     }
+}
+
+fn dit(a: &BenchArgs) -> anyhow::Result<i32> {
+    use dit::{DitBenchOptions, bench_dit, parse_config, parse_size};
+    use medgen_kernels::{DType, Device};
+    let device = match medgen_operators::api::device::parse_device(&a.device).map_err(anyhow::Error::msg)? {
+        medgen_operators::api::device::DeviceRequest::Cpu => Device::Cpu,
+        medgen_operators::api::device::DeviceRequest::Cuda(i) => Device::Cuda(i),
+        medgen_operators::api::device::DeviceRequest::Auto if medgen_kernels::cuda::is_available() => Device::Cuda(0),
+        medgen_operators::api::device::DeviceRequest::Auto => Device::Cpu,
+    };
+    let mut config = parse_config(&a.config)?;
+    if let Some(n) = a.layers {
+        config.num_layers = n;
+    }
+    let (height, width) = parse_size(&a.size)?;
+    let opts = DitBenchOptions {
+        config,
+        config_name: a.config.clone(),
+        device,
+        dtype: match a.dtype {
+            crate::cli::verify::DTypeArg::F32 => DType::F32,
+            crate::cli::verify::DTypeArg::Bf16 => DType::BF16,
+        },
+        frames: a.frames,
+        height,
+        width,
+        text_len: 512,
+        repeats: a.repeats.unwrap_or(3).max(1),
+        recompute: a.recompute,
+        skip_train: a.no_train,
+    };
+    let mut log = |line: &str| eprintln!("[bench] {line}");
+    let report = bench_dit(&opts, &mut log)?;
+    println!("{report}");
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
+        eprintln!("[bench] wrote {}", path.display());
+    }
+    Ok(0)
 }
 
 fn curate(a: &BenchArgs) -> anyhow::Result<i32> {

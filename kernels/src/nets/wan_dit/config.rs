@@ -267,6 +267,28 @@ impl WanDitConfig {
         self.patch_size.iter().product()
     }
 
+    /// Floating-point operations of one forward pass of one sample with `tokens` latent tokens
+    /// (`F'·H'·W'`) and `text_len` context rows, counting a multiply-add as 2: every linear layer
+    /// (`2·rows·in·out`) and both attention products (`2·Lq·Lk·D` each for `q·kᵀ` and `p·v`).
+    /// Norms, softmax, RoPE and elementwise work are left out (a few percent at video sizes).
+    /// A training step (forward + backward) is conventionally 3× this.
+    pub fn forward_flops(&self, tokens: usize, text_len: usize) -> f64 {
+        let (l, lt) = (tokens as f64, text_len as f64);
+        let (d, f) = (self.inner_dim() as f64, self.ffn_dim as f64);
+        let lin = |rows: f64, inp: f64, out: f64| 2.0 * rows * inp * out;
+        let block = 4.0 * lin(l, d, d)                    // self-attention q, k, v, out
+            + 2.0 * 2.0 * l * l * d                       // self-attention q·kᵀ and p·v
+            + 2.0 * lin(l, d, d) + 2.0 * lin(lt, d, d)    // cross-attention q, out; k, v on the text
+            + 2.0 * 2.0 * l * lt * d                      // cross-attention products
+            + lin(l, d, f) + lin(l, f, d); // feed-forward
+        let pv = self.patch_volume() as f64;
+        let outside = lin(l, self.in_channels as f64 * pv, d)   // patch embedding
+            + lin(lt, self.text_dim as f64, d) + lin(lt, d, d)  // text embedder
+            + lin(1.0, self.freq_dim as f64, d) + lin(1.0, d, d) + lin(1.0, d, 6.0 * d) // time embedder
+            + lin(l, d, self.out_dim() as f64 * pv); // head
+        self.num_layers as f64 * block + outside
+    }
+
     /// RoPE real-channel widths `[d_t, d_h, d_w]` of one head (WAN_SPEC §1.4: `d_h = d_w = 2·⌊hd/6⌋`).
     pub fn rope_split(&self) -> [usize; 3] {
         Rope3d::axis_widths(self.attention_head_dim)
@@ -327,6 +349,27 @@ mod tests {
         assert_eq!(WanDitConfig::wan_14b().param_count(), 14_288_491_584);
         assert_eq!(WanDitConfig::wan_14b().parameter_shapes().len(), 1095);
         assert_eq!(WanDitConfig::wan_1_3b().rope_split(), [44, 42, 42]);
+    }
+
+    #[test]
+    fn forward_flops_by_hand() {
+        // D = 6, F = 10, one layer, 4 channels, 2×2 patches, text 8 wide, L = 3, Lt = 2:
+        // block 864 + 216 + 432 + 288 + 144 + 720; patch 576, text 192 + 144, time 48 + 72 + 432, head 576.
+        let c = WanDitConfig {
+            num_attention_heads: 1,
+            attention_head_dim: 6,
+            ffn_dim: 10,
+            num_layers: 1,
+            in_channels: 4,
+            out_channels: Some(4),
+            text_dim: 8,
+            freq_dim: 4,
+            ..Default::default()
+        };
+        assert_eq!(c.forward_flops(3, 2), 4704.0);
+        // Wan 1.3B at 480×832×81 (21·30·52 tokens): ≈ 283 TFLOP, attention about 70% of it.
+        let f = WanDitConfig::wan_1_3b().forward_flops(21 * 30 * 52, 512);
+        assert!((2.8e14..2.9e14).contains(&f), "{f:e}");
     }
 
     #[test]
