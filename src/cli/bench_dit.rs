@@ -147,7 +147,8 @@ pub fn bench_dit(o: &DitBenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Resu
     let tokens = lat_f / pt * (o.height / 8 / ph) * (o.width / 8 / pw);
     let device_name = match o.device {
         Device::Cuda(i) => {
-            let devs = cuda::available().context("--device cuda")?;
+            let devs = cuda::available()
+                .context("--device cuda (a benchmark does not fall back; use --device cpu to time the CPU)")?;
             Some(devs.get(i).with_context(|| format!("no CUDA device {i} ({} found)", devs.len()))?.name.clone())
         }
         Device::Cpu => None,

@@ -1,6 +1,5 @@
 //! Command-line definitions (clap) and dispatch. Each subcommand lives in its own file.
 
-#[cfg(feature = "video")]
 mod bench;
 mod check;
 mod classifier;
@@ -80,7 +79,6 @@ pub enum Command {
     /// Check this machine: GStreamer, H.264 encoders, ONNX Runtime, GPU driver, sample videos.
     Doctor(doctor::DoctorArgs),
     /// Benchmarks against baselines in the same run (e.g. `medgen bench decode` against gst-launch-1.0).
-    #[cfg(feature = "video")]
     Bench(bench::BenchArgs),
     /// Run reference fixtures (made with torch/diffusers from random tiny configs) through medgen's
     /// own networks and samplers; print max abs / rel errors; exit 0 within tolerance.
@@ -145,7 +143,6 @@ pub fn main() -> i32 {
         Command::Failures(a) => failures::failures(a),
         Command::Retry(a) => failures::retry(a),
         Command::Doctor(a) => doctor::doctor(a),
-        #[cfg(feature = "video")]
         Command::Bench(a) => bench::bench(a),
         Command::Verify(a) => verify::verify(a),
         Command::Classifier(a) => classifier::classifier(a),
