@@ -86,7 +86,8 @@ pub enum Command {
     /// Train the embedding classifier of curate.metadata_filter from labelled metadata
     /// (`medgen classifier train --help`).
     Classifier(classifier::ClassifierArgs),
-    /// One prompt → one MP4 from a checkpoint folder that train.flow_matching wrote.
+    /// One prompt → one MP4 from a checkpoint folder that train.flow_matching wrote, or a diffusers
+    /// Wan2.1 pipeline folder.
     #[cfg(feature = "video")]
     Sample(sample::SampleArgs),
     /// Doctors rate two models' videos blind, pairwise, in a local web page (text alignment, medical

@@ -1,4 +1,4 @@
-//! `medgen sample`: one prompt → one MP4 from a checkpoint folder.
+//! `medgen sample`: one prompt → one MP4 from a checkpoint folder (medgen's or a diffusers Wan2.1 pipeline).
 
 use clap::{Args, ValueEnum};
 use medgen_operators::api::device::parse_device;
@@ -12,7 +12,10 @@ use std::time::Instant;
 #[command(
     after_help = "The checkpoint folder is one a train.flow_matching node wrote (outputs/<node>/epoch-<n> in the \
                         run store): it holds the DiT, the latent codec and medgen.json, which names the text encoder \
-                        (MiniLM from scripts/fetch-models.sh for the embedded default).\n\n\
+                        (MiniLM from scripts/fetch-models.sh for the embedded default). A diffusers Wan2.1 \
+                        text-to-video pipeline folder (model_index.json with transformer/, vae/, text_encoder/, \
+                        tokenizer/, e.g. Wan2.1-T2V-1.3B-Diffusers) works too; it samples at 832×480, 81 frames, \
+                        16 fps unless --width, --height and --frames say otherwise.\n\n\
                         Examples:\n  medgen sample --checkpoint runs/demo/outputs/train/epoch-0 \\\n      \
                         \"An echocardiogram showing the left ventricle\" --out echo.mp4\n  \
                         medgen sample --checkpoint CKPT \"...\" --sampler euler --steps 20 --guidance 1 --seed 7"
@@ -20,7 +23,8 @@ use std::time::Instant;
 pub struct SampleArgs {
     /// The prompt.
     pub prompt: String,
-    /// Checkpoint folder (train.flow_matching's outputs/<node>/epoch-<n>).
+    /// Checkpoint folder (train.flow_matching's outputs/<node>/epoch-<n>), or a diffusers Wan2.1 pipeline
+    /// folder (model_index.json).
     #[arg(long)]
     pub checkpoint: PathBuf,
     /// Where to write the MP4 (atomically).

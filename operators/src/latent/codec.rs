@@ -84,6 +84,15 @@ impl VideoCodec {
         }
     }
 
+    /// Latent channels (the Wan VAE's `z_dim`, the patch-PCA codec's components): the DiT's
+    /// `in_channels` must match.
+    pub fn latent_channels(&self) -> usize {
+        match self {
+            VideoCodec::PatchPca(c) => c.geometry().channels,
+            VideoCodec::WanVae(vae, _) => vae.config().z_dim,
+        }
+    }
+
     /// Video `[3, T, H, W]` → latent `[16, F, H/8, W/8]` (normalised for the DiT).
     pub fn encode(&self, video: &Tensor) -> Result<Tensor, String> {
         match self {

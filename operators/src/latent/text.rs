@@ -4,8 +4,9 @@
 //!   token, `[CLS] … [SEP]` cut to `max_tokens`, rows past the text set to zero (as Wan zeroes
 //!   umT5's padding), so the context is `[max_tokens, 384]`. Its folder comes from
 //!   `scripts/fetch-models.sh` unless `text_model` names one.
-//! * `umt5`: the Wan2.1 text encoder (umT5-XXL encoder: `config.json`, safetensors weights and
-//!   `tokenizer.json` in one folder), `[512, 4096]` exactly as the Wan pipelines build it.
+//! * `umt5`: the Wan2.1 text encoder (umT5-XXL encoder: `config.json` and safetensors weights in
+//!   one folder, `tokenizer.json` beside them or, as in a diffusers pipeline folder, in the sibling
+//!   `../tokenizer/`), `[512, 4096]` exactly as the Wan pipelines build it.
 //!
 //! A context blob records the encoder id ([`TextEncoder::id`]); a checkpoint records the id it
 //! was trained with, and sampling refuses a mismatch instead of producing noise.
@@ -27,7 +28,8 @@ use std::sync::{Arc, Mutex, OnceLock};
 pub enum TextEncoderKind {
     /// all-MiniLM-L6-v2 token states (embedded default; `scripts/fetch-models.sh` fetches it).
     Minilm,
-    /// The umT5-XXL encoder of Wan2.1 (a folder with config.json, weights and tokenizer.json).
+    /// The umT5-XXL encoder of Wan2.1 (a folder with config.json and weights; tokenizer.json in it
+    /// or in the sibling `tokenizer/` folder of a diffusers pipeline).
     Umt5,
 }
 
@@ -66,9 +68,28 @@ pub fn resolve_dir(kind: TextEncoderKind, dir: Option<&str>, base: &Path) -> Res
         (None, TextEncoderKind::Minilm) => minilm::fetched_minilm_dir()
             .ok_or_else(|| format!("the MiniLM text encoder is not there: {}", minilm::MINILM_FETCH_HINT)),
         (None, TextEncoderKind::Umt5) => Err("text_encoder = \"umt5\" needs `text_model`, the folder of the \
-             umT5-XXL encoder (config.json, safetensors weights, tokenizer.json — Wan2.1's text_encoder + tokenizer)"
+             umT5-XXL encoder: config.json and safetensors weights, with tokenizer.json in it or in a sibling \
+             tokenizer/ folder (a Wan2.1 diffusers pipeline's text_encoder/)"
             .into()),
     }
+}
+
+/// The umT5 tokenizer of the encoder folder `dir`: `dir/tokenizer.json`, else the pipeline
+/// layout's `dir/../tokenizer/tokenizer.json`; the error names both places.
+pub fn umt5_tokenizer_file(dir: &Path) -> Result<PathBuf, String> {
+    let own = dir.join("tokenizer.json");
+    if own.is_file() {
+        return Ok(own);
+    }
+    let sibling = dir.join("..").join("tokenizer").join("tokenizer.json");
+    if sibling.is_file() {
+        return Ok(sibling);
+    }
+    Err(format!(
+        "no umT5 tokenizer.json: neither {} nor {} (a diffusers pipeline's tokenizer/) exists",
+        own.display(),
+        sibling.display()
+    ))
 }
 
 impl TextEncoder {
@@ -100,11 +121,13 @@ impl TextEncoder {
             TextEncoderKind::Umt5 => {
                 let cfg = UMT5Config::from_file(dir.join("config.json"))
                     .map_err(|e| format!("umT5 config in {}: {e}", dir.display()))?;
+                // Before the (large) weights: a missing tokenizer fails at once.
+                let tok_file = umt5_tokenizer_file(dir)?;
                 let weights = StCheckpoint::open(dir).map_err(|e| format!("umT5 weights in {}: {e}", dir.display()))?;
                 let model = UMT5Encoder::load(cfg, &weights, DType::F32)
                     .map_err(|e| format!("loading umT5 from {}: {e}", dir.display()))?;
-                let tok = Tokenizer::from_file(dir.join("tokenizer.json"))
-                    .map_err(|e| format!("umT5 tokenizer in {}: {e}", dir.display()))?;
+                let tok = Tokenizer::from_file(&tok_file)
+                    .map_err(|e| format!("umT5 tokenizer {}: {e}", tok_file.display()))?;
                 let dim = model.config().d_model;
                 let tokens = medgen_kernels::nets::tokenizer::WAN_TEXT_LEN;
                 TextEncoder { inner: Inner::Umt5(Box::new(model), Box::new(tok)), kind, tokens, dim }

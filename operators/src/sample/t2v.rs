@@ -35,7 +35,10 @@ fn d_threads() -> usize {
 #[derive(Clone, Debug, Serialize, Deserialize, JsonSchema)]
 #[serde(deny_unknown_fields)]
 pub struct T2vParams {
-    /// A fixed checkpoint folder (medgen layout) instead of the `checkpoints` port.
+    /// A fixed checkpoint folder instead of the `checkpoints` port: medgen's layout (medgen.json), or
+    /// a diffusers Wan2.1 text-to-video pipeline folder (model_index.json, e.g.
+    /// Wan2.1-T2V-1.3B-Diffusers), which samples at 832×480, 81 frames, 16 fps unless `frames`,
+    /// `width` and `height` say otherwise.
     #[serde(default)]
     pub checkpoint: Option<String>,
     /// `unipc` (Wan's default) or `euler`.
@@ -174,11 +177,19 @@ impl TypedOperator for SampleT2v {
         }
         if let Some(d) = &p.checkpoint {
             let path = resolve_path(&ctx.base_dir, d);
-            if !path.join(crate::train::checkpoint::META_FILE).is_file() {
+            use crate::train::checkpoint::{META_FILE, PIPELINE_INDEX_FILE};
+            if !path.join(META_FILE).is_file() && !path.join(PIPELINE_INDEX_FILE).is_file() {
                 v.push(ParamIssue::error(
                     "checkpoint",
-                    format!("{} is not a medgen checkpoint folder (no medgen.json)", path.display()),
-                    Some("a folder train.flow_matching wrote: outputs/<node>/epoch-<n>".into()),
+                    format!(
+                        "{} is not a medgen checkpoint folder (no medgen.json) or a diffusers pipeline folder \
+                         (no model_index.json)",
+                        path.display()
+                    ),
+                    Some(
+                        "a folder train.flow_matching wrote (outputs/<node>/epoch-<n>) or a Wan2.1 diffusers pipeline"
+                            .into(),
+                    ),
                 ));
             }
         }

@@ -10,11 +10,30 @@
 //!
 //! The folder is self-contained for the embedded defaults: `medgen sample --checkpoint DIR` needs
 //! nothing else (MiniLM comes from the fetched models folder unless medgen.json names one).
+//!
+//! [`load_dir`] also reads a diffusers Wan2.1 text-to-video pipeline folder (`WanPipeline`, e.g.
+//! Wan2.1-T2V-1.3B-Diffusers), recognised by its `model_index.json` ([`load_pipeline`]):
+//!
+//! ```text
+//! model_index.json                     components: transformer, vae, text_encoder, tokenizer, scheduler
+//! transformer/                         config.json + diffusion_pytorch_model.safetensors (or shards + index)
+//! vae/                                 config.json + diffusion_pytorch_model.safetensors
+//! text_encoder/                        umT5 config.json + model.safetensors (or shards + index)
+//! tokenizer/                           tokenizer.json (+ spiece.model, … which are not read)
+//! ```
+//!
+//! Such a folder has no medgen.json: its description is synthesised (umT5 at 512 tokens, the Wan
+//! VAE from `vae/`, Wan2.1's T2V geometry 832×480, 81 frames at 16 fps). The pipeline's own
+//! geometry is not read from anywhere; the `frames` / `width` / `height` sampling settings
+//! override the defaults. The `scheduler/` component is not read either: the sampler and its
+//! shift are sampling settings.
 
 use crate::latent::codec::VideoCodec;
 use crate::latent::text::{TextEncoder, TextEncoderKind, resolve_dir};
 use medgen_kernels::DType;
 use medgen_kernels::io::safetensors::Checkpoint as StCheckpoint;
+use medgen_kernels::nets::tokenizer::WAN_TEXT_LEN;
+use medgen_kernels::nets::umt5::UMT5Config;
 use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
@@ -26,6 +45,8 @@ pub const CONFIG_FILE: &str = "config.json";
 pub const WEIGHTS_FILE: &str = "diffusion_pytorch_model.safetensors";
 pub const LORA_FILE: &str = "pytorch_lora_weights.safetensors";
 pub const CODEC_FILE: &str = "latent_codec.safetensors";
+/// What marks a diffusers pipeline folder.
+pub const PIPELINE_INDEX_FILE: &str = "model_index.json";
 
 /// The text encoder a checkpoint was trained with.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
@@ -131,11 +152,185 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path) -> Result<
     Ok(LoadedModel { dit, text, codec, meta })
 }
 
-/// Loads a checkpoint folder.
+/// Loads a checkpoint folder: medgen's layout, or a diffusers Wan2.1 pipeline folder (one with a
+/// `model_index.json`, see [`load_pipeline`]).
 pub fn load_dir(dir: &Path) -> Result<LoadedModel, String> {
     if !dir.is_dir() {
         return Err(format!("checkpoint folder {} does not exist", dir.display()));
     }
+    if dir.join(PIPELINE_INDEX_FILE).is_file() {
+        return load_pipeline(dir);
+    }
     let d = dir.to_path_buf();
     load_with(&move |name| Some(d.join(name)), dir)
+}
+
+/// The pipeline components [`load_pipeline`] reads: (model_index.json key, class name).
+const PIPELINE_COMPONENTS: [(&str, &str); 3] =
+    [("transformer", "WanTransformer3DModel"), ("vae", "AutoencoderKLWan"), ("text_encoder", "UMT5EncoderModel")];
+
+/// Components a text-to-video pipeline may have besides [`PIPELINE_COMPONENTS`] (not read).
+const PIPELINE_IGNORED: [&str; 2] = ["tokenizer", "scheduler"];
+
+/// Wan2.1 T2V's default geometry (the diffusers `WanPipeline` defaults, 480p).
+pub const PIPELINE_VIDEO: VideoGeom = VideoGeom { width: 832, height: 480, frames: 81, fps: 16.0 };
+
+/// The class a `model_index.json` entry names: `["diffusers", "WanTransformer3DModel"]` →
+/// `Some(Some("WanTransformer3DModel"))`; `[null, null]` (an absent optional component) →
+/// `Some(None)`; a value that is no `[library, class]` pair (a config value) → `None`.
+fn component_class(v: &serde_json::Value) -> Option<Option<&str>> {
+    match v.as_array().map(Vec::as_slice) {
+        Some([lib, class]) if lib.is_null() && class.is_null() => Some(None),
+        Some([lib, serde_json::Value::String(class)]) if lib.is_string() || lib.is_null() => Some(Some(class.as_str())),
+        _ => None,
+    }
+}
+
+/// Checks that `model_index.json` describes a Wan2.1 text-to-video pipeline.
+fn check_model_index(path: &Path) -> Result<(), String> {
+    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&bytes).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
+    let obj = v.as_object().ok_or_else(|| format!("{} is not a JSON object", path.display()))?;
+    let pipeline = obj.get("_class_name").and_then(|c| c.as_str()).unwrap_or("(no _class_name)");
+    for (key, want) in PIPELINE_COMPONENTS {
+        match obj.get(key).map(|e| (e, component_class(e))) {
+            Some((_, Some(Some(class)))) if class == want => {}
+            Some((_, Some(Some(class)))) => {
+                return Err(format!(
+                    "{}: {pipeline} has {key} {class}, but a Wan2.1 text-to-video pipeline needs {want}",
+                    path.display()
+                ));
+            }
+            Some((e, _)) => {
+                return Err(format!("{}: {pipeline} has {key} = {e}, expected [\"…\", \"{want}\"]", path.display()));
+            }
+            None => return Err(format!("{}: {pipeline} has no {key} ({want}) component", path.display())),
+        }
+    }
+    for (key, e) in obj {
+        if key.starts_with('_')
+            || PIPELINE_IGNORED.contains(&key.as_str())
+            || PIPELINE_COMPONENTS.iter().any(|(k, _)| k == key)
+        {
+            continue;
+        }
+        match component_class(e) {
+            Some(None) => {}
+            Some(Some(class)) => {
+                return Err(format!(
+                    "{}: {pipeline} has component `{key}` ({class}); only Wan2.1 text-to-video pipelines \
+                     (transformer, vae, text_encoder, tokenizer, scheduler) can be sampled",
+                    path.display()
+                ));
+            }
+            // Pipeline settings: unset ones (Wan2.2's `boundary_ratio: null`, `expand_timesteps:
+            // false`) are what Wan2.1 does; any other changes the sampling this loader implements.
+            None if e.is_null() || e == &serde_json::Value::Bool(false) => {}
+            None => {
+                return Err(format!(
+                    "{}: {pipeline} sets `{key}` = {e}, which Wan2.1 text-to-video sampling does not support",
+                    path.display()
+                ));
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Opens the weights `stem`.safetensors (or its sharded index) in `dir`, else the one
+/// safetensors file or index the folder holds.
+fn open_weights(dir: &Path, stem: &str) -> Result<StCheckpoint, String> {
+    let index = dir.join(format!("{stem}.safetensors.index.json"));
+    let single = dir.join(format!("{stem}.safetensors"));
+    let r = if index.is_file() {
+        StCheckpoint::open_index(&index)
+    } else if single.is_file() {
+        StCheckpoint::open_file(&single)
+    } else {
+        StCheckpoint::open(dir)
+    };
+    r.map_err(|e| format!("weights in {}: {e}", dir.display()))
+}
+
+/// Loads a diffusers Wan2.1 text-to-video pipeline folder (`model_index.json`, `transformer/`,
+/// `vae/`, `text_encoder/`, `tokenizer/`) and synthesises its [`CheckpointMeta`] (see the module
+/// doc). The text encoder's width must equal the DiT's `text_dim` and the VAE's `z_dim` its
+/// `in_channels` / `out_channels`; both are checked before the large weights are read.
+pub fn load_pipeline(dir: &Path) -> Result<LoadedModel, String> {
+    let index = dir.join(PIPELINE_INDEX_FILE);
+    check_model_index(&index)?;
+    for (key, _) in PIPELINE_COMPONENTS {
+        let d = dir.join(key);
+        if !d.is_dir() {
+            return Err(format!(
+                "{} names a {key} but the pipeline folder has no {key}/ ({})",
+                index.display(),
+                d.display()
+            ));
+        }
+    }
+    let (dit_dir, vae_dir, text_dir) = (dir.join("transformer"), dir.join("vae"), dir.join("text_encoder"));
+    let dit_cfg_path = dit_dir.join(CONFIG_FILE);
+    // Both config readers name the file in their errors.
+    let cfg = WanDitConfig::from_file(&dit_cfg_path).map_err(|e| e.to_string())?;
+    let text_cfg_path = text_dir.join(CONFIG_FILE);
+    let text_cfg = UMT5Config::from_file(&text_cfg_path).map_err(|e| e.to_string())?;
+    if cfg.text_dim != text_cfg.d_model {
+        return Err(format!(
+            "{} has text_dim {} but the text encoder of {} has d_model {}: they must match",
+            dit_cfg_path.display(),
+            cfg.text_dim,
+            text_cfg_path.display(),
+            text_cfg.d_model
+        ));
+    }
+    let codec = VideoCodec::wan_vae(&vae_dir)?;
+    let z = codec.latent_channels();
+    if cfg.in_channels != z || cfg.out_dim() != z {
+        return Err(format!(
+            "{} has in_channels {} / out_channels {} but the VAE of {} has z_dim {z}: they must match",
+            dit_cfg_path.display(),
+            cfg.in_channels,
+            cfg.out_dim(),
+            vae_dir.join(CONFIG_FILE).display()
+        ));
+    }
+    let text = TextEncoder::load(TextEncoderKind::Umt5, &text_dir, WAN_TEXT_LEN)?;
+    // The loaded encoder's width is its config's; kept as the invariant sampling relies on.
+    if text.dim() != cfg.text_dim {
+        return Err(format!(
+            "{} has text_dim {} but {} gives {}-wide contexts",
+            dit_cfg_path.display(),
+            cfg.text_dim,
+            text_dir.display(),
+            text.dim()
+        ));
+    }
+    let src = open_weights(&dit_dir, "diffusion_pytorch_model")?;
+    let dit =
+        WanDit::load(cfg, &src, DType::F32).map_err(|e| format!("loading the DiT from {}: {e}", dit_dir.display()))?;
+    let meta = CheckpointMeta {
+        format: FORMAT.into(),
+        version: 1,
+        epoch: 0,
+        step: 0,
+        text_encoder: TextSpec {
+            kind: TextEncoderKind::Umt5,
+            tokens: WAN_TEXT_LEN,
+            id: text.id(),
+            model_dir: Some(text_dir.display().to_string()),
+        },
+        codec: CodecSpec {
+            kind: "wan_vae".into(),
+            id: codec.id(),
+            file: None,
+            path: Some(vae_dir.display().to_string()),
+        },
+        video: PIPELINE_VIDEO,
+        clips: 0,
+        ema: false,
+        lora_rank: None,
+    };
+    Ok(LoadedModel { dit, text, codec, meta })
 }

@@ -1,0 +1,304 @@
+//! Sampling from a diffusers Wan2.1 pipeline folder (`model_index.json`, `transformer/`, `vae/`,
+//! `text_encoder/`, `tokenizer/`) through `load_dir` / `load_pipeline`, end to end on the CPU.
+//!
+//! The folder is built from tiny parts: a randomly initialised DiT, the VAE and umT5 of the
+//! committed kernel fixtures (`wan_vae_small_t1`, `umt5_tiny`; their `w.*` tensors are diffusers /
+//! transformers weights and their `config` the constructor kwargs, i.e. the `config.json` content)
+//! and a toy T5-style `tokenizer.json`. The text encoder is written sharded, as the published
+//! pipelines ship it.
+
+use medgen_kernels::io::safetensors::save;
+use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
+use medgen_kernels::verify::Fixture;
+use medgen_kernels::{DType, Rng, Tensor};
+use medgen_operators::sample::{SampleSettings, SamplerKind, generate};
+use medgen_operators::train::checkpoint::{LoadedModel, load_dir, load_pipeline};
+use serde_json::{Value, json};
+use std::collections::BTreeMap;
+use std::path::Path;
+
+fn kernel_fixture(name: &str) -> Fixture {
+    let path = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/tests/fixtures").join(name);
+    Fixture::open(&path).unwrap_or_else(|e| panic!("{}: {e}", path.display()))
+}
+
+fn write_json(path: &Path, v: &Value) {
+    std::fs::create_dir_all(path.parent().unwrap()).unwrap();
+    std::fs::write(path, serde_json::to_vec_pretty(v).unwrap()).unwrap();
+}
+
+/// A fixture's `config` kwargs with the bookkeeping keys a hub `config.json` carries besides.
+fn config_json(fx: &Fixture, extra: Value) -> Value {
+    let mut cfg = fx.config.clone();
+    let o = cfg.as_object_mut().expect("fixture config is an object");
+    for (k, v) in extra.as_object().unwrap() {
+        o.insert(k.clone(), v.clone());
+    }
+    cfg
+}
+
+/// The fixture's `w.*` tensors under their model names.
+fn fixture_weights(fx: &Fixture) -> Vec<(String, Tensor)> {
+    fx.keys_with_prefix("w.")
+        .into_iter()
+        .map(|k| (k.strip_prefix("w.").unwrap().to_string(), fx.tensor(&k).unwrap()))
+        .collect()
+}
+
+fn save_all(path: &Path, tensors: &[(String, Tensor)]) {
+    let refs: Vec<(&str, &Tensor)> = tensors.iter().map(|(n, t)| (n.as_str(), t)).collect();
+    save(path, &refs, None).unwrap();
+}
+
+/// Writes `tensors` as `{stem}-0000i-of-00002.safetensors` + `{stem}.safetensors.index.json`.
+fn save_sharded(dir: &Path, stem: &str, tensors: &[(String, Tensor)]) {
+    let half = tensors.len() / 2;
+    let mut weight_map = BTreeMap::new();
+    for (i, part) in [&tensors[..half], &tensors[half..]].into_iter().enumerate() {
+        let file = format!("{stem}-{:05}-of-00002.safetensors", i + 1);
+        save_all(&dir.join(&file), part);
+        for (name, _) in part {
+            weight_map.insert(name.clone(), file.clone());
+        }
+    }
+    write_json(&dir.join(format!("{stem}.safetensors.index.json")), &json!({"metadata": {}, "weight_map": weight_map}));
+}
+
+/// A T5-style unigram tokenizer with a 50-token vocabulary (the tiny umT5 has 100 ids).
+fn toy_t5_tokenizer_json() -> Value {
+    let mut vocab: Vec<(String, f64)> =
+        vec![("<pad>".into(), 0.0), ("</s>".into(), 0.0), ("<unk>".into(), 0.0), ("▁".into(), -2.0)];
+    for w in ["the", "heart", "left", "ventricle", "echo", "cardio", "gram", "of", "a", "view"] {
+        vocab.push((format!("▁{w}"), -3.0));
+        vocab.push((w.to_string(), -4.0));
+    }
+    for ch in 'a'..='z' {
+        vocab.push((ch.to_string(), -8.0));
+    }
+    let special = |id: u32, s: &str| {
+        json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
+               "normalized": false, "special": true})
+    };
+    let meta = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
+    json!({
+        "version": "1.0", "truncation": null, "padding": null,
+        "added_tokens": [special(0, "<pad>"), special(1, "</s>"), special(2, "<unk>")],
+        "normalizer": {"type": "Sequence", "normalizers": [
+            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},
+        "pre_tokenizer": meta,
+        "post_processor": {"type": "TemplateProcessing",
+            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}},
+                     {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
+            "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}},
+        "decoder": meta,
+        "model": {"type": "Unigram", "unk_id": 2, "vocab": vocab, "byte_fallback": false}
+    })
+}
+
+fn model_index() -> Value {
+    json!({
+        "_class_name": "WanPipeline",
+        "_diffusers_version": "0.33.0",
+        "scheduler": ["diffusers", "UniPCMultistepScheduler"],
+        "text_encoder": ["transformers", "UMT5EncoderModel"],
+        "tokenizer": ["transformers", "T5TokenizerFast"],
+        "transformer": ["diffusers", "WanTransformer3DModel"],
+        "transformer_2": [null, null],
+        "vae": ["diffusers", "AutoencoderKLWan"],
+        "boundary_ratio": null,
+        "expand_timesteps": false
+    })
+}
+
+/// A tiny DiT for the fixtures: `text_dim` (the umT5 is 32 wide) and 8 latent channels (the VAE's z_dim).
+fn tiny_dit(text_dim: usize) -> WanDit {
+    let cfg = WanDitConfig {
+        patch_size: [1, 2, 2],
+        num_attention_heads: 2,
+        attention_head_dim: 8,
+        in_channels: 8,
+        out_channels: Some(8),
+        text_dim,
+        freq_dim: 16,
+        ffn_dim: 32,
+        num_layers: 1,
+        ..WanDitConfig::default()
+    };
+    WanDit::init(cfg, &mut Rng::new(0), DType::F32).unwrap()
+}
+
+/// Writes a tiny Wan2.1 T2V pipeline folder into `dir`; returns the DiT it holds.
+fn write_pipeline(dir: &Path, text_dim: usize) -> WanDit {
+    write_json(&dir.join("model_index.json"), &model_index());
+
+    let dit = tiny_dit(text_dim);
+    let mut cfg = serde_json::to_value(dit.config()).unwrap();
+    cfg.as_object_mut().unwrap().insert("_class_name".into(), "WanTransformer3DModel".into());
+    write_json(&dir.join("transformer/config.json"), &cfg);
+    save(dir.join("transformer/diffusion_pytorch_model.safetensors"), &dit.named_parameters(), None).unwrap();
+
+    let vae = kernel_fixture("wan_vae_small_t1.safetensors");
+    write_json(&dir.join("vae/config.json"), &config_json(&vae, json!({"_class_name": "AutoencoderKLWan"})));
+    save_all(&dir.join("vae/diffusion_pytorch_model.safetensors"), &fixture_weights(&vae));
+
+    let umt5 = kernel_fixture("umt5_tiny.safetensors");
+    let extra = json!({"architectures": ["UMT5EncoderModel"], "model_type": "umt5", "torch_dtype": "float32"});
+    write_json(&dir.join("text_encoder/config.json"), &config_json(&umt5, extra));
+    save_sharded(&dir.join("text_encoder"), "model", &fixture_weights(&umt5));
+
+    write_json(&dir.join("tokenizer/tokenizer.json"), &toy_t5_tokenizer_json());
+    write_json(&dir.join("tokenizer/tokenizer_config.json"), &json!({"tokenizer_class": "T5Tokenizer"}));
+    dit
+}
+
+fn settings(seed: u64) -> SampleSettings {
+    SampleSettings {
+        sampler: SamplerKind::Euler,
+        steps: 2,
+        guidance: 2.0,
+        shift: 3.0,
+        seed,
+        negative_prompt: "a view".into(),
+        frames: Some(5),
+        width: Some(32),
+        height: Some(32),
+    }
+}
+
+fn sample(m: &LoadedModel, seed: u64) -> (Vec<usize>, Vec<f32>) {
+    let mut calls = 0;
+    let v = generate(m, "an echo cardiogram of the left ventricle", &settings(seed), &mut |_, _| {
+        calls += 1;
+        true
+    })
+    .unwrap_or_else(|e| panic!("sampling failed: {e}"));
+    assert_eq!(calls, 2, "one progress call per Euler step");
+    (v.shape().to_vec(), v.to_vec_f32().unwrap())
+}
+
+#[test]
+fn pipeline_folder_samples_end_to_end() {
+    let tmp = tempfile::tempdir().unwrap();
+    let dit = write_pipeline(tmp.path(), 32);
+    let m = load_dir(tmp.path()).unwrap_or_else(|e| panic!("loading the pipeline folder: {e}"));
+
+    // the files' weights, not fresh ones
+    let saved: BTreeMap<&str, &Tensor> = dit.named_parameters().into_iter().collect();
+    for (name, t) in m.dit.named_parameters() {
+        assert_eq!(t.to_vec_f32().unwrap(), saved[name].to_vec_f32().unwrap(), "{name}");
+    }
+    // the synthesised description
+    assert_eq!(m.meta.format, "medgen-checkpoint");
+    assert_eq!((m.meta.epoch, m.meta.step, m.meta.clips, m.meta.ema, m.meta.lora_rank), (0, 0, 0, false, None));
+    assert_eq!((m.meta.video.width, m.meta.video.height, m.meta.video.frames, m.meta.video.fps), (832, 480, 81, 16.0));
+    assert_eq!(m.meta.text_encoder.id, "umt5-32x512");
+    assert_eq!(m.meta.text_encoder.tokens, 512);
+    assert_eq!(m.meta.text_encoder.model_dir.as_deref(), Some(tmp.path().join("text_encoder").to_str().unwrap()));
+    assert_eq!(m.meta.codec.kind, "wan_vae");
+    assert_eq!(m.meta.codec.id, m.codec.id());
+    assert_eq!(m.meta.codec.path.as_deref(), Some(tmp.path().join("vae").to_str().unwrap()));
+    assert_eq!((m.text.dim(), m.codec.latent_channels()), (32, 8));
+
+    let (shape, a) = sample(&m, 7);
+    assert_eq!(shape, [3, 5, 32, 32]);
+    assert!(a.iter().all(|x| x.is_finite() && (-1.0..=1.0).contains(x)), "values outside [-1, 1]");
+    assert!(a.iter().any(|&x| x != a[0]), "a constant video");
+    let (_, b) = sample(&m, 7);
+    assert_eq!(a, b, "the same seed must give the same video");
+    let (_, c) = sample(&m, 8);
+    assert_ne!(a, c, "another seed must give another video");
+}
+
+#[test]
+fn pipeline_errors_name_the_file_and_what_was_found() {
+    // an image-to-video pipeline
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(tmp.path(), 32);
+    let mut i2v = model_index();
+    let o = i2v.as_object_mut().unwrap();
+    o.insert("_class_name".into(), "WanImageToVideoPipeline".into());
+    o.insert("image_encoder".into(), json!(["transformers", "CLIPVisionModel"]));
+    o.insert("image_processor".into(), json!(["transformers", "CLIPImageProcessor"]));
+    write_json(&tmp.path().join("model_index.json"), &i2v);
+    let e = load_dir(tmp.path()).err().expect("an i2v pipeline must be refused");
+    assert!(e.contains("model_index.json") && e.contains("WanImageToVideoPipeline") && e.contains("image_"), "{e}");
+
+    // a component of another class
+    let mut other = model_index();
+    other["transformer"] = json!(["diffusers", "WanVACETransformer3DModel"]);
+    write_json(&tmp.path().join("model_index.json"), &other);
+    let e = load_pipeline(tmp.path()).err().expect("a VACE transformer must be refused");
+    assert!(e.contains("model_index.json") && e.contains("WanVACETransformer3DModel"), "{e}");
+
+    // a component missing from model_index.json
+    let mut no_vae = model_index();
+    no_vae.as_object_mut().unwrap().remove("vae");
+    write_json(&tmp.path().join("model_index.json"), &no_vae);
+    let e = load_pipeline(tmp.path()).err().expect("no vae entry");
+    assert!(e.contains("model_index.json") && e.contains("vae") && e.contains("AutoencoderKLWan"), "{e}");
+
+    // a Wan2.2 setting
+    let mut wan22 = model_index();
+    wan22["expand_timesteps"] = json!(true);
+    write_json(&tmp.path().join("model_index.json"), &wan22);
+    let e = load_pipeline(tmp.path()).err().expect("expand_timesteps must be refused");
+    assert!(e.contains("model_index.json") && e.contains("expand_timesteps"), "{e}");
+
+    // not JSON
+    std::fs::write(tmp.path().join("model_index.json"), "{\"_class_name\": ").unwrap();
+    let e = load_dir(tmp.path()).err().expect("broken JSON");
+    assert!(e.contains("model_index.json") && e.contains("not JSON"), "{e}");
+
+    // a missing component folder
+    write_json(&tmp.path().join("model_index.json"), &model_index());
+    std::fs::remove_dir_all(tmp.path().join("vae")).unwrap();
+    let e = load_dir(tmp.path()).err().expect("no vae/ folder");
+    assert!(e.contains("model_index.json") && e.contains("vae"), "{e}");
+}
+
+#[test]
+fn pipeline_text_dim_mismatch_names_both_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(tmp.path(), 16);
+    let e = load_dir(tmp.path()).err().expect("text_dim 16 against a 32-wide umT5");
+    assert!(
+        e.contains("transformer/config.json")
+            && e.contains("text_encoder/config.json")
+            && e.contains("16")
+            && e.contains("32"),
+        "{e}"
+    );
+}
+
+#[test]
+fn pipeline_latent_channel_mismatch_names_both_configs() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(tmp.path(), 32);
+    let mut cfg: Value =
+        serde_json::from_slice(&std::fs::read(tmp.path().join("transformer/config.json")).unwrap()).unwrap();
+    cfg["in_channels"] = json!(16);
+    cfg["out_channels"] = json!(16);
+    write_json(&tmp.path().join("transformer/config.json"), &cfg);
+    let e = load_dir(tmp.path()).err().expect("in_channels 16 against z_dim 8");
+    assert!(e.contains("transformer/config.json") && e.contains("vae/config.json") && e.contains("z_dim 8"), "{e}");
+}
+
+#[test]
+fn pipeline_text_encoder_finds_its_tokenizer_in_either_place() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(tmp.path(), 32);
+    // beside the weights (the flat text_model layout) works as well as tokenizer/
+    std::fs::rename(tmp.path().join("tokenizer/tokenizer.json"), tmp.path().join("text_encoder/tokenizer.json"))
+        .unwrap();
+    let m = load_pipeline(tmp.path()).unwrap_or_else(|e| panic!("{e}"));
+    assert_eq!(m.text.encode(&["the heart"]).unwrap().shape(), &[1, 512, 32]);
+
+    // neither: the error names both places
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(tmp.path(), 32);
+    std::fs::remove_dir_all(tmp.path().join("tokenizer")).unwrap();
+    let e = load_dir(tmp.path()).err().expect("no tokenizer.json anywhere");
+    let own = tmp.path().join("text_encoder").join("tokenizer.json");
+    assert!(e.contains(own.to_str().unwrap()) && e.contains("tokenizer/tokenizer.json"), "{e}");
+}
