@@ -2,6 +2,7 @@
 //! original key layout, relative-position buckets, the Wan tokenisation/padding path and errors.
 
 use std::collections::BTreeMap;
+use std::path::Path;
 use std::time::Instant;
 
 use medgen_kernels::io::TensorSource;
@@ -194,37 +195,10 @@ fn relative_position_buckets_by_hand() {
 }
 
 /// A T5-style `tokenizer.json` (Unigram, Metaspace, `$A </s>` template) over a toy vocabulary
-/// whose ids fit the tiny umT5's 100-row embedding.
+/// whose ids fit the tiny umT5's 100-row embedding (`fixtures/toy_t5_tokenizer.json`, shared with
+/// the pipeline-folder test of the operators).
 fn toy_t5_tokenizer() -> Tokenizer {
-    let mut vocab: Vec<(String, f64)> =
-        vec![("<pad>".into(), 0.0), ("</s>".into(), 0.0), ("<unk>".into(), 0.0), ("▁".into(), -2.0)];
-    for w in ["the", "heart", "left", "ventricle", "echo", "cardio", "gram", "of", "a", "view"] {
-        vocab.push((format!("▁{w}"), -3.0));
-        vocab.push((w.to_string(), -4.0));
-    }
-    for ch in 'a'..='z' {
-        vocab.push((ch.to_string(), -8.0));
-    }
-    let special = |id: u32, s: &str| {
-        serde_json::json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
-                           "normalized": false, "special": true})
-    };
-    let meta = serde_json::json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
-    let json = serde_json::json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "<pad>"), special(1, "</s>"), special(2, "<unk>")],
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},
-        "pre_tokenizer": meta,
-        "post_processor": {"type": "TemplateProcessing",
-            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-            "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}},
-        "decoder": meta,
-        "model": {"type": "Unigram", "unk_id": 2, "vocab": vocab, "byte_fallback": false}
-    });
-    Tokenizer::from_bytes(json.to_string().as_bytes(), "toy-t5").unwrap()
+    Tokenizer::from_file(Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/toy_t5_tokenizer.json")).unwrap()
 }
 
 #[test]

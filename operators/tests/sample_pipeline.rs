@@ -64,38 +64,6 @@ fn save_sharded(dir: &Path, stem: &str, tensors: &[(String, Tensor)]) {
     write_json(&dir.join(format!("{stem}.safetensors.index.json")), &json!({"metadata": {}, "weight_map": weight_map}));
 }
 
-/// A T5-style unigram tokenizer with a 50-token vocabulary (the tiny umT5 has 100 ids).
-fn toy_t5_tokenizer_json() -> Value {
-    let mut vocab: Vec<(String, f64)> =
-        vec![("<pad>".into(), 0.0), ("</s>".into(), 0.0), ("<unk>".into(), 0.0), ("▁".into(), -2.0)];
-    for w in ["the", "heart", "left", "ventricle", "echo", "cardio", "gram", "of", "a", "view"] {
-        vocab.push((format!("▁{w}"), -3.0));
-        vocab.push((w.to_string(), -4.0));
-    }
-    for ch in 'a'..='z' {
-        vocab.push((ch.to_string(), -8.0));
-    }
-    let special = |id: u32, s: &str| {
-        json!({"id": id, "content": s, "single_word": false, "lstrip": false, "rstrip": false,
-               "normalized": false, "special": true})
-    };
-    let meta = json!({"type": "Metaspace", "replacement": "▁", "prepend_scheme": "always", "split": true});
-    json!({
-        "version": "1.0", "truncation": null, "padding": null,
-        "added_tokens": [special(0, "<pad>"), special(1, "</s>"), special(2, "<unk>")],
-        "normalizer": {"type": "Sequence", "normalizers": [
-            {"type": "Replace", "pattern": {"Regex": " {2,}"}, "content": " "}]},
-        "pre_tokenizer": meta,
-        "post_processor": {"type": "TemplateProcessing",
-            "single": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-            "pair": [{"Sequence": {"id": "A", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}},
-                     {"Sequence": {"id": "B", "type_id": 0}}, {"SpecialToken": {"id": "</s>", "type_id": 0}}],
-            "special_tokens": {"</s>": {"id": "</s>", "ids": [1], "tokens": ["</s>"]}}},
-        "decoder": meta,
-        "model": {"type": "Unigram", "unk_id": 2, "vocab": vocab, "byte_fallback": false}
-    })
-}
-
 fn model_index() -> Value {
     json!({
         "_class_name": "WanPipeline",
@@ -147,8 +115,10 @@ fn write_pipeline(dir: &Path, text_dim: usize) -> WanDit {
     write_json(&dir.join("text_encoder/config.json"), &config_json(&umt5, extra));
     save_sharded(&dir.join("text_encoder"), "model", &fixture_weights(&umt5));
 
-    write_json(&dir.join("tokenizer/tokenizer.json"), &toy_t5_tokenizer_json());
     write_json(&dir.join("tokenizer/tokenizer_config.json"), &json!({"tokenizer_class": "T5Tokenizer"}));
+    // A T5-style unigram tokenizer with a 50-token vocabulary (the tiny umT5 has 100 ids).
+    let toy = Path::new(env!("CARGO_MANIFEST_DIR")).join("../kernels/tests/fixtures/toy_t5_tokenizer.json");
+    std::fs::copy(toy, dir.join("tokenizer/tokenizer.json")).unwrap();
     dit
 }
 

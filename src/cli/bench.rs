@@ -120,12 +120,7 @@ fn dit(a: &BenchArgs) -> anyhow::Result<i32> {
     };
     let mut log = |line: &str| eprintln!("[bench] {line}");
     let report = bench_dit(&opts, &mut log)?;
-    println!("{report}");
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-        eprintln!("[bench] wrote {}", path.display());
-    }
-    Ok(0)
+    report_out(a, &report)
 }
 
 fn curate(a: &BenchArgs) -> anyhow::Result<i32> {
@@ -133,12 +128,7 @@ fn curate(a: &BenchArgs) -> anyhow::Result<i32> {
     let opts = CurateBenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.unwrap_or(2).max(1) };
     let mut log = |line: &str| eprintln!("[bench] {line}");
     let report = bench_curate(&opts, &mut log)?;
-    println!("{report}");
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-        eprintln!("[bench] wrote {}", path.display());
-    }
-    Ok(0)
+    report_out(a, &report)
 }
 
 #[cfg(feature = "video")]
@@ -147,12 +137,7 @@ fn decode(a: &BenchArgs) -> anyhow::Result<i32> {
     let opts = BenchOptions { dir: a.dir.clone(), quick: a.quick, repeats: a.repeats.unwrap_or(5).max(1) };
     let mut log = |line: &str| eprintln!("[bench] {line}");
     let report = bench_decode(&opts, &mut log)?;
-    println!("{report}");
-    if let Some(path) = &a.json {
-        std::fs::write(path, serde_json::to_string_pretty(&report)?)?;
-        eprintln!("[bench] wrote {}", path.display());
-    }
-    Ok(0)
+    report_out(a, &report)
 }
 
 #[cfg(not(feature = "video"))]
@@ -161,4 +146,14 @@ fn decode(_a: &BenchArgs) -> anyhow::Result<i32> {
         "error: this medgen was built without the `video` feature (no GStreamer); rebuild with default features to run `medgen bench decode`"
     );
     Ok(2)
+}
+
+/// Prints a report's table and, with `--json`, writes the report as JSON too.
+fn report_out<R: std::fmt::Display + serde::Serialize>(a: &BenchArgs, report: &R) -> anyhow::Result<i32> {
+    println!("{report}");
+    if let Some(path) = &a.json {
+        std::fs::write(path, serde_json::to_string_pretty(report)?)?;
+        eprintln!("[bench] wrote {}", path.display());
+    }
+    Ok(0)
 }
