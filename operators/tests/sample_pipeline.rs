@@ -7,6 +7,8 @@
 //! and a toy T5-style `tokenizer.json`. The text encoder is written sharded, as the published
 //! pipelines ship it.
 
+#![cfg(feature = "video")]
+
 use medgen_kernels::io::safetensors::save;
 use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
 use medgen_kernels::verify::Fixture;
