@@ -90,13 +90,9 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<i32> {
 
 fn dit(a: &BenchArgs) -> anyhow::Result<i32> {
     use dit::{DitBenchOptions, bench_dit, parse_config, parse_size};
-    use medgen_kernels::{DType, Device};
-    let device = match medgen_operators::api::device::parse_device(&a.device).map_err(anyhow::Error::msg)? {
-        medgen_operators::api::device::DeviceRequest::Cpu => Device::Cpu,
-        medgen_operators::api::device::DeviceRequest::Cuda(i) => Device::Cuda(i),
-        medgen_operators::api::device::DeviceRequest::Auto if medgen_kernels::cuda::is_available() => Device::Cuda(0),
-        medgen_operators::api::device::DeviceRequest::Auto => Device::Cpu,
-    };
+    use medgen_kernels::DType;
+    // No fallback: a CUDA request without a device is bench_dit's error.
+    let device = medgen_operators::api::device::parse_device(&a.device).map_err(anyhow::Error::msg)?.requested();
     let mut config = parse_config(&a.config)?;
     if let Some(n) = a.layers {
         config.num_layers = n;

@@ -238,7 +238,8 @@ pub(crate) fn embedding_plan(ids: &[usize]) -> Vec<i64> {
 
 /// A device array of `i64` (indices for gather/scatter kernels), freed on drop.
 struct IndexBuffer {
-    buf: cudarc::driver::CudaSlice<i64>,
+    /// Keeps the allocation alive while kernels use `ptr`.
+    _buf: cudarc::driver::CudaSlice<i64>,
     ptr: u64,
 }
 
@@ -251,11 +252,10 @@ impl IndexBuffer {
             let (p, _sync) = buf.device_ptr(&dev.stream);
             p
         };
-        Ok(IndexBuffer { buf, ptr })
+        Ok(IndexBuffer { _buf: buf, ptr })
     }
 
     fn ptr(&self) -> u64 {
-        let _ = &self.buf;
         self.ptr
     }
 }

@@ -43,7 +43,8 @@ struct Tracked {
 }
 
 impl Tracked {
-    fn new(buf: CudaSlice<u8>, bytes: usize, ordinal: usize) -> Tracked {
+    fn new(buf: CudaSlice<u8>, ordinal: usize) -> Tracked {
+        let bytes = buf.len();
         if let (Some(h), Some(p)) = (HELD.get(ordinal), PEAK.get(ordinal)) {
             let now = h.fetch_add(bytes, Ordering::Relaxed) + bytes;
             p.fetch_max(now, Ordering::Relaxed);
@@ -84,8 +85,7 @@ impl CudaStorage {
             let (p, _sync) = buf.device_ptr(&dev.stream);
             p
         };
-        let bytes = buf.len();
-        CudaStorage { _buf: Arc::new(Tracked::new(buf, bytes, dev.ordinal)), ptr, dtype, len, dev }
+        CudaStorage { _buf: Arc::new(Tracked::new(buf, dev.ordinal)), ptr, dtype, len, dev }
     }
 
     /// An uninitialised buffer (every kernel that allocates one writes all of it).

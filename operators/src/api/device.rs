@@ -31,15 +31,22 @@ pub enum DeviceRequest {
 }
 
 impl DeviceRequest {
+    /// The device asked for, `auto` settled (the first CUDA device when one is usable, else the
+    /// CPU); a CUDA request stays one even without a device (see [`resolve`](Self::resolve)).
+    pub fn requested(self) -> Device {
+        match self {
+            DeviceRequest::Cpu => Device::Cpu,
+            DeviceRequest::Cuda(n) => Device::Cuda(n),
+            DeviceRequest::Auto if medgen_kernels::cuda::is_available() => Device::Cuda(0),
+            DeviceRequest::Auto => Device::Cpu,
+        }
+    }
+
     /// The device to compute on, and a warning when a CUDA request falls back to the CPU.
     pub fn resolve(self) -> (Device, Option<String>) {
-        match self {
-            DeviceRequest::Cpu => (Device::Cpu, None),
-            DeviceRequest::Auto => match medgen_kernels::cuda::available() {
-                Ok(devs) if !devs.is_empty() => (Device::Cuda(0), None),
-                _ => (Device::Cpu, None),
-            },
-            DeviceRequest::Cuda(n) => match medgen_kernels::cuda::available() {
+        match self.requested() {
+            Device::Cpu => (Device::Cpu, None),
+            Device::Cuda(n) => match medgen_kernels::cuda::available() {
                 Ok(devs) if n < devs.len() => (Device::Cuda(n), None),
                 Ok(devs) => (
                     Device::Cpu,
@@ -61,6 +68,13 @@ pub fn resolve_device(spec: &str, op: &str) -> Result<Device, String> {
         tracing::warn!(op, "{w}");
     }
     Ok(dev)
+}
+
+/// Adds an issue for a malformed `device` param (the `check` of every operator that has one).
+pub fn check_device(spec: &str, issues: &mut Vec<crate::api::ParamIssue>) {
+    if let Err(e) = parse_device(spec) {
+        issues.push(crate::api::ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
+    }
 }
 
 /// The default of every `device` param.

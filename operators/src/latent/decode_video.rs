@@ -70,9 +70,7 @@ impl TypedOperator for LatentDecodeVideo {
             ));
         }
         crate::curate::check_range(&mut v, "fps", p.fps, 0.1, 240.0, "fps = 16.0");
-        if let Err(e) = crate::api::device::parse_device(&p.device) {
-            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
-        }
+        crate::api::device::check_device(&p.device, &mut v);
         v
     }
 

@@ -307,9 +307,7 @@ impl TypedOperator for LatentEncodeVideo {
                 }
             }
         }
-        if let Err(e) = crate::api::device::parse_device(&p.device) {
-            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
-        }
+        crate::api::device::check_device(&p.device, &mut v);
         v
     }
 

@@ -194,9 +194,7 @@ impl TypedOperator for SampleT2v {
             }
         }
         crate::curate::check_threads(p.threads, &mut v);
-        if let Err(e) = crate::api::device::parse_device(&p.device) {
-            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
-        }
+        crate::api::device::check_device(&p.device, &mut v);
         v
     }
 

@@ -679,9 +679,7 @@ impl TypedOperator for TrainFlowMatching {
         if p.min_steps_per_round > p.max_steps_per_round {
             v.push(ParamIssue::error("min_steps_per_round", "larger than max_steps_per_round", None));
         }
-        if let Err(e) = crate::api::device::parse_device(&p.device) {
-            v.push(ParamIssue::error("device", e, Some("device = \"cuda\"".into())));
-        }
+        crate::api::device::check_device(&p.device, &mut v);
         v
     }
 
