@@ -11,8 +11,9 @@ cd "$(dirname "${BASH_SOURCE[0]}")/.."
 APT_PACKAGES=(pkg-config libgstreamer1.0-dev libgstreamer-plugins-base1.0-dev gstreamer1.0-tools
   gstreamer1.0-plugins-base gstreamer1.0-plugins-base-apps gstreamer1.0-plugins-good
   gstreamer1.0-plugins-bad gstreamer1.0-plugins-ugly gstreamer1.0-libav gstreamer1.0-x
-  chromium chromium-driver)  # chromium renders the HTML report (screenshot test); chromedriver drives
+  chromium chromium-driver  # chromium renders the HTML report (screenshot test); chromedriver drives
                             # it in the `medgen review` page test
+  g++)  # builds the host emulation of the tensor-core CUDA kernels (kernels/tests/cuda_emu.rs)
 ORT_VERSION=1.31.1
 
 log() { printf '\033[1m[setup]\033[0m %s\n' "$*" >&2; }

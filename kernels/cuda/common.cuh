@@ -39,15 +39,52 @@ __device__ __forceinline__ unsigned short f32_to_bf16_bits(float f) {
 }
 
 __device__ __forceinline__ float f16_bits_to_f32(unsigned short h) {
+#ifdef MEDGEN_EMU
+    return emu_f16_to_f32(h);
+#else
     float f;
     asm("cvt.f32.f16 %0, %1;" : "=f"(f) : "h"(h));
     return f;
+#endif
 }
 
 __device__ __forceinline__ unsigned short f32_to_f16_bits(float f) {
+#ifdef MEDGEN_EMU
+    return emu_f32_to_f16(f);
+#else
     unsigned short h;
     asm("cvt.rn.f16.f32 %0, %1;" : "=h"(h) : "f"(f));
     return h;
+#endif
+}
+
+// Two f32 rounded to bf16 (nearest even) and packed: `lo` in the low 16 bits (the lower-indexed element of an
+// mma operand pair).
+__device__ __forceinline__ unsigned pack_bf16x2(float lo, float hi) {
+#if defined(MEDGEN_EMU) || !defined(__CUDA_ARCH__) || __CUDA_ARCH__ < 800
+    return (unsigned)f32_to_bf16_bits(lo) | ((unsigned)f32_to_bf16_bits(hi) << 16);
+#else
+    unsigned r;
+    asm("cvt.rn.bf16x2.f32 %0, %1, %2;" : "=r"(r) : "f"(hi), "f"(lo));
+    return r;
+#endif
+}
+
+// d[0..4] += A * B for one warp-wide mma.m16n8k16 (bf16 operands, f32 accumulators); fragment layouts as in
+// the PTX ISA (see kernels/cuda/emu/emu.h). Needs sm_80 or newer; the host only launches kernels that use it
+// on such devices.
+__device__ __forceinline__ void mma_bf16_16816(float* d, const unsigned* a, const unsigned* b) {
+#ifdef MEDGEN_EMU
+    emu_mma_m16n8k16_bf16(d, a, b);
+#elif __CUDA_ARCH__ >= 800
+    asm volatile(
+        "mma.sync.aligned.m16n8k16.row.col.f32.bf16.bf16.f32 {%0, %1, %2, %3}, {%4, %5, %6, %7}, {%8, %9}, "
+        "{%0, %1, %2, %3};"
+        : "+f"(d[0]), "+f"(d[1]), "+f"(d[2]), "+f"(d[3])
+        : "r"(a[0]), "r"(a[1]), "r"(a[2]), "r"(a[3]), "r"(b[0]), "r"(b[1]));
+#else
+    __trap();
+#endif
 }
 
 // Element i of a buffer of dtype dt, as f32.

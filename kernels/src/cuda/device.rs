@@ -99,6 +99,11 @@ pub(crate) fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
 }
 
 impl CudaDevice {
+    /// Compute capability as `10 * major + minor` (90 for `compute_90`).
+    pub fn compute_capability(&self) -> u32 {
+        self.arch.trim_start_matches("compute_").parse().unwrap_or(0)
+    }
+
     /// The cuBLAS handle (bound to this device's stream), created at first use.
     pub fn blas(&self) -> Result<Arc<cudarc::cublas::CudaBlas>> {
         let mut b = self.blas.lock().unwrap_or_else(|e| e.into_inner());

@@ -148,7 +148,7 @@ pub fn cfg_2d(x: usize, y: usize, threads: u32) -> Result<LaunchConfig> {
 /// Launches `file::kernel` on `dev`'s stream with the given arguments (each any `DeviceRepr` value: `u64`
 /// device pointers, `i32` dtype codes, `i64` sizes, `f32` scalars, [`Strided`], [`ConvGeo`]).
 macro_rules! launch {
-    ($dev:expr, $file:literal, $kernel:literal, $cfg:expr; $($arg:expr),* $(,)?) => {{
+    ($dev:expr, $file:literal, $kernel:expr, $cfg:expr; $($arg:expr),* $(,)?) => {{
         use cudarc::driver::PushKernelArg as _;
         let dev: &$crate::cuda::device::CudaDevice = &$dev;
         let f = dev.function($file, $kernel)?;

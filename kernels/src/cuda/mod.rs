@@ -22,7 +22,8 @@
 //!   with fp32 compute; the output may be f32 for bf16 inputs (gradients).
 //! * Ops with a CUDA path (forward and backward): linear, batched matmul, conv3d (im2col + GEMM + col2im),
 //!   layer norm, RMS norm, channel RMS norm, RoPE 3D (tables uploaded once per grid and device), attention
-//!   (flash forward/backward), GELU (tanh and erf), SiLU, clamp, modulation, softmax, add/sub/mul/scale,
+//!   (flash forward/backward: tensor-core mma.sync kernels for bf16 with head dim 64/128 on sm_80+, checked
+//!   without a GPU by the host emulation in `kernels/cuda/emu/`; general fp32-SIMT kernels otherwise), GELU (tanh and erf), SiLU, clamp, modulation, softmax, add/sub/mul/scale,
 //!   sum_to_shape, cat, nearest upsampling, embedding (gather; a deterministic per-id sum backward), MSE loss;
 //!   plus [`adamw_step`], [`grad_norm`] and [`clip_grad_norm`] on device buffers. With these the Wan DiT
 //!   (forward, backward, flow-matching training), the Wan VAE and umT5 run on a device (`to_device` /
@@ -129,6 +130,18 @@ pub const KERNEL_FILES: &[KernelFile] = &[
         name: "attention.cu",
         source: include_str!("../../cuda/attention.cu"),
         kernels: &["flash_attn_fwd", "attn_bwd_delta", "flash_attn_bwd_dq", "flash_attn_bwd_dkdv"],
+    },
+    KernelFile {
+        name: "attention_tc.cu",
+        source: include_str!("../../cuda/attention_tc.cu"),
+        kernels: &[
+            "flash_tc_fwd_d64",
+            "flash_tc_bwd_dq_d64",
+            "flash_tc_bwd_dkdv_d64",
+            "flash_tc_fwd_d128",
+            "flash_tc_bwd_dq_d128",
+            "flash_tc_bwd_dkdv_d128",
+        ],
     },
     KernelFile { name: "conv.cu", source: include_str!("../../cuda/conv.cu"), kernels: &["im2col3d", "col2im3d"] },
     KernelFile {

@@ -736,6 +736,30 @@ fn attn_dims(q: &Tensor, k: &Tensor, op: &'static str) -> Result<(usize, usize, 
     Ok((b, lq, lk, h, d))
 }
 
+/// Rows of a tensor-core attention block (`TC_ROWS` in `attention_tc.cu`); 4 warps of 32 threads.
+const TC_ROWS: usize = 64;
+const TC_THREADS: u32 = 128;
+
+/// The kernels of `attention_tc.cu` for one head dim: (forward, dQ, dK/dV).
+type TcKernels = (&'static str, &'static str, &'static str);
+
+/// The tensor-core attention kernels when they apply: bf16 `q`, `k`, `v` with 16-byte aligned bases, head dim
+/// 64 or 128, compute capability 8.0 or newer, and `MEDGEN_CUDA_ATTENTION` not `simple` (which forces the
+/// general kernels of `attention.cu`, for comparisons). `None` selects the general kernels.
+fn tc_attention(dev: &CudaDevice, qkv: [&Tensor; 3], d: usize) -> Option<TcKernels> {
+    if std::env::var("MEDGEN_CUDA_ATTENTION").is_ok_and(|v| v.eq_ignore_ascii_case("simple")) {
+        return None;
+    }
+    if dev.compute_capability() < 80 || qkv.iter().any(|t| t.dtype() != DType::BF16 || !ptr(t).is_multiple_of(16)) {
+        return None;
+    }
+    match d {
+        64 => Some(("flash_tc_fwd_d64", "flash_tc_bwd_dq_d64", "flash_tc_bwd_dkdv_d64")),
+        128 => Some(("flash_tc_fwd_d128", "flash_tc_bwd_dq_d128", "flash_tc_bwd_dkdv_d128")),
+        _ => None,
+    }
+}
+
 /// Flash attention forward (`q [B, Lq, H, d]`, `k`, `v` `[B, Lk, H, d]`).
 pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Result<AttentionOutput> {
     const OP: &str = "attention";
@@ -744,7 +768,15 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
     let (qc, kc, vc) = (cont(q)?, cont(k)?, cont(v)?);
     let out = empty(&dev, q.shape(), out_dtype(&[q, k, v]))?;
     let lse = empty(&dev, &[b, h, lq], DType::F32)?;
-    if lq > 0 && b * h > 0 {
+    if lq == 0 || b * h == 0 {
+        return Ok(AttentionOutput { out, lse });
+    }
+    if let Some((fwd, _, _)) = tc_attention(&dev, [&qc, &kc, &vc], d) {
+        let scale_log2 = (scale * std::f64::consts::LOG2_E) as f32;
+        launch!(dev, "attention_tc.cu", fwd, cfg_2d(lq.div_ceil(TC_ROWS), b * h, TC_THREADS)?;
+            ptr(&qc), ptr(&kc), ptr(&vc), ptr(&out), dt(out.dtype()), ptr(&lse), i64_(lq), i64_(lk), i64_(h),
+            scale_log2)?;
+    } else {
         launch!(dev, "attention.cu", "flash_attn_fwd", cfg_2d(lq.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
             ptr(&qc), dt(qc.dtype()), ptr(&kc), dt(kc.dtype()), ptr(&vc), dt(vc.dtype()), ptr(&out), dt(out.dtype()),
             ptr(&lse), i64_(lq), i64_(lk), i64_(h), i64_(d), scale as f32)?;
@@ -782,6 +814,16 @@ pub(crate) fn attention_backward(
     let n = b * h * lq;
     launch!(dev, "attention.cu", "attn_bwd_delta", cfg_elems(n);
         ptr(&oc), dt(oc.dtype()), ptr(&gc), dt(gc.dtype()), ptr(&delta), i64_(lq), i64_(h), i64_(d), i64_(n))?;
+    if let Some((_, kdq, kdkdv)) = tc_attention(&dev, [&qc, &kc, &vc], d) {
+        let (sc, scale_log2) = (scale as f32, (scale * std::f64::consts::LOG2_E) as f32);
+        launch!(dev, "attention_tc.cu", kdq, cfg_2d(lq.div_ceil(TC_ROWS), b * h, TC_THREADS)?;
+            ptr(&qc), ptr(&kc), ptr(&vc), ptr(&gc), dt(gc.dtype()), ptr(&lsec), ptr(&delta), ptr(&dq), i64_(lq),
+            i64_(lk), i64_(h), sc, scale_log2)?;
+        launch!(dev, "attention_tc.cu", kdkdv, cfg_2d(lk.div_ceil(TC_ROWS), b * h, TC_THREADS)?;
+            ptr(&qc), ptr(&kc), ptr(&vc), ptr(&gc), dt(gc.dtype()), ptr(&lsec), ptr(&delta), ptr(&dk), ptr(&dv),
+            i64_(lq), i64_(lk), i64_(h), sc, scale_log2)?;
+        return Ok(AttentionGrads { dq, dk, dv });
+    }
     launch!(dev, "attention.cu", "flash_attn_bwd_dq", cfg_2d(lq.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
         ptr(&qc), dt(qc.dtype()), ptr(&kc), dt(kc.dtype()), ptr(&vc), dt(vc.dtype()), ptr(&gc), dt(gc.dtype()),
         ptr(&lsec), ptr(&delta), ptr(&dq), i64_(lq), i64_(lk), i64_(h), i64_(d), scale as f32)?;
