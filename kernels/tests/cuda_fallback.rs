@@ -169,7 +169,7 @@ fn gpu_parity_linear_norms_rope() {
             linear::linear_backward(&x, &w, true, &dy, true).unwrap(),
         );
         close("linear dx", lg.dx.as_ref().unwrap(), lc.dx.as_ref().unwrap(), tl);
-        close("linear dw", &lg.dw, &lc.dw, tl);
+        close("linear dw", lg.dw.as_ref().unwrap(), lc.dw.as_ref().unwrap(), tl);
         close("linear db", lg.db.as_ref().unwrap(), lc.db.as_ref().unwrap(), 1e-5);
         // norms
         let (nw, nb) = (rand(&[24], dt, &mut rng), rand(&[24], dt, &mut rng));

@@ -2,11 +2,11 @@
 //! from a checkpoint reproduces the uninterrupted run bit for bit, LoRA gradients against finite
 //! differences, the PEFT/diffusers LoRA file layout, caption dropout, atomic saves and errors.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeSet, HashSet};
 use std::path::Path;
 
 use medgen_kernels::io::safetensors::SafeTensorsFile;
-use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
+use medgen_kernels::nets::wan_dit::{GradRequest, WanDit, WanDitConfig};
 use medgen_kernels::optim::{AdamW, AdamWConfig};
 use medgen_kernels::train::lora::{LORA_FILE_NAME, LORA_METADATA_KEY, LoraWeights};
 use medgen_kernels::train::{
@@ -219,7 +219,8 @@ fn lora_resume_rejects_another_base() {
 }
 
 /// Finite-difference check of dA and dB (f64 model, nonzero B) through the whole DiT: the loss
-/// `L = Σ v ⊙ R` of the merged model, gradients from `grads_from_full` of the DiT backward.
+/// `L = Σ v ⊙ R` of the merged model, gradients from the DiT backward's low-rank LoRA path (equal to
+/// `grads_from_full` of the full backward).
 #[test]
 fn lora_gradients_match_finite_differences() {
     let base = tiny_model(DType::F64, 11);
@@ -239,7 +240,19 @@ fn lora_gradients_match_finite_differences() {
     };
     let merged = lw.merge_into(&base).unwrap();
     let (_, tape) = merged.forward_train(&x, &t, &c).unwrap();
-    let g = lw.grads_from_full(&merged.backward(&tape, &r).unwrap().params).unwrap();
+    let full = lw.grads_from_full(&merged.backward(&tape, &r).unwrap().params).unwrap();
+    // The trainer's path: adapter gradients from the low-rank factors, no gradient of the frozen base.
+    let none = HashSet::new();
+    let sel = merged.backward_for(&tape, &r, GradRequest { params: Some(&none), lora: Some(&lw) }).unwrap();
+    assert!(sel.params.is_empty(), "frozen base weights got gradients: {:?}", sel.params.keys());
+    let g = sel.lora;
+    assert_eq!(g.len(), full.len());
+    for (a, b) in g.iter().zip(&full) {
+        let (a, b) = (a.to_vec_f64().unwrap(), b.to_vec_f64().unwrap());
+        let scale = b.iter().fold(0f64, |m, v| m.max(v.abs()));
+        let diff = a.iter().zip(&b).fold(0f64, |m, (x, y)| m.max((x - y).abs()));
+        assert!(diff <= 1e-10 * scale.max(1e-30), "low-rank and full-dW LoRA gradients differ by {diff}");
+    }
     let h = 1e-5;
     let mut worst: f64 = 0.0;
     for (mi, m) in lw.modules.iter().enumerate() {

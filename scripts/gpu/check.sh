@@ -11,7 +11,7 @@ cd "$(dirname "$0")/../.."
 OUT=${OUT:-gpu-out}
 mkdir -p "$OUT"
 BIN=.cache/gpu
-STEPS=${STEPS:-"env parity verify bench torch"}
+STEPS=${STEPS:-"env parity verify bench torch lora"}
 LAYERS=${LAYERS:-2}
 export MEDGEN_CUDA_CACHE="$OUT/ptx-cache"
 summary="$OUT/summary.txt"
@@ -108,6 +108,13 @@ for p in ours["phases"]:
         print(f"  {p['name']:<28} {p['median_s']:.4f} s vs {q['median_s']:.4f} s  ratio {p['median_s'] / q['median_s']:.2f}{mem}")
 PY
     fi
+    ;;
+  lora)
+    # #8's memory plan: a LoRA (rank 32) training step with block recomputation, base frozen (no base dW);
+    # its peak memory scales to 30 layers as weights + per-block activations.
+    step bench-lora 300 "$BIN/medgen" bench dit --device cuda --config wan-1.3b --layers "$LAYERS" --frames 81 \
+      --size 480x832 --dtype bf16 --repeats 2 --lora 32 --recompute --json "$OUT/bench-lora.json"
+    tail -6 "$OUT/bench-lora.log" | tee -a "$summary"
     ;;
   *) say "unknown step $s" ;;
   esac

@@ -77,6 +77,10 @@ pub struct BenchArgs {
     /// dit: time only the forward pass and the sampling step.
     #[arg(long)]
     pub no_train: bool,
+    /// dit: time a LoRA training step of this rank (adapters on every attention projection, base weights
+    /// frozen and given no gradient) instead of full fine-tuning; reports its peak device memory.
+    #[arg(long, value_name = "RANK")]
+    pub lora: Option<usize>,
 }
 
 /// Run a benchmark; prints a table and returns the exit code.
@@ -113,6 +117,7 @@ fn dit(a: &BenchArgs) -> anyhow::Result<i32> {
         repeats: a.repeats.unwrap_or(3).max(1),
         recompute: a.recompute,
         skip_train: a.no_train,
+        lora_rank: a.lora,
     };
     let mut log = |line: &str| eprintln!("[bench] {line}");
     let report = bench_dit(&opts, &mut log)?;

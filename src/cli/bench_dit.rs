@@ -9,11 +9,13 @@
 //! (`scripts/gpu/check.sh` runs both on the GPU machine and prints the ratio).
 
 use anyhow::{Context, bail};
-use medgen_kernels::nets::wan_dit::{TrainOptions, WanDit, WanDitConfig};
+use medgen_kernels::nets::wan_dit::{GradRequest, TrainOptions, WanDit, WanDitConfig};
 use medgen_kernels::ops::loss::mse_loss_backward;
 use medgen_kernels::sched::{FlowUniPc, Sampler, cfg_combine};
+use medgen_kernels::train::{LoraConfig, LoraWeights};
 use medgen_kernels::{DType, Device, Rng, Tensor, cuda};
 use serde::Serialize;
+use std::collections::HashSet;
 use std::time::Instant;
 
 /// How to run the DiT benchmark.
@@ -38,6 +40,9 @@ pub struct DitBenchOptions {
     pub recompute: bool,
     /// Skip the training step (e.g. a config too large for the device's memory).
     pub skip_train: bool,
+    /// Time a LoRA training step of this rank (adapters on the attention projections, the base frozen:
+    /// no base weight gradients) instead of the full one.
+    pub lora_rank: Option<usize>,
 }
 
 /// One timed phase.
@@ -73,6 +78,8 @@ pub struct DitBenchReport {
     pub tokens: usize,
     pub text_len: usize,
     pub recompute: bool,
+    /// LoRA rank of the training phase (`None`: full fine-tuning).
+    pub lora_rank: Option<usize>,
     /// Tensor memory held by the weights alone (CUDA only), bytes.
     pub weights_bytes: Option<usize>,
     pub phases: Vec<Phase>,
@@ -161,6 +168,14 @@ pub fn bench_dit(o: &DitBenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Resu
         cuda::reset_peak_memory(i);
     }
     let model = host.to_device(o.device).with_context(|| format!("moving the model to {}", o.device))?;
+    // Adapters on the default targets (every attention projection), B = 0 as PEFT initialises them.
+    let lora = match o.lora_rank {
+        Some(rank) if !o.skip_train => {
+            let lc = LoraConfig { rank, alpha: rank as f64, ..LoraConfig::default() };
+            Some(LoraWeights::init(&host, &lc, &mut rng, DType::F32)?.to_device(o.device)?)
+        }
+        _ => None,
+    };
     drop(host);
     let weights_bytes = match o.device {
         Device::Cuda(i) => Some(cuda::memory_stats(i).held),
@@ -183,13 +198,25 @@ pub fn bench_dit(o: &DitBenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Resu
     })?);
     if !o.skip_train {
         let opts = TrainOptions { recompute_blocks: o.recompute, input_grads: false };
-        // Recomputation runs every block forward twice.
-        let train_flops = fwd_flops * if o.recompute { 4.0 } else { 3.0 };
-        phases.push(phase("forward+backward", o, train_flops, log, || {
+        // Recomputation runs every block forward twice. The backward is 2× the forward (dx and dW of every
+        // linear, two products per attention product); with LoRA the frozen linears skip dW.
+        let fwd_runs = if o.recompute { 2.0 } else { 1.0 };
+        let (name, train_flops) = match o.lora_rank {
+            Some(rank) => {
+                let attn = cfg.attention_flops(tokens, o.text_len);
+                (format!("LoRA r{rank} forward+backward"), fwd_flops * fwd_runs + (fwd_flops - attn) + 2.0 * attn)
+            }
+            None => ("forward+backward".to_string(), fwd_flops * (fwd_runs + 2.0)),
+        };
+        let frozen = HashSet::new();
+        phases.push(phase(&name, o, train_flops, log, || {
             let (v, tape) = model.forward_train_with(&x, &t, &ctx, opts)?;
             let dv = mse_loss_backward(&v, &target, 1.0)?;
             drop(v);
-            model.backward(&tape, &dv)?;
+            match &lora {
+                Some(l) => model.backward_for(&tape, &dv, GradRequest { params: Some(&frozen), lora: Some(l) })?,
+                None => model.backward(&tape, &dv)?,
+            };
             Ok(())
         })?);
     }
@@ -219,6 +246,7 @@ pub fn bench_dit(o: &DitBenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Resu
         tokens,
         text_len: o.text_len,
         recompute: o.recompute,
+        lora_rank: o.lora_rank,
         weights_bytes,
         phases,
     })
@@ -251,6 +279,9 @@ impl std::fmt::Display for DitBenchReport {
             self.text_len,
             if self.recompute { ", blocks recomputed in the backward pass" } else { "" }
         )?;
+        if let Some(r) = self.lora_rank {
+            writeln!(f, "training: LoRA rank {r} on the attention projections, base weights frozen")?;
+        }
         if let Some(w) = self.weights_bytes {
             writeln!(f, "weights on the device: {}", gib(w))?;
         }
@@ -316,6 +347,7 @@ mod tests {
             repeats: 2,
             recompute: true,
             skip_train: false,
+            lora_rank: None,
         };
         let mut lines = Vec::new();
         let r = bench_dit(&o, &mut |l| lines.push(l.to_string())).unwrap();
@@ -330,6 +362,13 @@ mod tests {
         assert!(lines.iter().any(|l| l.contains("warm-up")));
         let text = r.to_string();
         assert!(text.contains("forward+backward") && text.contains("12 tokens"), "{text}");
+
+        // LoRA: the same step without the frozen linears' dW (one GEMM of each linear fewer).
+        let lr = bench_dit(&DitBenchOptions { lora_rank: Some(4), ..o.clone() }, &mut |_| {}).unwrap();
+        let (fwd, attn) = (lr.phases[0].flops, o.config.attention_flops(12, 7));
+        assert_eq!(lr.phases[1].name, "LoRA r4 forward+backward");
+        assert!((lr.phases[1].flops - (3.0 * fwd + attn)).abs() < 1e-6 * fwd, "{:?}", lr.phases[1]);
+        assert!(lr.to_string().contains("LoRA rank 4"), "{lr}");
 
         assert!(bench_dit(&DitBenchOptions { frames: 4, ..o.clone() }, &mut |_| {}).is_err());
         assert!(bench_dit(&DitBenchOptions { height: 20, ..o }, &mut |_| {}).is_err());

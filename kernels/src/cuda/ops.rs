@@ -11,7 +11,7 @@ use super::storage::CudaStorage;
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 use crate::ops::attention::{AttentionGrads, AttentionOutput};
-use crate::ops::linear::LinearGrads;
+use crate::ops::linear::{LinearGrads, LinearNeed};
 use crate::ops::norm::NormGrads;
 use crate::tensor::{Device, Tensor};
 
@@ -683,20 +683,18 @@ pub(crate) fn linear(
     Ok(y)
 }
 
-/// Backward of [`linear`].
-#[allow(clippy::too_many_arguments)]
+/// Backward of [`linear`]: the gradients `need` asks for.
 pub(crate) fn linear_backward(
     x: &Tensor,
     w: &Tensor,
-    has_bias: bool,
     dy: &Tensor,
-    need_dx: bool,
+    need: LinearNeed,
     m: usize,
     din: usize,
     dout: usize,
 ) -> Result<LinearGrads> {
     let dev = common_device(&[x, w, dy], "linear_backward")?;
-    let dx = if need_dx {
+    let dx = if need.dx {
         let (g, wc, ct) = gemm_pair(dy, w)?;
         let dx = empty(&dev, x.shape(), DType::F32)?;
         // dx[m, din] = dy[m, dout] · W[dout, din]
@@ -705,15 +703,21 @@ pub(crate) fn linear_backward(
     } else {
         None
     };
-    let (g, xc, ct) = gemm_pair(dy, x)?;
-    let dw = empty(&dev, &[dout, din], DType::F32)?;
-    // dW[dout, din] = dyᵀ · x  (dy stored [m, dout] = transposed operand)
-    if m == 0 {
-        launch!(dev, "elementwise.cu", "fill", cfg_elems(dout * din); ptr(&dw), dt(DType::F32), 0f32, i64_(dout * din))?;
+    let dw = if need.dw {
+        let (g, xc, ct) = gemm_pair(dy, x)?;
+        let dw = empty(&dev, &[dout, din], DType::F32)?;
+        // dW[dout, din] = dyᵀ · x  (dy stored [m, dout] = transposed operand)
+        if m == 0 {
+            launch!(dev, "elementwise.cu", "fill", cfg_elems(dout * din);
+                ptr(&dw), dt(DType::F32), 0f32, i64_(dout * din))?;
+        } else {
+            gemm(&dev, dout, din, m, op(&g, ct, true), op(&xc, ct, false), (ptr(&dw), DType::F32, 0), 1.0, 0.0, 1)?;
+        }
+        Some(dw)
     } else {
-        gemm(&dev, dout, din, m, op(&g, ct, true), op(&xc, ct, false), (ptr(&dw), DType::F32, 0), 1.0, 0.0, 1)?;
-    }
-    let db = if has_bias { Some(col_sum(&cont(dy)?, m, dout)?) } else { None };
+        None
+    };
+    let db = if need.db { Some(col_sum(&cont(dy)?, m, dout)?) } else { None };
     Ok(LinearGrads { dx, dw, db })
 }
 

@@ -84,14 +84,32 @@ fn add_bias<T: Float>(y: &mut [T], b: &[T]) {
 pub struct LinearGrads {
     /// `dL/dx` (absent when not requested, e.g. for the first layer or frozen inputs).
     pub dx: Option<Tensor>,
-    /// `dL/dW`, shape `[out, in]`.
-    pub dw: Tensor,
-    /// `dL/db`, shape `[out]` (absent when the layer has no bias).
+    /// `dL/dW`, shape `[out, in]` (absent when not requested: a frozen weight).
+    pub dw: Option<Tensor>,
+    /// `dL/db`, shape `[out]` (absent when the layer has no bias or it was not requested).
     pub db: Option<Tensor>,
 }
 
-/// Backward of [`linear`] given the forward inputs and `dy` (shape of the output).
+/// Which gradients [`linear_backward_opt`] computes. Each skipped one saves its work: `dx` and `dW` are one
+/// GEMM of the forward's size each, so a frozen layer (LoRA training) costs half the backward.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct LinearNeed {
+    /// `dL/dx`.
+    pub dx: bool,
+    /// `dL/dW`.
+    pub dw: bool,
+    /// `dL/db`.
+    pub db: bool,
+}
+
+/// Backward of [`linear`] given the forward inputs and `dy` (shape of the output): `dW` always, `db` when
+/// `has_bias`, `dx` when `need_dx`.
 pub fn linear_backward(x: &Tensor, w: &Tensor, has_bias: bool, dy: &Tensor, need_dx: bool) -> Result<LinearGrads> {
+    linear_backward_opt(x, w, dy, LinearNeed { dx: need_dx, dw: true, db: has_bias })
+}
+
+/// Backward of [`linear`] computing only the gradients `need` asks for.
+pub fn linear_backward_opt(x: &Tensor, w: &Tensor, dy: &Tensor, need: LinearNeed) -> Result<LinearGrads> {
     let (m, din, dout) = linear_dims(x, w, None)?;
     if dy.shape() != out_shape(x, dout).as_slice() {
         return Err(Error::shape(
@@ -101,24 +119,29 @@ pub fn linear_backward(x: &Tensor, w: &Tensor, has_bias: bool, dy: &Tensor, need
     }
     #[cfg(feature = "cuda")]
     if super::on_cuda(&[x, w, dy], "linear_backward")? {
-        return crate::cuda::ops::linear_backward(x, w, has_bias, dy, need_dx, m, din, dout);
+        return crate::cuda::ops::linear_backward(x, w, dy, need, m, din, dout);
     }
     let ct = compute_dtype(&[x, w, dy]);
     dispatch!(ct, T => {
-        let xd = x.cpu_data::<T>("linear_backward")?;
-        let wd = w.cpu_data::<T>("linear_backward")?;
         let g = dy.cpu_data::<T>("linear_backward")?;
-        let dx = if need_dx {
+        let dx = if need.dx {
+            let wd = w.cpu_data::<T>("linear_backward")?;
             let mut dx = vec![T::ZERO; m * din];
             gemm(m, din, dout, &mut dx, din, 1, false, MatRef::rows(&g, dout), MatRef::rows(&wd, din), T::ONE, true);
             Some(Tensor::from_compute(dx, x.shape(), ct))
         } else {
             None
         };
-        let mut dw = vec![T::ZERO; dout * din];
-        gemm(dout, din, m, &mut dw, din, 1, false, MatRef::rows_t(&g, dout), MatRef::rows(&xd, din), T::ONE, true);
-        let db = has_bias.then(|| Tensor::from_compute(sum_rows(&g, dout), &[dout], ct));
-        Ok(LinearGrads { dx, dw: Tensor::from_compute(dw, &[dout, din], ct), db })
+        let dw = if need.dw {
+            let xd = x.cpu_data::<T>("linear_backward")?;
+            let mut dw = vec![T::ZERO; dout * din];
+            gemm(dout, din, m, &mut dw, din, 1, false, MatRef::rows_t(&g, dout), MatRef::rows(&xd, din), T::ONE, true);
+            Some(Tensor::from_compute(dw, &[dout, din], ct))
+        } else {
+            None
+        };
+        let db = need.db.then(|| Tensor::from_compute(sum_rows(&g, dout), &[dout], ct));
+        Ok(LinearGrads { dx, dw, db })
     })
 }
 

@@ -221,6 +221,16 @@ impl LoraWeights {
         Ok(())
     }
 
+    /// The adapters on `device` (the model they adapt must be there too).
+    pub fn to_device(&self, device: crate::tensor::Device) -> Result<LoraWeights> {
+        let modules = self
+            .modules
+            .iter()
+            .map(|m| Ok(LoraModule { name: m.name.clone(), a: m.a.to_device(device)?, b: m.b.to_device(device)? }))
+            .collect::<Result<_>>()?;
+        Ok(LoraWeights { rank: self.rank, alpha: self.alpha, modules })
+    }
+
     /// Checks that every adapter fits `model`'s layer shapes.
     pub fn check_against(&self, model: &WanDit) -> Result<()> {
         for m in &self.modules {

@@ -49,7 +49,7 @@ pub use state::{latest_checkpoint, step_dir_name};
 
 use crate::dtype::{DType, Float};
 use crate::error::{Error, Result};
-use crate::nets::wan_dit::{TrainOptions, WanDit};
+use crate::nets::wan_dit::{GradRequest, TrainOptions, WanDit};
 use crate::ops::elementwise::add;
 use crate::ops::loss::mse_loss_backward;
 use crate::optim::{AdamW, AdamWConfig};
@@ -314,10 +314,7 @@ impl FlowMatchingTrainer {
     pub fn to_device(mut self, device: Device) -> Result<Self> {
         self.model = self.model.to_device(device)?;
         match &mut self.trainable {
-            Trainable::Lora(l) => {
-                let p = l.take_params().iter().map(|t| t.to_device(device)).collect::<Result<Vec<_>>>()?;
-                l.put_params(p)?;
-            }
+            Trainable::Lora(l) => *l = l.to_device(device)?,
             Trainable::Full { master: Some(m) } => {
                 for t in m.iter_mut() {
                     *t = t.to_device(device)?;
@@ -487,22 +484,31 @@ impl FlowMatchingTrainer {
         let model = self.current_model()?;
         let n = examples.len() as f64;
         let opts = TrainOptions { recompute_blocks: self.cfg.recompute_blocks, input_grads: false };
-        let lora_targets: Option<std::collections::HashSet<String>> =
-            self.lora().map(|l| l.modules.iter().map(|m| format!("{}.weight", m.name)).collect());
+        let frozen_base = std::collections::HashSet::new();
         let mut loss_sum = 0.0;
         let mut acc: BTreeMap<String, Tensor> = BTreeMap::new();
+        let mut lora_acc: Vec<Tensor> = Vec::new();
         for (k, ex) in examples.iter().enumerate() {
             let mut rng = Rng::new(example_seed(self.cfg.seed, self.step, k as u64));
             let inp = self.noise(ex, &mut rng, self.cfg.caption_dropout, ct)?;
             let (pred, tape) = model.forward_train_with(&inp.x_t, &inp.t, &inp.context, opts)?;
             loss_sum += mse(&pred, &inp.target)?;
             let d_pred = mse_loss_backward(&pred, &inp.target, 1.0 / n)?;
-            let grads = model.backward(&tape, &d_pred)?;
-            drop(tape);
-            for (name, g) in grads.params {
-                if lora_targets.as_ref().is_some_and(|t| !t.contains(&name)) {
-                    continue;
+            // LoRA: only the adapters' gradients, from their low-rank factors (no dW of the frozen base).
+            let grads = match &self.trainable {
+                Trainable::Lora(l) => {
+                    model.backward_for(&tape, &d_pred, GradRequest { params: Some(&frozen_base), lora: Some(l) })?
                 }
+                Trainable::Full { .. } => model.backward(&tape, &d_pred)?,
+            };
+            drop(tape);
+            for (i, g) in grads.lora.into_iter().enumerate() {
+                match lora_acc.get_mut(i) {
+                    Some(a) => *a = add(a, &g)?,
+                    None => lora_acc.push(g),
+                }
+            }
+            for (name, g) in grads.params {
                 let g = g.to_dtype(ct)?;
                 let sum = match acc.remove(&name) {
                     Some(a) => add(&a, &g)?,
@@ -513,7 +519,7 @@ impl FlowMatchingTrainer {
         }
         let loss = loss_sum / n;
         let mut grads: Vec<Tensor> = match &self.trainable {
-            Trainable::Lora(l) => l.grads_from_full(&acc)?,
+            Trainable::Lora(_) => lora_acc,
             Trainable::Full { .. } => {
                 let names = self.trainable_names();
                 names

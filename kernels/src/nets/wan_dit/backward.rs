@@ -5,26 +5,30 @@
 //! Attention gradients use the tiled kernel with the saved log-sum-exp, so no `L × L` buffer
 //! exists in either direction.
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 
 use super::WanDit;
 use super::forward::{BlockCtx, BlockSaved, BlockTape, Tape, chunk, patchify_output, unpatchify_input};
 use crate::error::{Error, Result};
 use crate::ops::activation::{gelu_tanh_backward, silu_backward};
 use crate::ops::attention::attention_backward;
-use crate::ops::elementwise::{add, modulate_backward, mul_backward, sum_to_shape};
-use crate::ops::linear::{LinearGrads, linear_backward};
+use crate::ops::elementwise::{add, modulate_backward, mul_backward, scale, sum_to_shape};
+use crate::ops::linear::{LinearNeed, linear, linear_backward_opt};
 use crate::ops::norm::{layer_norm_backward, rms_norm_backward};
 use crate::ops::rope::rope_backward;
 use crate::ops::shape::cat;
 use crate::tensor::Tensor;
+use crate::train::lora::LoraWeights;
 
 /// Gradients of a loss with respect to the DiT's parameters (and optionally its inputs).
 #[derive(Debug, Clone)]
 pub struct Grads {
-    /// `dL/dθ` for every parameter, keyed by diffusers name, in the compute dtype (f32, or f64
-    /// for an f64 model).
+    /// `dL/dθ` for every requested parameter (all of them for [`WanDit::backward`]), keyed by diffusers
+    /// name, in the compute dtype (f32, or f64 for an f64 model).
     pub params: BTreeMap<String, Tensor>,
+    /// `[dA₀, dB₀, dA₁, dB₁, …]` of the LoRA adapters of [`GradRequest::lora`] (in
+    /// [`LoraWeights::param_names`] order and the adapters' dtype); empty without adapters.
+    pub lora: Vec<Tensor>,
     /// `dL/dx_t [B, C, F, H, W]` when [`TrainOptions::input_grads`](super::TrainOptions) was set.
     pub x_t: Option<Tensor>,
     /// `dL/dcontext [B, Lt, text_dim]` when [`TrainOptions::input_grads`](super::TrainOptions)
@@ -32,18 +36,81 @@ pub struct Grads {
     pub context: Option<Tensor>,
 }
 
-/// Index-aligned gradient slots.
-struct Slots(Vec<Option<Tensor>>);
+/// Which gradients [`WanDit::backward_for`] computes. Work for anything not requested is skipped: a frozen
+/// linear layer costs one GEMM instead of two, and the time and text embedders' backward is not run at all
+/// when none of their parameters (nor the inputs) need a gradient.
+#[derive(Debug, Clone, Copy, Default)]
+pub struct GradRequest<'a> {
+    /// Parameters (diffusers names) whose full gradient is wanted; `None`: every parameter.
+    pub params: Option<&'a HashSet<String>>,
+    /// LoRA adapters (on the merged model being differentiated) whose gradients go to [`Grads::lora`]:
+    /// `dB = s·dyᵀ·(x·Aᵀ)`, `dA = s·(dy·B)ᵀ·x` per layer, never forming the layer's full `dW`.
+    pub lora: Option<&'a LoraWeights>,
+}
 
-impl Slots {
+/// Index-aligned gradient slots, with what is wanted.
+struct Slots<'a> {
+    grads: Vec<Option<Tensor>>,
+    want: Vec<bool>,
+    /// For each parameter: the index of the LoRA module adapting it.
+    adapter: Vec<Option<usize>>,
+    lora: Option<&'a LoraWeights>,
+    lora_grads: Vec<Option<Tensor>>,
+}
+
+impl Slots<'_> {
     fn set(&mut self, i: usize, g: Tensor) {
-        self.0[i] = Some(g);
+        if self.want[i] {
+            self.grads[i] = Some(g);
+        }
     }
 
-    fn lin(&mut self, l: super::Lin, g: LinearGrads) -> Result<Tensor> {
-        self.set(l.w, g.dw);
-        self.set(l.b, g.db.ok_or_else(|| Error::arg("wan_dit backward", "linear bias gradient missing"))?);
-        g.dx.ok_or_else(|| Error::arg("wan_dit backward", "linear input gradient missing"))
+    /// Whether linear `l` needs any parameter gradient (full or LoRA).
+    fn needs(&self, l: super::Lin) -> bool {
+        self.want[l.w] || self.want[l.b] || self.adapter[l.w].is_some()
+    }
+
+    /// Backward through linear `l` (input `x`, weight `w`, output gradient `dy`): records the wanted
+    /// parameter and adapter gradients and returns `dx` when `need_dx`.
+    fn lin(&mut self, l: super::Lin, x: &Tensor, w: &Tensor, dy: &Tensor, need_dx: bool) -> Result<Option<Tensor>> {
+        let need = LinearNeed { dx: need_dx, dw: self.want[l.w], db: self.want[l.b] };
+        let gr = linear_backward_opt(x, w, dy, need)?;
+        if let Some(dw) = gr.dw {
+            self.grads[l.w] = Some(dw);
+        }
+        if let Some(db) = gr.db {
+            self.grads[l.b] = Some(db);
+        }
+        if let Some(mi) = self.adapter[l.w] {
+            self.lora_grad(mi, x, dy)?;
+        }
+        Ok(gr.dx)
+    }
+
+    /// [`lin`](Self::lin) where `dx` is needed.
+    fn lin_dx(&mut self, l: super::Lin, x: &Tensor, w: &Tensor, dy: &Tensor) -> Result<Tensor> {
+        self.lin(l, x, w, dy, true)?.ok_or_else(|| Error::arg("wan_dit backward", "linear input gradient missing"))
+    }
+
+    /// Gradients of adapter `mi` from the layer's input `x [.., in]` and output gradient `dy [.., out]`.
+    fn lora_grad(&mut self, mi: usize, x: &Tensor, dy: &Tensor) -> Result<()> {
+        let Some(lora) = self.lora else { return Ok(()) };
+        let m = &lora.modules[mi];
+        let (din, dout) = (m.a.shape()[1], m.b.shape()[0]);
+        let x2 = x.reshape(&[x.numel() / din.max(1), din])?;
+        let dy2 = dy.reshape(&[dy.numel() / dout.max(1), dout])?;
+        // bf16 activations keep the small GEMMs in bf16 (the adapters are f32 master copies).
+        let (a, b) = (m.a.to_dtype(x.dtype())?, m.b.to_dtype(x.dtype())?);
+        let xa = linear(&x2, &a, None)?;
+        let gb = linear_backward_opt(&xa, &b, &dy2, LinearNeed { dx: true, dw: true, db: false })?;
+        let dyb = gb.dx.ok_or_else(|| Error::arg("wan_dit backward", "LoRA dy·B missing"))?;
+        let ga = linear_backward_opt(&x2, &a, &dyb, LinearNeed { dx: false, dw: true, db: false })?;
+        let s = lora.scale();
+        let missing = || Error::arg("wan_dit backward", "LoRA gradient missing");
+        let da = scale(&ga.dw.ok_or_else(missing)?.to_dtype(m.a.dtype())?, s)?;
+        let db = scale(&gb.dw.ok_or_else(missing)?.to_dtype(m.b.dtype())?, s)?;
+        acc(&mut self.lora_grads[2 * mi], da)?;
+        acc(&mut self.lora_grads[2 * mi + 1], db)
     }
 }
 
@@ -56,9 +123,15 @@ fn acc(slot: &mut Option<Tensor>, g: Tensor) -> Result<()> {
 }
 
 impl WanDit {
-    /// Gradients of `L` given `d_velocity = dL/dvelocity` (shape of the forward output) and the
-    /// tape of the [`forward_train`](Self::forward_train) call that produced the velocity.
+    /// Gradients of `L` for every parameter given `d_velocity = dL/dvelocity` (shape of the forward
+    /// output) and the tape of the [`forward_train`](Self::forward_train) call that produced the velocity.
     pub fn backward(&self, tape: &Tape, d_velocity: &Tensor) -> Result<Grads> {
+        self.backward_for(tape, d_velocity, GradRequest::default())
+    }
+
+    /// [`backward`](Self::backward) computing only what `req` asks for (e.g. LoRA training: the adapters'
+    /// gradients and nothing of the frozen base).
+    pub fn backward_for(&self, tape: &Tape, d_velocity: &Tensor, req: GradRequest<'_>) -> Result<Grads> {
         let cfg = &self.cfg;
         let geo = tape.geo;
         let (b, d, eps) = (geo.b, cfg.inner_dim(), cfg.eps);
@@ -77,12 +150,28 @@ impl WanDit {
             ));
         }
         let ix = &self.idx;
-        let mut g = Slots(vec![None; self.names().len()]);
+        let names = self.names();
+        let want: Vec<bool> = names.iter().map(|n| req.params.is_none_or(|p| p.contains(n))).collect();
+        let mut adapter = vec![None; names.len()];
+        if let Some(lora) = req.lora {
+            for (mi, m) in lora.modules.iter().enumerate() {
+                let wname = format!("{}.weight", m.name);
+                let i = names.iter().position(|n| *n == wname).ok_or_else(|| Error::MissingKey(wname.clone()))?;
+                adapter[i] = Some(mi);
+            }
+        }
+        let n_lora = req.lora.map_or(0, |l| 2 * l.modules.len());
+        let mut g =
+            Slots { grads: vec![None; names.len()], want, adapter, lora: req.lora, lora_grads: vec![None; n_lora] };
+        let want_inputs = tape.opts.input_grads;
+        // The time MLP and the text embedder only matter for their own parameters (and the inputs).
+        let need_time = [ix.time_proj, ix.time2, ix.time1].iter().any(|&l| g.needs(l));
+        let need_text = want_inputs || [ix.text1, ix.text2].iter().any(|&l| g.needs(l));
 
         // 9–8. unpatchify, head
         let d_out = patchify_output(d_velocity, cfg.out_dim(), cfg.patch_size, geo.grid)?;
         let hs = &tape.head;
-        let dy = g.lin(ix.proj_out, linear_backward(&hs.y, self.p(ix.proj_out.w), true, &d_out, true)?)?;
+        let dy = g.lin_dx(ix.proj_out, &hs.y, self.p(ix.proj_out.w), &d_out)?;
         let mb = modulate_backward(&hs.n, &chunk(&hs.hm, 0)?, &chunk(&hs.hm, 1)?, &dy)?;
         let mut dx = layer_norm_backward(&hs.x, None, false, eps, &mb.dx)?.dx;
         let d_hm = cat(&[&mb.dshift, &mb.dscale], 1)?;
@@ -105,60 +194,79 @@ impl WanDit {
                     &recomputed
                 }
             };
-            let (dx_in, d_mod, dc_i) = self.block_backward(i, saved, &bctx, dx, &mut g)?;
+            let (dx_in, d_mod, dc_i) = self.block_backward(i, saved, &bctx, dx, &mut g, need_text)?;
             dx = dx_in;
             g.set(ix.blocks[i].table, sum_to_shape(&d_mod, &[1, 6, d])?);
-            acc(&mut d_e0, d_mod)?;
-            acc(&mut dc, dc_i)?;
+            if need_time {
+                acc(&mut d_e0, d_mod)?;
+            }
+            if let Some(dc_i) = dc_i {
+                acc(&mut dc, dc_i)?;
+            }
         }
 
         // 4–2. shared modulation projection, time MLP
         let cs = &tape.cond;
-        if let Some(d_e0) = d_e0 {
-            let d_flat = d_e0.reshape(&[b, 6 * d])?;
-            let d_st = g.lin(ix.time_proj, linear_backward(&cs.st, self.p(ix.time_proj.w), true, &d_flat, true)?)?;
-            d_temb = add(&d_temb, &silu_backward(&cs.temb, &d_st)?)?;
-        } else {
-            // No blocks: time_proj is unused and its gradient is zero.
-            g.set(ix.time_proj.w, Tensor::zeros(self.p(ix.time_proj.w).shape(), d_temb.dtype(), d_temb.device())?);
-            g.set(ix.time_proj.b, Tensor::zeros(self.p(ix.time_proj.b).shape(), d_temb.dtype(), d_temb.device())?);
+        if need_time {
+            if let Some(d_e0) = d_e0 {
+                let d_flat = d_e0.reshape(&[b, 6 * d])?;
+                let d_st = g.lin_dx(ix.time_proj, &cs.st, self.p(ix.time_proj.w), &d_flat)?;
+                d_temb = add(&d_temb, &silu_backward(&cs.temb, &d_st)?)?;
+            } else {
+                // No blocks: time_proj is unused and its gradient is zero.
+                let z = |i: usize| Tensor::zeros(self.p(i).shape(), d_temb.dtype(), d_temb.device());
+                g.set(ix.time_proj.w, z(ix.time_proj.w)?);
+                g.set(ix.time_proj.b, z(ix.time_proj.b)?);
+            }
+            let d_s1 = g.lin_dx(ix.time2, &cs.s1, self.p(ix.time2.w), &d_temb)?;
+            let d_t1 = silu_backward(&cs.t1, &d_s1)?;
+            g.lin(ix.time1, &cs.sinus, self.p(ix.time1.w), &d_t1, false)?;
         }
-        let d_s1 = g.lin(ix.time2, linear_backward(&cs.s1, self.p(ix.time2.w), true, &d_temb, true)?)?;
-        let d_t1 = silu_backward(&cs.t1, &d_s1)?;
-        let lt1 = linear_backward(&cs.sinus, self.p(ix.time1.w), true, &d_t1, false)?;
-        g.set(ix.time1.w, lt1.dw);
-        g.set(ix.time1.b, lt1.db.ok_or_else(|| Error::arg("wan_dit backward", "time bias gradient missing"))?);
 
         // 5. text embedder (gradients from every block's cross-attention k/v)
-        let dc = match dc {
-            Some(dc) => dc,
-            None => Tensor::zeros(tape.c.shape(), d_temb.dtype(), d_temb.device())?,
-        };
-        let d_g1 = g.lin(ix.text2, linear_backward(&cs.g1, self.p(ix.text2.w), true, &dc, true)?)?;
-        let d_c1 = gelu_tanh_backward(&cs.c1, &d_g1)?;
-        let want_inputs = tape.opts.input_grads;
-        let lx1 = linear_backward(&cs.ctx_in, self.p(ix.text1.w), true, &d_c1, want_inputs)?;
-        g.set(ix.text1.w, lx1.dw);
-        g.set(ix.text1.b, lx1.db.ok_or_else(|| Error::arg("wan_dit backward", "text bias gradient missing"))?);
+        let mut context = None;
+        if need_text {
+            let dc = match dc {
+                Some(dc) => dc,
+                None => Tensor::zeros(tape.c.shape(), d_temb.dtype(), d_temb.device())?,
+            };
+            let d_g1 = g.lin_dx(ix.text2, &cs.g1, self.p(ix.text2.w), &dc)?;
+            let d_c1 = gelu_tanh_backward(&cs.c1, &d_g1)?;
+            context = g.lin(ix.text1, &cs.ctx_in, self.p(ix.text1.w), &d_c1, want_inputs)?;
+        }
 
         // 1. patch embedding
-        let wp = self.p(ix.patch.w);
-        let lp = linear_backward(
-            &tape.patches,
-            &wp.reshape(&[d, cfg.in_channels * cfg.patch_volume()])?,
-            true,
-            &dx,
-            want_inputs,
-        )?;
-        g.set(ix.patch.w, lp.dw.reshape(wp.shape())?);
-        g.set(ix.patch.b, lp.db.ok_or_else(|| Error::arg("wan_dit backward", "patch bias gradient missing"))?);
-        let x_t = lp.dx.map(|dp| unpatchify_input(&dp, cfg.in_channels, cfg.patch_size, geo.grid)).transpose()?;
+        let mut x_t = None;
+        if want_inputs || g.needs(ix.patch) {
+            let wp = self.p(ix.patch.w);
+            let wp2 = wp.reshape(&[d, cfg.in_channels * cfg.patch_volume()])?;
+            let dp = g.lin(ix.patch, &tape.patches, &wp2, &dx, want_inputs)?;
+            if let Some(gw) = g.grads[ix.patch.w].take() {
+                g.grads[ix.patch.w] = Some(gw.reshape(wp.shape())?);
+            }
+            x_t = dp.map(|dp| unpatchify_input(&dp, cfg.in_channels, cfg.patch_size, geo.grid)).transpose()?;
+        }
 
-        Ok(Grads { params: self.grads_by_name(g.0)?, x_t, context: lx1.dx })
+        let mut params = BTreeMap::new();
+        for ((name, grad), wanted) in names.iter().zip(g.grads).zip(&g.want) {
+            match grad {
+                Some(t) => {
+                    params.insert(name.clone(), t);
+                }
+                None if *wanted => return Err(Error::arg("wan_dit backward", format!("no gradient for {name}"))),
+                None => {}
+            }
+        }
+        let lora = g
+            .lora_grads
+            .into_iter()
+            .map(|t| t.ok_or_else(|| Error::arg("wan_dit backward", "a LoRA layer received no gradient")))
+            .collect::<Result<Vec<_>>>()?;
+        Ok(Grads { params, lora, x_t, context })
     }
 
-    /// Backward of block `i`: returns `(dx_in, d_mod [B, 6, D], d_c [B, Lt, D])` and fills the
-    /// block's parameter gradients (except its modulation table, which the caller sums from
+    /// Backward of block `i`: returns `(dx_in, d_mod [B, 6, D], d_c [B, Lt, D] when need_c)` and fills
+    /// the block's parameter gradients (except its modulation table, which the caller sums from
     /// `d_mod`).
     fn block_backward(
         &self,
@@ -166,8 +274,9 @@ impl WanDit {
         s: &BlockSaved,
         ctx: &BlockCtx<'_>,
         dx: Tensor,
-        g: &mut Slots,
-    ) -> Result<(Tensor, Tensor, Tensor)> {
+        g: &mut Slots<'_>,
+        need_c: bool,
+    ) -> Result<(Tensor, Tensor, Option<Tensor>)> {
         let bi = &self.idx.blocks[i];
         let (b, l, lt, d, eps) = (ctx.geo.b, ctx.geo.l, ctx.geo.lt, self.cfg.inner_dim(), self.cfg.eps);
         let modv = &s.modv;
@@ -175,25 +284,28 @@ impl WanDit {
         // FFN: x3 = x2 + f·gate2
         let ff = &s.ff;
         let (df, dgate2) = mul_backward(&ff.f, &chunk(modv, 5)?, &dx)?;
-        let dg = g.lin(bi.ffn2, linear_backward(&ff.g, self.p(bi.ffn2.w), true, &df, true)?)?;
+        let dg = g.lin_dx(bi.ffn2, &ff.g, self.p(bi.ffn2.w), &df)?;
         let dh = gelu_tanh_backward(&ff.h, &dg)?;
-        let dy = g.lin(bi.ffn1, linear_backward(&ff.y, self.p(bi.ffn1.w), true, &dh, true)?)?;
+        let dy = g.lin_dx(bi.ffn1, &ff.y, self.p(bi.ffn1.w), &dh)?;
         let m2 = modulate_backward(&ff.n, &chunk(modv, 3)?, &chunk(modv, 4)?, &dy)?;
         let dx2 = add(&dx, &layer_norm_backward(&ff.x, None, false, eps, &m2.dx)?.dx)?;
 
         // Cross-attention: x2 = x1 + to_out(attn(q(norm2(x1)), k(c), v(c)))
         let ca = &s.ca;
         let a2 = &bi.attn2;
-        let d_o = g.lin(a2.o, linear_backward(&ca.o, self.p(a2.o.w), true, &dx2, true)?)?;
+        let d_o = g.lin_dx(a2.o, &ca.o, self.p(a2.o.w), &dx2)?;
         let ab = attention_backward(&ca.q, &ca.k, &ca.v, &ca.att.out, &ca.att.lse, &self.heads(&d_o, b, l)?, None)?;
         let rq = rms_norm_backward(&ca.q_lin, self.p(a2.norm_q), eps, &ab.dq.reshape(&[b, l, d])?)?;
         let rk = rms_norm_backward(&ca.k_lin, self.p(a2.norm_k), eps, &ab.dk.reshape(&[b, lt, d])?)?;
         g.set(a2.norm_q, rq.dweight.ok_or_else(|| Error::arg("wan_dit backward", "norm_q gradient missing"))?);
         g.set(a2.norm_k, rk.dweight.ok_or_else(|| Error::arg("wan_dit backward", "norm_k gradient missing"))?);
-        let dy2 = g.lin(a2.q, linear_backward(&ca.y, self.p(a2.q.w), true, &rq.dx, true)?)?;
-        let dck = g.lin(a2.k, linear_backward(ctx.c, self.p(a2.k.w), true, &rk.dx, true)?)?;
-        let dcv = g.lin(a2.v, linear_backward(ctx.c, self.p(a2.v.w), true, &ab.dv.reshape(&[b, lt, d])?, true)?)?;
-        let dc = add(&dck, &dcv)?;
+        let dy2 = g.lin_dx(a2.q, &ca.y, self.p(a2.q.w), &rq.dx)?;
+        let dck = g.lin(a2.k, ctx.c, self.p(a2.k.w), &rk.dx, need_c)?;
+        let dcv = g.lin(a2.v, ctx.c, self.p(a2.v.w), &ab.dv.reshape(&[b, lt, d])?, need_c)?;
+        let dc = match (dck, dcv) {
+            (Some(k), Some(v)) => Some(add(&k, &v)?),
+            _ => None,
+        };
         let dx_norm2 = match bi.norm2 {
             Some((wi, bi_)) => {
                 let ng = layer_norm_backward(&ca.x, Some(self.p(wi)), true, eps, &dy2)?;
@@ -209,7 +321,7 @@ impl WanDit {
         let sa = &s.sa;
         let a1 = &bi.attn1;
         let (da, dgate1) = mul_backward(&sa.a, &chunk(modv, 2)?, &dx1)?;
-        let d_o = g.lin(a1.o, linear_backward(&sa.o, self.p(a1.o.w), true, &da, true)?)?;
+        let d_o = g.lin_dx(a1.o, &sa.o, self.p(a1.o.w), &da)?;
         let ab = attention_backward(&sa.q, &sa.k, &sa.v, &sa.att.out, &sa.att.lse, &self.heads(&d_o, b, l)?, None)?;
         let dqn = rope_backward(&ab.dq, ctx.rope)?.reshape(&[b, l, d])?;
         let dkn = rope_backward(&ab.dk, ctx.rope)?.reshape(&[b, l, d])?;
@@ -217,9 +329,9 @@ impl WanDit {
         let rk = rms_norm_backward(&sa.k_lin, self.p(a1.norm_k), eps, &dkn)?;
         g.set(a1.norm_q, rq.dweight.ok_or_else(|| Error::arg("wan_dit backward", "norm_q gradient missing"))?);
         g.set(a1.norm_k, rk.dweight.ok_or_else(|| Error::arg("wan_dit backward", "norm_k gradient missing"))?);
-        let dyq = g.lin(a1.q, linear_backward(&sa.y, self.p(a1.q.w), true, &rq.dx, true)?)?;
-        let dyk = g.lin(a1.k, linear_backward(&sa.y, self.p(a1.k.w), true, &rk.dx, true)?)?;
-        let dyv = g.lin(a1.v, linear_backward(&sa.y, self.p(a1.v.w), true, &ab.dv.reshape(&[b, l, d])?, true)?)?;
+        let dyq = g.lin_dx(a1.q, &sa.y, self.p(a1.q.w), &rq.dx)?;
+        let dyk = g.lin_dx(a1.k, &sa.y, self.p(a1.k.w), &rk.dx)?;
+        let dyv = g.lin_dx(a1.v, &sa.y, self.p(a1.v.w), &ab.dv.reshape(&[b, l, d])?)?;
         let dy1 = add(&add(&dyq, &dyk)?, &dyv)?;
         let m1 = modulate_backward(&sa.n, &chunk(modv, 0)?, &chunk(modv, 1)?, &dy1)?;
         let dx0 = add(&dx1, &layer_norm_backward(&sa.x, None, false, eps, &m1.dx)?.dx)?;

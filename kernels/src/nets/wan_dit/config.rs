@@ -289,6 +289,13 @@ impl WanDitConfig {
         self.num_layers as f64 * block + outside
     }
 
+    /// The attention products' share of [`forward_flops`](Self::forward_flops) (`q·kᵀ` and `p·v` of the
+    /// self- and cross-attention of every block); the rest is linear layers.
+    pub fn attention_flops(&self, tokens: usize, text_len: usize) -> f64 {
+        let (l, lt, d) = (tokens as f64, text_len as f64, self.inner_dim() as f64);
+        self.num_layers as f64 * (2.0 * 2.0 * l * l * d + 2.0 * 2.0 * l * lt * d)
+    }
+
     /// RoPE real-channel widths `[d_t, d_h, d_w]` of one head (WAN_SPEC §1.4: `d_h = d_w = 2·⌊hd/6⌋`).
     pub fn rope_split(&self) -> [usize; 3] {
         Rope3d::axis_widths(self.attention_head_dim)

@@ -25,9 +25,9 @@ pub mod config;
 mod forward;
 mod verify;
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::HashMap;
 
-pub use backward::Grads;
+pub use backward::{GradRequest, Grads};
 pub use config::WanDitConfig;
 pub use forward::{Tape, TrainOptions};
 pub use verify::verify;
@@ -320,16 +320,5 @@ impl WanDit {
     /// The dtype linear-layer inputs are rounded to (`None`: keep the activation's dtype).
     pub(crate) fn gemm_input_dtype(&self) -> Option<DType> {
         matches!(self.dtype, DType::BF16 | DType::F16).then_some(self.dtype)
-    }
-
-    /// All parameter gradients as a name → tensor map from an index-aligned list.
-    pub(crate) fn grads_by_name(&self, grads: Vec<Option<Tensor>>) -> Result<BTreeMap<String, Tensor>> {
-        self.names
-            .iter()
-            .zip(grads)
-            .map(|(n, g)| {
-                g.map(|g| (n.clone(), g)).ok_or_else(|| Error::arg("wan_dit backward", format!("no gradient for {n}")))
-            })
-            .collect()
     }
 }
