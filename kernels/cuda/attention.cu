@@ -11,31 +11,35 @@
 // No atomics: every output element is written by one thread, so results are deterministic. Gradients are f32,
 // laid out [B, L, H, d].
 // Launch: grid (ceil(L_rows / ATT_BQ), B*H), block ATT_BQ threads; `attn_bwd_delta` grid-stride over B*H*Lq.
-// Limits: head dim d <= ATT_MAXD (checked on the host). Per-thread rows live in local memory: this is a
-// correctness-first kernel (no tensor cores), see kernels/src/cuda/mod.rs.
+// Limits: head dim d <= ATT_MAXD, or <= ATT_WIDE_MAXD for the `_wide` kernels (smaller tiles so the shared
+// memory stays under 48 KB; e.g. the Wan VAE's single-head attention over 384 channels), checked on the host.
+// Per-thread rows live in local memory: these are the general kernels (no tensor cores) for what
+// attention_tc.cu does not cover (f32/f16, other head dims, pre-sm_80).
 
 #define ATT_MAXD 128
 #define ATT_BQ 64
 #define ATT_BK 32
+#define ATT_WIDE_MAXD 512
+#define ATT_WIDE_BK 8
 
-extern "C" __global__ void flash_attn_fwd(const void* q, int qdt, const void* k, int kdt, const void* v, int vdt,
-                                          void* out, int odt, float* lse, i64 Lq, i64 Lk, i64 H, i64 D,
-                                          float scale) {
-    __shared__ float Ks[ATT_BK][ATT_MAXD];
-    __shared__ float Vs[ATT_BK][ATT_MAXD];
+template <int MAXD, int BK>
+__device__ __forceinline__ void attn_fwd(const void* q, int qdt, const void* k, int kdt, const void* v, int vdt,
+                                         void* out, int odt, float* lse, i64 Lq, i64 Lk, i64 H, i64 D, float scale) {
+    __shared__ float Ks[BK][MAXD];
+    __shared__ float Vs[BK][MAXD];
     i64 bh = blockIdx.y;
     i64 b = bh / H, h = bh % H;
     i64 i = (i64)blockIdx.x * ATT_BQ + threadIdx.x;
     bool valid = i < Lq;
-    float qr[ATT_MAXD], acc[ATT_MAXD];
+    float qr[MAXD], acc[MAXD];
     i64 qoff = ((b * Lq + i) * H + h) * D;
     for (int c = 0; c < D; ++c) {
         qr[c] = valid ? ld(q, qdt, qoff + c) : 0.f;
         acc[c] = 0.f;
     }
     float m = NEG_INF, l = 0.f;
-    for (i64 j0 = 0; j0 < Lk; j0 += ATT_BK) {
-        int bk = (int)min((i64)ATT_BK, Lk - j0);
+    for (i64 j0 = 0; j0 < Lk; j0 += BK) {
+        int bk = (int)min((i64)BK, Lk - j0);
         __syncthreads();
         for (int e = threadIdx.x; e < bk * D; e += blockDim.x) {
             int r = e / D, c = e % D;
@@ -45,7 +49,7 @@ extern "C" __global__ void flash_attn_fwd(const void* q, int qdt, const void* k,
         }
         __syncthreads();
         if (!valid) continue;
-        float s[ATT_BK];
+        float s[BK];
         float mx = m;
         for (int r = 0; r < bk; ++r) {
             float dot = 0.f;
@@ -84,17 +88,17 @@ extern "C" __global__ void attn_bwd_delta(const void* o, int odt, const void* do
 }
 
 // dQ, one thread per query row.
-extern "C" __global__ void flash_attn_bwd_dq(const void* q, int qdt, const void* k, int kdt, const void* v,
-                                             int vdt, const void* dout, int ddt, const float* lse,
-                                             const float* delta, float* dq, i64 Lq, i64 Lk, i64 H, i64 D,
-                                             float scale) {
-    __shared__ float Ks[ATT_BK][ATT_MAXD];
-    __shared__ float Vs[ATT_BK][ATT_MAXD];
+template <int MAXD, int BK>
+__device__ __forceinline__ void attn_bwd_dq(const void* q, int qdt, const void* k, int kdt, const void* v, int vdt,
+                                            const void* dout, int ddt, const float* lse, const float* delta,
+                                            float* dq, i64 Lq, i64 Lk, i64 H, i64 D, float scale) {
+    __shared__ float Ks[BK][MAXD];
+    __shared__ float Vs[BK][MAXD];
     i64 bh = blockIdx.y;
     i64 b = bh / H, h = bh % H;
     i64 i = (i64)blockIdx.x * ATT_BQ + threadIdx.x;
     bool valid = i < Lq;
-    float qr[ATT_MAXD], dor[ATT_MAXD], acc[ATT_MAXD];
+    float qr[MAXD], dor[MAXD], acc[MAXD];
     i64 qoff = ((b * Lq + i) * H + h) * D;
     for (int c = 0; c < D; ++c) {
         qr[c] = valid ? ld(q, qdt, qoff + c) : 0.f;
@@ -103,8 +107,8 @@ extern "C" __global__ void flash_attn_bwd_dq(const void* q, int qdt, const void*
     }
     float li = valid ? lse[bh * Lq + i] : 0.f;
     float di = valid ? delta[bh * Lq + i] : 0.f;
-    for (i64 j0 = 0; j0 < Lk; j0 += ATT_BK) {
-        int bk = (int)min((i64)ATT_BK, Lk - j0);
+    for (i64 j0 = 0; j0 < Lk; j0 += BK) {
+        int bk = (int)min((i64)BK, Lk - j0);
         __syncthreads();
         for (int e = threadIdx.x; e < bk * D; e += blockDim.x) {
             int r = e / D, c = e % D;
@@ -131,19 +135,20 @@ extern "C" __global__ void flash_attn_bwd_dq(const void* q, int qdt, const void*
 }
 
 // dK and dV, one thread per key row.
-extern "C" __global__ void flash_attn_bwd_dkdv(const void* q, int qdt, const void* k, int kdt, const void* v,
-                                               int vdt, const void* dout, int ddt, const float* lse,
-                                               const float* delta, float* dk, float* dv, i64 Lq, i64 Lk, i64 H,
-                                               i64 D, float scale) {
-    __shared__ float Qs[ATT_BK][ATT_MAXD];
-    __shared__ float Ds[ATT_BK][ATT_MAXD];
-    __shared__ float Ls[ATT_BK];
-    __shared__ float Es[ATT_BK];
+template <int MAXD, int BK>
+__device__ __forceinline__ void attn_bwd_dkdv(const void* q, int qdt, const void* k, int kdt, const void* v,
+                                              int vdt, const void* dout, int ddt, const float* lse,
+                                              const float* delta, float* dk, float* dv, i64 Lq, i64 Lk, i64 H,
+                                              i64 D, float scale) {
+    __shared__ float Qs[BK][MAXD];
+    __shared__ float Ds[BK][MAXD];
+    __shared__ float Ls[BK];
+    __shared__ float Es[BK];
     i64 bh = blockIdx.y;
     i64 b = bh / H, h = bh % H;
     i64 j = (i64)blockIdx.x * ATT_BQ + threadIdx.x;
     bool valid = j < Lk;
-    float kr[ATT_MAXD], vr[ATT_MAXD], dka[ATT_MAXD], dva[ATT_MAXD];
+    float kr[MAXD], vr[MAXD], dka[MAXD], dva[MAXD];
     i64 koff = ((b * Lk + j) * H + h) * D;
     for (int c = 0; c < D; ++c) {
         kr[c] = valid ? ld(k, kdt, koff + c) : 0.f;
@@ -151,8 +156,8 @@ extern "C" __global__ void flash_attn_bwd_dkdv(const void* q, int qdt, const voi
         dka[c] = 0.f;
         dva[c] = 0.f;
     }
-    for (i64 i0 = 0; i0 < Lq; i0 += ATT_BK) {
-        int bq = (int)min((i64)ATT_BK, Lq - i0);
+    for (i64 i0 = 0; i0 < Lq; i0 += BK) {
+        int bq = (int)min((i64)BK, Lq - i0);
         __syncthreads();
         for (int e = threadIdx.x; e < bq * D; e += blockDim.x) {
             int r = e / D, c = e % D;
@@ -187,3 +192,24 @@ extern "C" __global__ void flash_attn_bwd_dkdv(const void* q, int qdt, const voi
         }
     }
 }
+
+// The instantiations: head dim <= ATT_MAXD, and the wide ones for head dim <= ATT_WIDE_MAXD.
+#define ATT_KERNELS(SUFFIX, MD, TB)                                                                                \
+    extern "C" __global__ void flash_attn_fwd##SUFFIX(const void* q, int qdt, const void* k, int kdt,             \
+                                                      const void* v, int vdt, void* out, int odt, float* lse,     \
+                                                      i64 Lq, i64 Lk, i64 H, i64 D, float scale) {                \
+        attn_fwd<MD, TB>(q, qdt, k, kdt, v, vdt, out, odt, lse, Lq, Lk, H, D, scale);                             \
+    }                                                                                                             \
+    extern "C" __global__ void flash_attn_bwd_dq##SUFFIX(                                                         \
+        const void* q, int qdt, const void* k, int kdt, const void* v, int vdt, const void* dout, int ddt,        \
+        const float* lse, const float* delta, float* dq, i64 Lq, i64 Lk, i64 H, i64 D, float scale) {             \
+        attn_bwd_dq<MD, TB>(q, qdt, k, kdt, v, vdt, dout, ddt, lse, delta, dq, Lq, Lk, H, D, scale);              \
+    }                                                                                                             \
+    extern "C" __global__ void flash_attn_bwd_dkdv##SUFFIX(                                                       \
+        const void* q, int qdt, const void* k, int kdt, const void* v, int vdt, const void* dout, int ddt,        \
+        const float* lse, const float* delta, float* dk, float* dv, i64 Lq, i64 Lk, i64 H, i64 D, float scale) {  \
+        attn_bwd_dkdv<MD, TB>(q, qdt, k, kdt, v, vdt, dout, ddt, lse, delta, dk, dv, Lq, Lk, H, D, scale);        \
+    }
+
+ATT_KERNELS(, ATT_MAXD, ATT_BK)
+ATT_KERNELS(_wide, ATT_WIDE_MAXD, ATT_WIDE_BK)

@@ -237,7 +237,8 @@ fn gpu_parity_attention_conv_optim() {
     for dt in [DType::F32, DType::BF16] {
         let tl = if dt == DType::BF16 { 3e-2 } else { 1e-4 };
         // bf16 with head dim 64 or 128 runs the tensor-core kernels (attention_tc.cu), the rest the general ones.
-        for (lq, lk, hd) in [(100, 100, 32), (70, 37, 128), (5, 300, 16), (130, 77, 64), (1, 200, 128)] {
+        // Head dim 384 (the Wan VAE's single-head attention) runs the `_wide` general kernels.
+        for (lq, lk, hd) in [(100, 100, 32), (70, 37, 128), (5, 300, 16), (130, 77, 64), (1, 200, 128), (37, 50, 384)] {
             let q = rand(&[2, lq, 3, hd], dt, &mut rng);
             let k = rand(&[2, lk, 3, hd], dt, &mut rng);
             let v = rand(&[2, lk, 3, hd], dt, &mut rng);

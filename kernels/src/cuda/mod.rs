@@ -129,7 +129,15 @@ pub const KERNEL_FILES: &[KernelFile] = &[
     KernelFile {
         name: "attention.cu",
         source: include_str!("../../cuda/attention.cu"),
-        kernels: &["flash_attn_fwd", "attn_bwd_delta", "flash_attn_bwd_dq", "flash_attn_bwd_dkdv"],
+        kernels: &[
+            "flash_attn_fwd",
+            "attn_bwd_delta",
+            "flash_attn_bwd_dq",
+            "flash_attn_bwd_dkdv",
+            "flash_attn_fwd_wide",
+            "flash_attn_bwd_dq_wide",
+            "flash_attn_bwd_dkdv_wide",
+        ],
     },
     KernelFile {
         name: "attention_tc.cu",

@@ -724,8 +724,20 @@ pub(crate) fn linear_backward(
 // ------------------------------------------------------------------------------------------------
 // attention
 
-/// Largest head dim of the CUDA attention kernels (`ATT_MAXD`).
-pub const ATTENTION_MAX_HEAD_DIM: usize = 128;
+/// Largest head dim of the CUDA attention kernels (`ATT_WIDE_MAXD`).
+pub const ATTENTION_MAX_HEAD_DIM: usize = 512;
+/// Largest head dim of the general attention kernels with the larger tiles (`ATT_MAXD`); up to
+/// [`ATTENTION_MAX_HEAD_DIM`] the `_wide` ones run.
+const ATT_MAXD: usize = 128;
+
+/// The general (non-tensor-core) attention kernels for head dim `d`: (forward, dQ, dK/dV).
+fn general_attention(d: usize) -> (&'static str, &'static str, &'static str) {
+    if d <= ATT_MAXD {
+        ("flash_attn_fwd", "flash_attn_bwd_dq", "flash_attn_bwd_dkdv")
+    } else {
+        ("flash_attn_fwd_wide", "flash_attn_bwd_dq_wide", "flash_attn_bwd_dkdv_wide")
+    }
+}
 const ATT_BQ: usize = 64;
 
 fn attn_dims(q: &Tensor, k: &Tensor, op: &'static str) -> Result<(usize, usize, usize, usize, usize)> {
@@ -781,7 +793,7 @@ pub(crate) fn attention(q: &Tensor, k: &Tensor, v: &Tensor, scale: f64) -> Resul
             ptr(&qc), ptr(&kc), ptr(&vc), ptr(&out), dt(out.dtype()), ptr(&lse), i64_(lq), i64_(lk), i64_(h),
             scale_log2)?;
     } else {
-        launch!(dev, "attention.cu", "flash_attn_fwd", cfg_2d(lq.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
+        launch!(dev, "attention.cu", general_attention(d).0, cfg_2d(lq.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
             ptr(&qc), dt(qc.dtype()), ptr(&kc), dt(kc.dtype()), ptr(&vc), dt(vc.dtype()), ptr(&out), dt(out.dtype()),
             ptr(&lse), i64_(lq), i64_(lk), i64_(h), i64_(d), scale as f32)?;
     }
@@ -828,10 +840,11 @@ pub(crate) fn attention_backward(
             i64_(lq), i64_(lk), i64_(h), sc, scale_log2)?;
         return Ok(AttentionGrads { dq, dk, dv });
     }
-    launch!(dev, "attention.cu", "flash_attn_bwd_dq", cfg_2d(lq.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
+    let (_, kdq, kdkdv) = general_attention(d);
+    launch!(dev, "attention.cu", kdq, cfg_2d(lq.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
         ptr(&qc), dt(qc.dtype()), ptr(&kc), dt(kc.dtype()), ptr(&vc), dt(vc.dtype()), ptr(&gc), dt(gc.dtype()),
         ptr(&lsec), ptr(&delta), ptr(&dq), i64_(lq), i64_(lk), i64_(h), i64_(d), scale as f32)?;
-    launch!(dev, "attention.cu", "flash_attn_bwd_dkdv", cfg_2d(lk.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
+    launch!(dev, "attention.cu", kdkdv, cfg_2d(lk.div_ceil(ATT_BQ), b * h, ATT_BQ as u32)?;
         ptr(&qc), dt(qc.dtype()), ptr(&kc), dt(kc.dtype()), ptr(&vc), dt(vc.dtype()), ptr(&gc), dt(gc.dtype()),
         ptr(&lsec), ptr(&delta), ptr(&dk), ptr(&dv), i64_(lq), i64_(lk), i64_(h), i64_(d), scale as f32)?;
     Ok(AttentionGrads { dq, dk, dv })
