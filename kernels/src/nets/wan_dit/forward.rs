@@ -326,9 +326,10 @@ impl WanDit {
         let y = self.gin(modulate(&n, &chunk(modv, 0)?, &chunk(modv, 1)?)?)?;
         let q_lin = self.lin(&y, a.q)?;
         let k_lin = self.lin(&y, a.k)?;
-        let v = self.heads(&self.lin(&y, a.v)?, b, l)?;
-        let q = rope_apply(&self.heads(&rms_norm(&q_lin, self.p(a.norm_q), eps)?, b, l)?, ctx.rope)?;
-        let k = rope_apply(&self.heads(&rms_norm(&k_lin, self.p(a.norm_k), eps)?, b, l)?, ctx.rope)?;
+        // Attention takes bf16 q, k, v in a bf16 model (as SDPA does in diffusers): the tensor-core kernels.
+        let v = self.gin(self.heads(&self.lin(&y, a.v)?, b, l)?)?;
+        let q = self.gin(rope_apply(&self.heads(&rms_norm(&q_lin, self.p(a.norm_q), eps)?, b, l)?, ctx.rope)?)?;
+        let k = self.gin(rope_apply(&self.heads(&rms_norm(&k_lin, self.p(a.norm_k), eps)?, b, l)?, ctx.rope)?)?;
         let att = attention(&q, &k, &v, None)?;
         let o = self.gin(att.out.reshape(&[b, l, d])?)?;
         let out = self.lin(&o, a.o)?;
@@ -354,9 +355,10 @@ impl WanDit {
         let y = self.gin(y)?;
         let q_lin = self.lin(&y, a.q)?;
         let k_lin = self.lin(ctx.c, a.k)?;
-        let v = self.heads(&self.lin(ctx.c, a.v)?, b, lt)?;
-        let q = self.heads(&rms_norm(&q_lin, self.p(a.norm_q), eps)?, b, l)?;
-        let k = self.heads(&rms_norm(&k_lin, self.p(a.norm_k), eps)?, b, lt)?;
+        // k and v come from the (f32) text embedding: rounded like q for the bf16 attention kernels.
+        let v = self.gin(self.heads(&self.lin(ctx.c, a.v)?, b, lt)?)?;
+        let q = self.gin(self.heads(&rms_norm(&q_lin, self.p(a.norm_q), eps)?, b, l)?)?;
+        let k = self.gin(self.heads(&rms_norm(&k_lin, self.p(a.norm_k), eps)?, b, lt)?)?;
         let att = attention(&q, &k, &v, None)?;
         let o = self.gin(att.out.reshape(&[b, l, d])?)?;
         let x_new = add(x, &self.lin(&o, a.o)?)?;
