@@ -153,7 +153,7 @@ fn sample(m: &LoadedModel, seed: u64) -> (Vec<usize>, Vec<f32>) {
 fn pipeline_folder_samples_end_to_end() {
     let tmp = tempfile::tempdir().unwrap();
     let dit = write_pipeline(tmp.path(), 32);
-    let m = load_dir(tmp.path()).unwrap_or_else(|e| panic!("loading the pipeline folder: {e}"));
+    let m = load_dir(tmp.path(), DType::F32).unwrap_or_else(|e| panic!("loading the pipeline folder: {e}"));
 
     // the files' weights, not fresh ones
     let saved: BTreeMap<&str, &Tensor> = dit.named_parameters().into_iter().collect();
@@ -180,6 +180,19 @@ fn pipeline_folder_samples_end_to_end() {
     assert_eq!(a, b, "the same seed must give the same video");
     let (_, c) = sample(&m, 8);
     assert_ne!(a, c, "another seed must give another video");
+
+    // bf16: weights read straight into bf16 (diffusers' fp32-kept modules stay f32), a close video
+    let h = load_dir(tmp.path(), DType::BF16).unwrap_or_else(|e| panic!("loading in bf16: {e}"));
+    assert_eq!(h.dit.dtype(), DType::BF16);
+    for (name, t) in h.dit.named_parameters() {
+        // diffusers' _keep_in_fp32_modules of WanTransformer3DModel
+        let kept =
+            name.split('.').any(|c| matches!(c, "time_embedder" | "scale_shift_table" | "norm1" | "norm2" | "norm3"));
+        assert_eq!(t.dtype(), if kept { DType::F32 } else { DType::BF16 }, "{name}");
+    }
+    let (_, d) = sample(&h, 7);
+    let worst = a.iter().zip(&d).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
+    assert!(worst > 0.0 && worst < 0.1, "bf16 video differs from f32 by {worst}");
 }
 
 #[test]
@@ -193,39 +206,39 @@ fn pipeline_errors_name_the_file_and_what_was_found() {
     o.insert("image_encoder".into(), json!(["transformers", "CLIPVisionModel"]));
     o.insert("image_processor".into(), json!(["transformers", "CLIPImageProcessor"]));
     write_json(&tmp.path().join("model_index.json"), &i2v);
-    let e = load_dir(tmp.path()).err().expect("an i2v pipeline must be refused");
+    let e = load_dir(tmp.path(), DType::F32).err().expect("an i2v pipeline must be refused");
     assert!(e.contains("model_index.json") && e.contains("WanImageToVideoPipeline") && e.contains("image_"), "{e}");
 
     // a component of another class
     let mut other = model_index();
     other["transformer"] = json!(["diffusers", "WanVACETransformer3DModel"]);
     write_json(&tmp.path().join("model_index.json"), &other);
-    let e = load_pipeline(tmp.path()).err().expect("a VACE transformer must be refused");
+    let e = load_pipeline(tmp.path(), DType::F32).err().expect("a VACE transformer must be refused");
     assert!(e.contains("model_index.json") && e.contains("WanVACETransformer3DModel"), "{e}");
 
     // a component missing from model_index.json
     let mut no_vae = model_index();
     no_vae.as_object_mut().unwrap().remove("vae");
     write_json(&tmp.path().join("model_index.json"), &no_vae);
-    let e = load_pipeline(tmp.path()).err().expect("no vae entry");
+    let e = load_pipeline(tmp.path(), DType::F32).err().expect("no vae entry");
     assert!(e.contains("model_index.json") && e.contains("vae") && e.contains("AutoencoderKLWan"), "{e}");
 
     // a Wan2.2 setting
     let mut wan22 = model_index();
     wan22["expand_timesteps"] = json!(true);
     write_json(&tmp.path().join("model_index.json"), &wan22);
-    let e = load_pipeline(tmp.path()).err().expect("expand_timesteps must be refused");
+    let e = load_pipeline(tmp.path(), DType::F32).err().expect("expand_timesteps must be refused");
     assert!(e.contains("model_index.json") && e.contains("expand_timesteps"), "{e}");
 
     // not JSON
     std::fs::write(tmp.path().join("model_index.json"), "{\"_class_name\": ").unwrap();
-    let e = load_dir(tmp.path()).err().expect("broken JSON");
+    let e = load_dir(tmp.path(), DType::F32).err().expect("broken JSON");
     assert!(e.contains("model_index.json") && e.contains("not JSON"), "{e}");
 
     // a missing component folder
     write_json(&tmp.path().join("model_index.json"), &model_index());
     std::fs::remove_dir_all(tmp.path().join("vae")).unwrap();
-    let e = load_dir(tmp.path()).err().expect("no vae/ folder");
+    let e = load_dir(tmp.path(), DType::F32).err().expect("no vae/ folder");
     assert!(e.contains("model_index.json") && e.contains("vae"), "{e}");
 }
 
@@ -233,7 +246,7 @@ fn pipeline_errors_name_the_file_and_what_was_found() {
 fn pipeline_text_dim_mismatch_names_both_configs() {
     let tmp = tempfile::tempdir().unwrap();
     write_pipeline(tmp.path(), 16);
-    let e = load_dir(tmp.path()).err().expect("text_dim 16 against a 32-wide umT5");
+    let e = load_dir(tmp.path(), DType::F32).err().expect("text_dim 16 against a 32-wide umT5");
     assert!(
         e.contains("transformer/config.json")
             && e.contains("text_encoder/config.json")
@@ -252,7 +265,7 @@ fn pipeline_latent_channel_mismatch_names_both_configs() {
     cfg["in_channels"] = json!(16);
     cfg["out_channels"] = json!(16);
     write_json(&tmp.path().join("transformer/config.json"), &cfg);
-    let e = load_dir(tmp.path()).err().expect("in_channels 16 against z_dim 8");
+    let e = load_dir(tmp.path(), DType::F32).err().expect("in_channels 16 against z_dim 8");
     assert!(e.contains("transformer/config.json") && e.contains("vae/config.json") && e.contains("z_dim 8"), "{e}");
 }
 
@@ -263,14 +276,14 @@ fn pipeline_text_encoder_finds_its_tokenizer_in_either_place() {
     // beside the weights (the flat text_model layout) works as well as tokenizer/
     std::fs::rename(tmp.path().join("tokenizer/tokenizer.json"), tmp.path().join("text_encoder/tokenizer.json"))
         .unwrap();
-    let m = load_pipeline(tmp.path()).unwrap_or_else(|e| panic!("{e}"));
+    let m = load_pipeline(tmp.path(), DType::F32).unwrap_or_else(|e| panic!("{e}"));
     assert_eq!(m.text.encode(&["the heart"]).unwrap().shape(), &[1, 512, 32]);
 
     // neither: the error names both places
     let tmp = tempfile::tempdir().unwrap();
     write_pipeline(tmp.path(), 32);
     std::fs::remove_dir_all(tmp.path().join("tokenizer")).unwrap();
-    let e = load_dir(tmp.path()).err().expect("no tokenizer.json anywhere");
+    let e = load_dir(tmp.path(), DType::F32).err().expect("no tokenizer.json anywhere");
     let own = tmp.path().join("text_encoder").join("tokenizer.json");
     assert!(e.contains(own.to_str().unwrap()) && e.contains("tokenizer/tokenizer.json"), "{e}");
 }

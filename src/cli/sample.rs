@@ -61,6 +61,16 @@ pub struct SampleArgs {
     /// driver or device warns and runs on the CPU.
     #[arg(long, default_value = "cpu")]
     pub device: String,
+    /// DiT precision: f32, or bf16 (diffusers' Wan pipelines' choice: half the memory, tensor cores on a
+    /// GPU; fp32 accumulation and residual stream).
+    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
+    pub precision: PrecisionArg,
+}
+
+#[derive(ValueEnum, Clone, Copy, Debug)]
+pub enum PrecisionArg {
+    F32,
+    Bf16,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -75,7 +85,11 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
-    let model = load_dir(&a.checkpoint).and_then(|m| m.to_device(device)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let dtype = match a.precision {
+        PrecisionArg::F32 => medgen_kernels::DType::F32,
+        PrecisionArg::Bf16 => medgen_kernels::DType::BF16,
+    };
+    let model = load_dir(&a.checkpoint, dtype).and_then(|m| m.to_device(device)).map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = SampleSettings {
         sampler: match a.sampler {
             SamplerArg::Unipc => SamplerKind::Unipc,

@@ -76,6 +76,30 @@ pub struct T2vParams {
     /// because it would now run elsewhere.
     #[serde(default = "crate::api::device::d_device")]
     pub device: String,
+    /// DiT weights and GEMM/attention inputs: `f32`, or `bf16` (what diffusers' Wan pipelines use; half the
+    /// memory and the tensor-core kernels on a GPU; fp32 accumulation, residual stream and the modules
+    /// diffusers keeps in fp32). Part of the memo: bf16 samples differ slightly from f32 ones.
+    #[serde(default)]
+    pub precision: Precision,
+}
+
+/// Precision of the DiT when sampling.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+impl Precision {
+    /// The weights dtype.
+    pub fn dtype(self) -> medgen_kernels::DType {
+        match self {
+            Precision::F32 => medgen_kernels::DType::F32,
+            Precision::Bf16 => medgen_kernels::DType::BF16,
+        }
+    }
 }
 
 /// A prompt to render with a checkpoint.
@@ -109,25 +133,30 @@ impl PoolItem for SampleJob {
     }
 }
 
-/// Loads (once per process and device) the model of a checkpoint record or folder onto `device`.
+/// Loads (once per process, device and precision) the model of a checkpoint record or folder onto `device`.
 fn model(
     job: &SampleJob,
     fixed: &Option<PathBuf>,
     base: &Path,
     services: &dyn Services,
     device: Device,
+    precision: Precision,
 ) -> Result<Arc<LoadedModel>, String> {
     // Keep a handful: each holds a whole DiT.
     static CACHE: LoadedCache<LoadedModel> = LoadedCache::new(4);
+    let dt = precision.dtype();
     match (&job.ckpt, fixed) {
         (Some(c), _) => {
-            CACHE.get_or_load(format!("{device} {}", serde_json::to_string(&c.blobs).unwrap_or_default()), || {
+            let key = format!("{device} {precision:?} {}", serde_json::to_string(&c.blobs).unwrap_or_default());
+            CACHE.get_or_load(key, || {
                 let paths: BTreeMap<String, PathBuf> =
                     c.blobs.iter().map(|(n, k)| (n.clone(), services.blob_path(k))).collect();
-                load_with(&move |name| paths.get(name).cloned(), base)?.to_device(device)
+                load_with(&move |name| paths.get(name).cloned(), base, dt)?.to_device(device)
             })
         }
-        (None, Some(d)) => CACHE.get_or_load(format!("{device} {}", d.display()), || load_dir(d)?.to_device(device)),
+        (None, Some(d)) => {
+            CACHE.get_or_load(format!("{device} {precision:?} {}", d.display()), || load_dir(d, dt)?.to_device(device))
+        }
         (None, None) => Err("no checkpoint: connect `checkpoints` or set `checkpoint`".into()),
     }
 }
@@ -203,6 +232,10 @@ impl TypedOperator for SampleT2v {
         if let Some(o) = v.as_object_mut() {
             o.remove("threads");
             o.remove("device");
+            // The default leaves the memo of samples made before the param existed valid.
+            if p.precision == Precision::F32 {
+                o.remove("precision");
+            }
         }
         v
     }
@@ -246,7 +279,7 @@ impl TypedOperator for SampleT2v {
             .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
         let all =
             pool_map(ctx, jobs, PoolConfig { threads: p.threads, memoise: true }, move |job: &SampleJob, ictx| {
-                let m = model(job, &fixed, &base, services.as_ref(), device)
+                let m = model(job, &fixed, &base, services.as_ref(), device, p.precision)
                     .map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
                 let offset = u64::from_le_bytes(
                     blake3::hash(job.prompt.prompt_id.as_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]),
@@ -280,6 +313,7 @@ impl TypedOperator for SampleT2v {
                 s.insert("guidance".into(), settings.guidance.to_string());
                 s.insert("shift".into(), settings.shift.to_string());
                 s.insert("seed".into(), settings.seed.to_string());
+                s.insert("precision".into(), format!("{:?}", p.precision).to_lowercase());
                 s.insert("prompt".into(), job.prompt.text.clone());
                 s.insert("seconds".into(), format!("{:.2}", started.elapsed().as_secs_f64()));
                 s.insert("size".into(), format!("{}x{}x{}", video.shape()[3], video.shape()[2], video.shape()[1]));

@@ -109,8 +109,10 @@ pub struct LoadedModel {
     pub meta: CheckpointMeta,
 }
 
-/// Loads a checkpoint whose files `file(name)` locates (a folder, or blobs of a Checkpoint record).
-pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path) -> Result<LoadedModel, String> {
+/// Loads a checkpoint whose files `file(name)` locates (a folder, or blobs of a Checkpoint record), with the
+/// DiT's weights in `dtype` (`F32`, or `BF16` with diffusers' fp32-kept modules; converted tensor by tensor
+/// while reading, so a bf16 model never exists in f32 on the host).
+pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DType) -> Result<LoadedModel, String> {
     let need = |name: &str| file(name).filter(|p| p.is_file()).ok_or_else(|| format!("the checkpoint has no {name}"));
     let meta_path = need(META_FILE)?;
     let meta: CheckpointMeta = serde_json::from_slice(
@@ -124,7 +126,7 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path) -> Result<
     let cfg = WanDitConfig::from_file(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     let w = need(WEIGHTS_FILE)?;
     let src = StCheckpoint::open(&w).map_err(|e| format!("{}: {e}", w.display()))?;
-    let dit = WanDit::load(cfg, &src, DType::F32).map_err(|e| format!("loading the DiT from {}: {e}", w.display()))?;
+    let dit = WanDit::load(cfg, &src, dtype).map_err(|e| format!("loading the DiT from {}: {e}", w.display()))?;
     let dir = resolve_dir(meta.text_encoder.kind, meta.text_encoder.model_dir.as_deref(), base)?;
     let text = TextEncoder::load(meta.text_encoder.kind, &dir, meta.text_encoder.tokens)?;
     if text.id() != meta.text_encoder.id {
@@ -154,15 +156,16 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path) -> Result<
 
 /// Loads a checkpoint folder: medgen's layout, or a diffusers Wan2.1 pipeline folder (one with a
 /// `model_index.json`, see [`load_pipeline`]).
-pub fn load_dir(dir: &Path) -> Result<LoadedModel, String> {
+/// `dtype` as in [`load_with`].
+pub fn load_dir(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
     if !dir.is_dir() {
         return Err(format!("checkpoint folder {} does not exist", dir.display()));
     }
     if dir.join(PIPELINE_INDEX_FILE).is_file() {
-        return load_pipeline(dir);
+        return load_pipeline(dir, dtype);
     }
     let d = dir.to_path_buf();
-    load_with(&move |name| Some(d.join(name)), dir)
+    load_with(&move |name| Some(d.join(name)), dir, dtype)
 }
 
 /// The pipeline components [`load_pipeline`] reads: (model_index.json key, class name).
@@ -256,8 +259,9 @@ fn open_weights(dir: &Path, stem: &str) -> Result<StCheckpoint, String> {
 /// Loads a diffusers Wan2.1 text-to-video pipeline folder (`model_index.json`, `transformer/`,
 /// `vae/`, `text_encoder/`, `tokenizer/`) and synthesises its [`CheckpointMeta`] (see the module
 /// doc). The text encoder's width must equal the DiT's `text_dim` and the VAE's `z_dim` its
-/// `in_channels` / `out_channels`; both are checked before the large weights are read.
-pub fn load_pipeline(dir: &Path) -> Result<LoadedModel, String> {
+/// `in_channels` / `out_channels`; both are checked before the large weights are read. The DiT is read in
+/// `dtype` (see [`load_with`]).
+pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
     let index = dir.join(PIPELINE_INDEX_FILE);
     check_model_index(&index)?;
     for (key, _) in PIPELINE_COMPONENTS {
@@ -308,8 +312,7 @@ pub fn load_pipeline(dir: &Path) -> Result<LoadedModel, String> {
         ));
     }
     let src = open_weights(&dit_dir, "diffusion_pytorch_model")?;
-    let dit =
-        WanDit::load(cfg, &src, DType::F32).map_err(|e| format!("loading the DiT from {}: {e}", dit_dir.display()))?;
+    let dit = WanDit::load(cfg, &src, dtype).map_err(|e| format!("loading the DiT from {}: {e}", dit_dir.display()))?;
     let meta = CheckpointMeta {
         format: FORMAT.into(),
         version: 1,
