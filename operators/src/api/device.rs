@@ -7,6 +7,8 @@
 //! of machine; a malformed spelling is an error.
 
 use medgen_kernels::Device;
+use schemars::JsonSchema;
+use serde::{Deserialize, Serialize};
 
 /// Parses a `device` param (see the module docs) without touching any driver.
 pub fn parse_device(spec: &str) -> Result<DeviceRequest, String> {
@@ -87,6 +89,19 @@ mod tests {
     use super::*;
 
     #[test]
+    fn memo_params_drop_the_device_and_a_default_precision() {
+        let mut m = serde_json::json!({"steps": 3, "device": "cuda", "precision": "f32"});
+        memo_params(m.as_object_mut().unwrap());
+        assert_eq!(m, serde_json::json!({"steps": 3}));
+        let mut m = serde_json::json!({"steps": 3, "device": "cpu", "precision": "bf16"});
+        memo_params(m.as_object_mut().unwrap());
+        assert_eq!(m, serde_json::json!({"steps": 3, "precision": "bf16"}));
+        let p: Precision = serde_json::from_str("\"bf16\"").unwrap();
+        assert_eq!(p.dtype(), medgen_kernels::DType::BF16);
+        assert!(serde_json::from_str::<Precision>("\"fp16\"").is_err());
+    }
+
+    #[test]
     fn spellings() {
         assert_eq!(parse_device("cpu"), Ok(DeviceRequest::Cpu));
         assert_eq!(parse_device(" CUDA "), Ok(DeviceRequest::Cuda(0)));
@@ -108,6 +123,37 @@ mod tests {
                 assert_eq!(d, Device::Cpu);
                 assert!(warn.unwrap().contains("running on the CPU"));
             }
+        }
+    }
+}
+
+/// Precision of a DiT (`precision` param of sample.t2v and train.flow_matching): its weights and GEMM /
+/// attention inputs in f32, or in bf16 with fp32 accumulation, residual stream and the modules diffusers keeps
+/// in fp32 (training then keeps fp32 master weights). Unlike the device it changes results, so it is part of a
+/// memo (omitted at the default, which leaves memos made before the param existed valid).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "lowercase")]
+pub enum Precision {
+    #[default]
+    F32,
+    Bf16,
+}
+
+/// A model operator's params as its memo sees them: without `device` (a result does not depend on where it
+/// was computed) and without `precision` at its default.
+pub fn memo_params(params: &mut serde_json::Map<String, serde_json::Value>) {
+    params.remove("device");
+    if params.get("precision").and_then(|v| v.as_str()) == Some("f32") {
+        params.remove("precision");
+    }
+}
+
+impl Precision {
+    /// The weights dtype.
+    pub fn dtype(self) -> medgen_kernels::DType {
+        match self {
+            Precision::F32 => medgen_kernels::DType::F32,
+            Precision::Bf16 => medgen_kernels::DType::BF16,
         }
     }
 }

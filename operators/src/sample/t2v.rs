@@ -1,6 +1,7 @@
 //! `sample.t2v`: prompts × checkpoints → MP4 samples.
 
 use super::{SampleSettings, SamplerKind, Stopped, generate};
+use crate::api::device::Precision;
 use crate::api::loaded::LoadedCache;
 use crate::api::*;
 use crate::latent::codec::video_to_mp4;
@@ -81,25 +82,6 @@ pub struct T2vParams {
     /// diffusers keeps in fp32). Part of the memo: bf16 samples differ slightly from f32 ones.
     #[serde(default)]
     pub precision: Precision,
-}
-
-/// Precision of the DiT when sampling.
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
-#[serde(rename_all = "lowercase")]
-pub enum Precision {
-    #[default]
-    F32,
-    Bf16,
-}
-
-impl Precision {
-    /// The weights dtype.
-    pub fn dtype(self) -> medgen_kernels::DType {
-        match self {
-            Precision::F32 => medgen_kernels::DType::F32,
-            Precision::Bf16 => medgen_kernels::DType::BF16,
-        }
-    }
 }
 
 /// A prompt to render with a checkpoint.
@@ -231,11 +213,7 @@ impl TypedOperator for SampleT2v {
         let mut v = serde_json::to_value(p).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
             o.remove("threads");
-            o.remove("device");
-            // The default leaves the memo of samples made before the param existed valid.
-            if p.precision == Precision::F32 {
-                o.remove("precision");
-            }
+            crate::api::device::memo_params(o);
         }
         v
     }

@@ -18,13 +18,14 @@
 use super::checkpoint::{
     CODEC_FILE, CONFIG_FILE, CheckpointMeta, CodecSpec, FORMAT, LORA_FILE, META_FILE, TextSpec, VideoGeom, WEIGHTS_FILE,
 };
+use crate::api::device::Precision;
 use crate::api::*;
 use crate::latent::text::TextEncoderKind;
 use crate::latent::{CONTEXT_TENSOR, LATENT_TENSOR, get_tensor, tensor_metadata};
 use medgen_kernels::io::safetensors::{Checkpoint as StCheckpoint, save};
 use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
 use medgen_kernels::train::{FlowMatchingConfig, FlowMatchingTrainer, LoraConfig, TrainExample};
-use medgen_kernels::{DType, Device, Rng};
+use medgen_kernels::{Device, Rng};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::{BTreeMap, BTreeSet, HashMap};
@@ -174,6 +175,10 @@ pub struct FlowMatchingParams {
     /// either way; a round may resume on another device. Not part of the memo.
     #[serde(default = "crate::api::device::d_device")]
     pub device: String,
+    /// `f32`, or `bf16`: the DiT computes in bf16 (tensor cores on a GPU) with fp32 master weights, AdamW
+    /// state and EMA (see `Precision`). Part of the memo unless f32.
+    #[serde(default)]
+    pub precision: Precision,
 }
 
 /// One training example: a clip's latent and text context.
@@ -311,14 +316,15 @@ impl RoundCtx {
                 pos_embed_seq_len: None,
             };
             let mut rng = Rng::new(self.p.seed ^ 0x6d65_6467_656e);
-            return WanDit::init(cfg, &mut rng, DType::F32)
+            return WanDit::init(cfg, &mut rng, self.p.precision.dtype())
                 .map_err(|e| ItemError::invalid(format!("scratch model: {e}")));
         }
         let dir = resolve_path(&self.base_dir, &self.p.model);
         let cfg = WanDitConfig::from_file(dir.join("config.json"))
             .map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))?;
         let src = StCheckpoint::open(&dir).map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))?;
-        WanDit::load(cfg, &src, DType::F32).map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))
+        WanDit::load(cfg, &src, self.p.precision.dtype())
+            .map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))
     }
 
     fn run(&self, job: &RoundJob, ictx: &ItemCtx) -> Result<Vec<Record>, ItemError> {
@@ -686,7 +692,7 @@ impl TypedOperator for TrainFlowMatching {
     fn fingerprint(&self, p: &FlowMatchingParams) -> serde_json::Value {
         let mut v = serde_json::to_value(p).unwrap_or_default();
         if let Some(o) = v.as_object_mut() {
-            o.remove("device");
+            crate::api::device::memo_params(o);
         }
         v
     }
