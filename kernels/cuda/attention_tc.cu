@@ -32,6 +32,48 @@ __device__ __forceinline__ unsigned pair_u16(const bf16_t* lo, const bf16_t* hi)
     return (unsigned)*lo | ((unsigned)*hi << 16);
 }
 
+// B fragment (k = k0 + 2 tig + {0, 1, 8, 9}, n) from a tile stored n-major (sm[n][k]: pairs contiguous).
+template <int D>
+__device__ __forceinline__ void b_frag_n(unsigned* b, const bf16_t (*sm)[D + TC_PAD], int n, int k0, int t) {
+    b[0] = ld_u32(&sm[n][k0 + t * 2]);
+    b[1] = ld_u32(&sm[n][k0 + t * 2 + 8]);
+}
+
+// B fragment (k = k0 + 2 tig + {0, 1, 8, 9}, n) from a tile stored k-major (sm[k][n]: pairs from two rows).
+template <int D>
+__device__ __forceinline__ void b_frag_k(unsigned* b, const bf16_t (*sm)[D + TC_PAD], int k0, int n, int t) {
+    const int k = k0 + t * 2;
+    b[0] = pair_u16(&sm[k][n], &sm[k + 1][n]);
+    b[1] = pair_u16(&sm[k + 8][n], &sm[k + 9][n]);
+}
+
+// The A fragment of a 16 x 16 bf16 operand from the f32 accumulators of two adjacent 16 x 8 products (columns
+// 0-7 in c0, 8-15 in c1): FlashAttention's reuse of S (as P or dS) as the next product's left operand.
+__device__ __forceinline__ void a_frag_from_acc(unsigned* a, const float* c0, const float* c1) {
+    a[0] = pack_bf16x2(c0[0], c0[1]);
+    a[1] = pack_bf16x2(c0[2], c0[3]);
+    a[2] = pack_bf16x2(c1[0], c1[1]);
+    a[3] = pack_bf16x2(c1[2], c1[3]);
+}
+
+// Writes a warp's f32 accumulators [16 rows x D] (rows ra, rb = ra + 8 of this lane; rows >= L skipped)
+// times `mul` to dst (row r at off + r * rs).
+template <int D>
+__device__ __forceinline__ void store_acc(float* dst, const float (*acc)[4], i64 off, i64 rs, i64 ra, i64 rb, i64 L,
+                                          int t, float mul) {
+    for (int nt = 0; nt < D / 8; ++nt) {
+        const int c = nt * 8 + t * 2;
+        if (ra < L) {
+            dst[off + ra * rs + c] = acc[nt][0] * mul;
+            dst[off + ra * rs + c + 1] = acc[nt][1] * mul;
+        }
+        if (rb < L) {
+            dst[off + rb * rs + c] = acc[nt][2] * mul;
+            dst[off + rb * rs + c + 1] = acc[nt][3] * mul;
+        }
+    }
+}
+
 // Rows [r0, r0 + R) of a bf16 matrix whose row r starts at base + r * rs (D contiguous elements) into
 // sm[R][D + TC_PAD]; rows at or beyond r0 + nvalid become zeros. 16-byte copies.
 template <int R, int D>
@@ -67,20 +109,47 @@ __device__ __forceinline__ void load_a_rows(unsigned (*f)[4], const bf16_t* base
     }
 }
 
+// A lane's place in a block: its warp, mma group g and thread-in-group t; the block's (batch, head) bh; the
+// token stride rs; the element offsets of this head's token 0 in q/o/dq and in k/v/dk/dv.
+struct TcLane {
+    int warp, g, t;
+    i64 bh, rs, qoff, koff;
+};
+
+template <int D>
+__device__ __forceinline__ TcLane tc_lane(i64 Lq, i64 Lk, i64 H) {
+    TcLane p;
+    const int lane = threadIdx.x & 31;
+    p.warp = threadIdx.x >> 5;
+    p.g = lane >> 2;
+    p.t = lane & 3;
+    p.bh = blockIdx.y;
+    const i64 b = p.bh / H, h = p.bh % H;
+    p.rs = H * D;
+    p.qoff = (b * Lq * H + h) * D;
+    p.koff = (b * Lk * H + h) * D;
+    return p;
+}
+
+template <int N>
+__device__ __forceinline__ void zero_acc(float (*a)[4]) {
+    for (int i = 0; i < N; ++i) a[i][0] = a[i][1] = a[i][2] = a[i][3] = 0.f;
+}
+
 template <int D>
 __device__ __forceinline__ void tc_fwd(const bf16_t* q, const bf16_t* k, const bf16_t* v, void* out, int odt,
                                        float* lse, i64 Lq, i64 Lk, i64 H, float scale_log2) {
     constexpr int BK = 64, KC = D / 16, NT = D / 8;
     __shared__ __align__(16) bf16_t Ks[BK][D + TC_PAD];
     __shared__ __align__(16) bf16_t Vs[BK][D + TC_PAD];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const i64 bh = blockIdx.y, b = bh / H, h = bh % H, rs = H * D;
-    const i64 qoff = (b * Lq * H + h) * D, koff = (b * Lk * H + h) * D;
-    const i64 r0 = (i64)blockIdx.x * TC_ROWS + warp * 16 + g, r1 = r0 + 8;
+    const TcLane p = tc_lane<D>(Lq, Lk, H);
+    const int g = p.g, t = p.t;
+    const i64 bh = p.bh, rs = p.rs, qoff = p.qoff, koff = p.koff;
+    const i64 r0 = (i64)blockIdx.x * TC_ROWS + p.warp * 16 + g, r1 = r0 + 8;
     unsigned qf[KC][4];
     load_a_rows<D>(qf, q + qoff, rs, r0, r1, Lq, t);
     float o[NT][4];
-    for (int nt = 0; nt < NT; ++nt) o[nt][0] = o[nt][1] = o[nt][2] = o[nt][3] = 0.f;
+    zero_acc<NT>(o);
     float m0 = NEG_INF, m1 = NEG_INF, l0 = 0.f, l1 = 0.f;
     for (i64 j0 = 0; j0 < Lk; j0 += BK) {
         const i64 nk = min((i64)BK, Lk - j0);
@@ -89,11 +158,11 @@ __device__ __forceinline__ void tc_fwd(const bf16_t* q, const bf16_t* k, const b
         stage_bf16<BK, D>(Vs, v + koff, rs, j0, nk);
         __syncthreads();
         float s[BK / 8][4];
+        zero_acc<BK / 8>(s);
         for (int nt = 0; nt < BK / 8; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
             for (int kc = 0; kc < KC; ++kc) {
-                const unsigned kb[2] = {ld_u32(&Ks[nt * 8 + g][kc * 16 + t * 2]),
-                                        ld_u32(&Ks[nt * 8 + g][kc * 16 + t * 2 + 8])};
+                unsigned kb[2];
+                b_frag_n<D>(kb, Ks, nt * 8 + g, kc * 16, t);
                 mma_bf16_16816(s[nt], qf[kc], kb);
             }
         }
@@ -132,14 +201,10 @@ __device__ __forceinline__ void tc_fwd(const bf16_t* q, const bf16_t* k, const b
             l1 += s[nt][2] + s[nt][3];
         }
         for (int kc = 0; kc < BK / 16; ++kc) {
-            const unsigned pa[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]), pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
-                                    pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                                    pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-            const int key = kc * 16 + t * 2;
+            unsigned pa[4], vb[2];
+            a_frag_from_acc(pa, s[2 * kc], s[2 * kc + 1]);
             for (int nt = 0; nt < NT; ++nt) {
-                const int dim = nt * 8 + g;
-                const unsigned vb[2] = {pair_u16(&Vs[key][dim], &Vs[key + 1][dim]),
-                                        pair_u16(&Vs[key + 8][dim], &Vs[key + 9][dim])};
+                b_frag_k<D>(vb, Vs, kc * 16, nt * 8 + g, t);
                 mma_bf16_16816(o[nt], pa, vb);
             }
         }
@@ -173,10 +238,10 @@ __device__ __forceinline__ void tc_bwd_dq(const bf16_t* q, const bf16_t* k, cons
     constexpr int BK = 32, KC = D / 16, NT = D / 8;
     __shared__ __align__(16) bf16_t Ks[BK][D + TC_PAD];
     __shared__ __align__(16) bf16_t Vs[BK][D + TC_PAD];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const i64 bh = blockIdx.y, b = bh / H, h = bh % H, rs = H * D;
-    const i64 qoff = (b * Lq * H + h) * D, koff = (b * Lk * H + h) * D;
-    const i64 r0 = (i64)blockIdx.x * TC_ROWS + warp * 16 + g, r1 = r0 + 8;
+    const TcLane p = tc_lane<D>(Lq, Lk, H);
+    const int g = p.g, t = p.t;
+    const i64 bh = p.bh, rs = p.rs, qoff = p.qoff, koff = p.koff;
+    const i64 r0 = (i64)blockIdx.x * TC_ROWS + p.warp * 16 + g, r1 = r0 + 8;
     unsigned qf[KC][4], df[KC][4];
     load_a_rows<D>(qf, q + qoff, rs, r0, r1, Lq, t);
     for (int kc = 0; kc < KC; ++kc) {
@@ -190,7 +255,7 @@ __device__ __forceinline__ void tc_bwd_dq(const bf16_t* q, const bf16_t* k, cons
     const float ls0 = r0 < Lq ? lse[bh * Lq + r0] * TC_LOG2E : 0.f, ls1 = r1 < Lq ? lse[bh * Lq + r1] * TC_LOG2E : 0.f;
     const float de0 = r0 < Lq ? delta[bh * Lq + r0] : 0.f, de1 = r1 < Lq ? delta[bh * Lq + r1] : 0.f;
     float acc[NT][4];
-    for (int nt = 0; nt < NT; ++nt) acc[nt][0] = acc[nt][1] = acc[nt][2] = acc[nt][3] = 0.f;
+    zero_acc<NT>(acc);
     for (i64 j0 = 0; j0 < Lk; j0 += BK) {
         const i64 nk = min((i64)BK, Lk - j0);
         __syncthreads();
@@ -198,15 +263,14 @@ __device__ __forceinline__ void tc_bwd_dq(const bf16_t* q, const bf16_t* k, cons
         stage_bf16<BK, D>(Vs, v + koff, rs, j0, nk);
         __syncthreads();
         float s[BK / 8][4], dp[BK / 8][4];
+        zero_acc<BK / 8>(s);
+        zero_acc<BK / 8>(dp);
         for (int nt = 0; nt < BK / 8; ++nt) {
-            s[nt][0] = s[nt][1] = s[nt][2] = s[nt][3] = 0.f;
-            dp[nt][0] = dp[nt][1] = dp[nt][2] = dp[nt][3] = 0.f;
             for (int kc = 0; kc < KC; ++kc) {
-                const unsigned kb[2] = {ld_u32(&Ks[nt * 8 + g][kc * 16 + t * 2]),
-                                        ld_u32(&Ks[nt * 8 + g][kc * 16 + t * 2 + 8])};
+                unsigned kb[2], vb[2];
+                b_frag_n<D>(kb, Ks, nt * 8 + g, kc * 16, t);
                 mma_bf16_16816(s[nt], qf[kc], kb);
-                const unsigned vb[2] = {ld_u32(&Vs[nt * 8 + g][kc * 16 + t * 2]),
-                                        ld_u32(&Vs[nt * 8 + g][kc * 16 + t * 2 + 8])};
+                b_frag_n<D>(vb, Vs, nt * 8 + g, kc * 16, t);
                 mma_bf16_16816(dp[nt], df[kc], vb);
             }
         }
@@ -221,29 +285,15 @@ __device__ __forceinline__ void tc_bwd_dq(const bf16_t* q, const bf16_t* k, cons
             }
         }
         for (int kc = 0; kc < BK / 16; ++kc) {
-            const unsigned da[4] = {pack_bf16x2(s[2 * kc][0], s[2 * kc][1]), pack_bf16x2(s[2 * kc][2], s[2 * kc][3]),
-                                    pack_bf16x2(s[2 * kc + 1][0], s[2 * kc + 1][1]),
-                                    pack_bf16x2(s[2 * kc + 1][2], s[2 * kc + 1][3])};
-            const int key = kc * 16 + t * 2;
+            unsigned da[4], kb[2];
+            a_frag_from_acc(da, s[2 * kc], s[2 * kc + 1]);
             for (int nt = 0; nt < NT; ++nt) {
-                const int dim = nt * 8 + g;
-                const unsigned kb[2] = {pair_u16(&Ks[key][dim], &Ks[key + 1][dim]),
-                                        pair_u16(&Ks[key + 8][dim], &Ks[key + 9][dim])};
+                b_frag_k<D>(kb, Ks, kc * 16, nt * 8 + g, t);
                 mma_bf16_16816(acc[nt], da, kb);
             }
         }
     }
-    for (int nt = 0; nt < NT; ++nt) {
-        const int c = nt * 8 + t * 2;
-        if (r0 < Lq) {
-            dq[qoff + r0 * rs + c] = acc[nt][0] * scale;
-            dq[qoff + r0 * rs + c + 1] = acc[nt][1] * scale;
-        }
-        if (r1 < Lq) {
-            dq[qoff + r1 * rs + c] = acc[nt][2] * scale;
-            dq[qoff + r1 * rs + c + 1] = acc[nt][3] * scale;
-        }
-    }
+    store_acc<D>(dq, acc, qoff, rs, r0, r1, Lq, t, scale);
 }
 
 template <int D>
@@ -257,19 +307,17 @@ __device__ __forceinline__ void tc_bwd_dkdv(const bf16_t* q, const bf16_t* k, co
     __shared__ __align__(16) bf16_t Ds[BQ][D + TC_PAD];
     __shared__ float Ls[BQ];
     __shared__ float Es[BQ];
-    const int warp = threadIdx.x >> 5, lane = threadIdx.x & 31, g = lane >> 2, t = lane & 3;
-    const i64 bh = blockIdx.y, b = bh / H, h = bh % H, rs = H * D;
-    const i64 qoff = (b * Lq * H + h) * D, koff = (b * Lk * H + h) * D;
+    const TcLane p = tc_lane<D>(Lq, Lk, H);
+    const int g = p.g, t = p.t;
+    const i64 bh = p.bh, rs = p.rs, qoff = p.qoff, koff = p.koff;
     const i64 key0 = (i64)blockIdx.x * TC_ROWS;
-    const int kr = warp * 16;
+    const int kr = p.warp * 16;
     const i64 j0 = key0 + kr + g, j1 = j0 + 8;
     stage_bf16<TC_ROWS, D>(Ks, k + koff, rs, key0, min((i64)TC_ROWS, Lk - key0));
     stage_bf16<TC_ROWS, D>(Vs, v + koff, rs, key0, min((i64)TC_ROWS, Lk - key0));
     float dka[NT][4], dva[NT][4];
-    for (int nt = 0; nt < NT; ++nt) {
-        dka[nt][0] = dka[nt][1] = dka[nt][2] = dka[nt][3] = 0.f;
-        dva[nt][0] = dva[nt][1] = dva[nt][2] = dva[nt][3] = 0.f;
-    }
+    zero_acc<NT>(dka);
+    zero_acc<NT>(dva);
     for (i64 i0 = 0; i0 < Lq; i0 += BQ) {
         const i64 nq = min((i64)BQ, Lq - i0);
         __syncthreads();
@@ -282,10 +330,8 @@ __device__ __forceinline__ void tc_bwd_dkdv(const bf16_t* q, const bf16_t* k, co
         __syncthreads();
         // S^T = K Q^T and dP^T = V dO^T for this warp's 16 keys x 16 queries.
         float st_[2][4], dpt[2][4];
-        for (int nt = 0; nt < 2; ++nt) {
-            st_[nt][0] = st_[nt][1] = st_[nt][2] = st_[nt][3] = 0.f;
-            dpt[nt][0] = dpt[nt][1] = dpt[nt][2] = dpt[nt][3] = 0.f;
-        }
+        zero_acc<2>(st_);
+        zero_acc<2>(dpt);
         for (int kc = 0; kc < KC; ++kc) {
             const int c = kc * 16 + t * 2;
             const unsigned ka[4] = {ld_u32(&Ks[kr + g][c]), ld_u32(&Ks[kr + g + 8][c]), ld_u32(&Ks[kr + g][c + 8]),
@@ -293,9 +339,10 @@ __device__ __forceinline__ void tc_bwd_dkdv(const bf16_t* q, const bf16_t* k, co
             const unsigned va[4] = {ld_u32(&Vs[kr + g][c]), ld_u32(&Vs[kr + g + 8][c]), ld_u32(&Vs[kr + g][c + 8]),
                                     ld_u32(&Vs[kr + g + 8][c + 8])};
             for (int nt = 0; nt < 2; ++nt) {
-                const unsigned qb[2] = {ld_u32(&Qs[nt * 8 + g][c]), ld_u32(&Qs[nt * 8 + g][c + 8])};
+                unsigned qb[2], db[2];
+                b_frag_n<D>(qb, Qs, nt * 8 + g, kc * 16, t);
                 mma_bf16_16816(st_[nt], ka, qb);
-                const unsigned db[2] = {ld_u32(&Ds[nt * 8 + g][c]), ld_u32(&Ds[nt * 8 + g][c + 8])};
+                b_frag_n<D>(db, Ds, nt * 8 + g, kc * 16, t);
                 mma_bf16_16816(dpt[nt], va, db);
             }
         }
@@ -312,36 +359,19 @@ __device__ __forceinline__ void tc_bwd_dkdv(const bf16_t* q, const bf16_t* k, co
                 dpt[nt][2 + e] = p1 * (dpt[nt][2 + e] - Es[qi]);
             }
         }
-        const unsigned pa[4] = {pack_bf16x2(st_[0][0], st_[0][1]), pack_bf16x2(st_[0][2], st_[0][3]),
-                                pack_bf16x2(st_[1][0], st_[1][1]), pack_bf16x2(st_[1][2], st_[1][3])};
-        const unsigned sa[4] = {pack_bf16x2(dpt[0][0], dpt[0][1]), pack_bf16x2(dpt[0][2], dpt[0][3]),
-                                pack_bf16x2(dpt[1][0], dpt[1][1]), pack_bf16x2(dpt[1][2], dpt[1][3])};
-        const int qk = t * 2;
+        unsigned pa[4], sa[4];
+        a_frag_from_acc(pa, st_[0], st_[1]);
+        a_frag_from_acc(sa, dpt[0], dpt[1]);
         for (int nt = 0; nt < NT; ++nt) {
-            const int dim = nt * 8 + g;
-            const unsigned db[2] = {pair_u16(&Ds[qk][dim], &Ds[qk + 1][dim]),
-                                    pair_u16(&Ds[qk + 8][dim], &Ds[qk + 9][dim])};
+            unsigned db[2], qb[2];
+            b_frag_k<D>(db, Ds, 0, nt * 8 + g, t);
             mma_bf16_16816(dva[nt], pa, db);
-            const unsigned qb[2] = {pair_u16(&Qs[qk][dim], &Qs[qk + 1][dim]),
-                                    pair_u16(&Qs[qk + 8][dim], &Qs[qk + 9][dim])};
+            b_frag_k<D>(qb, Qs, 0, nt * 8 + g, t);
             mma_bf16_16816(dka[nt], sa, qb);
         }
     }
-    for (int nt = 0; nt < NT; ++nt) {
-        const int c = nt * 8 + t * 2;
-        if (j0 < Lk) {
-            dk[koff + j0 * rs + c] = dka[nt][0] * scale;
-            dk[koff + j0 * rs + c + 1] = dka[nt][1] * scale;
-            dv[koff + j0 * rs + c] = dva[nt][0];
-            dv[koff + j0 * rs + c + 1] = dva[nt][1];
-        }
-        if (j1 < Lk) {
-            dk[koff + j1 * rs + c] = dka[nt][2] * scale;
-            dk[koff + j1 * rs + c + 1] = dka[nt][3] * scale;
-            dv[koff + j1 * rs + c] = dva[nt][2];
-            dv[koff + j1 * rs + c + 1] = dva[nt][3];
-        }
-    }
+    store_acc<D>(dk, dka, koff, rs, j0, j1, Lk, t, scale);
+    store_acc<D>(dv, dva, koff, rs, j0, j1, Lk, t, 1.f);
 }
 
 #define TC_ATTENTION_KERNELS(D)                                                                                     \

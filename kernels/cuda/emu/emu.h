@@ -115,38 +115,20 @@ inline T __shfl_xor_sync(unsigned, T v, int lane_mask) {
     return r;
 }
 
-inline float __int_as_float(int i) {
-    float f;
-    std::memcpy(&f, &i, 4);
-    return f;
+template <class To, class From>
+inline To emu_bits(From x) {
+    static_assert(sizeof(To) == sizeof(From));
+    To y;
+    std::memcpy(&y, &x, sizeof(To));
+    return y;
 }
-inline float __uint_as_float(unsigned u) {
-    float f;
-    std::memcpy(&f, &u, 4);
-    return f;
-}
-inline unsigned __float_as_uint(float f) {
-    unsigned u;
-    std::memcpy(&u, &f, 4);
-    return u;
-}
-inline int __float_as_int(float f) {
-    int i;
-    std::memcpy(&i, &f, 4);
-    return i;
-}
+inline float __int_as_float(int i) { return emu_bits<float>(i); }
+inline float __uint_as_float(unsigned u) { return emu_bits<float>(u); }
+inline unsigned __float_as_uint(float f) { return emu_bits<unsigned>(f); }
+inline int __float_as_int(float f) { return emu_bits<int>(f); }
 
-inline float emu_f16_to_f32(unsigned short h) {
-    _Float16 x;
-    std::memcpy(&x, &h, 2);
-    return (float)x;
-}
-inline unsigned short emu_f32_to_f16(float f) {
-    _Float16 x = (_Float16)f;
-    unsigned short h;
-    std::memcpy(&h, &x, 2);
-    return h;
-}
+inline float emu_f16_to_f32(unsigned short h) { return (float)emu_bits<_Float16>(h); }
+inline unsigned short emu_f32_to_f16(float f) { return emu_bits<unsigned short>((_Float16)f); }
 
 // d += A (16x16 bf16) * B (16x8 bf16), f32 accumulate, fragments as in the header comment.
 inline void emu_mma_m16n8k16_bf16(float* d, const unsigned* a, const unsigned* b) {
