@@ -94,7 +94,6 @@ pub fn bench(a: &BenchArgs) -> anyhow::Result<i32> {
 
 fn dit(a: &BenchArgs) -> anyhow::Result<i32> {
     use dit::{DitBenchOptions, bench_dit, parse_config, parse_size};
-    use medgen_kernels::DType;
     // No fallback: a CUDA request without a device is bench_dit's error.
     let device = medgen_operators::api::device::parse_device(&a.device).map_err(anyhow::Error::msg)?.requested();
     let mut config = parse_config(&a.config)?;
@@ -106,10 +105,7 @@ fn dit(a: &BenchArgs) -> anyhow::Result<i32> {
         config,
         config_name: a.config.clone(),
         device,
-        dtype: match a.dtype {
-            crate::cli::verify::DTypeArg::F32 => DType::F32,
-            crate::cli::verify::DTypeArg::Bf16 => DType::BF16,
-        },
+        dtype: a.dtype.dtype(),
         frames: a.frames,
         height,
         width,

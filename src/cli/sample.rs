@@ -1,5 +1,6 @@
 //! `medgen sample`: one prompt → one MP4 from a checkpoint folder (medgen's or a diffusers Wan2.1 pipeline).
 
+use crate::cli::verify::DTypeArg;
 use clap::{Args, ValueEnum};
 use medgen_operators::api::device::parse_device;
 use medgen_operators::latent::codec::write_mp4;
@@ -63,14 +64,8 @@ pub struct SampleArgs {
     pub device: String,
     /// DiT precision: f32, or bf16 (diffusers' Wan pipelines' choice: half the memory, tensor cores on a
     /// GPU; fp32 accumulation and residual stream).
-    #[arg(long, value_enum, default_value_t = PrecisionArg::F32)]
-    pub precision: PrecisionArg,
-}
-
-#[derive(ValueEnum, Clone, Copy, Debug)]
-pub enum PrecisionArg {
-    F32,
-    Bf16,
+    #[arg(long, value_enum, default_value_t = DTypeArg::F32)]
+    pub precision: DTypeArg,
 }
 
 #[derive(ValueEnum, Clone, Copy, Debug)]
@@ -85,11 +80,9 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
-    let dtype = match a.precision {
-        PrecisionArg::F32 => medgen_kernels::DType::F32,
-        PrecisionArg::Bf16 => medgen_kernels::DType::BF16,
-    };
-    let model = load_dir(&a.checkpoint, dtype).and_then(|m| m.to_device(device)).map_err(|e| anyhow::anyhow!("{e}"))?;
+    let model = load_dir(&a.checkpoint, a.precision.dtype())
+        .and_then(|m| m.to_device(device))
+        .map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = SampleSettings {
         sampler: match a.sampler {
             SamplerArg::Unipc => SamplerKind::Unipc,

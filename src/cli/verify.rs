@@ -36,10 +36,20 @@ pub enum DeviceArg {
     Cuda,
 }
 
+/// A model precision on the command line (`verify --dtype`, `bench dit --dtype`, `sample --precision`).
 #[derive(ValueEnum, Clone, Copy, Debug)]
 pub enum DTypeArg {
     F32,
     Bf16,
+}
+
+impl DTypeArg {
+    pub fn dtype(self) -> DType {
+        match self {
+            DTypeArg::F32 => DType::F32,
+            DTypeArg::Bf16 => DType::BF16,
+        }
+    }
 }
 
 fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
@@ -119,10 +129,7 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<i32> {
                 }
             },
         },
-        dtype: match a.dtype {
-            DTypeArg::F32 => DType::F32,
-            DTypeArg::Bf16 => DType::BF16,
-        },
+        dtype: a.dtype.dtype(),
     };
     let files = expand(&a.fixtures)?;
     let (mut failed, mut broken) = (0usize, 0usize);
