@@ -761,9 +761,12 @@ type TcKernels = (&'static str, &'static str, &'static str);
 
 /// The tensor-core attention kernels when they apply: bf16 `q`, `k`, `v` with 16-byte aligned bases, head dim
 /// 64 or 128, compute capability 8.0 or newer, and `MEDGEN_CUDA_ATTENTION` not `simple` (which forces the
-/// general kernels of `attention.cu`, for comparisons). `None` selects the general kernels.
+/// general kernels of `attention.cu`, for comparisons; read at the first attention call). `None` selects the
+/// general kernels.
 fn tc_attention(dev: &CudaDevice, qkv: [&Tensor; 3], d: usize) -> Option<TcKernels> {
-    if std::env::var("MEDGEN_CUDA_ATTENTION").is_ok_and(|v| v.eq_ignore_ascii_case("simple")) {
+    // Read once per process: attention runs twice per block and step.
+    static SIMPLE: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+    if *SIMPLE.get_or_init(|| std::env::var("MEDGEN_CUDA_ATTENTION").is_ok_and(|v| v.eq_ignore_ascii_case("simple"))) {
         return None;
     }
     if dev.compute_capability() < 80 || qkv.iter().any(|t| t.dtype() != DType::BF16 || !ptr(t).is_multiple_of(16)) {
