@@ -5,9 +5,10 @@
 //! range (limited 16–235 or full); chroma is taken from the nearest sample. Every product is one
 //! rounding high-half multiply of 16-bit values (`pmulhrsw`) and the sums carry 6 fraction bits, so
 //! a 256-bit register converts 16 pixels at once (the AVX2 loop takes 32 pixels of one or two rows
-//! per step, the chroma terms computed once per chroma sample for both rows of a 4:2:0 pair); the
-//! scalar formula ([`px`]) performs the very same integer steps, so every path gives identical bytes. Against the exact real-valued
-//! conversion, 99.5% of the output values are equal and the rest differ by one.
+//! per step, the chroma terms computed once per chroma sample for both rows of a 4:2:0 pair). The
+//! scalar formula ([`px`]) performs the very same integer steps, so every path gives identical
+//! bytes. Against the exact real-valued conversion every value is within one level (about 0.4% of
+//! the values of a real frame differ by one).
 //! The hot entry points are compiled three times (AVX2, SSE4.1, baseline) and picked at run
 //! time, which makes 1080p conversion several times cheaper than GStreamer 1.22's `videoconvert`
 //! to packed RGB. Output buffers are written once, never zeroed first.
@@ -256,9 +257,9 @@ const RGB_MASKS: [[[i8; 16]; 3]; 3] = [
 ];
 
 /// [`row_pairs`] for `R` rows (1, or 2 of 4:2:0) that share one row of planar chroma (one sample
-/// per two pixels, adjacent bytes), 32 pixels per step with AVX2: the chroma terms are computed
-/// once per step for all rows, with the same integer steps as the scalar formula in 16-bit lanes (`pmulhrsw` is
-/// [`mulhrs`]), so the result is bit-identical; saturating packs do the clamp.
+/// per two pixels, adjacent bytes), 32 pixels per step with AVX2. The chroma terms are computed
+/// once per step for all rows. The integer steps are the scalar formula's in 16-bit lanes
+/// (`pmulhrsw` is [`mulhrs`]), so the result is bit-identical; saturating packs do the clamp.
 ///
 /// Lane layout: byte unpacks work within 128-bit lanes, so the low/high i16 halves hold pixels
 /// {0–7, 16–23} and {8–15, 24–31}, and packing them back gives R, G, B registers with pixels 0–15
