@@ -114,13 +114,17 @@ fn level(q6: i32) -> u8 {
     (q6 >> 6).clamp(0, 255) as u8
 }
 
+/// One pixel's R, G, B from its luma term and its chroma sample's terms ([`Coeffs::chroma`]).
 #[inline(always)]
-fn px(c: &Coeffs, y: u8, u: u8, v: u8, out: &mut [MaybeUninit<u8>]) {
-    let l = c.luma(y);
-    let (r, g, b) = c.chroma(u, v);
+fn put(out: &mut [MaybeUninit<u8>], l: i32, (r, g, b): (i32, i32, i32)) {
     out[0].write(level(l + r));
     out[1].write(level(l - g));
     out[2].write(level(l + b));
+}
+
+#[inline(always)]
+fn px(c: &Coeffs, y: u8, u: u8, v: u8, out: &mut [MaybeUninit<u8>]) {
+    put(out, c.luma(y), c.chroma(u, v));
 }
 
 /// One row with one chroma sample per two pixels; chroma samples `STEP` bytes apart.
@@ -129,14 +133,10 @@ fn row_pairs<const STEP: usize>(c: &Coeffs, y: &[u8], u: &[u8], v: &[u8], out: &
     let pairs = y.len() / 2;
     let chroma = u.iter().step_by(STEP).zip(v.iter().step_by(STEP));
     for ((o, yy), (uu, vv)) in out.chunks_exact_mut(6).zip(y.chunks_exact(2)).zip(chroma).take(pairs) {
-        let (l0, l1) = (c.luma(yy[0]), c.luma(yy[1]));
-        let (r, g, b) = c.chroma(*uu, *vv);
-        o[0].write(level(l0 + r));
-        o[1].write(level(l0 - g));
-        o[2].write(level(l0 + b));
-        o[3].write(level(l1 + r));
-        o[4].write(level(l1 - g));
-        o[5].write(level(l1 + b));
+        let terms = c.chroma(*uu, *vv);
+        let (o0, o1) = o.split_at_mut(3);
+        put(o0, c.luma(yy[0]), terms);
+        put(o1, c.luma(yy[1]), terms);
     }
     if y.len() % 2 == 1 {
         let (k, last) = (pairs * STEP, y.len() - 1);
@@ -168,8 +168,18 @@ fn convert_rect<const AVX2: bool>(
     let mut row = 0;
     while row < h {
         let sy = y0 + row;
-        // Two 4:2:0 rows share a chroma row: the vector path converts both with one chroma pass.
-        let rows = if AVX2 && p.layout == Layout::P420 && sy.is_multiple_of(2) && row + 1 < h { 2 } else { 1 };
+        // Two 4:2:0 rows share a chroma row: the vector path converts both with one chroma pass
+        // (and is the only path that takes a second row).
+        let rows = if cfg!(target_arch = "x86_64")
+            && AVX2
+            && p.layout == Layout::P420
+            && sy.is_multiple_of(2)
+            && row + 1 < h
+        {
+            2
+        } else {
+            1
+        };
         let luma = |sy: usize| &p.y[sy * p.y_stride + x0..sy * p.y_stride + x0 + w];
         let (o0, o1) = out[row * w * 3..(row + rows) * w * 3].split_at_mut(w * 3);
         match p.layout {

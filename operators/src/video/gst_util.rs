@@ -236,10 +236,15 @@ pub(crate) fn file_uri(path: &Path) -> Result<String, VideoError> {
 /// Worker threads for a libav video decoder: one more than the cores (frame threads stall on each
 /// other's reference rows; the extra one fills the gaps), at most libav's 16.
 pub(crate) fn decoder_threads() -> i32 {
-    std::thread::available_parallelism().map(|n| n.get() as i32).unwrap_or(1).clamp(1, 15) + 1
+    cores().min(15) as i32 + 1
 }
 
 /// Number of threads worth giving a converter.
 pub(crate) fn cpu_threads() -> u32 {
-    std::thread::available_parallelism().map(|n| n.get() as u32).unwrap_or(1).clamp(1, 8)
+    cores().min(8) as u32
+}
+
+/// The cores this process may use (at least 1).
+fn cores() -> usize {
+    std::thread::available_parallelism().map(|n| n.get()).unwrap_or(1)
 }
