@@ -283,10 +283,10 @@ fn rows_avx2<const R: usize>(c: &Coeffs, ys: [&[u8]; R], u: &[u8], v: &[u8], mut
     const STEP: usize = 32;
     let len = ys[0].len();
     let n = len / STEP * STEP;
-    // The vector loop reads y[..n] of every row, u[..n/2], v[..n/2] and writes out[..3n] of every
-    // row; the rest goes scalar.
+    // The vector steps read y[..len] of every row, u[..len/2], v[..len/2] and write out[..3·len]
+    // of every row (an odd last pixel goes scalar).
     let fits = ys.iter().all(|y| y.len() == len) && outs.iter().all(|o| o.len() >= 3 * len);
-    if n == 0 || u.len() < n / 2 || v.len() < n / 2 || !fits {
+    if n == 0 || u.len() < len / 2 || v.len() < len / 2 || !fits {
         for (y, out) in ys.iter().zip(outs.iter_mut()) {
             row_pairs::<1>(c, y, u, v, out);
         }
@@ -313,9 +313,9 @@ fn rows_avx2<const R: usize>(c: &Coeffs, ys: [&[u8]; R], u: &[u8], v: &[u8], mut
     let luma = |yh: __m256i| {
         _mm256_add_epi16(_mm256_mulhrs_epi16(_mm256_slli_epi16::<7>(_mm256_sub_epi16(yh, y_off)), cy), half)
     };
-    let mut i = 0;
-    while i < n {
-        // SAFETY: i/2 + 16 <= n/2 <= u.len(), v.len() (checked above).
+    // One step: pixels i..i+32 of every row (i even, i + 32 <= len).
+    let mut step = |i: usize| {
+        // SAFETY: i/2 + 16 <= len/2 <= u.len(), v.len() (checked above).
         let (ub, vb) = unsafe {
             (
                 _mm_loadu_si128(u.as_ptr().add(i / 2) as *const __m128i),
@@ -329,7 +329,7 @@ fn rows_avx2<const R: usize>(c: &Coeffs, ys: [&[u8]; R], u: &[u8], v: &[u8], mut
         let (tg0, tg1) = spread(_mm256_add_epi16(_mm256_mulhrs_epi16(d, cgu), _mm256_mulhrs_epi16(e, cgv)));
         let (tb0, tb1) = spread(_mm256_mulhrs_epi16(d, cbu));
         for (y, out) in ys.iter().zip(outs.iter_mut()) {
-            // SAFETY: i + 32 <= n <= y.len() (checked above).
+            // SAFETY: i + 32 <= len = y.len().
             let yb = unsafe { _mm256_loadu_si256(y.as_ptr().add(i) as *const __m256i) };
             let (l0, l1) = (luma(_mm256_unpacklo_epi8(yb, zero)), luma(_mm256_unpackhi_epi8(yb, zero)));
             let (r0, r1) = (_mm256_adds_epi16(l0, tr0), _mm256_adds_epi16(l1, tr1));
@@ -341,7 +341,7 @@ fn rows_avx2<const R: usize>(c: &Coeffs, ys: [&[u8]; R], u: &[u8], v: &[u8], mut
                     _mm256_or_si256(_mm256_shuffle_epi8(planes[0], m[0]), _mm256_shuffle_epi8(planes[1], m[1])),
                     _mm256_shuffle_epi8(planes[2], m[2]),
                 );
-                // SAFETY: 3i + 48 + 16k + 16 <= 3i + 96 <= 3n <= out.len() (checked above).
+                // SAFETY: 3i + 48 + 16k + 16 <= 3i + 96 <= 3·len <= out.len() (checked above).
                 unsafe {
                     let o = out.as_mut_ptr().add(3 * i + 16 * k);
                     _mm_storeu_si128(o as *mut __m128i, _mm256_castsi256_si128(px));
@@ -349,10 +349,20 @@ fn rows_avx2<const R: usize>(c: &Coeffs, ys: [&[u8]; R], u: &[u8], v: &[u8], mut
                 }
             }
         }
-        i += STEP;
+    };
+    for i in (0..n).step_by(STEP) {
+        step(i);
+    }
+    // The last pixels: one more step ending at the row's end (or one before it, to start on a
+    // chroma pair), over pixels already written, which it writes again with the same values.
+    let mut done = n;
+    if len > n {
+        let i = (len - STEP) & !1;
+        step(i);
+        done = i + STEP;
     }
     for (y, out) in ys.iter().zip(outs.iter_mut()) {
-        row_pairs::<1>(c, &y[n..], &u[n / 2..], &v[n / 2..], &mut out[3 * n..]);
+        row_pairs::<1>(c, &y[done..], &u[done / 2..], &v[done / 2..], &mut out[3 * done..]);
     }
 }
 
