@@ -1,10 +1,11 @@
 //! `video.decode` and [`Decoder`]: frames out of a video, as RGB8 or gray, at a requested
 //! sampling, size and time range.
 //!
-//! The GStreamer pipeline is `filesrc ! decodebin ! queue ! videoconvertscale ! capsfilter !
+//! The GStreamer pipeline is `filesrc ! decodebin ! [queue !] videoconvertscale ! capsfilter !
 //! appsink`, built element by element (no launch strings, so any file name works). The
 //! decoder's 8-bit YUV passes through (only scaled, when a size is asked for, and converted to
-//! I420 when it is another format); RGB and gray are made in Rust straight from the mapped planes
+//! I420 when it is another format; only then does a queue put the scaler on a thread of its own);
+//! RGB and gray are made in Rust straight from the mapped planes
 //! ([`convert`](super::convert): BT.601/709/2020, limited or full range, AVX2 when available),
 //! which is several times cheaper than `videoconvert` to packed RGB.
 //!
@@ -29,10 +30,16 @@
 //!   any decoding;
 //! * every wait is bounded: samples are pulled with a timeout, the bus is checked for errors, the
 //!   per-item deadline is honoured, and a stalled pipeline fails after [`STALL`];
-//! * dropping a [`Decoder`] sets the pipeline to `Null`, which stops its threads.
+//! * RGB and gray frames are pulled and converted on a thread of their own, a frame ahead of the
+//!   caller ([`ahead`](super::ahead)), so the conversion overlaps the caller's work and fills the
+//!   gaps the decoder's threads leave; YUV frames (no conversion) are handed out on the caller's
+//!   thread;
+//! * dropping a [`Decoder`] sets the pipeline to `Null`, which stops its threads, and joins the
+//!   converting thread.
 //!
 //! DICOM files go through the same API, decoded in pure Rust ([`crate::source::dicom`]).
 
+use super::ahead::{Ahead, FrameSource};
 use super::blob::{FramesHeader, FramesWriter};
 use super::convert::{Coeffs, Layout, Matrix, to_gray, to_rgb};
 use super::gst_util::{self, Pipeline, classify, clock, describe_caps, secs};
@@ -50,6 +57,7 @@ use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::VecDeque;
 use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
@@ -71,12 +79,16 @@ pub use super::{DecodeStats, StreamInfo};
 pub struct Decoder {
     path: PathBuf,
     started: Instant,
+    info: StreamInfo,
     inner: Inner,
     finished: bool,
 }
 
 enum Inner {
+    /// Frames pulled (and converted) on the caller's thread.
     Gst(Box<GstDecoder>),
+    /// Frames pulled and converted on a worker thread, ahead of the caller ([`Ahead`]).
+    Ahead(Ahead),
     Dicom(Box<crate::source::dicom::DicomFrames>),
 }
 
@@ -93,27 +105,38 @@ impl Decoder {
         spec.validate()?;
         check_input_file(path)?;
         let started = Instant::now();
-        let inner = if is_dicom_file(path) {
-            Inner::Dicom(Box::new(crate::source::dicom::DicomFrames::open(path, spec)?))
+        let (inner, info) = if is_dicom_file(path) {
+            let d = crate::source::dicom::DicomFrames::open(path, spec)?;
+            let info = d.info().clone();
+            (Inner::Dicom(Box::new(d)), info)
         } else {
             super::check_container(path)?;
-            Inner::Gst(Box::new(GstDecoder::open(path, spec, started)?))
+            let g = GstDecoder::open(path, spec, started)?;
+            let info = g.info.clone();
+            // Converted frames cost CPU per frame: make them on a thread ahead of the caller.
+            // The decoder's own planes (YUV) cost nothing to hand out and stay on this thread.
+            if spec.format == PixelFormat::Yuv {
+                (Inner::Gst(Box::new(g)), info)
+            } else {
+                let source = Pulling { dec: Box::new(g), path: path.to_path_buf(), started };
+                let ahead = Ahead::spawn(source)
+                    .map_err(|e| VideoError::Backend(format!("cannot start a decoding thread: {e}")))?;
+                (Inner::Ahead(ahead), info)
+            }
         };
-        Ok(Decoder { path: path.to_path_buf(), started, inner, finished: false })
+        Ok(Decoder { path: path.to_path_buf(), started, info, inner, finished: false })
     }
 
     /// The stream's facts and the output size.
     pub fn info(&self) -> &StreamInfo {
-        match &self.inner {
-            Inner::Gst(g) => &g.info,
-            Inner::Dicom(d) => d.info(),
-        }
+        &self.info
     }
 
-    /// Counters so far.
+    /// Counters so far (with frames decoded ahead: as of the last frame taken).
     pub fn stats(&self) -> DecodeStats {
         match &self.inner {
             Inner::Gst(g) => g.stats(),
+            Inner::Ahead(a) => a.stats(),
             Inner::Dicom(d) => d.stats(),
         }
     }
@@ -137,7 +160,8 @@ impl Iterator for Decoder {
             return None;
         }
         let item = match &mut self.inner {
-            Inner::Gst(g) => g.next_frame(&self.path, self.started),
+            Inner::Gst(g) => g.next_frame(&self.path, self.started, &AtomicBool::new(false)),
+            Inner::Ahead(a) => a.next(),
             Inner::Dicom(d) => d.next(),
         };
         if !matches!(item, Some(Ok(_))) {
@@ -147,6 +171,27 @@ impl Iterator for Decoder {
             }
         }
         item
+    }
+}
+
+/// A [`GstDecoder`] as the worker of an [`Ahead`] drives it.
+struct Pulling {
+    dec: Box<GstDecoder>,
+    path: PathBuf,
+    started: Instant,
+}
+
+impl FrameSource for Pulling {
+    fn next_frame(&mut self, cancel: &AtomicBool) -> Option<Result<Frame, VideoError>> {
+        self.dec.next_frame(&self.path, self.started, cancel)
+    }
+
+    fn stats(&self) -> DecodeStats {
+        self.dec.stats()
+    }
+
+    fn stop(&mut self) {
+        self.dec.stop();
     }
 }
 
@@ -303,8 +348,11 @@ impl GstDecoder {
             .drop(false)
             .enable_last_sample(false)
             .build();
-        let mut chain: Vec<gst::Element> = vec![queue.clone()];
-        chain.extend(convert);
+        // The queue goes in front of the converter only when the stream needs scaling or a
+        // format conversion (decided when the decoder's pad appears, in `connect_decodebin`):
+        // then the decoder does not wait on the scaler. Untouched frames go straight through.
+        let convert_in = convert[0].clone();
+        let mut chain: Vec<gst::Element> = convert;
         chain.push(capsfilter.clone());
         chain.push(sink.clone().upcast());
         pipe.pipeline.add_many([&src, &decodebin]).map_err(|e| VideoError::Backend(e.to_string()))?;
@@ -351,7 +399,7 @@ impl GstDecoder {
             codec: None,
         }));
 
-        connect_decodebin(&decodebin, &shared, &queue, &capsfilter, spec, limits, path);
+        connect_decodebin(&decodebin, &shared, [&queue, &convert_in], &capsfilter, spec, limits, path);
 
         pipe.set_state(gst::State::Paused, path).map_err(|e| lock(&shared).error.take().unwrap_or(e))?;
         let preroll_deadline = spec.deadline.unwrap_or_else(|| Instant::now() + STALL);
@@ -589,8 +637,13 @@ impl GstDecoder {
         true
     }
 
-    fn next_frame(&mut self, path: &Path, started: Instant) -> Option<Result<Frame, VideoError>> {
+    /// The next frame; `None` at the end or soon after `cancel` is raised (every wait in here is
+    /// bounded).
+    fn next_frame(&mut self, path: &Path, started: Instant, cancel: &AtomicBool) -> Option<Result<Frame, VideoError>> {
         loop {
+            if cancel.load(Ordering::Relaxed) {
+                return None;
+            }
             if let Some(d) = self.deadline
                 && Instant::now() >= d
             {
@@ -842,7 +895,7 @@ fn stream_time(seg: Option<&gst::FormattedSegment<gst::ClockTime>>, pts: gst::Cl
 fn connect_decodebin(
     decodebin: &gst::Element,
     shared: &Shared,
-    queue: &gst::Element,
+    [queue, convert_in]: [&gst::Element; 2],
     capsfilter: &gst::Element,
     spec: &DecodeSpec,
     limits: SizeLimits,
@@ -966,12 +1019,13 @@ fn connect_decodebin(
     });
 
     let st = shared.clone();
-    let queue_weak = queue.downgrade();
+    let queue = queue.clone();
+    let convert_weak = convert_in.downgrade();
     let capsfilter_weak = capsfilter.downgrade();
     let size = spec.size;
     let path_buf = path.to_path_buf();
-    decodebin.connect_pad_added(move |_, pad| {
-        let (Some(queue), Some(capsfilter)) = (queue_weak.upgrade(), capsfilter_weak.upgrade()) else { return };
+    decodebin.connect_pad_added(move |dbin, pad| {
+        let (Some(convert), Some(capsfilter)) = (convert_weak.upgrade(), capsfilter_weak.upgrade()) else { return };
         let caps = pad.current_caps().unwrap_or_else(|| pad.query_caps(None));
         let Some(name) = caps.structure(0).map(|s| s.name().to_string()) else { return };
         if !name.starts_with("video/x-raw") {
@@ -1031,8 +1085,18 @@ fn connect_decodebin(
                 out = out.field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
             }
             capsfilter.set_property("caps", out.build());
+            let untouched = geometry.scale_w == vinfo.width()
+                && geometry.scale_h == vinfo.height()
+                && YUV_FORMATS.contains(&vinfo.format().to_str().as_str())
+                && (size == Size::Native || par == (1, 1));
+            drop(s);
+            if !untouched && let Err(e) = insert_queue(dbin, &queue, &convert) {
+                lock(&st).error.get_or_insert_with(|| VideoError::Backend(format!("cannot add the queue: {e}")));
+                return;
+            }
         }
-        let Some(sinkpad) = queue.static_pad("sink") else { return };
+        let first = if queue.parent().is_some() { &queue } else { &convert };
+        let Some(sinkpad) = first.static_pad("sink") else { return };
         let st2 = st.clone();
         sinkpad.add_probe(
             gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM | gst::PadProbeType::EVENT_FLUSH,
@@ -1100,6 +1164,15 @@ fn connect_decodebin(
             lock(&st).error.get_or_insert_with(|| VideoError::Backend(format!("cannot link the decoder: {e:?}")));
         }
     });
+}
+
+/// Put `queue` in front of `convert` in the decoder's bin, in the bin's state.
+fn insert_queue(decodebin: &gst::Element, queue: &gst::Element, convert: &gst::Element) -> Result<(), String> {
+    let bin = decodebin.parent().and_then(|p| p.downcast::<gst::Bin>().ok()).ok_or("the decoder has no bin")?;
+    bin.add(queue).map_err(|e| e.to_string())?;
+    queue.link(convert).map_err(|e| e.to_string())?;
+    queue.sync_state_with_parent().map_err(|e| e.to_string())?;
+    Ok(())
 }
 
 fn default_threads() -> usize {

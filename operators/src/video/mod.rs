@@ -36,6 +36,8 @@ pub mod convert;
 pub mod image;
 
 #[cfg(feature = "video")]
+mod ahead;
+#[cfg(feature = "video")]
 pub mod bench;
 #[cfg(feature = "video")]
 pub mod cut;
