@@ -395,11 +395,26 @@ pub fn fits(p: &Planes, x0: usize, y0: usize, w: usize, h: usize) -> bool {
 /// Convert the `w × h` rectangle at `(x0, y0)` of `p` into packed RGB8. Returns `None` when the
 /// rectangle does not fit the planes.
 pub fn to_rgb(p: &Planes, c: &Coeffs, x0: usize, y0: usize, w: usize, h: usize) -> Option<Vec<u8>> {
+    to_rgb_into(p, c, x0, y0, w, h, Vec::new())
+}
+
+/// [`to_rgb`] into `out`, whose contents are dropped and whose allocation is reused when it is
+/// large enough (a recycled frame buffer). Returns `None` when the rectangle does not fit.
+pub fn to_rgb_into(
+    p: &Planes,
+    c: &Coeffs,
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+    mut out: Vec<u8>,
+) -> Option<Vec<u8>> {
     if !fits(p, x0, y0, w, h) {
         return None;
     }
     let len = w * h * 3;
-    let mut out = Vec::with_capacity(len);
+    out.clear();
+    out.reserve_exact(len);
     let dst = &mut out.spare_capacity_mut()[..len];
     #[cfg(target_arch = "x86_64")]
     let done = if std::arch::is_x86_feature_detected!("avx2") {
@@ -444,17 +459,32 @@ unsafe fn expand_avx2(p: &Planes, x0: usize, y0: usize, w: usize, h: usize, out:
 /// The luma of the `w × h` rectangle at `(x0, y0)`, expanded to 0–255 unless it is full range
 /// already (gray frames). Returns `None` when the rectangle does not fit the plane.
 pub fn to_gray(p: &Planes, full_range: bool, x0: usize, y0: usize, w: usize, h: usize) -> Option<Vec<u8>> {
+    to_gray_into(p, full_range, x0, y0, w, h, Vec::new())
+}
+
+/// [`to_gray`] into `out`, whose contents are dropped and whose allocation is reused when it is
+/// large enough. Returns `None` when the rectangle does not fit the plane.
+pub fn to_gray_into(
+    p: &Planes,
+    full_range: bool,
+    x0: usize,
+    y0: usize,
+    w: usize,
+    h: usize,
+    mut out: Vec<u8>,
+) -> Option<Vec<u8>> {
     if h > 0 && w > 0 && (y0 + h - 1) * p.y_stride + x0 + w > p.y.len() {
         return None;
     }
+    out.clear();
     if full_range {
-        let mut out = Vec::with_capacity(w * h);
+        out.reserve_exact(w * h);
         for row in y0..y0 + h {
             out.extend_from_slice(&p.y[row * p.y_stride + x0..row * p.y_stride + x0 + w]);
         }
         return Some(out);
     }
-    let mut out = vec![0u8; w * h];
+    out.resize(w * h, 0);
     #[cfg(target_arch = "x86_64")]
     {
         if std::arch::is_x86_feature_detected!("avx2") {

@@ -41,8 +41,9 @@
 
 use super::ahead::{Ahead, FrameSource};
 use super::blob::{FramesHeader, FramesWriter};
-use super::convert::{Coeffs, Layout, Matrix, to_gray, to_rgb};
+use super::convert::{Coeffs, Layout, Matrix, to_gray_into, to_rgb_into};
 use super::gst_util::{self, Pipeline, classify, clock, describe_caps, secs};
+use super::pool::BufPool;
 use super::probe::SizeLimits;
 use super::{
     Accuracy, DecodeSpec, Frame, Geometry, KeyPicker, PixelFormat, ResizeMode, Sampling, Selector, Size, TIME_TOL,
@@ -315,6 +316,8 @@ struct GstDecoder {
     warnings: u64,
     last_progress: (u64, Instant),
     stopped: bool,
+    /// Buffers of dropped frames, reused for the next conversions.
+    pool: BufPool,
 }
 
 impl GstDecoder {
@@ -455,6 +458,7 @@ impl GstDecoder {
             warnings: 0,
             last_progress: (0, Instant::now()),
             stopped: false,
+            pool: BufPool::default(),
         };
         if needs_seek {
             if keyframes && dec.picker.is_none() {
@@ -838,13 +842,14 @@ impl GstDecoder {
             .unwrap_or((0, 0, w, h));
         let planes = yuv.planes(map.as_slice());
         let (x, y, cw, chh) = (x as usize, y as usize, cw as usize, chh as usize);
+        let buf = self.pool.take();
         let pixels = match self.format {
-            PixelFormat::Rgb => to_rgb(&planes, &Coeffs::new(matrix, full_range), x, y, cw, chh),
+            PixelFormat::Rgb => to_rgb_into(&planes, &Coeffs::new(matrix, full_range), x, y, cw, chh, buf),
             // (YUV frames were returned above.)
-            PixelFormat::Gray | PixelFormat::Yuv => to_gray(&planes, full_range, x, y, cw, chh),
+            PixelFormat::Gray | PixelFormat::Yuv => to_gray_into(&planes, full_range, x, y, cw, chh, buf),
         };
         let pixels = pixels.ok_or_else(|| internal("a frame smaller than its caps say"))?;
-        Ok(Frame::new(pts, dur, cw as u32, chh as u32, self.format, pixels))
+        Ok(Frame::new(pts, dur, cw as u32, chh as u32, self.format, pixels).returning_to(&self.pool))
     }
 
     fn stop(&mut self) {

@@ -48,6 +48,8 @@ pub mod encode;
 #[cfg(feature = "video")]
 pub(crate) mod gst_util;
 #[cfg(feature = "video")]
+pub(crate) mod pool;
+#[cfg(feature = "video")]
 pub mod probe;
 #[cfg(feature = "video")]
 pub mod synth;
@@ -94,11 +96,14 @@ impl PixelFormat {
     }
 }
 
-/// The bytes of a frame: owned, or a mapped GStreamer buffer (zero-copy).
+/// The bytes of a frame: owned, a mapped GStreamer buffer (zero-copy), or owned and recycled.
 enum FrameData {
     Owned(Vec<u8>),
     #[cfg(feature = "video")]
     Mapped(gstreamer::MappedBuffer<gstreamer::buffer::Readable>),
+    /// Owned bytes that go back to the decoder's pool when the frame is dropped.
+    #[cfg(feature = "video")]
+    Pooled(pool::Pooled),
 }
 
 /// One decoded frame: packed rows (`width * channels` bytes each), top to bottom.
@@ -184,6 +189,16 @@ impl Frame {
         Frame { pts_s, duration_s, width, height, format, data: FrameData::Mapped(map), yuv: None }
     }
 
+    /// This frame with its owned bytes going back to `pool` when it is dropped (mapped bytes
+    /// stay as they are).
+    #[cfg(feature = "video")]
+    pub(crate) fn returning_to(mut self, pool: &pool::BufPool) -> Frame {
+        if let FrameData::Owned(v) = &mut self.data {
+            self.data = FrameData::Pooled(pool::Pooled::new(std::mem::take(v), pool));
+        }
+        self
+    }
+
     /// A [`PixelFormat::Yuv`] frame over a mapped decoder buffer laid out as `yuv` says.
     #[cfg(feature = "video")]
     pub(crate) fn mapped_yuv(
@@ -228,6 +243,8 @@ impl Frame {
             FrameData::Owned(v) => &v[..n.min(v.len())],
             #[cfg(feature = "video")]
             FrameData::Mapped(m) => &m.as_slice()[..n.min(m.len())],
+            #[cfg(feature = "video")]
+            FrameData::Pooled(p) => &p.buf[..n.min(p.buf.len())],
         }
     }
 
@@ -237,12 +254,18 @@ impl Frame {
             FrameData::Owned(v) => v,
             #[cfg(feature = "video")]
             FrameData::Mapped(_) => self.data().to_vec(),
+            // Taken out of the pool for good: nothing goes back.
+            #[cfg(feature = "video")]
+            FrameData::Pooled(mut p) => std::mem::take(&mut p.buf),
         }
     }
 
     /// Whether the pixels are a mapped GStreamer buffer (no copy was made: full-range gray).
     pub fn is_zero_copy(&self) -> bool {
-        !matches!(self.data, FrameData::Owned(_))
+        #[cfg(feature = "video")]
+        return matches!(self.data, FrameData::Mapped(_));
+        #[cfg(not(feature = "video"))]
+        false
     }
 
     /// Row stride in bytes.
