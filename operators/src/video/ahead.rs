@@ -4,12 +4,11 @@
 //! frame and convert it on the caller's thread, in turn with whatever the caller does with the
 //! frame. [`Ahead`] moves the pulling and converting to a worker thread that stays up to
 //! [`DEPTH`] frames ahead, so the conversion of the next frame overlaps the caller's work on
-//! this one and fills the gaps H.264 frame threads leave while they wait on each other's
-//! reference rows.
+//! this one. (Measured on 2 cores: 480p RGB 1.19× vs 1.03× of decode-only gst-launch; at
+//! 1080p, where decoding and conversion keep both cores busy, no difference by itself.)
 //!
-//! The worker runs at a lower scheduling priority (Linux: nice [`NICE`] on that thread only):
-//! when the cores are all busy, the decoder's threads go first and the conversion takes the time
-//! they leave. The caller waits on the worker only when it is ahead of it, and the worker waits
+//! The worker runs at a lower scheduling priority (Linux: nice [`NICE`] on that thread only),
+//! so that when the cores are all busy the decoder's threads go first. The caller waits on the worker only when it is ahead of it, and the worker waits
 //! only on the bounded channel, so memory stays at a few frames.
 //!
 //! Stopping: dropping an [`Ahead`] raises the cancel flag (checked by the source between its

@@ -161,7 +161,7 @@ impl Iterator for Decoder {
             return None;
         }
         let item = match &mut self.inner {
-            Inner::Gst(g) => g.next_frame(&self.path, self.started, &AtomicBool::new(false)),
+            Inner::Gst(g) => g.next_frame(&self.path, self.started, &NEVER_CANCELLED),
             Inner::Ahead(a) => a.next(),
             Inner::Dicom(d) => d.next(),
         };
@@ -174,6 +174,9 @@ impl Iterator for Decoder {
         item
     }
 }
+
+/// The cancel flag of a decoder pulled on the caller's thread (nobody else can raise it).
+static NEVER_CANCELLED: AtomicBool = AtomicBool::new(false);
 
 /// A [`GstDecoder`] as the worker of an [`Ahead`] drives it.
 struct Pulling {
@@ -1064,7 +1067,8 @@ fn connect_decodebin(
             lock(&st).error.get_or_insert_with(|| VideoError::corrupt(&path_buf, format!("unusable video caps {caps}")));
             return;
         };
-        {
+        // Whether frames pass the converter untouched (no scaling, no format conversion).
+        let untouched = {
             let mut s = lock(&st);
             if s.linked {
                 return;
@@ -1090,17 +1094,20 @@ fn connect_decodebin(
                 out = out.field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
             }
             capsfilter.set_property("caps", out.build());
-            let untouched = geometry.scale_w == vinfo.width()
+            geometry.scale_w == vinfo.width()
                 && geometry.scale_h == vinfo.height()
                 && YUV_FORMATS.contains(&vinfo.format().to_str().as_str())
-                && (size == Size::Native || par == (1, 1));
-            drop(s);
-            if !untouched && let Err(e) = insert_queue(dbin, &queue, &convert) {
+                && (size == Size::Native || par == (1, 1))
+        };
+        let first = if untouched {
+            &convert
+        } else {
+            if let Err(e) = insert_queue(dbin, &queue, &convert) {
                 lock(&st).error.get_or_insert_with(|| VideoError::Backend(format!("cannot add the queue: {e}")));
                 return;
             }
-        }
-        let first = if queue.parent().is_some() { &queue } else { &convert };
+            &queue
+        };
         let Some(sinkpad) = first.static_pad("sink") else { return };
         let st2 = st.clone();
         sinkpad.add_probe(
