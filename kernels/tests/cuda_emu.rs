@@ -1,7 +1,7 @@
 //! The CUDA attention kernels checked without a GPU: `kernels/cuda/emu/attention_check.cpp` compiles
 //! `kernels/cuda/attention_tc.cu` (tensor cores, bf16) and `kernels/cuda/attention.cu` (general f32 kernels,
 //! including the wide head dims of the VAE) with the host C++ compiler against the CUDA emulation of
-//! `kernels/cuda/emu/emu.h` (one thread per CUDA thread, warp shuffles and mma.sync fragments exchanged as
+//! `kernels/cuda/emu/emu.h` (a fiber per CUDA thread, warp shuffles and mma.sync fragments exchanged as
 //! the PTX ISA lays them out) and compares forward, LSE and the three gradients with attention in double
 //! precision on ragged shapes. A wrong fragment index, tile bound or mask fails here before any GPU run;
 //! speed and hardware-only races still need `scripts/gpu/check.sh` on a device.
@@ -12,17 +12,9 @@
 use std::path::Path;
 use std::process::Command;
 
-fn compiler() -> String {
-    if let Ok(c) = std::env::var("CXX") {
-        return c;
-    }
-    for c in ["c++", "g++", "clang++"] {
-        if Command::new(c).arg("--version").output().is_ok_and(|o| o.status.success()) {
-            return c.to_string();
-        }
-    }
-    panic!("no C++ compiler found: install g++ (scripts/setup.sh does) or set CXX");
-}
+#[path = "support/cuda_emulation.rs"]
+mod support;
+use support::compiler;
 
 #[test]
 fn attention_kernels_match_double_precision_under_emulation() {

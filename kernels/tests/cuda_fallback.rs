@@ -1,8 +1,16 @@
 //! Without a CUDA driver the backend reports a clean `Error::NoCuda` and nothing panics; with a device, every
 //! CUDA op is checked against the CPU op on random inputs, forward and backward (GPU parity, issue #8).
+//! Without a device, `gpu_parity_tests_pass_under_cpu_emulation` runs the parity tests again in a child process
+//! against the CPU stand-in for the CUDA driver and cuBLAS (kernels/cuda/emu/fake_cuda.cpp).
 
 use medgen_kernels::ops::{activation, attention, conv, elementwise, linear, loss, norm, rope, shape};
 use medgen_kernels::{DType, Device, Error, Rng, Tensor, cuda};
+
+#[path = "support/cuda_emulation.rs"]
+mod support;
+
+/// Set in the child process that runs the parity tests under emulation.
+const EMULATED_CHILD: &str = "MEDGEN_TEST_EMULATED_CHILD";
 
 /// The first CUDA device, or `None` (with the reason printed) on a machine without one.
 fn gpu() -> Option<Device> {
@@ -18,6 +26,36 @@ fn gpu() -> Option<Device> {
             None
         }
     }
+}
+
+/// The `gpu_parity_*` tests of this file, run in a child process of this test binary whose CUDA driver and
+/// cuBLAS are the CPU emulation: every launch, argument struct, buffer size and GEMM operand convention of
+/// the ops goes through the same Rust code as on a GPU, and a buffer overrun faults. Skipped where a real
+/// device ran them already. The 1.3B-width test is left out (two minutes under emulation, and the tiny-model
+/// fixtures of tests/cuda_emulated.rs take the same code paths).
+#[test]
+fn gpu_parity_tests_pass_under_cpu_emulation() {
+    if std::env::var_os(EMULATED_CHILD).is_some() {
+        return;
+    }
+    if cuda::available().is_ok_and(|d| !d.is_empty()) {
+        println!("a CUDA device is present: the parity tests ran on it");
+        return;
+    }
+    let emu = support::Emulation::build();
+    let exe = std::env::current_exe().expect("the test binary");
+    let out = emu
+        .command(exe)
+        .env(EMULATED_CHILD, "1")
+        .args(["gpu_parity_", "--skip", "under_cpu_emulation", "--nocapture", "--test-threads", "2"])
+        .output()
+        .expect("run the parity tests under emulation");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(out.status.success(), "parity tests failed under emulation:\n{stdout}\n{stderr}");
+    assert!(stdout.contains("medgen CPU emulation"), "the child did not see the emulated device:\n{stdout}");
+    let passed = stdout.lines().filter(|l| l.starts_with("test gpu_parity_") && l.ends_with(" ok")).count();
+    assert_eq!(passed, 7, "expected the 7 gpu_parity tests to pass:\n{stdout}");
 }
 
 #[test]

@@ -5,7 +5,6 @@
 #![cfg(feature = "cuda")]
 
 use std::collections::BTreeSet;
-use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 
 use medgen_kernels::Error;
@@ -14,22 +13,9 @@ use medgen_kernels::cuda::{self, KERNEL_FILES, KernelFile};
 const FIX: &str = "run scripts/setup.sh (it installs the pinned nvidia-cuda-nvrtc wheel into .cache/cudaenv) or set \
                    MEDGEN_NVRTC_DIR to a folder holding libnvrtc.so.13 and libnvrtc-builtins.so.13.*";
 
-fn repo_root() -> PathBuf {
-    Path::new(env!("CARGO_MANIFEST_DIR")).parent().expect("kernels/ has a parent").to_path_buf()
-}
-
-/// The NVRTC folder: `$MEDGEN_NVRTC_DIR`, else the wheel in `.cache/cudaenv`.
-fn nvrtc_dir() -> Option<PathBuf> {
-    if let Some(d) = std::env::var_os("MEDGEN_NVRTC_DIR") {
-        return Some(PathBuf::from(d));
-    }
-    let lib = repo_root().join(".cache/cudaenv/lib");
-    std::fs::read_dir(&lib)
-        .ok()?
-        .filter_map(|e| e.ok())
-        .map(|e| e.path().join("site-packages/nvidia/cu13/lib"))
-        .find(|p| p.join("libnvrtc.so.13").is_file())
-}
+#[path = "support/cuda_emulation.rs"]
+mod support;
+use support::{nvrtc_dir, repo_root};
 
 /// Loads NVRTC once for all tests of this binary, or fails with the fix.
 fn setup() -> (i32, i32) {

@@ -14,9 +14,15 @@ use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare, compare_slice
 #[derive(Default)]
 struct Group {
     checks: Vec<Check>,
+    /// Largest reference magnitude of each tensor in `checks`.
+    scales: Vec<f64>,
     got: Vec<f64>,
     want: Vec<f64>,
 }
+
+/// In f32 a gradient tensor's error is relative to the larger of its own largest reference magnitude and
+/// this fraction of its group's largest.
+const NEAR_ZERO_FLOOR: f64 = 1e-2;
 
 /// Display group of a gradient, from the fixture's own (diffusers or original) name.
 fn group(name: &str, original: bool) -> String {
@@ -36,12 +42,15 @@ fn group(name: &str, original: bool) -> String {
 /// the flow-matching loss `mean((v − (noise − x0))²)` with `out.loss`, and every reference
 /// gradient `g.*` (relative limit, default 1e-3), merged into groups per module and block.
 ///
-/// In f32 each gradient tensor is judged on its own relative error (its max abs error over its
-/// largest reference magnitude) and a group reports its worst tensor. In bf16 a group is judged
-/// relative to the group's largest reference gradient instead: some gradients are nearly zero by
-/// construction (e.g. cross-attention `to_k.bias`, whose softmax part cancels exactly and which
-/// only the RMSNorm makes non-zero) and come out ~1e-3 of the block's scale, below what bf16
-/// inputs resolve on their own scale.
+/// Some gradients are nearly zero by construction (e.g. cross-attention `to_k.bias`, whose softmax
+/// part cancels exactly and which only the RMSNorm makes non-zero) and come out ~1e-3 of the
+/// block's scale: what remains of them is the rounding of the large terms that cancel, so their
+/// error on their own scale measures the order of summation, not correctness. In f32 each gradient
+/// tensor is judged on its max abs error over the larger of its own largest reference magnitude
+/// and 1% of its group's largest, and a group reports its worst tensor (the CUDA path's f32
+/// attention backward sums in another order than the CPU's: `to_k.bias` of the tiny fixture comes
+/// out at 1.2e-3 on its own scale, 4e-8 absolute). In bf16 a group is judged relative to the
+/// group's largest reference gradient, which is below what bf16 inputs resolve on their own scale.
 ///
 /// A parameter without a reference gradient, or a reference gradient for no parameter, is an
 /// error.
@@ -82,6 +91,7 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
         let want = fx.tensor(&key)?;
         let c = compare(&key, ours, &want, grad_limit)?;
         let e = groups.entry(group(fname, original)).or_default();
+        e.scales.push(want.to_vec_f64()?.iter().fold(0f64, |m, x| m.max(x.abs())));
         e.checks.push(c);
         if half {
             e.got.extend(ours.to_vec_f64()?);
@@ -108,7 +118,17 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
         if half {
             checks.push(compare_slices(n, &gr.got, &gr.want, grad_limit));
         } else {
-            checks.extend(Check::merge(n, &gr.checks));
+            let floor = NEAR_ZERO_FLOOR * gr.scales.iter().fold(0f64, |m, &x| m.max(x));
+            let judged: Vec<Check> = gr
+                .checks
+                .iter()
+                .zip(&gr.scales)
+                .map(|(c, &s)| {
+                    let scale = s.max(floor);
+                    Check { max_rel: if scale > 0.0 { c.max_abs / scale } else { c.max_abs }, ..c.clone() }
+                })
+                .collect();
+            checks.extend(Check::merge(n, &judged));
         }
     }
     Ok(checks)

@@ -1,0 +1,722 @@
+// A CPU stand-in for the CUDA driver (libcuda.so) and the slice of cuBLAS (libcublas.so) that medgen-kernels
+// calls, so the Rust CUDA backend (kernels/src/cuda/: buffers, launches, argument structs, GEMM operand
+// conventions) runs end to end on machines without a GPU. Built and used by tests/cuda_emulated.rs, which
+// runs `medgen verify --device cuda` on the committed fixtures with this library first on LD_LIBRARY_PATH.
+//
+// What it models:
+//   * One device reporting compute capability 9.0. Device memory is host memory; every allocation sits
+//     between two inaccessible pages (its end against the upper one), so a kernel or copy that runs past a
+//     buffer faults at once and the fault handler names the kernel or call.
+//   * Copies, memsets and GEMMs check that every byte they touch lies inside one live allocation and fail
+//     with CUDA_ERROR_INVALID_VALUE / CUBLAS_STATUS_INVALID_VALUE and a message otherwise; GEMMs also check
+//     cuBLAS's leading-dimension rules.
+//   * Modules: the PTX that NVRTC made is parsed for its `.version` (must be one a CUDA 13.0 driver loads)
+//     and its `.entry` names; a function is found only when the PTX defines it. Launches run the kernel's
+//     C++ build (the same .cu source, compiled against emu.h) synchronously, one block after another, with
+//     the driver's launch limits checked (block ≤ 1024 threads, grid y/z ≤ 65535, dynamic shared memory).
+//   * One in-order stream: every call completes before it returns, so events and synchronisation are trivial.
+// It does not model timing, concurrency between streams, or the hardware's memory model.
+
+#include "emu.h"
+
+// clang-format off
+#include "../common.cuh"
+#include "../elementwise.cu"
+#include "../norm.cu"
+#include "../rope.cu"
+#include "../softmax.cu"
+#include "../loss.cu"
+#include "../optim.cu"
+#include "../conv.cu"
+#include "../attention.cu"
+#include "../attention_tc.cu"
+// clang-format on
+
+#ifndef MEDGEN_EMU_SCAN
+
+#include <signal.h>
+#include <stdarg.h>
+#include <unistd.h>
+
+#include <chrono>
+#include <map>
+#include <mutex>
+#include <set>
+#include <utility>
+
+namespace {
+
+// ---- kernel registry -------------------------------------------------------------------------------------
+
+using Invoke = void (*)(void** params);
+
+template <class... A, size_t... I>
+void invoke_with(void (*k)(A...), void** p, std::index_sequence<I...>) {
+    k(*static_cast<std::remove_reference_t<A>*>(p[I])...);
+}
+
+template <class... A>
+constexpr size_t arity(void (*)(A...)) {
+    return sizeof...(A);
+}
+
+template <auto K>
+void invoke_kernel(void** p) {
+    invoke_with(K, p, std::make_index_sequence<arity(K)>{});
+}
+
+struct KernelEntry {
+    const char* name;
+    Invoke run;
+};
+
+// MEDGEN_EMU_REGISTRY names a generated file of `KERNEL(name)` lines, one per extern "C" kernel above.
+#define KERNEL(name) {#name, &invoke_kernel<&name>},
+const KernelEntry KERNELS[] = {
+#include MEDGEN_EMU_REGISTRY
+};
+#undef KERNEL
+
+// ---- state -----------------------------------------------------------------------------------------------
+
+constexpr int OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
+              INVALID_IMAGE = 200, INVALID_CONTEXT = 201, INVALID_PTX = 218, UNSUPPORTED_PTX_VERSION = 222,
+              INVALID_HANDLE = 400, NOT_FOUND = 500, LAUNCH_FAILED = 719;
+constexpr size_t TOTAL_MEMORY = 16ull << 30;
+constexpr size_t STATIC_SHARED_LIMIT = 48 * 1024, DYNAMIC_SHARED_OPTIN = 227 * 1024;
+
+struct Alloc {
+    size_t bytes;
+    char* map;  // the whole mapping, guard pages included
+    size_t map_bytes;
+};
+
+struct Module {
+    std::set<std::string> entries;
+};
+
+struct Function {
+    std::string name;
+    Invoke run;
+    int max_dynamic_shared = (int)STATIC_SHARED_LIMIT;
+};
+
+std::recursive_mutex mu;
+bool initialised = false;
+std::map<uintptr_t, Alloc> allocs;  // keyed by the address handed out
+size_t allocated = 0;
+thread_local void* current_ctx = nullptr;
+char primary_ctx_tag, stream_tag;
+// What the device is doing, for the fault handler.
+const char* volatile activity = "nothing";
+char activity_buf[256];
+
+void set_activity(const char* what, const char* name = "") {
+    std::snprintf(activity_buf, sizeof activity_buf, "%s%s", what, name);
+    activity = activity_buf;
+}
+
+void report(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
+void report(const char* fmt, ...) {
+    va_list ap;
+    va_start(ap, fmt);
+    std::fputs("medgen cuda emulation: ", stderr);
+    std::vfprintf(stderr, fmt, ap);
+    std::fputc('\n', stderr);
+    va_end(ap);
+}
+
+void on_fault(int sig, siginfo_t* info, void*) {
+    char msg[512];
+    int n = std::snprintf(msg, sizeof msg,
+                          "medgen cuda emulation: memory fault at %p during %s (an access outside every live "
+                          "device allocation)\n",
+                          info->si_addr, (const char*)activity);
+    if (n > 0) (void)!write(2, msg, (size_t)std::min(n, (int)sizeof msg));
+    signal(sig, SIG_DFL);
+    raise(sig);
+}
+
+void install_fault_handler() {
+    // The fibers run on their own stacks; the handler needs one of its own in case a stack overflowed.
+    static char alt[64 * 1024];
+    stack_t ss{};
+    ss.ss_sp = alt;
+    ss.ss_size = sizeof alt;
+    sigaltstack(&ss, nullptr);
+    struct sigaction sa{};
+    sa.sa_sigaction = on_fault;
+    sa.sa_flags = SA_SIGINFO | SA_ONSTACK;
+    sigaction(SIGSEGV, &sa, nullptr);
+    sigaction(SIGBUS, &sa, nullptr);
+}
+
+// The allocation holding [p, p + bytes), or nullptr.
+const Alloc* find(uintptr_t p, size_t bytes) {
+    auto it = allocs.upper_bound(p);
+    if (it == allocs.begin()) return nullptr;
+    --it;
+    if (p < it->first || p + bytes > it->first + it->second.bytes) return nullptr;
+    return &it->second;
+}
+
+bool check_range(const char* op, uintptr_t p, size_t bytes) {
+    if (bytes == 0 || find(p, bytes)) return true;
+    report("%s: [0x%llx, +%zu bytes) is not inside one live device allocation", op, (unsigned long long)p, bytes);
+    return false;
+}
+
+int do_alloc(uint64_t* out, size_t bytes) {
+    if (!out) return INVALID_VALUE;
+    if (bytes == 0) return INVALID_VALUE;  // as cuMemAlloc
+    if (allocated + bytes > TOTAL_MEMORY) return OUT_OF_MEMORY;
+    const size_t page = (size_t)sysconf(_SC_PAGESIZE);
+    const size_t padded = (bytes + 15) / 16 * 16;
+    const size_t body = (padded + page - 1) / page * page;
+    const size_t total = body + 2 * page;
+    void* m = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    if (m == MAP_FAILED) return OUT_OF_MEMORY;
+    char* base = (char*)m;
+    if (mprotect(base + page, body, PROT_READ | PROT_WRITE) != 0) {
+        munmap(m, total);
+        return OUT_OF_MEMORY;
+    }
+    // Fill with a NaN pattern so reads of never-written device memory show up in results.
+    std::memset(base + page, 0xff, body);
+    char* p = base + page + body - padded;
+    allocs[(uintptr_t)p] = Alloc{bytes, base, total};
+    allocated += bytes;
+    *out = (uint64_t)(uintptr_t)p;
+    return OK;
+}
+
+int do_free(uint64_t p) {
+    auto it = allocs.find((uintptr_t)p);
+    if (it == allocs.end()) {
+        report("cuMemFree: 0x%llx is not the start of a live allocation", (unsigned long long)p);
+        return INVALID_VALUE;
+    }
+    munmap(it->second.map, it->second.map_bytes);
+    allocated -= it->second.bytes;
+    allocs.erase(it);
+    return OK;
+}
+
+// "major.minor" of the PTX `.version` directive as major * 10 + minor, or -1.
+int ptx_version(const std::string& ptx) {
+    auto at = ptx.find(".version");
+    if (at == std::string::npos) return -1;
+    int major = 0, minor = 0;
+    if (std::sscanf(ptx.c_str() + at, ".version %d.%d", &major, &minor) != 2) return -1;
+    return major * 10 + minor;
+}
+
+}  // namespace
+
+// ---- driver API ------------------------------------------------------------------------------------------
+
+extern "C" {
+
+int cuInit(unsigned flags) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    if (flags != 0) return INVALID_VALUE;
+    if (!initialised) {
+        install_fault_handler();
+        initialised = true;
+    }
+    return OK;
+}
+
+int cuDriverGetVersion(int* v) {
+    if (!v) return INVALID_VALUE;
+    *v = 13000;
+    return OK;
+}
+
+int cuDeviceGetCount(int* n) {
+    if (!initialised) return NOT_INITIALIZED;
+    if (!n) return INVALID_VALUE;
+    *n = 1;
+    return OK;
+}
+
+int cuDeviceGet(int* dev, int ordinal) {
+    if (!initialised) return NOT_INITIALIZED;
+    if (!dev) return INVALID_VALUE;
+    if (ordinal != 0) return INVALID_DEVICE;
+    *dev = 0;
+    return OK;
+}
+
+int cuDeviceGetName(char* name, int len, int dev) {
+    if (dev != 0) return INVALID_DEVICE;
+    if (!name || len <= 0) return INVALID_VALUE;
+    std::snprintf(name, (size_t)len, "medgen CPU emulation (sm_90)");
+    return OK;
+}
+
+int cuDeviceGetAttribute(int* v, int attr, int dev) {
+    if (dev != 0) return INVALID_DEVICE;
+    if (!v) return INVALID_VALUE;
+    switch (attr) {
+        case 1: *v = 1024; break;                         // max threads per block
+        case 2: *v = 1024; break;                         // max block dim x
+        case 3: *v = 1024; break;                         // max block dim y
+        case 4: *v = 64; break;                           // max block dim z
+        case 5: *v = 2147483647; break;                   // max grid dim x
+        case 6: case 7: *v = 65535; break;                // max grid dim y, z
+        case 8: *v = (int)STATIC_SHARED_LIMIT; break;     // max shared memory per block
+        case 10: *v = 32; break;                          // warp size
+        case 16: *v = 132; break;                         // multiprocessors
+        case 75: *v = 9; break;                           // compute capability major
+        case 76: *v = 0; break;                           // minor
+        case 97: *v = (int)DYNAMIC_SHARED_OPTIN; break;   // max shared memory per block (opt-in)
+        case 115: *v = 0; break;                          // memory pools: no, so cudarc allocates synchronously
+        default: *v = 0; break;
+    }
+    return OK;
+}
+
+int cuDeviceTotalMem_v2(size_t* bytes, int dev) {
+    if (dev != 0) return INVALID_DEVICE;
+    if (!bytes) return INVALID_VALUE;
+    *bytes = TOTAL_MEMORY;
+    return OK;
+}
+
+int cuDeviceGetUuid_v2(unsigned char* uuid, int dev) {
+    if (dev != 0) return INVALID_DEVICE;
+    std::memset(uuid, 0x5a, 16);
+    return OK;
+}
+int cuDeviceGetUuid(unsigned char* uuid, int dev) { return cuDeviceGetUuid_v2(uuid, dev); }
+
+int cuDevicePrimaryCtxRetain(void** ctx, int dev) {
+    if (!initialised) return NOT_INITIALIZED;
+    if (dev != 0) return INVALID_DEVICE;
+    *ctx = &primary_ctx_tag;
+    return OK;
+}
+int cuDevicePrimaryCtxRelease_v2(int dev) { return dev == 0 ? OK : INVALID_DEVICE; }
+
+int cuCtxSetCurrent(void* ctx) {
+    if (ctx && ctx != &primary_ctx_tag) return INVALID_CONTEXT;
+    current_ctx = ctx;
+    return OK;
+}
+int cuCtxGetCurrent(void** ctx) {
+    *ctx = current_ctx;
+    return OK;
+}
+int cuCtxGetDevice(int* dev) {
+    if (!current_ctx) return INVALID_CONTEXT;
+    *dev = 0;
+    return OK;
+}
+int cuCtxSynchronize() { return current_ctx ? OK : INVALID_CONTEXT; }
+int cuCtxGetStreamPriorityRange(int* least, int* greatest) {
+    if (least) *least = 0;
+    if (greatest) *greatest = -5;
+    return OK;
+}
+int cuCtxSetFlags(unsigned) { return OK; }
+
+int cuStreamCreate(void** s, unsigned) {
+    *s = &stream_tag;
+    return OK;
+}
+int cuStreamCreateWithPriority(void** s, unsigned, int) {
+    *s = &stream_tag;
+    return OK;
+}
+int cuStreamDestroy_v2(void*) { return OK; }
+int cuStreamSynchronize(void*) { return current_ctx ? OK : INVALID_CONTEXT; }
+int cuStreamWaitEvent(void*, void*, unsigned) { return OK; }
+int cuStreamQuery(void*) { return OK; }
+
+using Clock = std::chrono::steady_clock;
+struct Event {
+    Clock::time_point at;
+    bool recorded = false;
+};
+int cuEventCreate(void** e, unsigned) {
+    *e = new Event();
+    return OK;
+}
+int cuEventRecord(void* e, void*) {
+    if (!e) return INVALID_HANDLE;
+    static_cast<Event*>(e)->at = Clock::now();
+    static_cast<Event*>(e)->recorded = true;
+    return OK;
+}
+int cuEventSynchronize(void* e) { return e ? OK : INVALID_HANDLE; }
+int cuEventQuery(void* e) { return e ? OK : INVALID_HANDLE; }
+int cuEventElapsedTime_v2(float* ms, void* a, void* b) {
+    auto* x = static_cast<Event*>(a);
+    auto* y = static_cast<Event*>(b);
+    if (!x || !y || !x->recorded || !y->recorded) return INVALID_HANDLE;
+    *ms = std::chrono::duration<float, std::milli>(y->at - x->at).count();
+    return OK;
+}
+int cuEventElapsedTime(float* ms, void* a, void* b) { return cuEventElapsedTime_v2(ms, a, b); }
+int cuEventDestroy_v2(void* e) {
+    delete static_cast<Event*>(e);
+    return OK;
+}
+
+int cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    *free_bytes = TOTAL_MEMORY - allocated;
+    *total = TOTAL_MEMORY;
+    return OK;
+}
+
+int cuMemAlloc_v2(uint64_t* p, size_t bytes) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    if (!current_ctx) return INVALID_CONTEXT;
+    return do_alloc(p, bytes);
+}
+int cuMemAllocAsync(uint64_t* p, size_t bytes, void*) { return cuMemAlloc_v2(p, bytes); }
+int cuMemFree_v2(uint64_t p) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    return do_free(p);
+}
+int cuMemFreeAsync(uint64_t p, void*) { return cuMemFree_v2(p); }
+
+int cuMemcpyHtoD_v2(uint64_t dst, const void* src, size_t n) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    if (!check_range("cuMemcpyHtoD destination", dst, n)) return INVALID_VALUE;
+    set_activity("cuMemcpyHtoD");
+    std::memcpy((void*)(uintptr_t)dst, src, n);
+    return OK;
+}
+int cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) { return cuMemcpyHtoD_v2(dst, src, n); }
+int cuMemcpyDtoH_v2(void* dst, uint64_t src, size_t n) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    if (!check_range("cuMemcpyDtoH source", src, n)) return INVALID_VALUE;
+    set_activity("cuMemcpyDtoH");
+    std::memcpy(dst, (const void*)(uintptr_t)src, n);
+    return OK;
+}
+int cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void*) { return cuMemcpyDtoH_v2(dst, src, n); }
+int cuMemcpyDtoD_v2(uint64_t dst, uint64_t src, size_t n) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    if (!check_range("cuMemcpyDtoD source", src, n) || !check_range("cuMemcpyDtoD destination", dst, n))
+        return INVALID_VALUE;
+    set_activity("cuMemcpyDtoD");
+    std::memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n);
+    return OK;
+}
+int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void*) { return cuMemcpyDtoD_v2(dst, src, n); }
+int cuMemsetD8_v2(uint64_t dst, unsigned char v, size_t n) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    if (!check_range("cuMemsetD8", dst, n)) return INVALID_VALUE;
+    std::memset((void*)(uintptr_t)dst, v, n);
+    return OK;
+}
+int cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void*) { return cuMemsetD8_v2(dst, v, n); }
+
+int cuModuleLoadData(void** module, const void* image) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    if (!module || !image) return INVALID_VALUE;
+    std::string ptx((const char*)image);
+    int ver = ptx_version(ptx);
+    if (ver < 0) {
+        report("cuModuleLoadData: the image is not PTX text (no .version directive)");
+        return INVALID_IMAGE;
+    }
+    // PTX ISA 9.0 is the newest a CUDA 13.0 driver JIT-compiles.
+    if (ver > 90) {
+        report("cuModuleLoadData: PTX .version %d.%d is newer than a CUDA 13.0 driver loads (9.0)", ver / 10,
+               ver % 10);
+        return UNSUPPORTED_PTX_VERSION;
+    }
+    auto m = new Module();
+    for (size_t at = ptx.find(".entry"); at != std::string::npos; at = ptx.find(".entry", at + 1)) {
+        size_t s = at + 6;
+        while (s < ptx.size() && std::isspace((unsigned char)ptx[s])) ++s;
+        size_t e = s;
+        while (e < ptx.size() && (std::isalnum((unsigned char)ptx[e]) || ptx[e] == '_' || ptx[e] == '$')) ++e;
+        if (e > s) m->entries.insert(ptx.substr(s, e - s));
+    }
+    if (m->entries.empty()) {
+        delete m;
+        report("cuModuleLoadData: the PTX defines no kernel");
+        return INVALID_PTX;
+    }
+    *module = m;
+    return OK;
+}
+int cuModuleUnload(void* m) {
+    delete static_cast<Module*>(m);
+    return OK;
+}
+
+int cuModuleGetFunction(void** f, void* module, const char* name) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    auto* m = static_cast<Module*>(module);
+    if (!m || !f || !name) return INVALID_VALUE;
+    if (!m->entries.count(name)) return NOT_FOUND;
+    for (const auto& k : KERNELS) {
+        if (std::strcmp(k.name, name) == 0) {
+            *f = new Function{name, k.run};
+            return OK;
+        }
+    }
+    report("cuModuleGetFunction: %s is in the PTX but not in the emulation's kernel table", name);
+    return NOT_FOUND;
+}
+
+int cuFuncGetAttribute(int* v, int attr, void* f) {
+    if (!f || !v) return INVALID_VALUE;
+    switch (attr) {
+        case 0: *v = 1024; break;  // max threads per block
+        case 8: *v = static_cast<Function*>(f)->max_dynamic_shared; break;
+        default: *v = 0; break;
+    }
+    return OK;
+}
+int cuFuncSetAttribute(void* f, int attr, int v) {
+    if (!f) return INVALID_HANDLE;
+    if (attr == 8) {  // CU_FUNC_ATTRIBUTE_MAX_DYNAMIC_SHARED_SIZE_BYTES
+        if (v < 0 || (size_t)v > DYNAMIC_SHARED_OPTIN) return INVALID_VALUE;
+        static_cast<Function*>(f)->max_dynamic_shared = v;
+    }
+    return OK;
+}
+int cuFuncSetCacheConfig(void*, int) { return OK; }
+
+int cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigned gz, unsigned bx, unsigned by, unsigned bz,
+                   unsigned shared, void*, void** params, void** extra) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    auto* f = static_cast<Function*>(func);
+    if (!f) return INVALID_HANDLE;
+    if (!current_ctx) return INVALID_CONTEXT;
+    if (extra) {
+        report("%s: launch with `extra` parameters is not emulated", f->name.c_str());
+        return INVALID_VALUE;
+    }
+    if (gx == 0 || gy == 0 || gz == 0 || bx == 0 || by == 0 || bz == 0 || gy > 65535 || gz > 65535 ||
+        (uint64_t)bx * by * bz > 1024 || bz > 64) {
+        report("%s: invalid launch shape grid (%u, %u, %u) block (%u, %u, %u)", f->name.c_str(), gx, gy, gz, bx,
+               by, bz);
+        return INVALID_VALUE;
+    }
+    if (shared > (unsigned)f->max_dynamic_shared) {
+        report("%s: %u bytes of dynamic shared memory exceed the function's limit %d", f->name.c_str(), shared,
+               f->max_dynamic_shared);
+        return INVALID_VALUE;
+    }
+    if (!params) return INVALID_VALUE;
+    set_activity("kernel ", f->name.c_str());
+    Invoke run = f->run;
+    bool ok = emu::try_launch(dim3{gx, gy, gz}, dim3{bx, by, bz}, [&] { run(params); });
+    set_activity("nothing");
+    if (!ok) {
+        report("%s: %s", f->name.c_str(), emu::failure.c_str());
+        return LAUNCH_FAILED;
+    }
+    return OK;
+}
+
+int cuGetErrorString(int e, const char** s) {
+    switch (e) {
+        case OK: *s = "no error"; break;
+        case INVALID_VALUE: *s = "invalid argument"; break;
+        case OUT_OF_MEMORY: *s = "out of memory"; break;
+        case NOT_INITIALIZED: *s = "initialization error"; break;
+        case INVALID_DEVICE: *s = "invalid device ordinal"; break;
+        case INVALID_IMAGE: *s = "device kernel image is invalid"; break;
+        case INVALID_CONTEXT: *s = "invalid device context"; break;
+        case INVALID_PTX: *s = "a PTX JIT compilation failed"; break;
+        case UNSUPPORTED_PTX_VERSION: *s = "the provided PTX was compiled with an unsupported toolchain"; break;
+        case INVALID_HANDLE: *s = "invalid resource handle"; break;
+        case NOT_FOUND: *s = "named symbol not found"; break;
+        case LAUNCH_FAILED: *s = "unspecified launch failure"; break;
+        default: *s = "unknown error"; return INVALID_VALUE;
+    }
+    return OK;
+}
+int cuGetErrorName(int e, const char** s) {
+    switch (e) {
+        case OK: *s = "CUDA_SUCCESS"; break;
+        case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
+        case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
+        case NOT_INITIALIZED: *s = "CUDA_ERROR_NOT_INITIALIZED"; break;
+        case INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
+        case INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
+        case INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
+        case INVALID_PTX: *s = "CUDA_ERROR_INVALID_PTX"; break;
+        case UNSUPPORTED_PTX_VERSION: *s = "CUDA_ERROR_UNSUPPORTED_PTX_VERSION"; break;
+        case INVALID_HANDLE: *s = "CUDA_ERROR_INVALID_HANDLE"; break;
+        case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
+        case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
+        default: *s = "CUDA_ERROR_UNKNOWN"; return INVALID_VALUE;
+    }
+    return OK;
+}
+
+}  // extern "C"
+
+// ---- cuBLAS ----------------------------------------------------------------------------------------------
+
+namespace {
+
+constexpr int BLAS_OK = 0, BLAS_NOT_INITIALIZED = 1, BLAS_INVALID_VALUE = 7, BLAS_NOT_SUPPORTED = 15;
+constexpr int R_32F = 0, R_16F = 2, R_16BF = 14;
+constexpr int COMPUTE_32F = 68, COMPUTE_32F_FAST_TF32 = 77, COMPUTE_32F_FAST_16BF = 75;
+
+struct BlasHandle {
+    void* stream = nullptr;
+};
+
+size_t dtype_bytes(int t) { return t == R_32F ? 4 : (t == R_16F || t == R_16BF) ? 2 : 0; }
+
+double load(const void* p, int t, int64_t i) {
+    switch (t) {
+        case R_16BF: return emu::bf16(((const uint16_t*)p)[i]);
+        case R_16F: return emu_f16_to_f32(((const uint16_t*)p)[i]);
+        default: return ((const float*)p)[i];
+    }
+}
+
+void store(void* p, int t, int64_t i, double v) {
+    switch (t) {
+        case R_16BF: ((uint16_t*)p)[i] = f32_to_bf16_bits((float)v); break;
+        case R_16F: ((uint16_t*)p)[i] = emu_f32_to_f16((float)v); break;
+        default: ((float*)p)[i] = (float)v; break;
+    }
+}
+
+// The matrices of one operand: `rows` x `cols` column-major with leading dimension `ld`, `batch` of them
+// `stride` elements apart. Checks they lie inside one allocation.
+bool check_operand(const char* what, const void* p, int t, int64_t rows, int64_t cols, int64_t ld, int64_t stride,
+                   int batch) {
+    if (ld < std::max<int64_t>(1, rows)) {
+        report("cublasGemmStridedBatchedEx: %s leading dimension %lld < its %lld rows", what, (long long)ld,
+               (long long)rows);
+        return false;
+    }
+    if (stride < 0) {
+        report("cublasGemmStridedBatchedEx: %s has a negative batch stride", what);
+        return false;
+    }
+    int64_t last = (cols - 1) * ld + (rows - 1) + (int64_t)(batch - 1) * stride;
+    size_t bytes = (size_t)(last + 1) * dtype_bytes(t);
+    char label[96];
+    std::snprintf(label, sizeof label, "cublasGemmStridedBatchedEx %s", what);
+    return check_range(label, (uintptr_t)p, bytes);
+}
+
+}  // namespace
+
+extern "C" {
+
+int cublasCreate_v2(void** h) {
+    if (!initialised) return BLAS_NOT_INITIALIZED;
+    *h = new BlasHandle();
+    return BLAS_OK;
+}
+int cublasDestroy_v2(void* h) {
+    delete static_cast<BlasHandle*>(h);
+    return BLAS_OK;
+}
+int cublasSetStream_v2(void* h, void* s) {
+    if (!h) return BLAS_NOT_INITIALIZED;
+    static_cast<BlasHandle*>(h)->stream = s;
+    return BLAS_OK;
+}
+int cublasSetWorkspace_v2(void* h, void*, size_t) { return h ? BLAS_OK : BLAS_NOT_INITIALIZED; }
+int cublasSetMathMode(void* h, int) { return h ? BLAS_OK : BLAS_NOT_INITIALIZED; }
+int cublasSetPointerMode_v2(void* h, int mode) { return h ? (mode == 0 ? BLAS_OK : BLAS_NOT_SUPPORTED) : 1; }
+int cublasGetPointerMode_v2(void* h, int* mode) {
+    if (!h) return BLAS_NOT_INITIALIZED;
+    *mode = 0;
+    return BLAS_OK;
+}
+const char* cublasGetStatusString(int s) {
+    switch (s) {
+        case BLAS_OK: return "CUBLAS_STATUS_SUCCESS";
+        case BLAS_NOT_INITIALIZED: return "CUBLAS_STATUS_NOT_INITIALIZED";
+        case BLAS_INVALID_VALUE: return "CUBLAS_STATUS_INVALID_VALUE";
+        case BLAS_NOT_SUPPORTED: return "CUBLAS_STATUS_NOT_SUPPORTED";
+        default: return "CUBLAS_STATUS_UNKNOWN";
+    }
+}
+
+// Column-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C over `batch` matrices, accumulating in double
+// (cuBLAS accumulates in f32; the difference is far inside every tolerance the tests use).
+int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
+                               int at, int lda, long long sa, const void* B, int bt, int ldb, long long sb,
+                               const void* beta, void* C, int ct, int ldc, long long sc, int batch, int compute,
+                               int algo) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    (void)algo;
+    if (!h) return BLAS_NOT_INITIALIZED;
+    if (m < 0 || n < 0 || k < 0 || batch < 0 || (ta != 0 && ta != 1) || (tb != 0 && tb != 1)) {
+        report("cublasGemmStridedBatchedEx: bad sizes or operations (m %d n %d k %d batch %d)", m, n, k, batch);
+        return BLAS_INVALID_VALUE;
+    }
+    if (compute != COMPUTE_32F && compute != COMPUTE_32F_FAST_TF32 && compute != COMPUTE_32F_FAST_16BF) {
+        report("cublasGemmStridedBatchedEx: compute type %d is not emulated", compute);
+        return BLAS_NOT_SUPPORTED;
+    }
+    if (!dtype_bytes(at) || !dtype_bytes(bt) || !dtype_bytes(ct) || at != bt) {
+        report("cublasGemmStridedBatchedEx: dtypes A %d B %d C %d are not a cuBLAS combination", at, bt, ct);
+        return BLAS_NOT_SUPPORTED;
+    }
+    if (ldc < std::max(1, m)) {
+        report("cublasGemmStridedBatchedEx: ldc %d < m %d", ldc, m);
+        return BLAS_INVALID_VALUE;
+    }
+    if (m == 0 || n == 0 || batch == 0) return BLAS_OK;
+    const double al = *(const float*)alpha, be = *(const float*)beta;
+    const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
+    if (k > 0 && (!check_operand("A", A, at, ar, ac, lda, sa, batch) || !check_operand("B", B, bt, br, bc, ldb, sb, batch)))
+        return BLAS_INVALID_VALUE;
+    if (!check_operand("C", C, ct, m, n, ldc, sc, batch)) return BLAS_INVALID_VALUE;
+    set_activity("cublasGemmStridedBatchedEx");
+    // op(A) row by row and one column of op(B) at a time, both unpacked to contiguous f32, so the dot
+    // products walk memory in order whatever the operands' layouts.
+    std::vector<float> a((size_t)m * (size_t)k), col((size_t)k);
+    for (int64_t b = 0; b < batch; ++b) {
+        if (ta) {
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t l = 0; l < k; ++l) a[i * k + l] = (float)load(A, at, b * sa + i * lda + l);
+        } else {
+            for (int64_t l = 0; l < k; ++l)
+                for (int64_t i = 0; i < m; ++i) a[i * k + l] = (float)load(A, at, b * sa + l * lda + i);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            for (int64_t l = 0; l < k; ++l) col[l] = (float)load(B, bt, b * sb + (tb ? l * ldb + j : j * ldb + l));
+            for (int64_t i = 0; i < m; ++i) {
+                const float* row = &a[i * k];
+                double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+                int64_t l = 0;
+                for (; l + 4 <= k; l += 4) {
+                    s0 += (double)row[l] * col[l];
+                    s1 += (double)row[l + 1] * col[l + 1];
+                    s2 += (double)row[l + 2] * col[l + 2];
+                    s3 += (double)row[l + 3] * col[l + 3];
+                }
+                for (; l < k; ++l) s0 += (double)row[l] * col[l];
+                int64_t ci = b * sc + j * ldc + i;
+                double v = al * ((s0 + s1) + (s2 + s3));
+                if (be != 0.0) v += be * load(C, ct, ci);
+                store(C, ct, ci, v);
+            }
+        }
+    }
+    set_activity("nothing");
+    return BLAS_OK;
+}
+
+int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A, int at, int lda,
+                 const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc, int compute, int algo) {
+    return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, at, lda, 0, B, bt, ldb, 0, beta, C, ct, ldc, 0,
+                                      1, compute, algo);
+}
+
+}  // extern "C"
+
+#endif  // MEDGEN_EMU_SCAN
