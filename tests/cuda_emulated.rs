@@ -4,7 +4,7 @@
 //! shape, and runs each kernel's C++ build on fibers. So these tests catch what a first GPU session would
 //! otherwise spend its time on: wrong launch arguments, buffer sizes, strides, GEMM transposes and leading
 //! dimensions, and host-side logic of the device paths (DiT forward and backward, VAE, umT5, LoRA training,
-//! the benchmark). They say nothing about speed or about races only the hardware's scheduling exposes.
+//! the benchmark, a training-and-sampling graph whose losses must follow the CPU run's). They say nothing about speed or about races only the hardware's scheduling exposes.
 //!
 //! Needs a C++20 compiler and NVRTC (scripts/setup.sh installs both); missing either fails the tests.
 #![cfg(target_arch = "x86_64")]
@@ -95,5 +95,126 @@ fn bench_dit_runs_on_the_cuda_path() {
     for phase in ["forward", "LoRA r4 forward+backward", "sampling step"] {
         let line = stdout.lines().find(|l| l.starts_with(phase)).unwrap_or_else(|| panic!("no {phase} row:\n{stdout}"));
         assert!(line.ends_with("GiB"), "no peak memory on the {phase} row: {line}");
+    }
+}
+
+#[cfg(feature = "video")]
+#[path = "curate_common/mod.rs"]
+mod common;
+
+/// Latents → a scratch DiT trained by `train.flow_matching` → samples, once on the CPU and once with
+/// `device = "cuda"` (f32): both runs draw the same batches and noise, so the device run's losses must follow
+/// the CPU run's, its checkpoint must load, and its samples must be playable MP4s.
+#[cfg(feature = "video")]
+#[test]
+fn training_and_sampling_graph_on_the_cuda_path_follows_the_cpu() {
+    use medgen_operators::video::synth::{Content, Shot, SynthSpec};
+    if !common::repo().join(".cache/models/minilm/model.safetensors").is_file() {
+        panic!("MiniLM is not fetched: run scripts/fetch-models.sh");
+    }
+    let dir = tempfile::tempdir().unwrap();
+    let clips = dir.path().join("clips");
+    std::fs::create_dir_all(&clips).unwrap();
+    for (name, content) in [("bars.mp4", Content::Bars), ("checker.mp4", Content::Checker)] {
+        let spec = SynthSpec { shots: vec![Shot::new(24, content)], ..SynthSpec::simple(64, 48, 8, 24) };
+        common::synth_video(&clips.join(name), &spec);
+    }
+    let graph = |device: &str| {
+        format!(
+            r#"[graph]
+name = "g"
+[nodes.clips]
+op = "source.files"
+paths = ["clips/*.mp4"]
+[nodes.captions]
+op = "caption.template"
+inputs = ["clips"]
+[nodes.text]
+op = "latent.encode_text"
+inputs = ["captions"]
+[nodes.latents]
+op = "latent.encode_video"
+inputs = ["clips"]
+width = 32
+height = 32
+frames = 9
+fps = 8.0
+fit_stride = 1
+[nodes.train]
+op = "train.flow_matching"
+inputs = {{ latents = "latents", text = "text" }}
+scratch_layers = 1
+scratch_heads = 2
+scratch_head_dim = 64
+scratch_ffn_dim = 64
+scratch_freq_dim = 32
+lr = 2e-3
+batch_size = 2
+steps_per_clip = 6
+min_steps_per_round = 12
+max_steps_per_round = 12
+checkpoint_every = 6
+device = "{device}"
+[nodes.prompts]
+op = "source.prompts"
+prompts = ["colour bars moving"]
+[nodes.samples]
+op = "sample.t2v"
+inputs = {{ prompts = "prompts", checkpoints = "train" }}
+sampler = "unipc"
+steps = 3
+guidance = 2.0
+device = "{device}"
+[nodes.losses]
+op = "sink.jsonl"
+inputs = ["train.metrics"]
+path = "metrics.jsonl"
+[nodes.samples_out]
+op = "sink.jsonl"
+inputs = ["samples"]
+path = "samples.jsonl"
+[nodes.failed]
+op = "sink.jsonl"
+inputs = ["captions.failures", "text.failures", "latents.failures", "train.failures", "samples.failures"]
+path = "failures.jsonl"
+"#
+        )
+    };
+    let losses = |store: &Path| -> Vec<f64> {
+        let mut v: Vec<(String, f64)> = common::rows(store, "metrics.jsonl")
+            .into_iter()
+            .filter(|r| r["name"] == "train_loss")
+            .map(|r| (r["subject"].as_str().unwrap_or_default().to_string(), r["value"].as_f64().unwrap_or(f64::NAN)))
+            .collect();
+        v.sort_by(|a, b| a.0.cmp(&b.0));
+        v.into_iter().map(|x| x.1).collect()
+    };
+    let mut result = Vec::new();
+    for device in ["cpu", "cuda"] {
+        let g = dir.path().join(format!("{device}.toml"));
+        std::fs::write(&g, graph(device)).unwrap();
+        let store = dir.path().join(format!("store-{device}"));
+        let out = emulation()
+            .command(env!("CARGO_BIN_EXE_medgen"))
+            .args(["run", "-q", "--store"])
+            .arg(&store)
+            .arg(&g)
+            .output()
+            .expect("start medgen");
+        let stderr = String::from_utf8_lossy(&out.stderr);
+        assert!(out.status.success(), "medgen run ({device}) failed:\n{stderr}");
+        assert!(!stderr.contains("running on the CPU"), "the {device} run fell back to the CPU:\n{stderr}");
+        let failures = common::rows(&store, "failures.jsonl");
+        assert!(failures.is_empty(), "{device}: {failures:?}");
+        let samples = common::rows(&store, "samples.jsonl");
+        assert_eq!(samples.len(), 1, "{device}: {samples:?}");
+        result.push(losses(&store));
+    }
+    let (cpu, gpu) = (&result[0], &result[1]);
+    eprintln!("losses cpu {cpu:?}\nlosses cuda {gpu:?}");
+    assert_eq!(cpu.len(), 12);
+    assert_eq!(gpu.len(), 12);
+    for (i, (c, g)) in cpu.iter().zip(gpu).enumerate() {
+        assert!((c - g).abs() <= 1e-5 * c.abs(), "step {i}: cpu loss {c}, cuda loss {g}");
     }
 }
