@@ -81,3 +81,35 @@ fn compile_errors_are_typed_with_the_log() {
         other => panic!("expected a CudaCompile error, got {other:?}"),
     }
 }
+
+/// Every kernel file goes through ptxas (NVRTC's, to sm_90 and sm_80 machine code): what a module load on
+/// the GPU would reject fails here, and no kernel needs more than the 48 KB of static shared memory a block
+/// may have without opting in. Prints each kernel's registers, shared memory, stack and spills.
+#[test]
+fn every_kernel_assembles_for_sm90_and_sm80_within_the_shared_memory_limit() {
+    setup();
+    let mut seen = 0;
+    for sm in ["sm_90", "sm_80"] {
+        for f in KERNEL_FILES {
+            let res = cuda::kernel_resources(f, sm).unwrap_or_else(|e| panic!("{}: {e}", f.name));
+            for k in f.kernels {
+                assert!(res.iter().any(|r| r.kernel == *k), "{} {sm}: no ptxas report for {k}: {res:?}", f.name);
+            }
+            for r in &res {
+                println!(
+                    "{sm} {:<28} {:>3} regs {:>6} B smem {:>5} B stack {:>5} B spills",
+                    r.kernel, r.registers, r.shared_bytes, r.stack_bytes, r.spill_store_bytes
+                );
+                assert!(
+                    r.shared_bytes <= 48 * 1024,
+                    "{sm} {}: {} bytes of static shared memory",
+                    r.kernel,
+                    r.shared_bytes
+                );
+                assert!(r.registers > 0, "{sm} {}: no register count parsed: {r:?}", r.kernel);
+                seen += 1;
+            }
+        }
+    }
+    assert!(seen >= 2 * 34, "expected every kernel for two architectures, got {seen}");
+}

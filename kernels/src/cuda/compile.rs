@@ -107,6 +107,72 @@ pub fn compile_ptx(file: &KernelFile, arch: &str) -> Result<String> {
     }
 }
 
+/// What ptxas allots one kernel for a real architecture: the limits a module load on the GPU enforces
+/// (48 KB of static shared memory per block) and the numbers that bound occupancy and speed.
+#[derive(Debug, Clone, PartialEq, Eq, Default)]
+pub struct KernelResources {
+    /// The kernel's (entry function's) name.
+    pub kernel: String,
+    /// Registers per thread.
+    pub registers: u32,
+    /// Static shared memory per block, bytes.
+    pub shared_bytes: u32,
+    /// Bytes spilled to local memory (stores) per thread.
+    pub spill_store_bytes: u32,
+    /// Per-thread stack frame, bytes (local arrays live here).
+    pub stack_bytes: u32,
+}
+
+/// Compiles a kernel file all the way to machine code for a real architecture (e.g. `"sm_90"`) with
+/// NVRTC's built-in ptxas and returns every kernel's resources from its verbose report. Needs NVRTC only
+/// (no GPU): a kernel that ptxas rejects, or that would not load on the device, fails here instead of on
+/// the GPU.
+pub fn kernel_resources(file: &KernelFile, sm: &str) -> Result<Vec<KernelResources>> {
+    use cudarc::nvrtc::result as nv;
+    ensure_nvrtc()?;
+    let fail = |log: String| Error::CudaCompile { file: file.name.to_string(), options: sm.to_string(), log };
+    let src = std::ffi::CString::new(full_source(file)).map_err(|e| fail(e.to_string()))?;
+    let name = std::ffi::CString::new(file.name).map_err(|e| fail(e.to_string()))?;
+    let prog = nv::create_program(&src, Some(&name)).map_err(|e| fail(e.to_string()))?;
+    let opts = [format!("--gpu-architecture={sm}"), "--std=c++17".into(), "--ptxas-options=-v".into()];
+    // SAFETY: `prog` was just created and is destroyed once, below.
+    let compiled = unsafe { nv::compile_program(prog, &opts) };
+    // SAFETY: as above.
+    let log = unsafe { nv::get_program_log(prog) }
+        .map(|l| l.iter().map(|&c| c as u8).take_while(|&c| c != 0).map(char::from).collect::<String>())
+        .unwrap_or_default();
+    // SAFETY: as above; not used afterwards.
+    let _ = unsafe { nv::destroy_program(prog) };
+    if compiled.is_err() {
+        return Err(fail(log));
+    }
+    Ok(parse_ptxas_report(&log))
+}
+
+/// The per-kernel numbers of a `ptxas -v` report.
+fn parse_ptxas_report(log: &str) -> Vec<KernelResources> {
+    let num = |line: &str, unit: &str| -> Option<u32> {
+        let at = line.find(unit)?;
+        line[..at].trim_end().rsplit(|c: char| !c.is_ascii_digit()).next()?.parse().ok()
+    };
+    let mut out: Vec<KernelResources> = Vec::new();
+    for line in log.lines() {
+        if let Some(rest) = line.split("Compiling entry function '").nth(1) {
+            let kernel = rest.split('\'').next().unwrap_or_default().to_string();
+            out.push(KernelResources { kernel, ..Default::default() });
+        } else if let Some(k) = out.last_mut() {
+            if line.contains("bytes stack frame") {
+                k.stack_bytes = num(line, "bytes stack frame").unwrap_or(0);
+                k.spill_store_bytes = num(line, "bytes spill stores").unwrap_or(0);
+            } else if line.contains("Used") && line.contains("registers") {
+                k.registers = num(line, "registers").unwrap_or(0);
+                k.shared_bytes = num(line, "bytes smem").unwrap_or(0);
+            }
+        }
+    }
+    out
+}
+
 /// The PTX cache folder: `$MEDGEN_CUDA_CACHE`, else `$HOME/.cache/medgen/cuda`, else none.
 fn cache_dir() -> Option<PathBuf> {
     if let Some(d) = std::env::var_os("MEDGEN_CUDA_CACHE") {

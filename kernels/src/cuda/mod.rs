@@ -47,7 +47,7 @@ mod optim;
 pub(crate) mod storage;
 
 #[cfg(feature = "cuda")]
-pub use compile::{compile_ptx, nvrtc_version, preload_nvrtc};
+pub use compile::{KernelResources, compile_ptx, kernel_resources, nvrtc_version, preload_nvrtc};
 #[cfg(feature = "cuda")]
 pub use optim::{adamw_step, clip_grad_norm, grad_norm};
 #[cfg(feature = "cuda")]
