@@ -31,6 +31,8 @@ fn verify_on_device(names: &[&str], dtype: &str) {
     let out = emulation()
         .command(env!("CARGO_BIN_EXE_medgen"))
         .args(["verify", "--json", "--device", "cuda", "--dtype", dtype])
+        // Small im2col chunks, so every VAE convolution runs as many chunked GEMMs.
+        .env("MEDGEN_CUDA_IM2COL_BYTES", "1048576")
         .args(names.iter().map(|n| fixture(n)))
         .output()
         .expect("run medgen verify");

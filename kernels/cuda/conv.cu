@@ -8,7 +8,9 @@
 // flattened to [Cout, CK], so the forward is out[P, Cout] = cols[P, CK] * W^T.
 // `col2im3d` is the adjoint as a gather (each input element sums the patch entries that read it), so it needs
 // no atomics and is deterministic.
-// Launch: grid-stride, 256 threads (im2col over P*CK, col2im over B*C*T*H*W).
+// `im2col3d` fills the rows [p0, p0 + n / CK) of the column matrix (row p0 at the start of `cols`), so the host
+// can gather and multiply a bounded number of rows at a time.
+// Launch: grid-stride, 256 threads (im2col over its rows times CK, col2im over B*C*T*H*W).
 
 struct ConvGeo {
     i64 B, C, T, H, W;
@@ -18,11 +20,11 @@ struct ConvGeo {
     i64 To, Ho, Wo;
 };
 
-extern "C" __global__ void im2col3d(const void* x, int xdt, void* cols, int cdt, ConvGeo g, i64 n) {
+extern "C" __global__ void im2col3d(const void* x, int xdt, void* cols, int cdt, ConvGeo g, i64 p0, i64 n) {
     i64 taps = g.kt * g.kh * g.kw;
     i64 ck = g.C * taps;
     GRID_STRIDE(idx, n) {
-        i64 p = idx / ck, col = idx % ck;
+        i64 p = p0 + idx / ck, col = idx % ck;
         i64 c = col / taps, k = col % taps;
         i64 dt = k / (g.kh * g.kw), dh = (k / g.kw) % g.kh, dw = k % g.kw;
         i64 wo = p % g.Wo, ho = (p / g.Wo) % g.Ho, to = (p / (g.Wo * g.Ho)) % g.To, b = p / (g.Wo * g.Ho * g.To);

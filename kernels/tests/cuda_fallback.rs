@@ -47,6 +47,8 @@ fn gpu_parity_tests_pass_under_cpu_emulation() {
     let out = emu
         .command(exe)
         .env(EMULATED_CHILD, "1")
+        // A few KiB of im2col columns at a time: the convolutions run in several chunks.
+        .env("MEDGEN_CUDA_IM2COL_BYTES", "4096")
         .args(["gpu_parity_", "--skip", "under_cpu_emulation", "--nocapture", "--test-threads", "2"])
         .output()
         .expect("run the parity tests under emulation");

@@ -900,20 +900,43 @@ impl ConvShape {
     }
 }
 
-/// conv3d forward: im2col, GEMM `out[P, Cout] = cols · Wᵀ`, bias, permute to `[B, Cout, To, Ho, Wo]`.
+/// Bytes of im2col columns gathered at a time by [`conv3d`]: `$MEDGEN_CUDA_IM2COL_BYTES`, else 256 MiB. The
+/// full column matrix of a VAE decoder convolution at 480×832 would take ~17 GB; chunks of whole output rows
+/// keep it bounded while each GEMM stays large enough to run at full speed.
+fn im2col_budget() -> usize {
+    static B: std::sync::OnceLock<usize> = std::sync::OnceLock::new();
+    *B.get_or_init(|| {
+        std::env::var("MEDGEN_CUDA_IM2COL_BYTES")
+            .ok()
+            .and_then(|v| v.parse().ok())
+            .filter(|&b| b > 0)
+            .unwrap_or(256 << 20)
+    })
+}
+
+/// conv3d forward: `out[P, Cout] = cols · Wᵀ`, im2col and GEMM over chunks of output rows (at most
+/// [`im2col_budget`] bytes of columns at a time), bias, permute to `[B, Cout, To, Ho, Wo]`.
 pub(crate) fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: ConvShape) -> Result<Tensor> {
     let mut ins = vec![x, w];
     ins.extend(bias);
     let dev = common_device(&ins, "conv3d")?;
     let (xc, wc, ct) = gemm_pair(x, w)?;
     let (p, ck) = (g.rows(), g.ck());
-    let cols = empty(&dev, &[p, ck], ct)?;
-    if p * ck > 0 {
-        launch!(dev, "conv.cu", "im2col3d", cfg_elems(p * ck); ptr(&xc), dt(ct), ptr(&cols), dt(ct), g.geo(), i64_(p * ck))?;
-    }
     let ot = out_dtype(&ins);
     let rows = empty(&dev, &[p, g.cout], ot)?;
-    gemm(&dev, p, g.cout, ck, op(&cols, ct, false), op(&wc, ct, true), (ptr(&rows), ot, 0), 1.0, 0.0, 1)?;
+    if p > 0 {
+        let chunk = (im2col_budget() / (ck * ct.size_in_bytes()).max(1)).clamp(1, p);
+        let cols = empty(&dev, &[chunk, ck], ct)?;
+        for r0 in (0..p).step_by(chunk) {
+            let pc = chunk.min(p - r0);
+            if ck > 0 {
+                launch!(dev, "conv.cu", "im2col3d", cfg_elems(pc * ck);
+                    ptr(&xc), dt(ct), ptr(&cols), dt(ct), g.geo(), i64_(r0), i64_(pc * ck))?;
+            }
+            let out_rows = ptr(&rows) + (r0 * g.cout * ot.size_in_bytes()) as u64;
+            gemm(&dev, pc, g.cout, ck, op(&cols, ct, false), op(&wc, ct, true), (out_rows, ot, 0), 1.0, 0.0, 1)?;
+        }
+    }
     if let Some(b) = bias {
         let bc = cont(b)?;
         if p * g.cout > 0 {
@@ -925,7 +948,8 @@ pub(crate) fn conv3d(x: &Tensor, w: &Tensor, bias: Option<&Tensor>, g: ConvShape
     rows.reshape(&[g.b, to, ho, wo, g.cout])?.permute(&[0, 4, 1, 2, 3])?.try_contiguous()
 }
 
-/// conv3d backward: `(dx, dw, db)` in f32.
+/// conv3d backward: `(dx, dw, db)` in f32. Gathers the whole column matrix at once (only the DiT's patch
+/// embedding and the gradient checks run a convolution backward).
 pub(crate) fn conv3d_backward(
     x: &Tensor,
     w: &Tensor,
@@ -940,7 +964,8 @@ pub(crate) fn conv3d_backward(
     let (xc, wc, ct) = gemm_pair(x, w)?;
     let cols = empty(&dev, &[p, ck], ct)?;
     if p * ck > 0 {
-        launch!(dev, "conv.cu", "im2col3d", cfg_elems(p * ck); ptr(&xc), dt(ct), ptr(&cols), dt(ct), g.geo(), i64_(p * ck))?;
+        launch!(dev, "conv.cu", "im2col3d", cfg_elems(p * ck);
+            ptr(&xc), dt(ct), ptr(&cols), dt(ct), g.geo(), i64_(0), i64_(p * ck))?;
     }
     let gd = as_dtype(&dy_rows, ct)?;
     // dW[Cout, CK] = dy_rowsᵀ · cols
