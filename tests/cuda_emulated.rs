@@ -182,15 +182,6 @@ path = "failures.jsonl"
 "#
         )
     };
-    let losses = |store: &Path| -> Vec<f64> {
-        let mut v: Vec<(String, f64)> = common::rows(store, "metrics.jsonl")
-            .into_iter()
-            .filter(|r| r["name"] == "train_loss")
-            .map(|r| (r["subject"].as_str().unwrap_or_default().to_string(), r["value"].as_f64().unwrap_or(f64::NAN)))
-            .collect();
-        v.sort_by(|a, b| a.0.cmp(&b.0));
-        v.into_iter().map(|x| x.1).collect()
-    };
     let mut result = Vec::new();
     for device in ["cpu", "cuda"] {
         let g = dir.path().join(format!("{device}.toml"));
@@ -210,7 +201,7 @@ path = "failures.jsonl"
         assert!(failures.is_empty(), "{device}: {failures:?}");
         let samples = common::rows(&store, "samples.jsonl");
         assert_eq!(samples.len(), 1, "{device}: {samples:?}");
-        result.push(losses(&store));
+        result.push(common::train_losses(&store).into_iter().map(|x| x.1).collect::<Vec<f64>>());
     }
     let (cpu, gpu) = (&result[0], &result[1]);
     eprintln!("losses cpu {cpu:?}\nlosses cuda {gpu:?}");

@@ -131,16 +131,6 @@ inputs = ["captions.failures", "text.failures", "latents.failures", "train.failu
 path = "failures.jsonl"
 "#;
 
-fn losses(store: &Path) -> Vec<(String, f64)> {
-    let mut v: Vec<(String, f64)> = common::rows(store, "metrics.jsonl")
-        .into_iter()
-        .filter(|r| r["name"] == "train_loss")
-        .map(|r| (r["subject"].as_str().unwrap_or_default().to_string(), r["value"].as_f64().unwrap_or(f64::NAN)))
-        .collect();
-    v.sort_by(|a, b| a.0.cmp(&b.0));
-    v
-}
-
 fn mean(v: &[f64]) -> f64 {
     v.iter().sum::<f64>() / v.len() as f64
 }
@@ -191,7 +181,7 @@ fn trains_from_scratch_samples_and_reruns_from_the_cache() {
     }
 
     // One round of 120 steps (3 new clips × 40), and the loss falls by a clear margin.
-    let l = losses(&store);
+    let l = common::train_losses(&store);
     assert_eq!(l.len(), 120, "{l:?}");
     let vals: Vec<f64> = l.iter().map(|x| x.1).collect();
     let (first, last) = (mean(&vals[..20]), mean(&vals[vals.len() - 20..]));
@@ -233,7 +223,7 @@ fn trains_from_scratch_samples_and_reruns_from_the_cache() {
     for node in ["captions", "text", "latents", "samples", "vbench"] {
         assert_eq!(counter(&s2, node, "memo_misses"), 0, "{node} recomputed: {s2}");
     }
-    assert_eq!(losses(&store).len(), 120);
+    assert_eq!(common::train_losses(&store).len(), 120);
     let _ = s1;
 }
 
@@ -316,7 +306,7 @@ fn new_videos_in_a_later_epoch_train_a_second_round_incrementally() {
     }
     assert_eq!(counter(&s, "latents", "memo_misses"), 7, "{s}");
     // Two rounds: 2 new clips × 40 steps, then 1 new clip × 40 steps continuing the first.
-    let l = losses(&store);
+    let l = common::train_losses(&store);
     assert_eq!(l.len(), 120, "{l:?}");
     let rounds: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(store.join("outputs/train/rounds.json")).unwrap()).unwrap();
@@ -383,7 +373,7 @@ fn a_killed_round_resumes_from_its_last_state_with_identical_losses() {
     // The reference: uninterrupted.
     let reference = dir.path().join("reference");
     run(&graph, &reference);
-    let full = losses(&reference);
+    let full = common::train_losses(&reference);
     assert_eq!(full.len(), 400);
 
     // Killed (SIGKILL) once a resume point exists, then restarted.
@@ -407,9 +397,9 @@ fn a_killed_round_resumes_from_its_last_state_with_identical_losses() {
     std::thread::sleep(Duration::from_millis(300));
     child.kill().unwrap();
     let _ = child.wait();
-    assert!(losses(&store).is_empty(), "a killed round commits no metrics");
+    assert!(common::train_losses(&store).is_empty(), "a killed round commits no metrics");
     run(&graph, &store);
-    let resumed = losses(&store);
+    let resumed = common::train_losses(&store);
     assert!(!resumed.is_empty() && resumed.len() < 400, "the restart resumed mid-round ({} steps)", resumed.len());
     let reference: std::collections::BTreeMap<_, _> = full.into_iter().collect();
     for (step, loss) in &resumed {

@@ -74,6 +74,17 @@ pub fn rows(store: &Path, name: &str) -> Vec<serde_json::Value> {
     text.lines().filter(|l| !l.trim().is_empty()).map(|l| serde_json::from_str(l).expect("JSONL row")).collect()
 }
 
+/// The `train_loss` values of a training run's `metrics.jsonl` sink, in step order.
+pub fn train_losses(store: &Path) -> Vec<(String, f64)> {
+    let mut v: Vec<(String, f64)> = rows(store, "metrics.jsonl")
+        .into_iter()
+        .filter(|r| r["name"] == "train_loss")
+        .map(|r| (r["subject"].as_str().unwrap_or_default().to_string(), r["value"].as_f64().unwrap_or(f64::NAN)))
+        .collect();
+    v.sort_by(|a, b| a.0.cmp(&b.0));
+    v
+}
+
 /// Generate a synthetic video (asserting success).
 pub fn synth_video(path: &Path, spec: &SynthSpec) -> GroundTruth {
     synth::generate(path, spec).unwrap_or_else(|e| panic!("generating {}: {e}", path.display()))

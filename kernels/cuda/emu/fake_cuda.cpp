@@ -519,41 +519,43 @@ int cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigned gz, unsigned b
     return OK;
 }
 
+struct ErrorText {
+    int code;
+    const char* name;
+    const char* text;
+};
+const ErrorText ERRORS[] = {
+    {OK, "CUDA_SUCCESS", "no error"},
+    {INVALID_VALUE, "CUDA_ERROR_INVALID_VALUE", "invalid argument"},
+    {OUT_OF_MEMORY, "CUDA_ERROR_OUT_OF_MEMORY", "out of memory"},
+    {NOT_INITIALIZED, "CUDA_ERROR_NOT_INITIALIZED", "initialization error"},
+    {INVALID_DEVICE, "CUDA_ERROR_INVALID_DEVICE", "invalid device ordinal"},
+    {INVALID_IMAGE, "CUDA_ERROR_INVALID_IMAGE", "device kernel image is invalid"},
+    {INVALID_CONTEXT, "CUDA_ERROR_INVALID_CONTEXT", "invalid device context"},
+    {INVALID_PTX, "CUDA_ERROR_INVALID_PTX", "a PTX JIT compilation failed"},
+    {UNSUPPORTED_PTX_VERSION, "CUDA_ERROR_UNSUPPORTED_PTX_VERSION",
+     "the provided PTX was compiled with an unsupported toolchain"},
+    {INVALID_HANDLE, "CUDA_ERROR_INVALID_HANDLE", "invalid resource handle"},
+    {NOT_FOUND, "CUDA_ERROR_NOT_FOUND", "named symbol not found"},
+    {LAUNCH_FAILED, "CUDA_ERROR_LAUNCH_FAILED", "unspecified launch failure"},
+};
+
+// The entry of an error code, or nullptr (then the call fails as the driver's does for an unknown code).
+const ErrorText* error_text(int e) {
+    for (const auto& x : ERRORS)
+        if (x.code == e) return &x;
+    return nullptr;
+}
+
 int cuGetErrorString(int e, const char** s) {
-    switch (e) {
-        case OK: *s = "no error"; break;
-        case INVALID_VALUE: *s = "invalid argument"; break;
-        case OUT_OF_MEMORY: *s = "out of memory"; break;
-        case NOT_INITIALIZED: *s = "initialization error"; break;
-        case INVALID_DEVICE: *s = "invalid device ordinal"; break;
-        case INVALID_IMAGE: *s = "device kernel image is invalid"; break;
-        case INVALID_CONTEXT: *s = "invalid device context"; break;
-        case INVALID_PTX: *s = "a PTX JIT compilation failed"; break;
-        case UNSUPPORTED_PTX_VERSION: *s = "the provided PTX was compiled with an unsupported toolchain"; break;
-        case INVALID_HANDLE: *s = "invalid resource handle"; break;
-        case NOT_FOUND: *s = "named symbol not found"; break;
-        case LAUNCH_FAILED: *s = "unspecified launch failure"; break;
-        default: *s = "unknown error"; return INVALID_VALUE;
-    }
-    return OK;
+    const ErrorText* x = error_text(e);
+    *s = x ? x->text : "unknown error";
+    return x ? OK : INVALID_VALUE;
 }
 int cuGetErrorName(int e, const char** s) {
-    switch (e) {
-        case OK: *s = "CUDA_SUCCESS"; break;
-        case INVALID_VALUE: *s = "CUDA_ERROR_INVALID_VALUE"; break;
-        case OUT_OF_MEMORY: *s = "CUDA_ERROR_OUT_OF_MEMORY"; break;
-        case NOT_INITIALIZED: *s = "CUDA_ERROR_NOT_INITIALIZED"; break;
-        case INVALID_DEVICE: *s = "CUDA_ERROR_INVALID_DEVICE"; break;
-        case INVALID_IMAGE: *s = "CUDA_ERROR_INVALID_IMAGE"; break;
-        case INVALID_CONTEXT: *s = "CUDA_ERROR_INVALID_CONTEXT"; break;
-        case INVALID_PTX: *s = "CUDA_ERROR_INVALID_PTX"; break;
-        case UNSUPPORTED_PTX_VERSION: *s = "CUDA_ERROR_UNSUPPORTED_PTX_VERSION"; break;
-        case INVALID_HANDLE: *s = "CUDA_ERROR_INVALID_HANDLE"; break;
-        case NOT_FOUND: *s = "CUDA_ERROR_NOT_FOUND"; break;
-        case LAUNCH_FAILED: *s = "CUDA_ERROR_LAUNCH_FAILED"; break;
-        default: *s = "CUDA_ERROR_UNKNOWN"; return INVALID_VALUE;
-    }
-    return OK;
+    const ErrorText* x = error_text(e);
+    *s = x ? x->name : "CUDA_ERROR_UNKNOWN";
+    return x ? OK : INVALID_VALUE;
 }
 
 }  // extern "C"
