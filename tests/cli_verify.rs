@@ -51,7 +51,8 @@ fn a_tampered_reference_fails_and_a_non_fixture_is_refused() {
     let out = medgen().arg("verify").arg(&bad).output().unwrap();
     let text = String::from_utf8_lossy(&out.stdout);
     assert_eq!(out.status.code(), Some(1), "{text}");
-    assert!(text.contains("FAIL"), "{text}");
+    // The failing group names the tensor that broke it.
+    assert!(text.contains("FAIL (worst: out.sample_7)"), "{text}");
     // The untouched original passes.
     assert_eq!(medgen().arg("verify").arg(&src).output().unwrap().status.code(), Some(0));
 

@@ -167,6 +167,9 @@ pub struct Check {
     pub limit: Limit,
     /// Elements compared.
     pub elements: usize,
+    /// For a merged group: the member with the largest error on the group's limit (`None` for a single
+    /// comparison), so a failing group names the tensor to look at.
+    pub worst: Option<String>,
 }
 
 impl Check {
@@ -178,17 +181,27 @@ impl Check {
         }
     }
 
-    /// Merges checks into one group: the worst errors, the sum of elements, the first limit.
+    /// Merges checks into one group: the worst errors, the sum of elements, the first limit, and the
+    /// name of the member worst on that limit.
     pub fn merge(name: &str, checks: &[Check]) -> Option<Check> {
         let first = checks.first()?;
         let worst =
             |f: fn(&Check) -> f64| checks.iter().map(f).fold(0.0, |a: f64, b| if b.is_nan() { b } else { a.max(b) });
+        let on_limit = |c: &Check| {
+            let e = match first.limit {
+                Limit::Abs(_) => c.max_abs,
+                Limit::Rel(_) => c.max_rel,
+            };
+            if e.is_nan() { f64::INFINITY } else { e }
+        };
+        let worst_member = checks.iter().max_by(|a, b| on_limit(a).total_cmp(&on_limit(b)));
         Some(Check {
             name: name.to_string(),
             max_abs: worst(|c| c.max_abs),
             max_rel: worst(|c| c.max_rel),
             limit: first.limit,
             elements: checks.iter().map(|c| c.elements).sum(),
+            worst: worst_member.map(|c| c.worst.clone().unwrap_or_else(|| c.name.clone())),
         })
     }
 }
@@ -218,7 +231,7 @@ pub fn compare_slices(name: &str, got: &[f64], want: &[f64], limit: Limit) -> Ch
         max_abs = f64::NAN;
     }
     let max_rel = if scale > 0.0 { max_abs / scale } else { max_abs };
-    Check { name: name.to_string(), max_abs, max_rel, limit, elements: want.len() }
+    Check { name: name.to_string(), max_abs, max_rel, limit, elements: want.len(), worst: None }
 }
 
 /// How to run a fixture.
@@ -306,6 +319,9 @@ mod tests {
         assert!(!compare_slices("x", &[1.0, f64::NAN, 1.0], &[1.0, 1.0, 1.0], Limit::Abs(1.0)).pass());
         let m = Check::merge("g", &[c.clone(), compare_slices("y", &[0.0], &[0.0], Limit::Abs(0.4))]).unwrap();
         assert_eq!((m.max_abs, m.elements), (0.5, 4));
+        assert_eq!(m.worst.as_deref(), Some("x"), "the group names its worst member");
+        let nan = compare_slices("n", &[f64::NAN], &[1.0], Limit::Abs(0.4));
+        assert_eq!(Check::merge("g", &[c.clone(), nan]).unwrap().worst.as_deref(), Some("n"));
         let bf = VerifyOptions { device: Device::Cpu, dtype: DType::BF16 };
         assert_eq!(bf.limit(Limit::Abs(1e-4)), Limit::Rel(BF16_REL));
     }

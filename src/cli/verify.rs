@@ -91,7 +91,11 @@ fn print_table(r: &Report, path: &Path) {
             c.max_abs,
             c.max_rel,
             limit_text(c.limit),
-            if c.pass() { "ok" } else { "FAIL" }
+            match (c.pass(), &c.worst) {
+                (true, _) => "ok".to_string(),
+                (false, Some(w)) => format!("FAIL (worst: {w})"),
+                (false, None) => "FAIL".to_string(),
+            }
         );
     }
 }
@@ -106,7 +110,7 @@ fn json(r: &Report) -> serde_json::Value {
                 Limit::Rel(v) => ("rel", v),
             };
             serde_json::json!({"name": c.name, "max_abs": c.max_abs, "max_rel": c.max_rel, "limit_kind": kind,
-                "limit": limit, "elements": c.elements, "pass": c.pass()})
+                "limit": limit, "elements": c.elements, "pass": c.pass(), "worst": c.worst})
         })
         .collect();
     serde_json::json!({"fixture": r.fixture, "model": r.model, "device": r.device.to_string(), "pass": r.pass(),
