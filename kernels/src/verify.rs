@@ -163,6 +163,8 @@ pub struct Check {
     pub max_abs: f64,
     /// Largest absolute error over the reference's largest magnitude.
     pub max_rel: f64,
+    /// The reference's largest magnitude (of a group: its members' largest).
+    pub scale: f64,
     /// The limit it is judged on.
     pub limit: Limit,
     /// Elements compared.
@@ -199,6 +201,7 @@ impl Check {
             name: name.to_string(),
             max_abs: worst(|c| c.max_abs),
             max_rel: worst(|c| c.max_rel),
+            scale: checks.iter().fold(0f64, |m, c| m.max(c.scale)),
             limit: first.limit,
             elements: checks.iter().map(|c| c.elements).sum(),
             worst: worst_member.map(|c| c.worst.clone().unwrap_or_else(|| c.name.clone())),
@@ -218,6 +221,11 @@ pub fn compare(name: &str, got: &Tensor, want: &Tensor, limit: Limit) -> Result<
     Ok(compare_slices(name, &g, &w, limit))
 }
 
+/// An absolute error relative to a reference magnitude (the absolute error itself when that is zero).
+pub fn rel_error(max_abs: f64, scale: f64) -> f64 {
+    if scale > 0.0 { max_abs / scale } else { max_abs }
+}
+
 /// Compares two equally long slices (see [`compare`]).
 pub fn compare_slices(name: &str, got: &[f64], want: &[f64], limit: Limit) -> Check {
     let mut max_abs = 0f64;
@@ -230,8 +238,15 @@ pub fn compare_slices(name: &str, got: &[f64], want: &[f64], limit: Limit) -> Ch
     if got.len() != want.len() {
         max_abs = f64::NAN;
     }
-    let max_rel = if scale > 0.0 { max_abs / scale } else { max_abs };
-    Check { name: name.to_string(), max_abs, max_rel, limit, elements: want.len(), worst: None }
+    Check {
+        name: name.to_string(),
+        max_abs,
+        max_rel: rel_error(max_abs, scale),
+        scale,
+        limit,
+        elements: want.len(),
+        worst: None,
+    }
 }
 
 /// How to run a fixture.

@@ -7,15 +7,13 @@ use crate::error::Result;
 use crate::io::wan_keys::{diffusers_to_original, original_to_diffusers};
 use crate::ops::elementwise::sub;
 use crate::ops::loss::{mse_loss, mse_loss_backward};
-use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare, compare_slices};
+use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare, compare_slices, rel_error};
 
 /// The gradients of one display group: per-tensor checks, and all values (for the
 /// half-precision group metric).
 #[derive(Default)]
 struct Group {
     checks: Vec<Check>,
-    /// Largest reference magnitude of each tensor in `checks`.
-    scales: Vec<f64>,
     got: Vec<f64>,
     want: Vec<f64>,
 }
@@ -91,7 +89,6 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
         let want = fx.tensor(&key)?;
         let c = compare(&key, ours, &want, grad_limit)?;
         let e = groups.entry(group(fname, original)).or_default();
-        e.scales.push(want.to_vec_f64()?.iter().fold(0f64, |m, x| m.max(x.abs())));
         e.checks.push(c);
         if half {
             e.got.extend(ours.to_vec_f64()?);
@@ -118,15 +115,11 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
         if half {
             checks.push(compare_slices(n, &gr.got, &gr.want, grad_limit));
         } else {
-            let floor = NEAR_ZERO_FLOOR * gr.scales.iter().fold(0f64, |m, &x| m.max(x));
+            let floor = NEAR_ZERO_FLOOR * gr.checks.iter().fold(0f64, |m, c| m.max(c.scale));
             let judged: Vec<Check> = gr
                 .checks
                 .iter()
-                .zip(&gr.scales)
-                .map(|(c, &s)| {
-                    let scale = s.max(floor);
-                    Check { max_rel: if scale > 0.0 { c.max_abs / scale } else { c.max_abs }, ..c.clone() }
-                })
+                .map(|c| Check { max_rel: rel_error(c.max_abs, c.scale.max(floor)), ..c.clone() })
                 .collect();
             checks.extend(Check::merge(n, &judged));
         }
