@@ -4,7 +4,8 @@
 //! shape, and runs each kernel's C++ build on fibers. So these tests catch what a first GPU session would
 //! otherwise spend its time on: wrong launch arguments, buffer sizes, strides, GEMM transposes and leading
 //! dimensions, and host-side logic of the device paths (DiT forward and backward, VAE, umT5, LoRA training,
-//! the benchmark, a training-and-sampling graph whose losses must follow the CPU run's). They say nothing about speed or about races only the hardware's scheduling exposes.
+//! the benchmark, a training-and-sampling graph whose losses must follow the CPU run's). They say nothing
+//! about speed or about races only the hardware's scheduling exposes.
 //!
 //! Needs a C++20 compiler and NVRTC (scripts/setup.sh installs both); missing either fails the tests.
 #![cfg(target_arch = "x86_64")]
@@ -106,7 +107,7 @@ mod common;
 
 /// Latents → a scratch DiT trained by `train.flow_matching` → samples, once on the CPU and once with
 /// `device = "cuda"` (f32): both runs draw the same batches and noise, so the device run's losses must follow
-/// the CPU run's, its checkpoint must load, and its samples must be playable MP4s.
+/// the CPU run's; each run must end without failures and sample its prompt from its checkpoint.
 #[cfg(feature = "video")]
 #[test]
 fn training_and_sampling_graph_on_the_cuda_path_follows_the_cpu() {

@@ -114,7 +114,6 @@ struct Block {
     void* sched_sp = nullptr;  // the scheduler's stack pointer while a fiber runs
     unsigned cur = 0;
     const std::function<void()>* body = nullptr;
-    std::vector<char*> stacks;
 };
 
 // Fiber stacks are mapped once per host thread and reused by every later launch (a fresh mapping per launch
@@ -166,7 +165,7 @@ inline bool run_block(Block& b, dim3 bid, dim3 grid, dim3 blk) {
     for (unsigned t = 0; t < b.n; ++t) {
         Fiber& f = b.fibers[t];
         f.state = RUNNABLE;
-        f.sp = fiber_stack(b.stacks[t]);
+        f.sp = fiber_stack(stack_pool[t]);
     }
     unsigned done = 0;
     while (done < b.n) {
@@ -240,7 +239,6 @@ inline bool try_launch(dim3 grid, dim3 blk, const std::function<void()>& body) {
         }
         stack_pool.push_back((char*)s + guard);
     }
-    b.stacks.assign(stack_pool.begin(), stack_pool.begin() + b.n);
     Block* outer = block;
     block = &b;
     bool ok = true;

@@ -91,14 +91,16 @@ struct Alloc {
     size_t map_bytes;
 };
 
-struct Module {
-    std::set<std::string> entries;
-};
-
 struct Function {
     std::string name;
     Invoke run;
     int max_dynamic_shared = (int)STATIC_SHARED_LIMIT;
+};
+
+struct Module {
+    std::set<std::string> entries;
+    // Looked-up functions, one per name, owned here: cudarc looks a kernel up before every launch.
+    std::map<std::string, Function> functions;
 };
 
 std::recursive_mutex mu;
@@ -111,10 +113,16 @@ char primary_ctx_tag, stream_tag;
 const char* volatile activity = "nothing";
 char activity_buf[256];
 
-void set_activity(const char* what, const char* name = "") {
-    std::snprintf(activity_buf, sizeof activity_buf, "%s%s", what, name);
-    activity = activity_buf;
-}
+// Names what the device does for the fault handler while it lives.
+struct Activity {
+    explicit Activity(const char* what, const char* name = "") {
+        std::snprintf(activity_buf, sizeof activity_buf, "%s%s", what, name);
+        activity = activity_buf;
+    }
+    ~Activity() { activity = "nothing"; }
+    Activity(const Activity&) = delete;
+    Activity& operator=(const Activity&) = delete;
+};
 
 void report(const char* fmt, ...) __attribute__((format(printf, 1, 2)));
 void report(const char* fmt, ...) {
@@ -386,7 +394,7 @@ int cuMemFreeAsync(uint64_t p, void*) { return cuMemFree_v2(p); }
 int cuMemcpyHtoD_v2(uint64_t dst, const void* src, size_t n) {
     std::lock_guard<std::recursive_mutex> g(mu);
     if (!check_range("cuMemcpyHtoD destination", dst, n)) return INVALID_VALUE;
-    set_activity("cuMemcpyHtoD");
+    Activity act("cuMemcpyHtoD");
     std::memcpy((void*)(uintptr_t)dst, src, n);
     return OK;
 }
@@ -394,7 +402,7 @@ int cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) { retur
 int cuMemcpyDtoH_v2(void* dst, uint64_t src, size_t n) {
     std::lock_guard<std::recursive_mutex> g(mu);
     if (!check_range("cuMemcpyDtoH source", src, n)) return INVALID_VALUE;
-    set_activity("cuMemcpyDtoH");
+    Activity act("cuMemcpyDtoH");
     std::memcpy(dst, (const void*)(uintptr_t)src, n);
     return OK;
 }
@@ -403,7 +411,7 @@ int cuMemcpyDtoD_v2(uint64_t dst, uint64_t src, size_t n) {
     std::lock_guard<std::recursive_mutex> g(mu);
     if (!check_range("cuMemcpyDtoD source", src, n) || !check_range("cuMemcpyDtoD destination", dst, n))
         return INVALID_VALUE;
-    set_activity("cuMemcpyDtoD");
+    Activity act("cuMemcpyDtoD");
     std::memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n);
     return OK;
 }
@@ -457,9 +465,13 @@ int cuModuleGetFunction(void** f, void* module, const char* name) {
     auto* m = static_cast<Module*>(module);
     if (!m || !f || !name) return INVALID_VALUE;
     if (!m->entries.count(name)) return NOT_FOUND;
+    if (auto it = m->functions.find(name); it != m->functions.end()) {
+        *f = &it->second;
+        return OK;
+    }
     for (const auto& k : KERNELS) {
         if (std::strcmp(k.name, name) == 0) {
-            *f = new Function{name, k.run};
+            *f = &m->functions.emplace(name, Function{name, k.run}).first->second;
             return OK;
         }
     }
@@ -508,10 +520,12 @@ int cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigned gz, unsigned b
         return INVALID_VALUE;
     }
     if (!params) return INVALID_VALUE;
-    set_activity("kernel ", f->name.c_str());
     Invoke run = f->run;
-    bool ok = emu::try_launch(dim3{gx, gy, gz}, dim3{bx, by, bz}, [&] { run(params); });
-    set_activity("nothing");
+    bool ok;
+    {
+        Activity act("kernel ", f->name.c_str());
+        ok = emu::try_launch(dim3{gx, gy, gz}, dim3{bx, by, bz}, [&] { run(params); });
+    }
     if (!ok) {
         report("%s: %s", f->name.c_str(), emu::failure.c_str());
         return LAUNCH_FAILED;
@@ -677,7 +691,7 @@ int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, con
     if (k > 0 && (!check_operand("A", A, at, ar, ac, lda, sa, batch) || !check_operand("B", B, bt, br, bc, ldb, sb, batch)))
         return BLAS_INVALID_VALUE;
     if (!check_operand("C", C, ct, m, n, ldc, sc, batch)) return BLAS_INVALID_VALUE;
-    set_activity("cublasGemmStridedBatchedEx");
+    Activity act("cublasGemmStridedBatchedEx");
     // op(A) row by row and one column of op(B) at a time, both unpacked to contiguous f32, so the dot
     // products walk memory in order whatever the operands' layouts.
     std::vector<float> a((size_t)m * (size_t)k), col((size_t)k);
@@ -709,7 +723,6 @@ int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, con
             }
         }
     }
-    set_activity("nothing");
     return BLAS_OK;
 }
 
