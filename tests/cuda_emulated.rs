@@ -99,6 +99,10 @@ fn bench_dit_runs_on_the_cuda_path() {
         let line = stdout.lines().find(|l| l.starts_with(phase)).unwrap_or_else(|| panic!("no {phase} row:\n{stdout}"));
         assert!(line.ends_with("GiB"), "no peak memory on the {phase} row: {line}");
     }
+    // Every linear layer with a bias, and the FFN's GELU in the forward passes, ran in a cuBLASLt epilogue.
+    let line = stdout.lines().find(|l| l.starts_with("linear bias/GELU epilogues:")).expect("epilogue counts");
+    let n: Vec<u64> = line.split_whitespace().filter_map(|w| w.parse().ok()).collect();
+    assert!(n.len() == 2 && n[0] > 0 && n[1] == 0, "{line}");
 }
 
 #[cfg(feature = "video")]

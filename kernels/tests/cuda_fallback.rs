@@ -57,7 +57,7 @@ fn gpu_parity_tests_pass_under_cpu_emulation() {
     assert!(out.status.success(), "parity tests failed under emulation:\n{stdout}\n{stderr}");
     assert!(stdout.contains("medgen CPU emulation"), "the child did not see the emulated device:\n{stdout}");
     let passed = stdout.lines().filter(|l| l.starts_with("test gpu_parity_") && l.ends_with(" ok")).count();
-    assert_eq!(passed, 7, "expected the 7 gpu_parity tests to pass:\n{stdout}");
+    assert_eq!(passed, 8, "expected the 8 gpu_parity tests to pass:\n{stdout}");
 }
 
 #[test]
@@ -268,6 +268,60 @@ fn gpu_parity_linear_norms_rope() {
             1e-5,
         );
     }
+}
+
+/// Linear layers with a bias and the fused linear + GELU run as one cuBLASLt GEMM with the bias / GELU in its
+/// epilogue; a bias too poorly aligned for the epilogue takes the unfused path. Both agree with the CPU, and the counters say which path ran.
+#[test]
+fn gpu_parity_fused_linear_epilogues() {
+    let Some(d) = gpu() else { return };
+    let mut rng = Rng::new(12);
+    let stats = cuda::thread_gemm_stats;
+    for dt in [DType::F32, DType::BF16] {
+        let tl = if dt == DType::BF16 { 3e-2 } else { 1e-4 };
+        // Rows 1.. of x: its device address is 96 or 48 bytes past the allocation's (not 256-aligned).
+        let xs = rand(&[13, 24], dt, &mut rng);
+        let x = xs.narrow(0, 1, 12).unwrap().reshape(&[3, 4, 24]).unwrap();
+        let w = rand(&[40, 24], dt, &mut rng);
+        let b = rand(&[40], dt, &mut rng);
+        let (gx, gw, gb) =
+            (dev(&xs, d).narrow(0, 1, 12).unwrap().reshape(&[3, 4, 24]).unwrap(), dev(&w, d), dev(&b, d));
+        let s0 = stats();
+        close(
+            "linear+bias",
+            &linear::linear(&gx, &gw, Some(&gb)).unwrap(),
+            &linear::linear(&x, &w, Some(&b)).unwrap(),
+            tl,
+        );
+        let cpu_gelu = |bias: Option<&Tensor>| activation::gelu_tanh(&linear::linear(&x, &w, bias).unwrap()).unwrap();
+        close("linear_gelu_tanh", &linear::linear_gelu_tanh(&gx, &gw, Some(&gb)).unwrap(), &cpu_gelu(Some(&b)), tl);
+        close("linear_gelu_tanh(no bias)", &linear::linear_gelu_tanh(&gx, &gw, None).unwrap(), &cpu_gelu(None), tl);
+        let s1 = stats();
+        assert_eq!((s1.fused - s0.fused, s1.unfused - s0.unfused), (3, 0), "{dt:?}: three fused GEMMs expected");
+
+        // A bias in another dtype (converted to the output's, exactly: the output is the wider one): fused.
+        let other = if dt == DType::BF16 { DType::F32 } else { DType::BF16 };
+        let (bo, gbo) = (b.to_dtype(other).unwrap(), gb.to_dtype(other).unwrap());
+        close(
+            "linear_gelu_tanh(bias dtype)",
+            &linear::linear_gelu_tanh(&gx, &gw, Some(&gbo)).unwrap(),
+            &cpu_gelu(Some(&bo)),
+            tl,
+        );
+        // A bias one element into its buffer (4 or 2 bytes, below the epilogue's 16): the unfused path.
+        let bs = rand(&[41], dt, &mut rng);
+        let bv = bs.narrow(0, 1, 40).unwrap();
+        let gbv = dev(&bs, d).narrow(0, 1, 40).unwrap();
+        close(
+            "linear+offset bias",
+            &linear::linear(&gx, &gw, Some(&gbv)).unwrap(),
+            &linear::linear(&x, &w, Some(&bv)).unwrap(),
+            tl,
+        );
+        let s2 = stats();
+        assert_eq!((s2.fused - s1.fused, s2.unfused - s1.unfused), (1, 1), "{dt:?}: fused/unfused GEMMs");
+    }
+    println!("fused epilogue GEMMs: {:?}", cuda::gemm_stats());
 }
 
 #[test]

@@ -71,6 +71,7 @@ for s in $STEPS; do
     # 1.3B width at 480×832×81 (32,760 tokens), bf16, LAYERS blocks (the per-block cost scales to 30).
     step bench-ours 420 "$BIN/medgen" bench dit --device cuda --config wan-1.3b --layers "$LAYERS" --frames 81 \
       --size 480x832 --dtype bf16 --repeats 2 --json "$OUT/bench-ours.json"
+    grep -E '^linear bias/GELU epilogues' "$OUT/bench-ours.log" | tee -a "$summary"
     tail -6 "$OUT/bench-ours.log" | tee -a "$summary"
     ;;
   torch)

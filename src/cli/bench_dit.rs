@@ -82,7 +82,17 @@ pub struct DitBenchReport {
     pub lora_rank: Option<usize>,
     /// Tensor memory held by the weights alone (CUDA only), bytes.
     pub weights_bytes: Option<usize>,
+    /// How the linear layers' bias / GELU epilogues ran over the whole benchmark (CUDA only).
+    pub epilogues: Option<EpilogueCounts>,
     pub phases: Vec<Phase>,
+}
+
+/// Linear layers whose bias (and GELU) ran in the epilogue of one cuBLASLt GEMM, and those that ran them
+/// as separate kernels (no cuBLASLt, or no algorithm for the dtypes / alignment).
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+pub struct EpilogueCounts {
+    pub fused: u64,
+    pub unfused: u64,
 }
 
 fn median(v: &[f64]) -> f64 {
@@ -191,6 +201,7 @@ pub fn bench_dit(o: &DitBenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Resu
     let t = put(Tensor::from_vec(vec![500f32], &[1])?)?;
     let fwd_flops = cfg.forward_flops(tokens, o.text_len);
 
+    let gemms_before = cuda::gemm_stats();
     let mut phases = Vec::new();
     phases.push(phase("forward", o, fwd_flops, log, || {
         model.forward(&x, &t, &ctx)?;
@@ -234,6 +245,11 @@ pub fn bench_dit(o: &DitBenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Resu
         Ok(())
     })?);
 
+    let epilogues = matches!(o.device, Device::Cuda(_)).then(|| {
+        let g = cuda::gemm_stats();
+        EpilogueCounts { fused: g.fused - gemms_before.fused, unfused: g.unfused - gemms_before.unfused }
+    });
+
     Ok(DitBenchReport {
         config: o.config_name.clone(),
         parameters: cfg.param_count(),
@@ -248,6 +264,7 @@ pub fn bench_dit(o: &DitBenchOptions, log: &mut dyn FnMut(&str)) -> anyhow::Resu
         recompute: o.recompute,
         lora_rank: o.lora_rank,
         weights_bytes,
+        epilogues,
         phases,
     })
 }
@@ -284,6 +301,13 @@ impl std::fmt::Display for DitBenchReport {
         }
         if let Some(w) = self.weights_bytes {
             writeln!(f, "weights on the device: {}", gib(w))?;
+        }
+        if let Some(e) = self.epilogues {
+            writeln!(
+                f,
+                "linear bias/GELU epilogues: {} fused into cuBLASLt GEMMs, {} as separate kernels",
+                e.fused, e.unfused
+            )?;
         }
         writeln!(f, "{:<28}  {:>10}  {:>10}  {:>9}  {:>12}", "phase", "median s", "TFLOP", "TFLOP/s", "peak memory")?;
         for p in &self.phases {

@@ -1,6 +1,7 @@
-// A CPU stand-in for the CUDA driver (libcuda.so) and the slice of cuBLAS (libcublas.so) that medgen-kernels
-// calls, so the Rust CUDA backend (kernels/src/cuda/: buffers, launches, argument structs, GEMM operand
-// conventions) runs end to end on machines without a GPU. Built and used by tests/cuda_emulated.rs, which
+// A CPU stand-in for the CUDA driver (libcuda.so) and the slices of cuBLAS (libcublas.so) and cuBLASLt
+// (libcublasLt.so: matmuls with bias / GELU epilogues) that medgen-kernels calls, so the Rust CUDA backend
+// (kernels/src/cuda/: buffers, launches, argument structs, GEMM operand conventions) runs end to end on
+// machines without a GPU. Built and used by tests/cuda_emulated.rs, which
 // runs `medgen verify --device cuda` on the committed fixtures with this library first on LD_LIBRARY_PATH.
 //
 // What it models:
@@ -9,7 +10,9 @@
 //     buffer faults at once and the fault handler names the kernel or call.
 //   * Copies, memsets and GEMMs check that every byte they touch lies inside one live allocation and fail
 //     with CUDA_ERROR_INVALID_VALUE / CUBLAS_STATUS_INVALID_VALUE and a message otherwise; GEMMs also check
-//     cuBLAS's leading-dimension rules.
+//     cuBLAS's leading-dimension rules, and cuBLASLt matmuls that their operands keep the alignment the
+//     algorithm was chosen for (allocations here are only 16-byte aligned, so a default 256-byte promise
+//     fails).
 //   * Modules: the PTX that NVRTC made is parsed for its `.version` (must be one a CUDA 13.0 driver loads)
 //     and its `.entry` names; a function is found only when the PTX defines it. Launches run the kernel's
 //     C++ build (the same .cu source, compiled against emu.h) synchronously, one block after another, with
@@ -39,6 +42,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cmath>
 #include <map>
 #include <mutex>
 #include <set>
@@ -606,22 +610,70 @@ void store(void* p, int t, int64_t i, double v) {
 
 // The matrices of one operand: `rows` x `cols` column-major with leading dimension `ld`, `batch` of them
 // `stride` elements apart. Checks they lie inside one allocation.
-bool check_operand(const char* what, const void* p, int t, int64_t rows, int64_t cols, int64_t ld, int64_t stride,
-                   int batch) {
+bool check_operand(const char* op, const char* what, const void* p, int t, int64_t rows, int64_t cols, int64_t ld,
+                   int64_t stride, int batch) {
     if (ld < std::max<int64_t>(1, rows)) {
-        report("cublasGemmStridedBatchedEx: %s leading dimension %lld < its %lld rows", what, (long long)ld,
-               (long long)rows);
+        report("%s: %s leading dimension %lld < its %lld rows", op, what, (long long)ld, (long long)rows);
         return false;
     }
     if (stride < 0) {
-        report("cublasGemmStridedBatchedEx: %s has a negative batch stride", what);
+        report("%s: %s has a negative batch stride", op, what);
         return false;
     }
     int64_t last = (cols - 1) * ld + (rows - 1) + (int64_t)(batch - 1) * stride;
     size_t bytes = (size_t)(last + 1) * dtype_bytes(t);
     char label[96];
-    std::snprintf(label, sizeof label, "cublasGemmStridedBatchedEx %s", what);
+    std::snprintf(label, sizeof label, "%s %s", op, what);
     return check_range(label, (uintptr_t)p, bytes);
+}
+
+// What a GEMM does to `alpha·acc + beta·C` before storing it (cuBLASLt epilogues; plain cuBLAS: none).
+struct Epilogue {
+    const void* bias = nullptr;  // one value per row of the output, of type bias_type
+    int bias_type = R_32F;
+    bool gelu = false;  // GELU with the tanh approximation
+};
+
+double gelu_tanh(double v) { return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
+
+// Column-major D[m, n] = epilogue(alpha op(A)[m, k] op(B)[k, n] + beta C) over `batch` matrices, accumulating in
+// double (cuBLAS accumulates in f32; the difference is far inside every tolerance the tests use). C and D may
+// be the same matrix. Operands were checked by the caller.
+void gemm_core(int ta, int tb, int64_t m, int64_t n, int64_t k, double al, const void* A, int at, int64_t lda,
+               int64_t sa, const void* B, int bt, int64_t ldb, int64_t sb, double be, const void* C, int ct,
+               int64_t ldc, int64_t sc, void* D, int dt, int64_t ldd, int64_t sd, int64_t batch, const Epilogue& ep) {
+    // op(A) row by row and one column of op(B) at a time, both unpacked to contiguous f32, so the dot
+    // products walk memory in order whatever the operands' layouts.
+    std::vector<float> a((size_t)m * (size_t)k), col((size_t)k);
+    for (int64_t b = 0; b < batch; ++b) {
+        if (ta) {
+            for (int64_t i = 0; i < m; ++i)
+                for (int64_t l = 0; l < k; ++l) a[i * k + l] = (float)load(A, at, b * sa + i * lda + l);
+        } else {
+            for (int64_t l = 0; l < k; ++l)
+                for (int64_t i = 0; i < m; ++i) a[i * k + l] = (float)load(A, at, b * sa + l * lda + i);
+        }
+        for (int64_t j = 0; j < n; ++j) {
+            for (int64_t l = 0; l < k; ++l) col[l] = (float)load(B, bt, b * sb + (tb ? l * ldb + j : j * ldb + l));
+            for (int64_t i = 0; i < m; ++i) {
+                const float* row = &a[i * k];
+                double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
+                int64_t l = 0;
+                for (; l + 4 <= k; l += 4) {
+                    s0 += (double)row[l] * col[l];
+                    s1 += (double)row[l + 1] * col[l + 1];
+                    s2 += (double)row[l + 2] * col[l + 2];
+                    s3 += (double)row[l + 3] * col[l + 3];
+                }
+                for (; l < k; ++l) s0 += (double)row[l] * col[l];
+                double v = al * ((s0 + s1) + (s2 + s3));
+                if (be != 0.0) v += be * load(C, ct, b * sc + j * ldc + i);
+                if (ep.bias) v += load(ep.bias, ep.bias_type, i);
+                if (ep.gelu) v = gelu_tanh(v);
+                store(D, dt, b * sd + j * ldd + i, v);
+            }
+        }
+    }
 }
 
 }  // namespace
@@ -660,8 +712,7 @@ const char* cublasGetStatusString(int s) {
     }
 }
 
-// Column-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C over `batch` matrices, accumulating in double
-// (cuBLAS accumulates in f32; the difference is far inside every tolerance the tests use).
+// Column-major C[m, n] = alpha op(A)[m, k] op(B)[k, n] + beta C over `batch` matrices.
 int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha, const void* A,
                                int at, int lda, long long sa, const void* B, int bt, int ldb, long long sb,
                                const void* beta, void* C, int ct, int ldc, long long sc, int batch, int compute,
@@ -688,41 +739,14 @@ int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, con
     if (m == 0 || n == 0 || batch == 0) return BLAS_OK;
     const double al = *(const float*)alpha, be = *(const float*)beta;
     const int64_t ar = ta ? k : m, ac = ta ? m : k, br = tb ? n : k, bc = tb ? k : n;
-    if (k > 0 && (!check_operand("A", A, at, ar, ac, lda, sa, batch) || !check_operand("B", B, bt, br, bc, ldb, sb, batch)))
+    const char* op = "cublasGemmStridedBatchedEx";
+    if (k > 0 && (!check_operand(op, "A", A, at, ar, ac, lda, sa, batch) ||
+                  !check_operand(op, "B", B, bt, br, bc, ldb, sb, batch)))
         return BLAS_INVALID_VALUE;
-    if (!check_operand("C", C, ct, m, n, ldc, sc, batch)) return BLAS_INVALID_VALUE;
+    if (!check_operand(op, "C", C, ct, m, n, ldc, sc, batch)) return BLAS_INVALID_VALUE;
     Activity act("cublasGemmStridedBatchedEx");
-    // op(A) row by row and one column of op(B) at a time, both unpacked to contiguous f32, so the dot
-    // products walk memory in order whatever the operands' layouts.
-    std::vector<float> a((size_t)m * (size_t)k), col((size_t)k);
-    for (int64_t b = 0; b < batch; ++b) {
-        if (ta) {
-            for (int64_t i = 0; i < m; ++i)
-                for (int64_t l = 0; l < k; ++l) a[i * k + l] = (float)load(A, at, b * sa + i * lda + l);
-        } else {
-            for (int64_t l = 0; l < k; ++l)
-                for (int64_t i = 0; i < m; ++i) a[i * k + l] = (float)load(A, at, b * sa + l * lda + i);
-        }
-        for (int64_t j = 0; j < n; ++j) {
-            for (int64_t l = 0; l < k; ++l) col[l] = (float)load(B, bt, b * sb + (tb ? l * ldb + j : j * ldb + l));
-            for (int64_t i = 0; i < m; ++i) {
-                const float* row = &a[i * k];
-                double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
-                int64_t l = 0;
-                for (; l + 4 <= k; l += 4) {
-                    s0 += (double)row[l] * col[l];
-                    s1 += (double)row[l + 1] * col[l + 1];
-                    s2 += (double)row[l + 2] * col[l + 2];
-                    s3 += (double)row[l + 3] * col[l + 3];
-                }
-                for (; l < k; ++l) s0 += (double)row[l] * col[l];
-                int64_t ci = b * sc + j * ldc + i;
-                double v = al * ((s0 + s1) + (s2 + s3));
-                if (be != 0.0) v += be * load(C, ct, ci);
-                store(C, ct, ci, v);
-            }
-        }
-    }
+    gemm_core(ta, tb, m, n, k, al, A, at, lda, sa, B, bt, ldb, sb, be, C, ct, ldc, sc, C, ct, ldc, sc, batch,
+              Epilogue{});
     return BLAS_OK;
 }
 
@@ -730,6 +754,327 @@ int cublasGemmEx(void* h, int ta, int tb, int m, int n, int k, const void* alpha
                  const void* B, int bt, int ldb, const void* beta, void* C, int ct, int ldc, int compute, int algo) {
     return cublasGemmStridedBatchedEx(h, ta, tb, m, n, k, alpha, A, at, lda, 0, B, bt, ldb, 0, beta, C, ct, ldc, 0,
                                       1, compute, algo);
+}
+
+}  // extern "C"
+
+// ---- cuBLASLt ----------------------------------------------------------------------------------------------
+// The matmul path medgen uses for fused epilogues: handle, matrix layouts, matmul descriptor, preference,
+// heuristic and cublasLtMatmul. The heuristic "chooses" an algorithm that records what it was chosen for
+// (the problem and the alignments the preference promised, 256 bytes unless set, as in cuBLASLt); the matmul
+// then refuses operands the algorithm was not chosen for, so a stale cached algorithm or an alignment promise
+// the pointers do not keep fails here as it could on a GPU.
+
+namespace {
+
+constexpr int LT_EPI_DEFAULT = 1, LT_EPI_BIAS = 4, LT_EPI_GELU = 32, LT_EPI_GELU_BIAS = 36;
+constexpr uint64_t LT_ALGO_MAGIC = 0x6d656467656e4c74ull;  // "medgenLt"
+
+struct LtLayout {
+    int type;
+    uint64_t rows, cols;
+    int64_t ld;
+    int32_t batch = 1;
+    int64_t stride = 0;
+    int32_t order = 0;  // CUBLASLT_ORDER_COL
+};
+
+struct LtDesc {
+    int compute, scale;
+    int32_t ta = 0, tb = 0, tc = 0;
+    uint32_t epilogue = LT_EPI_DEFAULT;
+    uint64_t bias = 0;
+    int32_t bias_type = -1;  // -1: the output's type
+    int32_t pointer_mode = 0;
+};
+
+struct LtPref {
+    uint64_t max_workspace = 0;
+    uint32_t align[4] = {256, 256, 256, 256};  // A, B, C, D
+};
+
+// What cublasLtMatmulAlgo_t (8 x u64) carries here.
+struct LtAlgo {
+    uint64_t magic;
+    uint64_t m, n, k;
+    uint32_t align[4];
+    uint32_t epilogue;
+    int32_t types;  // A | B << 8 | D << 16
+    uint64_t pad;
+};
+static_assert(sizeof(LtAlgo) == 64, "cublasLtMatmulAlgo_t is 64 bytes");
+
+struct LtHeuristicResult {
+    LtAlgo algo;
+    size_t workspace;
+    int state;
+    float waves;
+    int reserved[4];
+};
+
+template <class T>
+int set_attr(T& field, const void* buf, size_t size, const char* what) {
+    if (!buf || size != sizeof(T)) {
+        report("%s: attribute buffer of %zu bytes, expected %zu", what, size, sizeof(T));
+        return BLAS_INVALID_VALUE;
+    }
+    std::memcpy(&field, buf, sizeof(T));
+    return BLAS_OK;
+}
+
+uint32_t alignment_of(const void* p) {
+    uintptr_t v = (uintptr_t)p;
+    uint32_t a = 1;
+    while (a < 256 && v % (a * 2) == 0) a *= 2;
+    return v == 0 ? 256 : a;
+}
+
+// Rows/cols of op(X) for a layout and a transpose flag.
+void op_shape(const LtLayout& l, int32_t t, uint64_t* r, uint64_t* c) {
+    *r = t ? l.cols : l.rows;
+    *c = t ? l.rows : l.cols;
+}
+
+// The checks the heuristic and the matmul share: a problem cuBLASLt can run. Returns a cuBLAS status.
+int lt_validate(const char* op, const LtDesc* d, const LtLayout* a, const LtLayout* b, const LtLayout* c,
+                const LtLayout* dd) {
+    if (!d || !a || !b || !c || !dd) {
+        report("%s: a descriptor is null", op);
+        return BLAS_INVALID_VALUE;
+    }
+    if (d->compute != COMPUTE_32F || d->scale != R_32F) {
+        report("%s: compute type %d / scale type %d is not emulated (medgen uses COMPUTE_32F, R_32F)", op, d->compute,
+               d->scale);
+        return BLAS_NOT_SUPPORTED;
+    }
+    if (d->tc != 0 || d->pointer_mode != 0 || a->order || b->order || c->order || dd->order) {
+        report("%s: transposed C, device pointer mode or non-column-major orders are not emulated", op);
+        return BLAS_NOT_SUPPORTED;
+    }
+    if (!dtype_bytes(a->type) || a->type != b->type || !dtype_bytes(dd->type)) {
+        report("%s: dtypes A %d B %d D %d are not a cuBLASLt combination", op, a->type, b->type, dd->type);
+        return BLAS_NOT_SUPPORTED;
+    }
+    if (c->type != dd->type || c->rows != dd->rows || c->cols != dd->cols || c->ld != dd->ld || c->batch != dd->batch) {
+        report("%s: C and D layouts differ (only C = D layouts are emulated)", op);
+        return BLAS_NOT_SUPPORTED;
+    }
+    uint64_t ar, ac, br, bc;
+    op_shape(*a, d->ta, &ar, &ac);
+    op_shape(*b, d->tb, &br, &bc);
+    if (ar != dd->rows || bc != dd->cols || ac != br) {
+        report("%s: op(A) %llux%llu times op(B) %llux%llu does not give D %llux%llu", op, (unsigned long long)ar,
+               (unsigned long long)ac, (unsigned long long)br, (unsigned long long)bc, (unsigned long long)dd->rows,
+               (unsigned long long)dd->cols);
+        return BLAS_INVALID_VALUE;
+    }
+    if (a->batch != dd->batch || b->batch != dd->batch || dd->batch < 1) {
+        report("%s: batch counts A %d B %d D %d differ", op, a->batch, b->batch, dd->batch);
+        return BLAS_INVALID_VALUE;
+    }
+    switch (d->epilogue) {
+        case LT_EPI_DEFAULT: case LT_EPI_BIAS: case LT_EPI_GELU: case LT_EPI_GELU_BIAS: break;
+        default:
+            report("%s: epilogue %u is not emulated", op, d->epilogue);
+            return BLAS_NOT_SUPPORTED;
+    }
+    return BLAS_OK;
+}
+
+int lt_types(const LtLayout* a, const LtLayout* b, const LtLayout* d) { return a->type | b->type << 8 | d->type << 16; }
+
+}  // namespace
+
+extern "C" {
+
+int cublasLtCreate(void** h) {
+    if (!initialised) return BLAS_NOT_INITIALIZED;
+    *h = new BlasHandle();
+    return BLAS_OK;
+}
+int cublasLtDestroy(void* h) {
+    delete static_cast<BlasHandle*>(h);
+    return BLAS_OK;
+}
+const char* cublasLtGetStatusString(int s) { return cublasGetStatusString(s); }
+const char* cublasLtGetStatusName(int s) { return cublasGetStatusString(s); }
+
+int cublasLtMatrixLayoutCreate(void** l, int type, uint64_t rows, uint64_t cols, int64_t ld) {
+    if (!l || !dtype_bytes(type)) return BLAS_INVALID_VALUE;
+    if (ld < (int64_t)std::max<uint64_t>(1, rows)) {
+        report("cublasLtMatrixLayoutCreate: leading dimension %lld < %llu rows", (long long)ld, (unsigned long long)rows);
+        return BLAS_INVALID_VALUE;
+    }
+    *l = new LtLayout{type, rows, cols, ld};
+    return BLAS_OK;
+}
+int cublasLtMatrixLayoutDestroy(void* l) {
+    delete static_cast<LtLayout*>(l);
+    return BLAS_OK;
+}
+int cublasLtMatrixLayoutSetAttribute(void* l, int attr, const void* buf, size_t size) {
+    auto* x = static_cast<LtLayout*>(l);
+    if (!x) return BLAS_NOT_INITIALIZED;
+    const char* w = "cublasLtMatrixLayoutSetAttribute";
+    switch (attr) {
+        case 0: return set_attr(x->type, buf, size, w);
+        case 1: return set_attr(x->order, buf, size, w);
+        case 5: return set_attr(x->batch, buf, size, w);
+        case 6: return set_attr(x->stride, buf, size, w);
+        default: report("%s: attribute %d is not emulated", w, attr); return BLAS_NOT_SUPPORTED;
+    }
+}
+
+int cublasLtMatmulDescCreate(void** d, int compute, int scale) {
+    if (!d) return BLAS_INVALID_VALUE;
+    *d = new LtDesc{compute, scale};
+    return BLAS_OK;
+}
+int cublasLtMatmulDescDestroy(void* d) {
+    delete static_cast<LtDesc*>(d);
+    return BLAS_OK;
+}
+int cublasLtMatmulDescSetAttribute(void* d, int attr, const void* buf, size_t size) {
+    auto* x = static_cast<LtDesc*>(d);
+    if (!x) return BLAS_NOT_INITIALIZED;
+    const char* w = "cublasLtMatmulDescSetAttribute";
+    switch (attr) {
+        case 2: return set_attr(x->pointer_mode, buf, size, w);
+        case 3: return set_attr(x->ta, buf, size, w);
+        case 4: return set_attr(x->tb, buf, size, w);
+        case 5: return set_attr(x->tc, buf, size, w);
+        case 7: return set_attr(x->epilogue, buf, size, w);
+        case 8: return set_attr(x->bias, buf, size, w);
+        case 26: return set_attr(x->bias_type, buf, size, w);
+        default: report("%s: attribute %d is not emulated", w, attr); return BLAS_NOT_SUPPORTED;
+    }
+}
+
+int cublasLtMatmulPreferenceCreate(void** p) {
+    if (!p) return BLAS_INVALID_VALUE;
+    *p = new LtPref();
+    return BLAS_OK;
+}
+int cublasLtMatmulPreferenceDestroy(void* p) {
+    delete static_cast<LtPref*>(p);
+    return BLAS_OK;
+}
+int cublasLtMatmulPreferenceSetAttribute(void* p, int attr, const void* buf, size_t size) {
+    auto* x = static_cast<LtPref*>(p);
+    if (!x) return BLAS_NOT_INITIALIZED;
+    const char* w = "cublasLtMatmulPreferenceSetAttribute";
+    switch (attr) {
+        case 1: return set_attr(x->max_workspace, buf, size, w);
+        case 5: case 6: case 7: case 8: {
+            uint32_t v = 0;
+            int r = set_attr(v, buf, size, w);
+            if (r != BLAS_OK) return r;
+            if (v == 0 || (v & (v - 1)) != 0) {
+                report("%s: alignment %u is not a power of two", w, v);
+                return BLAS_INVALID_VALUE;
+            }
+            x->align[attr - 5] = v;
+            return BLAS_OK;
+        }
+        default: report("%s: attribute %d is not emulated", w, attr); return BLAS_NOT_SUPPORTED;
+    }
+}
+
+int cublasLtMatmulAlgoGetHeuristic(void* h, void* desc, void* a, void* b, void* c, void* d, void* pref, int requested,
+                                   LtHeuristicResult* results, int* count) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    const char* op = "cublasLtMatmulAlgoGetHeuristic";
+    if (!h) return BLAS_NOT_INITIALIZED;
+    if (!pref || requested < 1 || !results || !count) return BLAS_INVALID_VALUE;
+    auto* dx = static_cast<LtDesc*>(desc);
+    auto *la = static_cast<LtLayout*>(a), *lb = static_cast<LtLayout*>(b), *dd = static_cast<LtLayout*>(d);
+    int r = lt_validate(op, dx, la, lb, static_cast<LtLayout*>(c), dd);
+    *count = 0;
+    if (r != BLAS_OK) return r;
+    const auto* p = static_cast<LtPref*>(pref);
+    // Kernels need at least element alignment.
+    if (p->align[0] < dtype_bytes(la->type) || p->align[1] < dtype_bytes(lb->type) ||
+        p->align[3] < dtype_bytes(dd->type))
+        return BLAS_NOT_SUPPORTED;
+    LtAlgo algo{};
+    algo.magic = LT_ALGO_MAGIC;
+    algo.m = dd->rows;
+    algo.n = dd->cols;
+    algo.k = dx->ta ? la->rows : la->cols;
+    std::memcpy(algo.align, p->align, sizeof algo.align);
+    algo.epilogue = dx->epilogue;
+    algo.types = lt_types(la, lb, dd);
+    results[0] = LtHeuristicResult{algo, 0, BLAS_OK, 1.0f, {0, 0, 0, 0}};
+    *count = 1;
+    return BLAS_OK;
+}
+
+int cublasLtMatmul(void* h, void* desc, const void* alpha, const void* A, void* adesc, const void* B, void* bdesc,
+                   const void* beta, const void* C, void* cdesc, void* D, void* ddesc, const void* algo_p,
+                   void* workspace, size_t workspace_bytes, void* stream) {
+    std::lock_guard<std::recursive_mutex> g(mu);
+    (void)stream;
+    const char* op = "cublasLtMatmul";
+    if (!h) return BLAS_NOT_INITIALIZED;
+    auto* dx = static_cast<LtDesc*>(desc);
+    auto *la = static_cast<LtLayout*>(adesc), *lb = static_cast<LtLayout*>(bdesc);
+    auto *lc = static_cast<LtLayout*>(cdesc), *ld = static_cast<LtLayout*>(ddesc);
+    int r = lt_validate(op, dx, la, lb, lc, ld);
+    if (r != BLAS_OK) return r;
+    if (!algo_p) {
+        report("%s: no algorithm given (medgen always passes the heuristic's)", op);
+        return BLAS_INVALID_VALUE;
+    }
+    LtAlgo algo;
+    std::memcpy(&algo, algo_p, sizeof algo);
+    const uint64_t k = dx->ta ? la->rows : la->cols;
+    if (algo.magic != LT_ALGO_MAGIC || algo.m != ld->rows || algo.n != ld->cols || algo.k != k ||
+        algo.epilogue != dx->epilogue || algo.types != lt_types(la, lb, ld)) {
+        report("%s: the algorithm was chosen for another problem (%llux%llux%llu, epilogue %u)", op,
+               (unsigned long long)algo.m, (unsigned long long)algo.n, (unsigned long long)algo.k, algo.epilogue);
+        return BLAS_INVALID_VALUE;
+    }
+    const void* ptrs[4] = {A, B, C, D};
+    const char* names[4] = {"A", "B", "C", "D"};
+    for (int i = 0; i < 4; ++i) {
+        if (alignment_of(ptrs[i]) < algo.align[i]) {
+            report("%s: %s at %p is %u-byte aligned but the algorithm was chosen for %u-byte alignment", op, names[i],
+                   ptrs[i], alignment_of(ptrs[i]), algo.align[i]);
+            return BLAS_INVALID_VALUE;
+        }
+    }
+    if (workspace_bytes > 0 && !check_range("cublasLtMatmul workspace", (uintptr_t)workspace, workspace_bytes))
+        return BLAS_INVALID_VALUE;
+    const bool bias = dx->epilogue == LT_EPI_BIAS || dx->epilogue == LT_EPI_GELU_BIAS;
+    Epilogue ep;
+    ep.gelu = dx->epilogue == LT_EPI_GELU || dx->epilogue == LT_EPI_GELU_BIAS;
+    if (bias) {
+        ep.bias = (const void*)(uintptr_t)dx->bias;
+        ep.bias_type = dx->bias_type < 0 ? ld->type : dx->bias_type;
+        if (!dtype_bytes(ep.bias_type)) return BLAS_NOT_SUPPORTED;
+        if (!ep.bias) {
+            report("%s: a bias epilogue without CUBLASLT_MATMUL_DESC_BIAS_POINTER", op);
+            return BLAS_INVALID_VALUE;
+        }
+        if (!check_range("cublasLtMatmul bias", (uintptr_t)ep.bias, ld->rows * dtype_bytes(ep.bias_type)))
+            return BLAS_INVALID_VALUE;
+    }
+    const int64_t m = (int64_t)ld->rows, n = (int64_t)ld->cols, kk = (int64_t)k;
+    const int batch = ld->batch;
+    if (m == 0 || n == 0) return BLAS_OK;
+    uint64_t ar, ac, br, bc;
+    op_shape(*la, 0, &ar, &ac);
+    op_shape(*lb, 0, &br, &bc);
+    if (kk > 0 && (!check_operand(op, "A", A, la->type, (int64_t)ar, (int64_t)ac, la->ld, la->stride, batch) ||
+                   !check_operand(op, "B", B, lb->type, (int64_t)br, (int64_t)bc, lb->ld, lb->stride, batch)))
+        return BLAS_INVALID_VALUE;
+    const double al = *(const float*)alpha, be = *(const float*)beta;
+    if (be != 0.0 && !check_operand(op, "C", C, lc->type, m, n, lc->ld, lc->stride, batch)) return BLAS_INVALID_VALUE;
+    if (!check_operand(op, "D", D, ld->type, m, n, ld->ld, ld->stride, batch)) return BLAS_INVALID_VALUE;
+    Activity act(op);
+    gemm_core(dx->ta, dx->tb, m, n, kk, al, A, la->type, la->ld, la->stride, B, lb->type, lb->ld, lb->stride, be, C,
+              lc->type, lc->ld, lc->stride, D, ld->type, ld->ld, ld->stride, batch, ep);
+    return BLAS_OK;
 }
 
 }  // extern "C"

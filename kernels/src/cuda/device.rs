@@ -5,6 +5,7 @@ use std::sync::{Arc, Mutex, OnceLock};
 
 use cudarc::driver::{CudaContext, CudaFunction, CudaModule, CudaStream};
 
+use super::blaslt::BlasLt;
 use super::{DeviceInfo, KERNEL_FILES, compile};
 use crate::error::{Error, Result};
 
@@ -17,7 +18,17 @@ pub(crate) struct CudaDevice {
     /// `compute_<major><minor>`.
     pub arch: String,
     blas: Mutex<Option<Arc<cudarc::cublas::CudaBlas>>>,
-    modules: Mutex<HashMap<&'static str, Arc<CudaModule>>>,
+    /// cuBLASLt: unset until first use, then `None` where the library is missing.
+    blas_lt: OnceLock<Option<Arc<BlasLt>>>,
+    /// Loaded modules by kernel file, each with the functions looked up in it so far.
+    modules: Mutex<HashMap<&'static str, LoadedModule>>,
+}
+
+/// A loaded kernel module and the functions looked up in it (one `cuModuleGetFunction` per kernel, not one
+/// per launch).
+struct LoadedModule {
+    module: Arc<CudaModule>,
+    functions: HashMap<&'static str, CudaFunction>,
 }
 
 impl std::fmt::Debug for CudaDevice {
@@ -92,6 +103,7 @@ pub(crate) fn device(ordinal: usize) -> Result<Arc<CudaDevice>> {
         stream,
         arch: format!("compute_{major}{minor}"),
         blas: Mutex::new(None),
+        blas_lt: OnceLock::new(),
         modules: Mutex::new(HashMap::new()),
     });
     map.insert(ordinal, d.clone());
@@ -121,29 +133,44 @@ impl CudaDevice {
         Ok(h)
     }
 
+    /// The cuBLASLt handle, created at first use; `None` where `libcublasLt` is not installed (callers then
+    /// run unfused GEMMs). A failure to create it on a present library is an error.
+    pub fn blas_lt(&self) -> Result<Option<&Arc<BlasLt>>> {
+        if let Some(h) = self.blas_lt.get() {
+            return Ok(h.as_ref());
+        }
+        let h = BlasLt::new(self)?.map(Arc::new);
+        Ok(self.blas_lt.get_or_init(|| h).as_ref())
+    }
+
     /// A kernel of a `kernels/cuda/*.cu` file; the file is compiled (or read from the PTX cache) and loaded
-    /// at its first use.
+    /// at its first use, and each function looked up once.
     pub fn function(&self, file: &'static str, kernel: &'static str) -> Result<CudaFunction> {
-        let module = {
-            let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
-            match mods.get(file) {
-                Some(m) => m.clone(),
-                None => {
-                    let kf = KERNEL_FILES
-                        .iter()
-                        .find(|k| k.name == file)
-                        .ok_or_else(|| Error::Cuda { op: "load kernel", msg: format!("unknown kernel file {file}") })?;
-                    let ptx = compile::cached_ptx(kf, &self.arch)?;
-                    let m = self
-                        .ctx
-                        .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
-                        .map_err(|e| cuda_err("load kernel module", format!("{file}: {e}")))?;
-                    mods.insert(file, m.clone());
-                    m
-                }
+        let mut mods = self.modules.lock().unwrap_or_else(|e| e.into_inner());
+        let loaded = match mods.entry(file) {
+            std::collections::hash_map::Entry::Occupied(e) => e.into_mut(),
+            std::collections::hash_map::Entry::Vacant(e) => {
+                let kf = KERNEL_FILES
+                    .iter()
+                    .find(|k| k.name == file)
+                    .ok_or_else(|| Error::Cuda { op: "load kernel", msg: format!("unknown kernel file {file}") })?;
+                let ptx = compile::cached_ptx(kf, &self.arch)?;
+                let module = self
+                    .ctx
+                    .load_module(cudarc::nvrtc::Ptx::from_src(ptx))
+                    .map_err(|e| cuda_err("load kernel module", format!("{file}: {e}")))?;
+                e.insert(LoadedModule { module, functions: HashMap::new() })
             }
         };
-        module.load_function(kernel).map_err(|e| cuda_err("load kernel", format!("{file}::{kernel}: {e}")))
+        if let Some(f) = loaded.functions.get(kernel) {
+            return Ok(f.clone());
+        }
+        let f = loaded
+            .module
+            .load_function(kernel)
+            .map_err(|e| cuda_err("load kernel", format!("{file}::{kernel}: {e}")))?;
+        loaded.functions.insert(kernel, f.clone());
+        Ok(f)
     }
 
     /// Waits for all work queued on the device.

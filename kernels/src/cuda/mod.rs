@@ -19,7 +19,10 @@
 //! * Devices: one context + one stream + one cuBLAS handle per ordinal, created at first use and kept for the
 //!   life of the process. All work of a device runs in order on its stream.
 //! * GEMMs: cuBLAS `GemmStridedBatchedEx`, row-major convention (see `launch::gemm`), bf16 or f32 operands
-//!   with fp32 compute; the output may be f32 for bf16 inputs (gradients).
+//!   with fp32 compute; the output may be f32 for bf16 inputs (gradients). Linear layers with a bias (and
+//!   [`crate::ops::linear::linear_gelu_tanh`]) run as one cuBLASLt GEMM with a fused bias / bias+GELU
+//!   epilogue where `libcublasLt` is present and has an algorithm (`blaslt`), else GEMM + separate kernels;
+//!   [`gemm_stats`] counts which.
 //! * Ops with a CUDA path (forward and backward): linear, batched matmul, conv3d (im2col + GEMM + col2im),
 //!   layer norm, RMS norm, channel RMS norm, RoPE 3D (tables uploaded once per grid and device), attention
 //!   (flash forward/backward: tensor-core mma.sync kernels for bf16 with head dim 64/128 on sm_80+, checked
@@ -33,6 +36,8 @@
 //!
 //! Device dtypes: kernels load f32/bf16/f16/f64 and compute in f32; GEMMs take f32 or bf16.
 
+#[cfg(feature = "cuda")]
+mod blaslt;
 #[cfg(feature = "cuda")]
 mod compile;
 #[cfg(feature = "cuda")]
@@ -219,6 +224,41 @@ pub fn reset_peak_memory(ordinal: usize) {
     storage::reset_peak(ordinal);
     #[cfg(not(feature = "cuda"))]
     let _ = ordinal;
+}
+
+/// How the GEMMs with an epilogue (linear layers with a bias, fused linear + GELU) ran since the process
+/// started, over all devices.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct GemmStats {
+    /// One cuBLASLt GEMM with the bias (and GELU) fused into its epilogue.
+    pub fused: u64,
+    /// A plain cuBLAS GEMM followed by separate bias / GELU kernels: cuBLASLt missing, no algorithm for the
+    /// dtypes or alignment, or a bias of another dtype than the output.
+    pub unfused: u64,
+}
+
+/// Counts of fused and unfused epilogue GEMMs in this process (see [`GemmStats`]); zero without the `cuda`
+/// feature.
+pub fn gemm_stats() -> GemmStats {
+    gemm_stats_of(false)
+}
+
+/// As [`gemm_stats`], counting only the GEMMs the calling thread ran.
+pub fn thread_gemm_stats() -> GemmStats {
+    gemm_stats_of(true)
+}
+
+fn gemm_stats_of(thread: bool) -> GemmStats {
+    #[cfg(feature = "cuda")]
+    {
+        let (fused, unfused) = blaslt::counts(thread);
+        GemmStats { fused, unfused }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let _ = thread;
+        GemmStats::default()
+    }
 }
 
 /// Whether at least one CUDA device is usable (see [`available`]).

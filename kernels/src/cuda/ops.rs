@@ -653,11 +653,14 @@ pub(crate) fn matmul_backward(
     Ok((da, db))
 }
 
-/// `y = x·Wᵀ + b` (`m` rows, `din` → `dout`).
+/// `y = x·Wᵀ + b` (`m` rows, `din` → `dout`), or `gelu_tanh` of it when `gelu`: one cuBLASLt GEMM with the
+/// bias (and GELU) in its epilogue where possible, else a cuBLAS GEMM and separate kernels.
+#[allow(clippy::too_many_arguments)]
 pub(crate) fn linear(
     x: &Tensor,
     w: &Tensor,
     b: Option<&Tensor>,
+    gelu: bool,
     m: usize,
     din: usize,
     dout: usize,
@@ -668,17 +671,48 @@ pub(crate) fn linear(
     let dev = common_device(&ins, "linear")?;
     let (xc, wc, ct) = gemm_pair(x, w)?;
     let y = empty(&dev, shape, out_dtype(&ins))?;
+    if m * dout == 0 {
+        return Ok(y);
+    }
+    let bc = b.map(cont).transpose()?;
+    if din > 0 && (gelu || bc.is_some()) {
+        use super::blaslt::{Epilogue, gemm_epilogue};
+        let epilogue = match (&bc, gelu) {
+            (Some(_), true) => Epilogue::GeluTanhBias,
+            (Some(_), false) => Epilogue::Bias,
+            (None, _) => Epilogue::GeluTanh,
+        };
+        // cuBLASLt reads the bias in the output's dtype; the output dtype is the promoted one, so converting a
+        // narrower bias (bf16 bias, f32 output) is exact.
+        let bias = match &bc {
+            Some(b) if b.dtype() != y.dtype() => Some(b.to_dtype(y.dtype())?),
+            _ => None,
+        };
+        if gemm_epilogue(
+            &dev,
+            m,
+            dout,
+            din,
+            op(&xc, ct, false),
+            op(&wc, ct, true),
+            (ptr(&y), y.dtype()),
+            bias.as_ref().or(bc.as_ref()).map_or(0, ptr),
+            epilogue,
+        )? {
+            return Ok(y);
+        }
+    }
     if din == 0 {
         launch!(dev, "elementwise.cu", "fill", cfg_elems(m * dout); ptr(&y), dt(y.dtype()), 0f32, i64_(m * dout))?;
     } else {
         gemm(&dev, m, dout, din, op(&xc, ct, false), op(&wc, ct, true), (ptr(&y), y.dtype(), 0), 1.0, 0.0, 1)?;
     }
-    if let Some(b) = b {
-        let bc = cont(b)?;
-        if m * dout > 0 {
-            launch!(dev, "elementwise.cu", "add_bias_rows", cfg_elems(m * dout);
-                ptr(&y), dt(y.dtype()), ptr(&bc), dt(bc.dtype()), i64_(dout), i64_(m * dout))?;
-        }
+    if let Some(bc) = &bc {
+        launch!(dev, "elementwise.cu", "add_bias_rows", cfg_elems(m * dout);
+            ptr(&y), dt(y.dtype()), ptr(bc), dt(bc.dtype()), i64_(dout), i64_(m * dout))?;
+    }
+    if gelu {
+        return activation(&y, Act::GeluTanh);
     }
     Ok(y)
 }

@@ -32,7 +32,7 @@ use crate::error::{Error, Result};
 use crate::io::TensorSource;
 use crate::ops::activation::{clamp, gelu_erf, gelu_tanh, silu, softmax};
 use crate::ops::elementwise::{add, mul, scale};
-use crate::ops::linear::{linear, matmul};
+use crate::ops::linear::{linear, linear_gelu_tanh, matmul};
 use crate::ops::norm::rms_norm;
 use crate::ops::shape::embedding;
 use crate::tensor::{Device, Tensor};
@@ -63,6 +63,14 @@ impl Activation {
             "relu" => Some(Activation::Relu),
             "silu" | "swish" => Some(Activation::Silu),
             _ => None,
+        }
+    }
+
+    /// `act(x·Wᵀ)`; GELU-tanh runs in the GEMM's epilogue on CUDA ([`linear_gelu_tanh`]).
+    pub fn apply_linear(self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        match self {
+            Activation::GeluTanh => linear_gelu_tanh(x, w, None),
+            _ => self.apply(&linear(x, w, None)?),
         }
     }
 
@@ -580,7 +588,7 @@ impl UMT5Encoder {
             let a = masked_attention(&q, &k, &v, self.cfg.num_heads, None, Some(&bias), mask)?;
             x = add(&x, &linear(&a, &layer.o, None)?)?;
             let y = rms_norm(&x, &layer.norm2, eps)?;
-            let mut hdn = self.ffn.act.apply(&linear(&y, &layer.wi, None)?)?;
+            let mut hdn = self.ffn.act.apply_linear(&y, &layer.wi)?;
             if let Some(wi_1) = &layer.wi_1 {
                 hdn = mul(&hdn, &linear(&y, wi_1, None)?)?;
             }

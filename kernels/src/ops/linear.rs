@@ -2,6 +2,7 @@
 //!
 //! * [`linear`]: `y = x·Wᵀ + b` for `x [..., in]`, `W [out, in]`, `b [out]` → `y [..., out]`;
 //!   backward `dx = dy·W`, `dW = dyᵀ·x` (summed over all leading dims), `db = Σ dy`.
+//! * [`linear_gelu_tanh`]: `gelu_tanh(x·Wᵀ + b)` in one GEMM on CUDA (fused epilogue), for inference.
 //! * [`matmul`]: `c = a·b` for `a [..., M, K]`, `b [..., K, N]` (equal leading dims, or `b` 2-D
 //!   and shared by every batch); backward `da = dc·bᵀ`, `db = aᵀ·dc` (summed over the batch when
 //!   `b` is shared).
@@ -49,7 +50,7 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
     ins.extend(b);
     #[cfg(feature = "cuda")]
     if super::on_cuda(&ins, "linear")? {
-        return crate::cuda::ops::linear(x, w, b, m, din, dout, &out_shape(x, dout));
+        return crate::cuda::ops::linear(x, w, b, false, m, din, dout, &out_shape(x, dout));
     }
     let (ct, ot) = (compute_dtype(&ins), out_dtype(&ins));
     dispatch!(ct, T => {
@@ -63,6 +64,23 @@ pub fn linear(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
         }
         Ok(Tensor::from_compute(y, &out_shape(x, dout), ot))
     })
+}
+
+/// `gelu_tanh(x·Wᵀ + b)`: [`linear`] followed by [`gelu_tanh`](super::activation::gelu_tanh), as one
+/// operation. On CUDA it is one cuBLASLt GEMM with the bias and GELU in its epilogue (no intermediate
+/// tensor); elsewhere, or where cuBLASLt has no such algorithm, the two ops. For inference: training keeps
+/// the pre-activation for the backward and calls the two ops.
+pub fn linear_gelu_tanh(x: &Tensor, w: &Tensor, b: Option<&Tensor>) -> Result<Tensor> {
+    #[cfg(feature = "cuda")]
+    {
+        let mut ins = vec![x, w];
+        ins.extend(b);
+        if super::on_cuda(&ins, "linear_gelu_tanh")? {
+            let (m, din, dout) = linear_dims(x, w, b)?;
+            return crate::cuda::ops::linear(x, w, b, true, m, din, dout, &out_shape(x, dout));
+        }
+    }
+    super::activation::gelu_tanh(&linear(x, w, b)?)
 }
 
 fn add_bias<T: Float>(y: &mut [T], b: &[T]) {

@@ -118,7 +118,9 @@ impl Emulation {
             .output()
             .unwrap_or_else(|e| panic!("running {cxx}: {e}"));
         assert!(out.status.success(), "{cxx} could not build the emulation:\n{}", String::from_utf8_lossy(&out.stderr));
-        std::os::unix::fs::symlink("libcuda.so", dir.path().join("libcublas.so")).expect("link libcublas.so");
+        for name in ["libcublas.so", "libcublasLt.so"] {
+            std::os::unix::fs::symlink("libcuda.so", dir.path().join(name)).expect("link the cuBLAS names");
+        }
         Emulation { lib_dir: dir.path().to_path_buf(), _dir: dir, nvrtc }
     }
 

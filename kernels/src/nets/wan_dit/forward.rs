@@ -8,7 +8,7 @@ use crate::error::{Error, Result};
 use crate::ops::activation::{gelu_tanh, silu};
 use crate::ops::attention::{AttentionOutput, attention};
 use crate::ops::elementwise::{add, modulate, mul};
-use crate::ops::linear::linear;
+use crate::ops::linear::{linear, linear_gelu_tanh};
 use crate::ops::norm::{layer_norm, rms_norm};
 use crate::ops::rope::{Rope3d, rope_apply};
 use crate::ops::shape::timestep_embedding;
@@ -376,11 +376,19 @@ impl WanDit {
     ) -> Result<(Tensor, Option<FfnSaved>)> {
         let n = layer_norm(x, None, None, self.cfg.eps)?;
         let y = self.gin(modulate(&n, &chunk(modv, 3)?, &chunk(modv, 4)?)?)?;
+        if !keep {
+            // Inference (or a block recomputed later): no pre-activation to keep, so the GELU runs in the
+            // first GEMM's epilogue on CUDA.
+            let l = bi.ffn1;
+            let g = self.gin(linear_gelu_tanh(&y, self.p(l.w), Some(self.p(l.b)))?)?;
+            let f = self.lin(&g, bi.ffn2)?;
+            return Ok((add(x, &mul(&f, &chunk(modv, 5)?)?)?, None));
+        }
         let h = self.lin(&y, bi.ffn1)?;
         let g = self.gin(gelu_tanh(&h)?)?;
         let f = self.lin(&g, bi.ffn2)?;
         let x_new = add(x, &mul(&f, &chunk(modv, 5)?)?)?;
-        Ok((x_new, keep.then(|| FfnSaved { x: x.clone(), n, y, h, g, f })))
+        Ok((x_new, Some(FfnSaved { x: x.clone(), n, y, h, g, f })))
     }
 
     /// One transformer block; returns its output and, when `keep`, its saved activations.
