@@ -18,6 +18,9 @@
 //     C++ build (the same .cu source, compiled against emu.h) synchronously, one block after another, with
 //     the driver's launch limits checked (block ≤ 1024 threads, grid y/z ≤ 65535, dynamic shared memory).
 //   * One in-order stream: every call completes before it returns, so events and synchronisation are trivial.
+//   * MEDGEN_EMU_DRY_RUN=1 checks every call but runs no kernel, GEMM or copy and touches no device page: the
+//     host code's allocations at full model size (a memory plan) in seconds, with meaningless results.
+//     MEDGEN_EMU_MEMORY_GIB sets the device's memory (default 16).
 // It does not model timing, concurrency between streams, or the hardware's memory model.
 
 #include "emu.h"
@@ -86,7 +89,12 @@ const KernelEntry KERNELS[] = {
 constexpr int OK = 0, INVALID_VALUE = 1, OUT_OF_MEMORY = 2, NOT_INITIALIZED = 3, INVALID_DEVICE = 101,
               INVALID_IMAGE = 200, INVALID_CONTEXT = 201, INVALID_PTX = 218, UNSUPPORTED_PTX_VERSION = 222,
               INVALID_HANDLE = 400, NOT_FOUND = 500, LAUNCH_FAILED = 719;
-constexpr size_t TOTAL_MEMORY = 16ull << 30;
+// Device memory: 16 GiB, or MEDGEN_EMU_MEMORY_GIB.
+size_t total_memory = 16ull << 30;
+// MEDGEN_EMU_DRY_RUN=1: a memory plan, not a computation. Allocations are accounted but their pages never
+// touched, and kernels, GEMMs, copies and memsets are checked (launch shapes, operand ranges) but not run, so
+// the host code's allocation sequence at full model size runs in seconds; results are garbage.
+bool dry_run = false;
 constexpr size_t STATIC_SHARED_LIMIT = 48 * 1024, DYNAMIC_SHARED_OPTIN = 227 * 1024;
 
 struct Alloc {
@@ -181,12 +189,13 @@ bool check_range(const char* op, uintptr_t p, size_t bytes) {
 int do_alloc(uint64_t* out, size_t bytes) {
     if (!out) return INVALID_VALUE;
     if (bytes == 0) return INVALID_VALUE;  // as cuMemAlloc
-    if (allocated + bytes > TOTAL_MEMORY) return OUT_OF_MEMORY;
+    if (allocated + bytes > total_memory) return OUT_OF_MEMORY;
     const size_t page = (size_t)sysconf(_SC_PAGESIZE);
     const size_t padded = (bytes + 15) / 16 * 16;
     const size_t body = (padded + page - 1) / page * page;
     const size_t total = body + 2 * page;
-    void* m = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS, -1, 0);
+    // A dry run never touches the body, so it must not be charged against the host's memory either.
+    void* m = mmap(nullptr, total, PROT_NONE, MAP_PRIVATE | MAP_ANONYMOUS | (dry_run ? MAP_NORESERVE : 0), -1, 0);
     if (m == MAP_FAILED) return OUT_OF_MEMORY;
     char* base = (char*)m;
     if (mprotect(base + page, body, PROT_READ | PROT_WRITE) != 0) {
@@ -194,7 +203,7 @@ int do_alloc(uint64_t* out, size_t bytes) {
         return OUT_OF_MEMORY;
     }
     // Fill with a NaN pattern so reads of never-written device memory show up in results.
-    std::memset(base + page, 0xff, body);
+    if (!dry_run) std::memset(base + page, 0xff, body);
     char* p = base + page + body - padded;
     allocs[(uintptr_t)p] = Alloc{bytes, base, total};
     allocated += bytes;
@@ -234,6 +243,13 @@ int cuInit(unsigned flags) {
     if (flags != 0) return INVALID_VALUE;
     if (!initialised) {
         install_fault_handler();
+        const char* dry = std::getenv("MEDGEN_EMU_DRY_RUN");
+        dry_run = dry && std::strcmp(dry, "1") == 0;
+        if (const char* gib = std::getenv("MEDGEN_EMU_MEMORY_GIB")) {
+            char* end = nullptr;
+            unsigned long long v = std::strtoull(gib, &end, 10);
+            if (end && *end == 0 && v > 0) total_memory = (size_t)v << 30;
+        }
         initialised = true;
     }
     return OK;
@@ -292,7 +308,7 @@ int cuDeviceGetAttribute(int* v, int attr, int dev) {
 int cuDeviceTotalMem_v2(size_t* bytes, int dev) {
     if (dev != 0) return INVALID_DEVICE;
     if (!bytes) return INVALID_VALUE;
-    *bytes = TOTAL_MEMORY;
+    *bytes = total_memory;
     return OK;
 }
 
@@ -378,8 +394,8 @@ int cuEventDestroy_v2(void* e) {
 
 int cuMemGetInfo_v2(size_t* free_bytes, size_t* total) {
     std::lock_guard<std::recursive_mutex> g(mu);
-    *free_bytes = TOTAL_MEMORY - allocated;
-    *total = TOTAL_MEMORY;
+    *free_bytes = total_memory - allocated;
+    *total = total_memory;
     return OK;
 }
 
@@ -399,7 +415,7 @@ int cuMemcpyHtoD_v2(uint64_t dst, const void* src, size_t n) {
     std::lock_guard<std::recursive_mutex> g(mu);
     if (!check_range("cuMemcpyHtoD destination", dst, n)) return INVALID_VALUE;
     Activity act("cuMemcpyHtoD");
-    std::memcpy((void*)(uintptr_t)dst, src, n);
+    if (!dry_run) std::memcpy((void*)(uintptr_t)dst, src, n);
     return OK;
 }
 int cuMemcpyHtoDAsync_v2(uint64_t dst, const void* src, size_t n, void*) { return cuMemcpyHtoD_v2(dst, src, n); }
@@ -407,7 +423,10 @@ int cuMemcpyDtoH_v2(void* dst, uint64_t src, size_t n) {
     std::lock_guard<std::recursive_mutex> g(mu);
     if (!check_range("cuMemcpyDtoH source", src, n)) return INVALID_VALUE;
     Activity act("cuMemcpyDtoH");
-    std::memcpy(dst, (const void*)(uintptr_t)src, n);
+    if (dry_run)
+        std::memset(dst, 0, n);
+    else
+        std::memcpy(dst, (const void*)(uintptr_t)src, n);
     return OK;
 }
 int cuMemcpyDtoHAsync_v2(void* dst, uint64_t src, size_t n, void*) { return cuMemcpyDtoH_v2(dst, src, n); }
@@ -416,14 +435,14 @@ int cuMemcpyDtoD_v2(uint64_t dst, uint64_t src, size_t n) {
     if (!check_range("cuMemcpyDtoD source", src, n) || !check_range("cuMemcpyDtoD destination", dst, n))
         return INVALID_VALUE;
     Activity act("cuMemcpyDtoD");
-    std::memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n);
+    if (!dry_run) std::memmove((void*)(uintptr_t)dst, (const void*)(uintptr_t)src, n);
     return OK;
 }
 int cuMemcpyDtoDAsync_v2(uint64_t dst, uint64_t src, size_t n, void*) { return cuMemcpyDtoD_v2(dst, src, n); }
 int cuMemsetD8_v2(uint64_t dst, unsigned char v, size_t n) {
     std::lock_guard<std::recursive_mutex> g(mu);
     if (!check_range("cuMemsetD8", dst, n)) return INVALID_VALUE;
-    std::memset((void*)(uintptr_t)dst, v, n);
+    if (!dry_run) std::memset((void*)(uintptr_t)dst, v, n);
     return OK;
 }
 int cuMemsetD8Async(uint64_t dst, unsigned char v, size_t n, void*) { return cuMemsetD8_v2(dst, v, n); }
@@ -524,6 +543,7 @@ int cuLaunchKernel(void* func, unsigned gx, unsigned gy, unsigned gz, unsigned b
         return INVALID_VALUE;
     }
     if (!params) return INVALID_VALUE;
+    if (dry_run) return OK;
     Invoke run = f->run;
     bool ok;
     {
@@ -744,6 +764,7 @@ int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, con
                   !check_operand(op, "B", B, bt, br, bc, ldb, sb, batch)))
         return BLAS_INVALID_VALUE;
     if (!check_operand(op, "C", C, ct, m, n, ldc, sc, batch)) return BLAS_INVALID_VALUE;
+    if (dry_run) return BLAS_OK;
     Activity act("cublasGemmStridedBatchedEx");
     gemm_core(ta, tb, m, n, k, al, A, at, lda, sa, B, bt, ldb, sb, be, C, ct, ldc, sc, C, ct, ldc, sc, batch,
               Epilogue{});
@@ -1071,6 +1092,7 @@ int cublasLtMatmul(void* h, void* desc, const void* alpha, const void* A, void* 
     const double al = *(const float*)alpha, be = *(const float*)beta;
     if (be != 0.0 && !check_operand(op, "C", C, lc->type, m, n, lc->ld, lc->stride, batch)) return BLAS_INVALID_VALUE;
     if (!check_operand(op, "D", D, ld->type, m, n, ld->ld, ld->stride, batch)) return BLAS_INVALID_VALUE;
+    if (dry_run) return BLAS_OK;
     Activity act(op);
     gemm_core(dx->ta, dx->tb, m, n, kk, al, A, la->type, la->ld, la->stride, B, lb->type, lb->ld, lb->stride, be, C,
               lc->type, lc->ld, lc->stride, D, ld->type, ld->ld, ld->stride, batch, ep);
