@@ -654,27 +654,42 @@ struct Epilogue {
     bool gelu = false;  // GELU with the tanh approximation
 };
 
+// An f32 value rounded to TF32 (10 mantissa bits, to nearest), as tensor cores see f32 operands under
+// COMPUTE_32F_FAST_TF32.
+float tf32(float v) {
+    uint32_t u;
+    std::memcpy(&u, &v, 4);
+    if ((u & 0x7f800000u) != 0x7f800000u) u = (u + 0x1000u) & ~0x1fffu;  // leave inf / NaN alone
+    std::memcpy(&v, &u, 4);
+    return v;
+}
+
 double gelu_tanh(double v) { return 0.5 * v * (1.0 + std::tanh(0.7978845608028654 * (v + 0.044715 * v * v * v))); }
 
 // Column-major D[m, n] = epilogue(alpha op(A)[m, k] op(B)[k, n] + beta C) over `batch` matrices, accumulating in
 // double (cuBLAS accumulates in f32; the difference is far inside every tolerance the tests use). C and D may
-// be the same matrix. Operands were checked by the caller.
+// be the same matrix. `fast_tf32`: f32 operands are rounded to TF32 first. Operands were checked by the caller.
 void gemm_core(int ta, int tb, int64_t m, int64_t n, int64_t k, double al, const void* A, int at, int64_t lda,
                int64_t sa, const void* B, int bt, int64_t ldb, int64_t sb, double be, const void* C, int ct,
-               int64_t ldc, int64_t sc, void* D, int dt, int64_t ldd, int64_t sd, int64_t batch, const Epilogue& ep) {
+               int64_t ldc, int64_t sc, void* D, int dt, int64_t ldd, int64_t sd, int64_t batch, const Epilogue& ep,
+               bool fast_tf32) {
+    auto in = [&](const void* p, int t, int64_t i) {
+        float v = (float)load(p, t, i);
+        return fast_tf32 && t == R_32F ? tf32(v) : v;
+    };
     // op(A) row by row and one column of op(B) at a time, both unpacked to contiguous f32, so the dot
     // products walk memory in order whatever the operands' layouts.
     std::vector<float> a((size_t)m * (size_t)k), col((size_t)k);
     for (int64_t b = 0; b < batch; ++b) {
         if (ta) {
             for (int64_t i = 0; i < m; ++i)
-                for (int64_t l = 0; l < k; ++l) a[i * k + l] = (float)load(A, at, b * sa + i * lda + l);
+                for (int64_t l = 0; l < k; ++l) a[i * k + l] = in(A, at, b * sa + i * lda + l);
         } else {
             for (int64_t l = 0; l < k; ++l)
-                for (int64_t i = 0; i < m; ++i) a[i * k + l] = (float)load(A, at, b * sa + l * lda + i);
+                for (int64_t i = 0; i < m; ++i) a[i * k + l] = in(A, at, b * sa + l * lda + i);
         }
         for (int64_t j = 0; j < n; ++j) {
-            for (int64_t l = 0; l < k; ++l) col[l] = (float)load(B, bt, b * sb + (tb ? l * ldb + j : j * ldb + l));
+            for (int64_t l = 0; l < k; ++l) col[l] = in(B, bt, b * sb + (tb ? l * ldb + j : j * ldb + l));
             for (int64_t i = 0; i < m; ++i) {
                 const float* row = &a[i * k];
                 double s0 = 0.0, s1 = 0.0, s2 = 0.0, s3 = 0.0;
@@ -767,7 +782,7 @@ int cublasGemmStridedBatchedEx(void* h, int ta, int tb, int m, int n, int k, con
     if (dry_run) return BLAS_OK;
     Activity act("cublasGemmStridedBatchedEx");
     gemm_core(ta, tb, m, n, k, al, A, at, lda, sa, B, bt, ldb, sb, be, C, ct, ldc, sc, C, ct, ldc, sc, batch,
-              Epilogue{});
+              Epilogue{}, compute == COMPUTE_32F_FAST_TF32);
     return BLAS_OK;
 }
 
@@ -863,9 +878,9 @@ int lt_validate(const char* op, const LtDesc* d, const LtLayout* a, const LtLayo
         report("%s: a descriptor is null", op);
         return BLAS_INVALID_VALUE;
     }
-    if (d->compute != COMPUTE_32F || d->scale != R_32F) {
-        report("%s: compute type %d / scale type %d is not emulated (medgen uses COMPUTE_32F, R_32F)", op, d->compute,
-               d->scale);
+    if ((d->compute != COMPUTE_32F && d->compute != COMPUTE_32F_FAST_TF32) || d->scale != R_32F) {
+        report("%s: compute type %d / scale type %d is not emulated (medgen uses COMPUTE_32F[_FAST_TF32], R_32F)", op,
+               d->compute, d->scale);
         return BLAS_NOT_SUPPORTED;
     }
     if (d->tc != 0 || d->pointer_mode != 0 || a->order || b->order || c->order || dd->order) {
@@ -1095,7 +1110,8 @@ int cublasLtMatmul(void* h, void* desc, const void* alpha, const void* A, void* 
     if (dry_run) return BLAS_OK;
     Activity act(op);
     gemm_core(dx->ta, dx->tb, m, n, kk, al, A, la->type, la->ld, la->stride, B, lb->type, lb->ld, lb->stride, be, C,
-              lc->type, lc->ld, lc->stride, D, ld->type, ld->ld, ld->stride, batch, ep);
+              lc->type, lc->ld, lc->stride, D, ld->type, ld->ld, ld->stride, batch, ep,
+              dx->compute == COMPUTE_32F_FAST_TF32);
     return BLAS_OK;
 }
 

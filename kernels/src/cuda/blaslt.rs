@@ -21,7 +21,7 @@ use cudarc::cublaslt::sys as lt;
 use cudarc::driver::CudaSlice;
 
 use super::device::{CudaDevice, cuda_err};
-use super::launch::GemmOperand;
+use super::launch::{GemmOperand, use_tf32};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -85,6 +85,7 @@ struct Problem {
     tb: bool,
     ab: DType,
     d: DType,
+    tf32: bool,
     epilogue: Epilogue,
     /// Alignment in bytes (power of two, ≤ 256) of A, B, D and the bias.
     align: [u32; 4],
@@ -182,7 +183,8 @@ fn set_pref<V>(p: lt::cublasLtMatmulPreference_t, attr: lt::cublasLtMatmulPrefer
     })
 }
 
-/// Row-major `C[m, n] = epilogue(op(A)[m, k] · op(B)[k, n] (+ bias[n]))`, one matrix, fp32 compute; operands
+/// Row-major `C[m, n] = epilogue(op(A)[m, k] · op(B)[k, n] (+ bias[n]))`, one matrix, fp32 compute (TF32 as
+/// [`use_tf32`] says); operands
 /// as in [`super::launch::gemm`], `c` the output (address, dtype), `bias` a dense vector of `n` elements of
 /// `c`'s dtype (ignored by [`Epilogue::GeluTanh`]). `Ok(false)`: cuBLASLt cannot run it here, nothing was
 /// written; the caller computes it another way.
@@ -226,6 +228,7 @@ pub(crate) fn gemm_epilogue(
         tb: b.trans,
         ab: a.dtype,
         d: c.1,
+        tf32: use_tf32(&a, &b),
         epilogue,
         align: [
             alignment(b.ptr),
@@ -241,14 +244,15 @@ pub(crate) fn gemm_epilogue(
     let la = if b.trans { layout(ab, k, n, k)? } else { layout(ab, n, k, n)? };
     let lb = if a.trans { layout(ab, m, k, m)? } else { layout(ab, k, m, k)? };
     let ld = layout(dt, n, m, n)?;
+    let compute = if problem.tf32 {
+        lt::cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+    } else {
+        lt::cublasComputeType_t::CUBLAS_COMPUTE_32F
+    };
     let mut desc: lt::cublasLtMatmulDesc_t = std::ptr::null_mut();
     // SAFETY: writes one descriptor.
     check("cublasLtMatmulDescCreate", unsafe {
-        lt::cublasLtMatmulDescCreate(
-            &mut desc,
-            lt::cublasComputeType_t::CUBLAS_COMPUTE_32F,
-            lt::cudaDataType::CUDA_R_32F,
-        )
+        lt::cublasLtMatmulDescCreate(&mut desc, compute, lt::cudaDataType::CUDA_R_32F)
     })?;
     let desc = Desc { raw: desc, destroy: lt::cublasLtMatmulDescDestroy };
     use lt::cublasLtMatmulDescAttributes_t as DA;

@@ -172,6 +172,14 @@ pub struct GemmOperand {
     pub trans: bool,
     /// Elements between consecutive matrices of the batch (0: shared by every batch entry).
     pub batch_stride: i64,
+    /// f32 data of a bf16 computation: the GEMM may round it to TF32 on tensor cores (see [`use_tf32`]).
+    pub tf32: bool,
+}
+
+/// Whether a GEMM's fp32 compute may run on TF32 tensor cores: when an f32 operand allows it (f32 gradients
+/// of a bf16 model). Exact f32 otherwise (f32 models; bf16 operands run on bf16 tensor cores either way).
+pub fn use_tf32(a: &GemmOperand, b: &GemmOperand) -> bool {
+    a.dtype == DType::F32 && (a.tf32 || b.tf32)
 }
 
 fn cuda_dtype(d: DType, op: &'static str) -> Result<cudaDataType> {
@@ -245,7 +253,11 @@ pub fn gemm(
             n as i32,
             c.2,
             batch as i32,
-            cublasComputeType_t::CUBLAS_COMPUTE_32F,
+            if use_tf32(&a, &b) {
+                cublasComputeType_t::CUBLAS_COMPUTE_32F_FAST_TF32
+            } else {
+                cublasComputeType_t::CUBLAS_COMPUTE_32F
+            },
             cublasGemmAlgo_t::CUBLAS_GEMM_DEFAULT,
         )
     }

@@ -19,7 +19,9 @@
 //! * Devices: one context + one stream + one cuBLAS handle per ordinal, created at first use and kept for the
 //!   life of the process. All work of a device runs in order on its stream.
 //! * GEMMs: cuBLAS `GemmStridedBatchedEx`, row-major convention (see `launch::gemm`), bf16 or f32 operands
-//!   with fp32 compute; the output may be f32 for bf16 inputs (gradients). Linear layers with a bias (and
+//!   with fp32 compute; the output may be f32 for bf16 inputs (gradients). A bf16 operand paired with an f32
+//!   one (a bf16 model's backward: f32 gradients against bf16 weights and activations) runs on TF32 tensor
+//!   cores; pure f32 GEMMs (f32 models) stay exact f32. Linear layers with a bias (and
 //!   [`crate::ops::linear::linear_gelu_tanh`]) run as one cuBLASLt GEMM with a fused bias / bias+GELU
 //!   epilogue where `libcublasLt` is present and has an algorithm (`blaslt`), else GEMM + separate kernels;
 //!   [`gemm_stats`] counts which.
