@@ -558,6 +558,19 @@ impl Tensor {
         Tensor::from_storage(storage, self.shape())
     }
 
+    /// Whether this tensor is the only user of its storage and covers all of it densely: an op may then
+    /// write its result into it instead of allocating.
+    pub(crate) fn owns_dense_storage(&self) -> bool {
+        Arc::strong_count(&self.storage) == 1
+            && self.is_contiguous()
+            && self.layout.offset == 0
+            && match &*self.storage {
+                Storage::Cpu(s) => s.len(),
+                #[cfg(feature = "cuda")]
+                Storage::Cuda(s) => s.len(),
+            } == self.numel()
+    }
+
     /// Mutable row-major data of an `f32`/`f64` tensor (copy-on-write: the storage is made unique,
     /// contiguous and exactly sized first). Used by the optimiser on master weights.
     pub fn data_mut<T: Float>(&mut self) -> Result<&mut [T]> {

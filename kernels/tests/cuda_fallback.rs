@@ -151,6 +151,13 @@ fn gpu_parity_elementwise_and_activations() {
             &activation::gelu_tanh_backward(&a, &dy).unwrap(),
             1e-5,
         );
+        // Written over a device dy nothing else holds (f32 dy: the in-place path).
+        close(
+            "gelu_bwd(owned)",
+            &activation::gelu_tanh_backward_owned(&ga, dev(&dy, d)).unwrap(),
+            &activation::gelu_tanh_backward(&a, &dy).unwrap(),
+            1e-5,
+        );
         close("softmax", &activation::softmax(&ga).unwrap(), &activation::softmax(&a).unwrap(), tol(dt));
         let y = activation::softmax(&a).unwrap();
         close(

@@ -172,9 +172,22 @@ pub(crate) fn activation(x: &Tensor, act: Act) -> Result<Tensor> {
 
 /// Pointwise activation backward (`dx` in f32).
 pub(crate) fn activation_backward(x: &Tensor, dy: &Tensor, act: Act) -> Result<Tensor> {
+    activation_backward_to(x, dy, None, act)
+}
+
+/// [`activation_backward`] written over `dy` (f32, the sole owner of its dense buffer: checked by the caller).
+pub(crate) fn activation_backward_into(x: &Tensor, dy: Tensor, act: Act) -> Result<Tensor> {
+    let out = dy.clone();
+    activation_backward_to(x, &dy, Some(out), act)
+}
+
+fn activation_backward_to(x: &Tensor, dy: &Tensor, out: Option<Tensor>, act: Act) -> Result<Tensor> {
     let dev = common_device(&[x, dy], act.name())?;
     let (x, dy) = (cont(x)?, cont(dy)?);
-    let dx = empty(&dev, x.shape(), DType::F32)?;
+    let dx = match out {
+        Some(o) => o,
+        None => empty(&dev, x.shape(), DType::F32)?,
+    };
     let n = x.numel();
     if n > 0 {
         let (kind, lo, hi) = act.args();

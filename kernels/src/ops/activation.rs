@@ -1,5 +1,7 @@
 //! Pointwise activations (GELU-tanh, exact erf GELU, SiLU) and softmax over the last dim.
 
+use rayon::prelude::*;
+
 use super::{compute_dtype, dispatch, expect_same_shape, out_dtype};
 use crate::cpu::{map, map_rows, zip_map};
 use crate::dtype::Float;
@@ -69,6 +71,24 @@ pub fn gelu_tanh(x: &Tensor) -> Result<Tensor> {
         return crate::cuda::ops::activation(x, crate::cuda::ops::Act::GeluTanh);
     }
     unary(x, gelu_tanh_fwd::<f32>, gelu_tanh_fwd::<f64>)
+}
+
+/// [`gelu_tanh_backward`] taking `dy` by value: when `dy` is f32 and the only user of its dense storage, the
+/// gradient is written over it instead of into a new tensor (one gradient-sized allocation less: 1.2 GB for the
+/// 1.3B DiT's FFN at 32,760 tokens). Same values either way.
+pub fn gelu_tanh_backward_owned(x: &Tensor, dy: Tensor) -> Result<Tensor> {
+    if dy.dtype() != crate::DType::F32 || dy.shape() != x.shape() || !dy.owns_dense_storage() {
+        return gelu_tanh_backward(x, &dy);
+    }
+    #[cfg(feature = "cuda")]
+    if super::on_cuda(&[x, &dy], "gelu_tanh_backward")? {
+        return crate::cuda::ops::activation_backward_into(x, dy, crate::cuda::ops::Act::GeluTanh);
+    }
+    let mut dy = dy;
+    let xd = x.cpu_data::<f32>("gelu_tanh_backward")?;
+    let g = dy.data_mut::<f32>()?;
+    g.par_iter_mut().zip(xd.par_iter()).for_each(|(g, &x)| *g *= gelu_tanh_grad::<f32>(x));
+    Ok(dy)
 }
 
 /// Backward of [`gelu_tanh`]: `dx = dy·gelu'(x)`.
@@ -235,4 +255,32 @@ pub fn clamp_backward(x: &Tensor, lo: f64, hi: f64, dy: &Tensor) -> Result<Tenso
         let (l, h) = (T::from_f64(lo), T::from_f64(hi));
         Ok(Tensor::from_compute(zip_map(&d, &g, |v, g| if v > l && v < h { g } else { T::ZERO }), x.shape(), ct))
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::{DType, Rng};
+
+    #[test]
+    fn gelu_backward_over_an_owned_gradient_equals_the_copying_one() {
+        let mut rng = Rng::new(5);
+        for xdt in [DType::F32, DType::BF16] {
+            let x = Tensor::randn(&[3, 17], 2.0, xdt, &mut rng);
+            let dy = Tensor::randn(&[3, 17], 1.0, DType::F32, &mut rng);
+            let want = gelu_tanh_backward(&x, &dy).unwrap().to_vec_f32().unwrap();
+            let before = dy.to_vec_f32().unwrap();
+            assert_ne!(before, want);
+            // Shared (the clone keeps it alive): a new tensor, dy untouched.
+            let kept = dy.clone();
+            let shared = gelu_tanh_backward_owned(&x, dy).unwrap();
+            assert_eq!(shared.to_vec_f32().unwrap(), want);
+            assert_eq!(kept.to_vec_f32().unwrap(), before);
+            // Owned: the same values, in place; a strided dy takes the copying path.
+            assert_eq!(gelu_tanh_backward_owned(&x, kept).unwrap().to_vec_f32().unwrap(), want);
+            let t = Tensor::randn(&[17, 3], 1.0, DType::F32, &mut rng).transpose(0, 1).unwrap();
+            let want_t = gelu_tanh_backward(&x, &t).unwrap().to_vec_f32().unwrap();
+            assert_eq!(gelu_tanh_backward_owned(&x, t).unwrap().to_vec_f32().unwrap(), want_t);
+        }
+    }
 }

@@ -10,7 +10,7 @@ use std::collections::{BTreeMap, HashSet};
 use super::WanDit;
 use super::forward::{BlockCtx, BlockSaved, BlockTape, Tape, chunk, patchify_output, unpatchify_input};
 use crate::error::{Error, Result};
-use crate::ops::activation::{gelu_tanh_backward, silu_backward};
+use crate::ops::activation::{gelu_tanh_backward, gelu_tanh_backward_owned, silu_backward};
 use crate::ops::attention::{AttentionGrads, attention_backward};
 use crate::ops::elementwise::{add, modulate_backward, mul_backward, scale, sum_to_shape};
 use crate::ops::linear::{LinearNeed, linear, linear_backward_opt};
@@ -291,8 +291,7 @@ impl WanDit {
             let (df, dgate2) = mul_backward(&ff.f, &chunk(modv, 5)?, &dx)?;
             let dg = g.lin_dx(bi.ffn2, &ff.g, self.p(bi.ffn2.w), &df)?;
             drop(df);
-            let dh = gelu_tanh_backward(&ff.h, &dg)?;
-            drop(dg);
+            let dh = gelu_tanh_backward_owned(&ff.h, dg)?;
             let dy = g.lin_dx(bi.ffn1, &ff.y, self.p(bi.ffn1.w), &dh)?;
             drop(dh);
             let m2 = modulate_backward(&ff.n, &chunk(modv, 3)?, &chunk(modv, 4)?, &dy)?;
