@@ -328,6 +328,19 @@ fn gpu_parity_fused_linear_epilogues() {
         let s2 = stats();
         assert_eq!((s2.fused - s1.fused, s2.unfused - s1.unfused), (1, 1), "{dt:?}: fused/unfused GEMMs");
     }
+    // cuBLASLt's GELU epilogue must be the tanh form: a grid of pre-activations over [-4, 4] (x·1 + 0), where
+    // it and the erf form differ by up to 4.7e-4, checked to 2e-6 of the largest output.
+    let grid: Vec<f32> = (0..161).map(|i| -4.0 + i as f32 * 0.05).collect();
+    let x = Tensor::from_vec(grid, &[161, 1]).unwrap();
+    let (w, b) = (Tensor::from_vec(vec![1f32], &[1, 1]).unwrap(), Tensor::from_vec(vec![0f32], &[1]).unwrap());
+    let s0 = stats();
+    close(
+        "linear_gelu_tanh(grid)",
+        &linear::linear_gelu_tanh(&dev(&x, d), &dev(&w, d), Some(&dev(&b, d))).unwrap(),
+        &activation::gelu_tanh(&x).unwrap(),
+        2e-6,
+    );
+    assert_eq!(stats().fused - s0.fused, 1, "the grid GEMM ran fused");
     println!("fused epilogue GEMMs: {:?}", cuda::gemm_stats());
 }
 
