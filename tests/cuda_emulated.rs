@@ -73,17 +73,22 @@ fn wan_dit_and_umt5_fixtures_pass_on_the_cuda_path_in_bf16() {
     verify_on_device(&["wan_dit_tiny", "wan_dit_small_original", "umt5_tiny"], "bf16");
 }
 
+/// A DiT `config.json` in `dir`: 2 heads of 64 (the tensor-core attention kernels), text dim 64, FFN 256.
+fn small_dit_config(dir: &Path, layers: usize) -> PathBuf {
+    let cfg = dir.join("config.json");
+    let json = format!(
+        r#"{{"num_attention_heads": 2, "attention_head_dim": 64, "text_dim": 64, "ffn_dim": 256, "num_layers": {layers}}}"#
+    );
+    std::fs::write(&cfg, json).unwrap();
+    cfg
+}
+
 /// `medgen bench dit --device cuda` with a LoRA training step on a small config: CUDA-event timing, the
 /// sampling step, the peak-memory report.
 #[test]
 fn bench_dit_runs_on_the_cuda_path() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"num_attention_heads": 2, "attention_head_dim": 64, "text_dim": 64, "ffn_dim": 256, "num_layers": 2}"#,
-    )
-    .unwrap();
+    let cfg = small_dit_config(dir.path(), 2);
     let out = emulation()
         .command(env!("CARGO_BIN_EXE_medgen"))
         .args(["bench", "dit", "--device", "cuda", "--config"])
@@ -127,12 +132,7 @@ fn bench_json(config: &Path, args: &[&str], dry: bool) -> serde_json::Value {
 #[test]
 fn a_dry_run_allocates_exactly_what_the_computing_run_does() {
     let dir = tempfile::tempdir().unwrap();
-    let cfg = dir.path().join("config.json");
-    std::fs::write(
-        &cfg,
-        r#"{"num_attention_heads": 2, "attention_head_dim": 64, "text_dim": 64, "ffn_dim": 256, "num_layers": 3}"#,
-    )
-    .unwrap();
+    let cfg = small_dit_config(dir.path(), 3);
     let args = ["--frames", "5", "--size", "32x48", "--repeats", "1", "--lora", "4", "--recompute", "--dtype", "bf16"];
     let (real, dry) = (bench_json(&cfg, &args, false), bench_json(&cfg, &args, true));
     assert!(real["weights_bytes"].as_u64().unwrap() > 0, "{real}");

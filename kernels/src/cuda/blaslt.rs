@@ -21,7 +21,7 @@ use cudarc::cublaslt::sys as lt;
 use cudarc::driver::CudaSlice;
 
 use super::device::{CudaDevice, cuda_err};
-use super::launch::{GemmOperand, use_tf32};
+use super::launch::{GemmOperand, check_gemm, use_tf32};
 use crate::dtype::DType;
 use crate::error::{Error, Result};
 
@@ -205,21 +205,14 @@ pub(crate) fn gemm_epilogue(
         count(false);
         return Ok(false);
     };
-    let lim = i32::MAX as usize;
-    if m == 0 || n == 0 || k == 0 || m > lim || n > lim || k > lim {
-        return Err(Error::arg(OP, format!("GEMM {m}x{n}x{k} is empty or exceeds the int range")));
+    if m == 0 || n == 0 || k == 0 {
+        return Err(Error::arg(OP, format!("empty GEMM {m}x{n}x{k}: the caller handles it")));
     }
+    check_gemm(OP, [m, n, k, 1], &a, &b)?;
     let (Some(ab), Some(dt)) = (lt_dtype(a.dtype), lt_dtype(c.1)) else {
         count(false);
         return Ok(false);
     };
-    if a.dtype != b.dtype {
-        return Err(Error::DType {
-            op: OP,
-            dtype: b.dtype,
-            msg: format!("operands must share a dtype, A is {:?}", a.dtype),
-        });
-    }
     let problem = Problem {
         m,
         n,

@@ -191,6 +191,23 @@ fn cuda_dtype(d: DType, op: &'static str) -> Result<cudaDataType> {
     }
 }
 
+/// What cuBLAS and cuBLASLt both require of a GEMM: sizes (`[m, n, k, batch]`) in their int range and
+/// operands of one dtype.
+pub fn check_gemm(op: &'static str, sizes: [usize; 4], a: &GemmOperand, b: &GemmOperand) -> Result<()> {
+    if sizes.iter().any(|&s| s > i32::MAX as usize) {
+        let [m, n, k, batch] = sizes;
+        return Err(Error::arg(op, format!("GEMM {m}x{n}x{k} (batch {batch}) exceeds the cuBLAS int range")));
+    }
+    if a.dtype != b.dtype {
+        return Err(Error::DType {
+            op,
+            dtype: b.dtype,
+            msg: format!("operands must share a dtype, A is {:?}", a.dtype),
+        });
+    }
+    Ok(())
+}
+
 /// Row-major batched GEMM `C[m, n] = alpha · op(A)[m, k] · op(B)[k, n] + beta · C` with fp32 compute, over
 /// `batch` matrices. `A` is stored `[m, k]` (or `[k, m]` when `trans`), `B` `[k, n]` (or `[n, k]`), `C`
 /// `[m, n]`, all row-major and densely packed. cuBLAS is column-major, so this computes
@@ -212,17 +229,7 @@ pub fn gemm(
     if m == 0 || n == 0 || batch == 0 {
         return Ok(());
     }
-    let lim = i32::MAX as usize;
-    if m > lim || n > lim || k > lim || batch > lim {
-        return Err(Error::arg(OP, format!("GEMM {m}x{n}x{k} (batch {batch}) exceeds the cuBLAS int range")));
-    }
-    if a.dtype != b.dtype {
-        return Err(Error::DType {
-            op: OP,
-            dtype: b.dtype,
-            msg: format!("operands must share a dtype, A is {:?}", a.dtype),
-        });
-    }
+    check_gemm(OP, [m, n, k, batch], &a, &b)?;
     let blas = dev.blas()?;
     dev.ctx.bind_to_thread().map_err(|e| cuda_err(OP, e))?;
     let (ta, lda) = if b.trans { (cublasOperation_t::CUBLAS_OP_T, k) } else { (cublasOperation_t::CUBLAS_OP_N, n) };
