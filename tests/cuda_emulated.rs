@@ -73,6 +73,18 @@ fn wan_dit_and_umt5_fixtures_pass_on_the_cuda_path_in_bf16() {
     verify_on_device(&["wan_dit_tiny", "wan_dit_small_original", "umt5_tiny"], "bf16");
 }
 
+/// `medgen doctor` names the device and each CUDA library the backend opens.
+#[test]
+fn doctor_reports_the_device_and_the_cuda_libraries() {
+    let out = emulation().command(env!("CARGO_BIN_EXE_medgen")).arg("doctor").output().expect("run medgen doctor");
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    let line = stdout.lines().find(|l| l.contains(" CUDA ")).unwrap_or_else(|| panic!("no CUDA line:\n{stdout}"));
+    assert!(line.starts_with("ok"), "{line}");
+    for part in ["medgen CPU emulation", "sm_90", "cuBLAS ok", "cuBLASLt ok", "NVRTC 13."] {
+        assert!(line.contains(part), "{part:?} missing: {line}");
+    }
+}
+
 /// A DiT `config.json` in `dir`: 2 heads of 64 (the tensor-core attention kernels), text dim 64, FFN 256.
 fn small_dit_config(dir: &Path, layers: usize) -> PathBuf {
     let cfg = dir.join("config.json");

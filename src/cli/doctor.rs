@@ -25,14 +25,6 @@ fn gst_element(name: &str) -> bool {
     Command::new("gst-inspect-1.0").arg("--exists").arg(name).status().map(|s| s.success()).unwrap_or(false)
 }
 
-fn shared_lib_present(name: &str) -> bool {
-    Command::new("ldconfig")
-        .arg("-p")
-        .output()
-        .map(|o| String::from_utf8_lossy(&o.stdout).contains(name))
-        .unwrap_or(false)
-}
-
 pub fn doctor(_a: &DoctorArgs) -> anyhow::Result<i32> {
     let mut checks = Vec::new();
     checks.push(Check {
@@ -69,12 +61,7 @@ pub fn doctor(_a: &DoctorArgs) -> anyhow::Result<i32> {
             Err(e) => e.to_string(),
         },
     });
-    let cuda = shared_lib_present("libcuda.so");
-    checks.push(Check {
-        what: "NVIDIA driver",
-        ok: true,
-        detail: if cuda { "libcuda found".into() } else { "none (model stages run on the CPU)".into() },
-    });
+    checks.push(cuda_check());
     let samples = std::path::Path::new(".cache/samples");
     let n = std::fs::read_dir(samples).map(|d| d.count()).unwrap_or(0);
     checks.push(Check {
@@ -94,4 +81,38 @@ pub fn doctor(_a: &DoctorArgs) -> anyhow::Result<i32> {
         println!("{} {:<16} {}", if c.ok { "ok  " } else { "FAIL" }, c.what, c.detail);
     }
     Ok(if bad == 0 { 0 } else { 1 })
+}
+
+/// The CUDA backend: devices and the libraries it opens. Without a driver that is fine (the CPU runs the
+/// model stages); with one, a missing cuBLAS or NVRTC fails the check (CUDA requests would fall back), and a
+/// missing cuBLASLt is named (bias and GELU then run as separate kernels).
+fn cuda_check() -> Check {
+    use medgen_kernels::cuda;
+    let libs = cuda::libraries();
+    if !libs.driver {
+        return Check { what: "CUDA", ok: true, detail: "no NVIDIA driver (model stages run on the CPU)".into() };
+    }
+    let devices = match cuda::available() {
+        Ok(d) => d
+            .iter()
+            .map(|d| {
+                let (ma, mi) = d.compute_capability;
+                format!("{} (sm_{ma}{mi}, {:.1} GiB)", d.name, d.total_memory as f64 / (1u64 << 30) as f64)
+            })
+            .collect::<Vec<_>>()
+            .join(", "),
+        Err(e) => e.to_string(),
+    };
+    let mut parts = vec![devices];
+    parts.push(if libs.cublas { "cuBLAS ok".into() } else { "cuBLAS missing (libcublas.so.13)".into() });
+    parts.push(if libs.cublas_lt {
+        "cuBLASLt ok (fused bias/GELU epilogues)".into()
+    } else {
+        "cuBLASLt missing (libcublasLt.so.13: bias and GELU run as separate kernels)".into()
+    });
+    parts.push(match &libs.nvrtc {
+        Ok((ma, mi)) => format!("NVRTC {ma}.{mi}"),
+        Err(e) => format!("NVRTC unusable: {e} (set MEDGEN_NVRTC_DIR to a folder with libnvrtc.so.13)"),
+    });
+    Check { what: "CUDA", ok: libs.cublas && libs.nvrtc.is_ok(), detail: parts.join("; ") }
 }

@@ -263,6 +263,40 @@ fn gemm_stats_of(thread: bool) -> GemmStats {
     }
 }
 
+/// The CUDA libraries the backend opens at run time, as found on this machine (for `medgen doctor`).
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct CudaLibraries {
+    /// `libcuda.so` (the driver).
+    pub driver: bool,
+    /// `libcublas.so.13`: every GEMM.
+    pub cublas: bool,
+    /// `libcublasLt.so.13`: GEMMs with fused bias / GELU epilogues (without it those run as separate kernels).
+    pub cublas_lt: bool,
+    /// NVRTC's version, or why it cannot be loaded (kernels are compiled with it at first use).
+    pub nvrtc: std::result::Result<(i32, i32), String>,
+}
+
+/// Which of the CUDA libraries can be loaded here (tries to `dlopen` each; never panics).
+pub fn libraries() -> CudaLibraries {
+    #[cfg(feature = "cuda")]
+    {
+        // SAFETY: each call only tries to dlopen the library by its names.
+        unsafe {
+            CudaLibraries {
+                driver: cudarc::driver::sys::is_culib_present(),
+                cublas: cudarc::cublas::sys::is_culib_present(),
+                cublas_lt: cudarc::cublaslt::sys::is_culib_present(),
+                nvrtc: nvrtc_version().map_err(|e| e.to_string()),
+            }
+        }
+    }
+    #[cfg(not(feature = "cuda"))]
+    {
+        let no = "built without the `cuda` feature".to_string();
+        CudaLibraries { driver: false, cublas: false, cublas_lt: false, nvrtc: Err(no) }
+    }
+}
+
 /// Whether at least one CUDA device is usable (see [`available`]).
 pub fn is_available() -> bool {
     available().is_ok_and(|d| !d.is_empty())
