@@ -871,6 +871,9 @@ void op_shape(const LtLayout& l, int32_t t, uint64_t* r, uint64_t* c) {
     *c = t ? l.rows : l.cols;
 }
 
+// The inner dimension k: the columns of op(A).
+uint64_t lt_inner(const LtDesc& d, const LtLayout& a) { return d.ta ? a.rows : a.cols; }
+
 // The checks the heuristic and the matmul share: a problem cuBLASLt can run. Returns a cuBLAS status.
 int lt_validate(const char* op, const LtDesc* d, const LtLayout* a, const LtLayout* b, const LtLayout* c,
                 const LtLayout* dd) {
@@ -1036,7 +1039,7 @@ int cublasLtMatmulAlgoGetHeuristic(void* h, void* desc, void* a, void* b, void* 
     algo.magic = LT_ALGO_MAGIC;
     algo.m = dd->rows;
     algo.n = dd->cols;
-    algo.k = dx->ta ? la->rows : la->cols;
+    algo.k = lt_inner(*dx, *la);
     std::memcpy(algo.align, p->align, sizeof algo.align);
     algo.epilogue = dx->epilogue;
     algo.types = lt_types(la, lb, dd);
@@ -1063,7 +1066,7 @@ int cublasLtMatmul(void* h, void* desc, const void* alpha, const void* A, void* 
     }
     LtAlgo algo;
     std::memcpy(&algo, algo_p, sizeof algo);
-    const uint64_t k = dx->ta ? la->rows : la->cols;
+    const uint64_t k = lt_inner(*dx, *la);
     if (algo.magic != LT_ALGO_MAGIC || algo.m != ld->rows || algo.n != ld->cols || algo.k != k ||
         algo.epilogue != dx->epilogue || algo.types != lt_types(la, lb, ld)) {
         report("%s: the algorithm was chosen for another problem (%llux%llux%llu, epilogue %u)", op,
@@ -1098,11 +1101,11 @@ int cublasLtMatmul(void* h, void* desc, const void* alpha, const void* A, void* 
     const int64_t m = (int64_t)ld->rows, n = (int64_t)ld->cols, kk = (int64_t)k;
     const int batch = ld->batch;
     if (m == 0 || n == 0) return BLAS_OK;
-    uint64_t ar, ac, br, bc;
-    op_shape(*la, 0, &ar, &ac);
-    op_shape(*lb, 0, &br, &bc);
-    if (kk > 0 && (!check_operand(op, "A", A, la->type, (int64_t)ar, (int64_t)ac, la->ld, la->stride, batch) ||
-                   !check_operand(op, "B", B, lb->type, (int64_t)br, (int64_t)bc, lb->ld, lb->stride, batch)))
+    // The stored matrices (before any transpose) must lie in their allocations.
+    if (kk > 0 && (!check_operand(op, "A", A, la->type, (int64_t)la->rows, (int64_t)la->cols, la->ld, la->stride,
+                                  batch) ||
+                   !check_operand(op, "B", B, lb->type, (int64_t)lb->rows, (int64_t)lb->cols, lb->ld, lb->stride,
+                                  batch)))
         return BLAS_INVALID_VALUE;
     const double al = *(const float*)alpha, be = *(const float*)beta;
     if (be != 0.0 && !check_operand(op, "C", C, lc->type, m, n, lc->ld, lc->stride, batch)) return BLAS_INVALID_VALUE;

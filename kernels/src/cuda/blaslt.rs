@@ -6,7 +6,7 @@
 //!
 //! cuBLASLt is optional: when `libcublasLt.so` cannot be opened, or its heuristic offers no algorithm for a
 //! problem (dtype combination, alignment), [`gemm_epilogue`] answers `Ok(false)` and the caller runs the
-//! plain cuBLAS GEMM and the separate kernels. [`super::gemm_stats`] counts both outcomes.
+//! plain cuBLAS GEMM and the separate kernels; the caller [`count`]s both outcomes for [`super::gemm_stats`].
 //!
 //! Conventions are those of [`super::launch::gemm`]: row-major operands, computed as the column-major
 //! `Cᵀ = op(B)ᵀ · op(A)ᵀ`, so cuBLASLt's "A" is our `b`, its "B" our `a`, and its `D` has `n` rows — the
@@ -58,7 +58,7 @@ thread_local! {
     static THREAD: std::cell::Cell<(u64, u64)> = const { std::cell::Cell::new((0, 0)) };
 }
 
-/// Counts one epilogue GEMM as fused or not.
+/// Counts one GEMM that wanted an epilogue as fused or not.
 pub(crate) fn count(fused: bool) {
     if fused { &FUSED } else { &UNFUSED }.fetch_add(1, Ordering::Relaxed);
     THREAD.with(|t| {
@@ -87,8 +87,8 @@ struct Problem {
     d: DType,
     tf32: bool,
     epilogue: Epilogue,
-    /// Alignment in bytes (power of two, ≤ 256) of A, B, D and the bias.
-    align: [u32; 4],
+    /// Alignment in bytes (power of two, ≤ 256) of cuBLASLt's A, B and D.
+    align: [u32; 3],
 }
 
 /// A device's cuBLASLt handle, its workspace, and the algorithm chosen per problem (`None`: no algorithm,
@@ -201,18 +201,16 @@ pub(crate) fn gemm_epilogue(
     epilogue: Epilogue,
 ) -> Result<bool> {
     const OP: &str = "cublasLt gemm";
-    let Some(blt) = dev.blas_lt()? else {
-        count(false);
-        return Ok(false);
-    };
+    let Some(blt) = dev.blas_lt()? else { return Ok(false) };
     if m == 0 || n == 0 || k == 0 {
         return Err(Error::arg(OP, format!("empty GEMM {m}x{n}x{k}: the caller handles it")));
     }
     check_gemm(OP, [m, n, k, 1], &a, &b)?;
-    let (Some(ab), Some(dt)) = (lt_dtype(a.dtype), lt_dtype(c.1)) else {
-        count(false);
+    let (Some(ab), Some(dt)) = (lt_dtype(a.dtype), lt_dtype(c.1)) else { return Ok(false) };
+    // The bias has no alignment preference; epilogue kernels read it in 16-byte vectors.
+    if epilogue.has_bias() && alignment(bias) < 16 {
         return Ok(false);
-    };
+    }
     let problem = Problem {
         m,
         n,
@@ -223,13 +221,13 @@ pub(crate) fn gemm_epilogue(
         d: c.1,
         tf32: use_tf32(&a, &b),
         epilogue,
-        align: [
-            alignment(b.ptr),
-            alignment(a.ptr),
-            alignment(c.0),
-            if epilogue.has_bias() { alignment(bias) } else { 256 },
-        ],
+        align: [alignment(b.ptr), alignment(a.ptr), alignment(c.0)],
     };
+    // A problem known to have no algorithm falls back before any descriptor is made.
+    let cached = blt.algos.lock().unwrap_or_else(|e| e.into_inner()).get(&problem).copied();
+    if matches!(cached, Some(None)) {
+        return Ok(false);
+    }
     dev.ctx.bind_to_thread().map_err(|e| cuda_err(OP, e))?;
 
     // cuBLASLt's A = our B: stored [n, k] row-major (= column-major k × n, ld k) when transposed, else
@@ -258,21 +256,15 @@ pub(crate) fn gemm_epilogue(
         set_desc(desc.raw, DA::CUBLASLT_MATMUL_DESC_BIAS_POINTER, &bias)?;
     }
 
-    let algo = {
-        let mut algos = blt.algos.lock().unwrap_or_else(|e| e.into_inner());
-        match algos.get(&problem) {
-            Some(a) => *a,
-            None => {
-                let found = heuristic(blt, &desc, &la, &lb, &ld, &problem)?;
-                algos.insert(problem, found);
-                found
-            }
+    let algo = match cached {
+        Some(algo) => algo,
+        None => {
+            let found = heuristic(blt, &desc, &la, &lb, &ld, &problem)?;
+            blt.algos.lock().unwrap_or_else(|e| e.into_inner()).insert(problem, found);
+            found
         }
     };
-    let Some(algo) = algo else {
-        count(false);
-        return Ok(false);
-    };
+    let Some(algo) = algo else { return Ok(false) };
     let (alpha, beta) = (1f32, 0f32);
     let ws = {
         use cudarc::driver::DevicePtr as _;
@@ -302,7 +294,6 @@ pub(crate) fn gemm_epilogue(
             dev.stream.cu_stream() as lt::cudaStream_t,
         )
     })?;
-    count(true);
     Ok(true)
 }
 
@@ -322,15 +313,11 @@ fn heuristic(
     let pref = Desc { raw: pref, destroy: lt::cublasLtMatmulPreferenceDestroy };
     use lt::cublasLtMatmulPreferenceAttributes_t as PA;
     set_pref(pref.raw, PA::CUBLASLT_MATMUL_PREF_MAX_WORKSPACE_BYTES, &(WORKSPACE_BYTES as u64))?;
-    let [aa, ab, ad, _] = problem.align;
+    let [aa, ab, ad] = problem.align;
     set_pref(pref.raw, PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_A_BYTES, &aa)?;
     set_pref(pref.raw, PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_B_BYTES, &ab)?;
     set_pref(pref.raw, PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_C_BYTES, &ad)?;
     set_pref(pref.raw, PA::CUBLASLT_MATMUL_PREF_MIN_ALIGNMENT_D_BYTES, &ad)?;
-    // The bias vector has no alignment preference; epilogue kernels read it in 16-byte vectors.
-    if problem.epilogue.has_bias() && problem.align[3] < 16 {
-        return Ok(None);
-    }
     // SAFETY: an all-zero result is a valid value of this plain C struct.
     let mut result: lt::cublasLtMatmulHeuristicResult_t = unsafe { std::mem::zeroed() };
     let mut count = 0i32;

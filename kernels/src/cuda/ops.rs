@@ -709,7 +709,7 @@ pub(crate) fn linear(
     }
     let bc = b.map(cont).transpose()?;
     if din > 0 && (gelu || bc.is_some()) {
-        use super::blaslt::{Epilogue, gemm_epilogue};
+        use super::blaslt::{Epilogue, count, gemm_epilogue};
         let epilogue = match (&bc, gelu) {
             (Some(_), true) => Epilogue::GeluTanhBias,
             (Some(_), false) => Epilogue::Bias,
@@ -717,11 +717,11 @@ pub(crate) fn linear(
         };
         // cuBLASLt reads the bias in the output's dtype; the output dtype is the promoted one, so converting a
         // narrower bias (bf16 bias, f32 output) is exact.
-        let bias = match &bc {
+        let lt_bias = match &bc {
             Some(b) if b.dtype() != y.dtype() => Some(b.to_dtype(y.dtype())?),
-            _ => None,
+            other => other.clone(),
         };
-        if gemm_epilogue(
+        let fused = gemm_epilogue(
             &dev,
             m,
             dout,
@@ -729,9 +729,11 @@ pub(crate) fn linear(
             op(&xc, ct, false),
             op(&wc, ct, true),
             (ptr(&y), y.dtype()),
-            bias.as_ref().or(bc.as_ref()).map_or(0, ptr),
+            lt_bias.as_ref().map_or(0, ptr),
             epilogue,
-        )? {
+        )?;
+        count(fused);
+        if fused {
             return Ok(y);
         }
     }

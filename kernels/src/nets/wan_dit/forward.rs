@@ -376,19 +376,18 @@ impl WanDit {
     ) -> Result<(Tensor, Option<FfnSaved>)> {
         let n = layer_norm(x, None, None, self.cfg.eps)?;
         let y = self.gin(modulate(&n, &chunk(modv, 3)?, &chunk(modv, 4)?)?)?;
-        if !keep {
+        let (g, h) = if keep {
+            let h = self.lin(&y, bi.ffn1)?;
+            (self.gin(gelu_tanh(&h)?)?, Some(h))
+        } else {
             // Inference (or a block recomputed later): no pre-activation to keep, so the GELU runs in the
             // first GEMM's epilogue on CUDA.
             let l = bi.ffn1;
-            let g = self.gin(linear_gelu_tanh(&y, self.p(l.w), Some(self.p(l.b)))?)?;
-            let f = self.lin(&g, bi.ffn2)?;
-            return Ok((add(x, &mul(&f, &chunk(modv, 5)?)?)?, None));
-        }
-        let h = self.lin(&y, bi.ffn1)?;
-        let g = self.gin(gelu_tanh(&h)?)?;
+            (self.gin(linear_gelu_tanh(&y, self.p(l.w), Some(self.p(l.b)))?)?, None)
+        };
         let f = self.lin(&g, bi.ffn2)?;
         let x_new = add(x, &mul(&f, &chunk(modv, 5)?)?)?;
-        Ok((x_new, Some(FfnSaved { x: x.clone(), n, y, h, g, f })))
+        Ok((x_new, h.map(|h| FfnSaved { x: x.clone(), n, y, h, g, f })))
     }
 
     /// One transformer block; returns its output and, when `keep`, its saved activations.
