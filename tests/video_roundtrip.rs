@@ -216,7 +216,7 @@ fn sparse_sampling_skips_ahead_and_returns_the_same_frames() {
     assert_eq!(frames.len(), 30);
     assert_eq!(frames[0].data(), all[360].data());
     // a range past the end is a bad request, not a hang
-    let e = Decoder::open(&src, &DecodeSpec::all().with_range(TimeRange::new(50.0, 60.0))).unwrap_err();
+    let e = decode_all(&src, &DecodeSpec::all().with_range(TimeRange::new(50.0, 60.0))).unwrap_err();
     assert_eq!(e.class(), medgen_operators::api::ErrorClass::InvalidInput);
 }
 
@@ -286,4 +286,57 @@ fn operators_decode_encode_and_cut_through_the_run_store() {
         .collect();
     assert_eq!(times.len(), 4);
     assert!(times.iter().all(|t| (1.0..3.0).contains(t)), "{times:?}");
+}
+
+/// Files written while recording declare no duration (MPEG-TS) or only their first fraction of a
+/// second (live WebM, streamable Matroska). The probe measures the duration from the frames; a
+/// probed video's uniform sample spreads over all of it; a span past the declared estimate still
+/// decodes; a span past the real end is refused by name.
+#[test]
+fn recordings_without_a_declared_duration_decode_over_their_whole_length() {
+    use medgen_operators::video::probe::{ProbeParams, probe_record};
+    let dir = tempfile::tempdir().unwrap();
+    let services = MemServices::new(&dir.path().join("store"));
+    for rec in synth::recorded_streams(dir.path()).unwrap() {
+        let name = rec.path.file_name().unwrap().to_string_lossy().into_owned();
+        let length = rec.frames as f64 / rec.fps as f64;
+        let video = Record::Video(Video {
+            source_id: name.clone(),
+            uri: rec.path.display().to_string(),
+            size_bytes: 0,
+            probe: None,
+            metadata: BTreeMap::new(),
+        });
+        let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
+        let Record::Video(v) = &probed else { panic!() };
+        let info = v.probe.as_ref().unwrap();
+        assert_eq!(info.frame_count, Some(rec.frames as u64), "{name}");
+        let duration = info.duration_s.unwrap_or_else(|| panic!("{name} ({}): no duration", rec.what)).0;
+        // (MPEG-TS timestamps may start a little after zero: the end is where the last frame ends.)
+        assert!(
+            duration >= length - 1e-3 && duration < length + 0.5,
+            "{name}: duration {duration}, {length} s of frames"
+        );
+
+        let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
+        let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
+        let Record::Video(d) = &out[0] else { panic!() };
+        let reader = FramesReader::open(&services.blob_path(&d.metadata["frames_blob"])).unwrap();
+        let times: Vec<f64> = reader.map(|f| f.unwrap().pts_s).collect();
+        assert_eq!(times.len(), 5, "{name}: {times:?}");
+        assert!(*times.last().unwrap() > 0.7 * length, "{name}: uniform sample confined to {times:?}");
+
+        // A span beyond the header's estimate, on the bare file (no probe): decodes.
+        let spec =
+            DecodeSpec::all().with_range(TimeRange::new(2.0, 2.5)).with_size(Size::Fit { width: 64, height: 64 });
+        let frames = decode_all(&rec.path, &spec).unwrap_or_else(|e| panic!("{name}: {e}"));
+        assert!(frames.len() >= 14 && frames.iter().all(|f| f.pts_s >= 1.95), "{name}: {} frames", frames.len());
+
+        // Past the end: refused, probed or not.
+        let late = DecodeParams { start_s: Some(10.0), fps: Some(2.0), ..Default::default() };
+        for r in [&probed, &video] {
+            let e = decode_record(r, &late, &services, &ctx()).unwrap_err();
+            assert!(e.message.contains("after the video's end") && e.message.contains(&name), "{name}: {}", e.message);
+        }
+    }
 }

@@ -361,6 +361,8 @@ impl Job {
             range: t.frames_range,
             format: PixelFormat::Rgb,
             deadline: Some(ctx.deadline),
+            // A whole video: its probed duration spreads the frames over all of it.
+            duration_hint: if t.frames_range.end_s.is_none() { t.duration_s } else { None },
             ..Default::default()
         };
         let decoder = Decoder::open(&t.frames_path, &spec).map_err(|e| ItemError::new(e.class(), e.to_string()))?;

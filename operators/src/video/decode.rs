@@ -47,7 +47,7 @@ use super::pool::BufPool;
 use super::probe::SizeLimits;
 use super::{
     Accuracy, DecodeSpec, Frame, Geometry, KeyPicker, PixelFormat, ResizeMode, Sampling, Selector, Size, TIME_TOL,
-    TimeRange, VideoError, YuvLayout, check_input_file, is_dicom_file, local_path, size_from_params,
+    TimeRange, VideoError, YuvLayout, check_input_file, is_dicom_file, local_path, probed_duration, size_from_params,
 };
 use crate::api::*;
 use gstreamer as gst;
@@ -278,6 +278,13 @@ impl State {
 
 type Shared = Arc<Mutex<State>>;
 
+fn past_the_end(path: &Path, start: f64, end: f64) -> VideoError {
+    VideoError::BadRequest(format!(
+        "{}: the range starts at {start:.3} s, after the video's end ({end:.3} s)",
+        path.display()
+    ))
+}
+
 /// Width, height, pixel aspect ratio and frame rate of a decoded stream.
 #[derive(Clone, Copy, Debug)]
 struct SrcInfo {
@@ -427,14 +434,18 @@ impl GstDecoder {
                 VideoError::corrupt(path, "the stream ended before a single video frame could be decoded")
             });
         };
-        let duration_s = pipe.pipeline.query_duration::<gst::ClockTime>().map(secs).filter(|d| *d > 0.0);
-        if let Some(d) = duration_s
+        // What the container declares may be an estimate (Matroska written while recording
+        // declares its first fraction of a second): only the probe's measured duration refuses a
+        // range up front; past a declared end the stream itself decides (see the EOS branch).
+        let declared = pipe.pipeline.query_duration::<gst::ClockTime>().map(secs).filter(|d| *d > 0.0);
+        let duration_s = match (declared, spec.duration_hint) {
+            (Some(d), Some(h)) => Some(d.max(h)),
+            (d, h) => d.or(h),
+        };
+        if let Some(d) = spec.duration_hint
             && start >= d
         {
-            return Err(VideoError::BadRequest(format!(
-                "{}: the range starts at {start:.3} s, after the video's end ({d:.3} s)",
-                path.display()
-            )));
+            return Err(past_the_end(path, start, d));
         }
         let (out_width, out_height) = geometry.out_size();
         let info = StreamInfo { width: w, height: h, par, fps, duration_s, out_width, out_height, codec };
@@ -706,6 +717,14 @@ impl GstDecoder {
                 if lock(&self.shared).overshoot.is_some() {
                     // The stream ended after a seek that landed past its target: go back.
                     continue;
+                }
+                if self.delivered == 0
+                    && self.start > 0.0
+                    && let Some(end) = lock(&self.shared).input_end
+                    && end <= self.start + TIME_TOL
+                {
+                    // Every frame the stream has ends before the range starts.
+                    return Some(Err(past_the_end(path, self.start, end)));
                 }
                 if let Some(picker) = &mut self.picker {
                     if picker.seen() == 0 && picker.next_target().is_some() {
@@ -1399,7 +1418,8 @@ pub fn decode_record(
         .with_range(range)
         .with_format(p.format)
         .with_accuracy(p.accuracy)
-        .with_deadline(ctx.deadline);
+        .with_deadline(ctx.deadline)
+        .with_duration_hint(probed_duration(rec));
     let dec = Decoder::open(&path, &spec)?;
     let info = dec.info().clone();
     // Keyframes are not evenly spaced in time: no rate then.

@@ -476,6 +476,11 @@ pub struct DecodeSpec {
     pub max_pixels: u64,
     /// Refuse streams wider or taller than this.
     pub max_side: u32,
+    /// The video's duration as `video.probe` measured it (the record's `probe.duration_s`). The
+    /// decoder takes the longer of it and what the container declares: files written while
+    /// recording (live WebM/Matroska, MPEG-TS) declare nothing or only their first fraction of
+    /// a second, which would confine uniform sampling to that fraction.
+    pub duration_hint: Option<f64>,
 }
 
 /// What the decoder found out about the stream when it opened it.
@@ -535,6 +540,7 @@ impl Default for DecodeSpec {
             deadline: None,
             max_pixels: DEFAULT_MAX_PIXELS,
             max_side: DEFAULT_MAX_SIDE,
+            duration_hint: None,
         }
     }
 }
@@ -570,6 +576,11 @@ impl DecodeSpec {
     }
     pub fn with_deadline(mut self, d: Instant) -> Self {
         self.deadline = Some(d);
+        self
+    }
+    /// The probed duration, when known (see [`DecodeSpec::duration_hint`]).
+    pub fn with_duration_hint(mut self, d: Option<f64>) -> Self {
+        self.duration_hint = d.filter(|d| d.is_finite() && *d > 0.0);
         self
     }
 
@@ -1162,6 +1173,15 @@ pub fn local_path(uri: &str) -> Result<PathBuf, VideoError> {
         });
     }
     Ok(PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri)))
+}
+
+/// A Video record's probed duration (`probe.duration_s`), for [`DecodeSpec::with_duration_hint`];
+/// `None` for other records (a clip's span is its own).
+pub fn probed_duration(rec: &crate::api::Record) -> Option<f64> {
+    match rec {
+        crate::api::Record::Video(v) => v.probe.as_ref().and_then(|p| p.duration_s).map(|d| d.0),
+        _ => None,
+    }
 }
 
 #[cfg(test)]

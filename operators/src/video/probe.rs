@@ -148,7 +148,8 @@ fn from_discoverer(
     let fr = video.framerate();
     let fps = (fr.numer() >= 0 && fr.denom() > 0).then(|| (fr.numer() as u32, fr.denom() as u32));
     let fps_f = fps.filter(|f| f.0 > 0).map(|(n, d)| n as f64 / d as f64);
-    let duration_s = info.duration().map(gst_util::secs).filter(|d| *d > 0.0);
+    let declared = info.duration().map(gst_util::secs).filter(|d| *d > 0.0);
+    let duration_s = stream_duration(declared, counted.as_ref(), fps_f);
     let bitrate = match video.bitrate() {
         0 => duration_s.map(|d| (size as f64 * 8.0 / d) as u64),
         b => Some(b as u64),
@@ -196,6 +197,24 @@ fn from_discoverer(
     })
 }
 
+/// The video's duration: the container's, unless counting the frames found it missing or clearly
+/// short (files written while recording: live WebM/Matroska declare the first fraction of a
+/// second, MPEG-TS nothing); then where the last frame ends. A declared duration longer than the
+/// frames (an audio track that runs on) stays.
+fn stream_duration(declared: Option<f64>, counted: Option<&FrameCount>, fps: Option<f64>) -> Option<f64> {
+    let measured = counted.and_then(|c| {
+        let end = c.end_s?;
+        // Buffers without durations: the last frame still lasts one frame interval.
+        let last = if c.max_duration.is_some() { 0.0 } else { fps.filter(|f| *f > 0.0).map_or(0.0, |f| 1.0 / f) };
+        Some(end + last).filter(|e| *e > 0.0)
+    });
+    match (declared, measured) {
+        (Some(d), Some(m)) if m > d * 1.02 + 0.05 => Some(m),
+        (None, m) => m,
+        (d, _) => d,
+    }
+}
+
 fn gcd(a: u64, b: u64) -> u64 {
     if b == 0 { a } else { gcd(b, a % b) }
 }
@@ -207,6 +226,11 @@ pub struct FrameCount {
     /// Shortest and longest frame duration seen (for variable frame rate detection).
     pub min_duration: Option<f64>,
     pub max_duration: Option<f64>,
+    /// Where the last counted frame ends on the stream timeline (its presentation time plus its
+    /// duration, or just its time when buffers carry no duration), seconds. Containers written
+    /// as they are recorded (live WebM/Matroska, MPEG-TS) declare no duration or an estimate
+    /// from their first fraction of a second; this one is measured.
+    pub end_s: Option<f64>,
 }
 
 /// Size limits a stream is checked against before anything decodes it.
@@ -341,6 +365,12 @@ pub fn scan_stream(
                     }
                 }
                 s.count.frames += 1;
+                if let Some(pts) = buf.pts() {
+                    let end = pts + buf.duration().unwrap_or(gst::ClockTime::ZERO);
+                    let stream = s.segment.as_ref().and_then(|seg| seg.to_stream_time(end)).unwrap_or(end);
+                    let t = gst_util::secs(stream);
+                    s.count.end_s = Some(s.count.end_s.map_or(t, |e: f64| e.max(t)));
+                }
                 if let Some(d) = buf.duration() {
                     let d = gst_util::secs(d);
                     s.count.min_duration = Some(s.count.min_duration.map_or(d, |m: f64| m.min(d)));

@@ -385,6 +385,42 @@ pub fn camera_video(
     Ok(())
 }
 
+/// A file written the way a recorder writes it, for [`recorded_streams`].
+#[derive(Clone, Debug)]
+pub struct Recorded {
+    pub path: PathBuf,
+    pub frames: u32,
+    pub fps: u32,
+    /// What the container says about its duration, for messages.
+    pub what: &'static str,
+}
+
+/// Videos in the forms recorders write while recording (browser MediaRecorder / live WebM,
+/// streamable Matroska, MPEG-TS): no duration in the header, or an estimate made from the first
+/// fraction of a second. 320×240, 30 fps, 90 frames (3 s) of the moving-ball pattern each.
+pub fn recorded_streams(dir: &Path) -> Result<Vec<Recorded>, VideoError> {
+    let (frames, fps) = (90, 30);
+    let src = format!(
+        "videotestsrc num-buffers={frames} pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate={fps}/1"
+    );
+    let forms = [
+        ("live.webm", "vp8enc deadline=1 ! webmmux streamable=true", "a WebM header written before the end"),
+        (
+            "streamable.mkv",
+            "x264enc speed-preset=ultrafast key-int-max=30 ! h264parse ! matroskamux streamable=true",
+            "a Matroska header written before the end",
+        ),
+        ("recording.ts", "x264enc speed-preset=ultrafast key-int-max=30 ! h264parse ! mpegtsmux", "MPEG-TS"),
+    ];
+    let mut out = Vec::new();
+    for (name, enc, what) in forms {
+        let path = dir.join(name);
+        launch_to(&format!("{src} ! {enc} ! filesink name=sink"), &path)?;
+        out.push(Recorded { path, frames, fps, what });
+    }
+    Ok(out)
+}
+
 /// A `videotestsrc` pattern for [`testsrc_video`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestPattern {
