@@ -420,23 +420,24 @@ def make_umt5(out_dir):
 # ----------------------------------------------------------------------------------------------- schedulers
 
 
-def sched_fixture(out_dir, kind, shift, n):
+def sched_fixture(out_dir, kind, shift, n, variant=None, seed_offset=0, **unipc_options):
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
     if kind == "flow_euler":
         sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(shift))
     else:
-        sch = UniPCMultistepScheduler(prediction_type="flow_prediction", use_flow_sigmas=True,
-                                      num_train_timesteps=1000, flow_shift=float(shift), solver_order=2,
-                                      solver_type="bh2", predict_x0=True, lower_order_final=True,
-                                      final_sigmas_type="zero", disable_corrector=[])
+        kw = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
+                  flow_shift=float(shift), solver_order=2, solver_type="bh2", predict_x0=True,
+                  lower_order_final=True, final_sigmas_type="zero", disable_corrector=[])
+        kw.update(unipc_options)
+        sch = UniPCMultistepScheduler(**kw)
     sch.set_timesteps(n)
     config = clean_config(sch.config)
     config["num_inference_steps"] = n
     timesteps = sch.timesteps.clone()
     sigmas = sch.sigmas.clone()
     assert len(timesteps) == n and len(sigmas) == n + 1, (len(timesteps), len(sigmas))
-    seed = 4000 + (0 if kind == "flow_euler" else 500) + 10 * shift + n
+    seed = 4000 + (0 if kind == "flow_euler" else 500) + 10 * shift + n + seed_offset
     g = gen(seed)
     x = randn(g, 1, 4, 2, 4, 4)
     tensors = {"in.init": x.clone()}
@@ -451,7 +452,7 @@ def sched_fixture(out_dir, kind, shift, n):
     tensors["out.timesteps"] = timesteps.to(torch.float32)
     assert torch.equal(tensors["out.timesteps"].to(timesteps.dtype), timesteps)
     tensors["out.sigmas"] = sigmas
-    name = f"{kind}_s{shift}_n{n}.safetensors"
+    name = f"{kind}_s{shift}_n{n}{'_' + variant if variant else ''}.safetensors"
     save(out_dir, name, tensors, kind, config,
          extra_meta={"seed": str(seed), "timesteps_dtype": str(timesteps.dtype).replace("torch.", ""),
                      "sigmas_dtype": str(sigmas.dtype).replace("torch.", "")})
@@ -469,7 +470,19 @@ def make_sched(out_dir):
                     print(f"  {kind} S={shift}: t[:4]={ts[:4].tolist()} t[-3:]={ts[-3:].tolist()} "
                           f"sigma dtype {sg.dtype}, timesteps dtype {ts.dtype}")
                     print(f"  config: {jdump(config)}")
+    # UniPC options beyond the Wan pipelines' configuration that the Rust sampler implements.
+    for variant, shift, n, opts in UNIPC_VARIANTS:
+        config, ts, sg = sched_fixture(out_dir, "flow_unipc", shift, n, variant, seed_offset=100, **opts)
+        print(f"  flow_unipc {variant}: sigmas[-2:]={sg[-2:].tolist()}")
     return summary
+
+
+UNIPC_VARIANTS = [
+    ("sigmamin", 3, 10, dict(final_sigmas_type="sigma_min")),
+    ("sigmamin_nolof", 7, 6, dict(final_sigmas_type="sigma_min", lower_order_final=False)),
+    ("nocorrector", 5, 10, dict(disable_corrector=[0, 4])),
+    ("order1", 3, 8, dict(solver_order=1)),
+]
 
 
 # ----------------------------------------------------------------------------------------------- MiniLM

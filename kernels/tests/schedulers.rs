@@ -1,5 +1,7 @@
 //! The FlowMatch Euler and UniPC samplers against diffusers: schedules (timesteps, sigmas) for
-//! 1, 2, 3 and 50 steps at shifts 3 and 5, and step-by-step trajectories on given model outputs.
+//! 1, 2, 3 and 50 steps at shifts 3 and 5, and step-by-step trajectories on given model outputs;
+//! UniPC also with a final σ of sigma_min, correctors disabled at some steps, and order 1.
+//! Options the samplers do not implement are refused by name.
 
 use medgen_kernels::verify::{VerifyOptions, run};
 use std::path::Path;
@@ -22,5 +24,47 @@ fn every_scheduler_fixture_matches_diffusers() {
         assert!(r.checks.len() >= 3, "{name}: schedule and trajectory checked");
         seen += 1;
     }
-    assert_eq!(seen, 16, "8 Euler and 8 UniPC fixtures");
+    assert_eq!(seen, 20, "8 Euler and 12 UniPC fixtures");
+}
+
+/// A fixture whose scheduler config asks for something the samplers do not do (Karras sigmas,
+/// dynamic shifting, …) is not run against a schedule it would not produce: the error names the
+/// option.
+#[test]
+fn unimplemented_scheduler_options_are_refused_by_name() {
+    use medgen_kernels::io::safetensors::{SafeTensorsFile, save};
+    let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
+    let tmp = tempfile::tempdir().unwrap();
+    for (src, key, value) in [
+        ("flow_euler_s3_n2.safetensors", "use_karras_sigmas", serde_json::json!(true)),
+        ("flow_euler_s3_n2.safetensors", "shift_terminal", serde_json::json!(0.1)),
+        ("flow_unipc_s3_n2.safetensors", "use_dynamic_shifting", serde_json::json!(true)),
+        ("flow_unipc_s3_n2.safetensors", "thresholding", serde_json::json!(true)),
+    ] {
+        let f = SafeTensorsFile::open(dir.join(src)).unwrap();
+        let tensors: Vec<(String, medgen_kernels::Tensor)> = f
+            .keys()
+            .into_iter()
+            .map(|k| {
+                let t = f.load(&k).unwrap();
+                (k, t)
+            })
+            .collect();
+        let mut meta = f.user_metadata().cloned().unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
+        config[key] = value.clone();
+        meta.insert("config".into(), config.to_string());
+        let out = tmp.path().join(format!("{key}.safetensors"));
+        let named: Vec<(&str, &medgen_kernels::Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+        save(&out, &named, Some(meta)).unwrap();
+        let e = run(&out, &VerifyOptions::default()).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains("not implemented"), "{key}: {e}");
+        // The option at its default value is harmless.
+        let mut meta = f.user_metadata().cloned().unwrap();
+        let mut config: serde_json::Value = serde_json::from_str(&meta["config"]).unwrap();
+        config[key] = serde_json::Value::Null;
+        meta.insert("config".into(), config.to_string());
+        save(&out, &named, Some(meta)).unwrap();
+        assert!(run(&out, &VerifyOptions::default()).unwrap().pass(), "{key} = null");
+    }
 }

@@ -11,7 +11,7 @@ pub mod euler;
 pub mod unipc;
 
 pub use euler::FlowEuler;
-pub use unipc::FlowUniPc;
+pub use unipc::{FlowUniPc, UniPcOptions};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -68,11 +68,30 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let steps = num("num_inference_steps").ok_or_else(|| fx.error("config has no num_inference_steps"))? as usize;
     // Euler calls it `shift`, UniPC `flow_shift`.
     let by = num("flow_shift").or_else(|| num("shift")).unwrap_or(1.0);
+    refuse_unsupported(fx)?;
     let mut sampler: Box<dyn Sampler> = match fx.model.as_str() {
         "flow_euler" => Box::new(FlowEuler::new(train, by, steps)?),
         "flow_unipc" => {
             let order = num("solver_order").unwrap_or(2.0) as usize;
             let lower_order_final = c.get("lower_order_final").and_then(|v| v.as_bool()).unwrap_or(true);
+            let final_sigma_min = match c.get("final_sigmas_type").and_then(|v| v.as_str()) {
+                None | Some("zero") => false,
+                Some("sigma_min") => true,
+                Some(other) => {
+                    return Err(fx.error(format!(
+                        "UniPC final_sigmas_type {other:?} is not supported (\"zero\" or \"sigma_min\")"
+                    )));
+                }
+            };
+            let disable_corrector = match c.get("disable_corrector") {
+                None | Some(serde_json::Value::Null) => Vec::new(),
+                Some(v) => v
+                    .as_array()
+                    .and_then(|a| a.iter().map(|i| i.as_u64().map(|i| i as usize)).collect::<Option<Vec<_>>>())
+                    .ok_or_else(|| {
+                        fx.error(format!("UniPC disable_corrector must be a list of step indices, got {v}"))
+                    })?,
+            };
             for (k, want) in [("solver_type", "bh2"), ("prediction_type", "flow_prediction")] {
                 if let Some(v) = c.get(k).and_then(|v| v.as_str())
                     && v != want
@@ -83,7 +102,8 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
             if c.get("use_flow_sigmas").and_then(|v| v.as_bool()) == Some(false) {
                 return Err(fx.error("UniPC without use_flow_sigmas is not supported"));
             }
-            Box::new(FlowUniPc::with_options(train, by, steps, order, lower_order_final)?)
+            let options = UniPcOptions { order, lower_order_final, final_sigma_min, disable_corrector };
+            Box::new(FlowUniPc::with_options(train, by, steps, &options)?)
         }
         other => return Err(fx.error(format!("{other:?} is not a scheduler"))),
     };
@@ -113,6 +133,43 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
         checks.push(Check::merge("out.sample_*", &traj).ok_or_else(|| fx.error("in.init without model outputs"))?);
     }
     Ok(checks)
+}
+
+/// Scheduler options that change the schedule or the step and that these samplers do not
+/// implement (none is part of the Wan pipelines' configuration): refused by name rather than
+/// verified against a schedule they would not produce. Each entry is the config key and whether
+/// its value is the (harmless) default.
+fn refuse_unsupported(fx: &Fixture) -> Result<()> {
+    use serde_json::Value;
+    // (key, its default); `null` is the default too.
+    let common = [
+        ("use_dynamic_shifting", Value::Bool(false)),
+        ("use_karras_sigmas", Value::Bool(false)),
+        ("use_exponential_sigmas", Value::Bool(false)),
+        ("use_beta_sigmas", Value::Bool(false)),
+        ("thresholding", Value::Bool(false)),
+    ];
+    let own = if fx.model == "flow_euler" {
+        vec![
+            ("shift_terminal", Value::Null),
+            ("invert_sigmas", Value::Bool(false)),
+            ("stochastic_sampling", Value::Bool(false)),
+        ]
+    } else {
+        vec![("solver_p", Value::Null), ("predict_x0", Value::Bool(true))]
+    };
+    for (key, default) in common.into_iter().chain(own) {
+        if let Some(v) = fx.config.get(key)
+            && !v.is_null()
+            && *v != default
+        {
+            return Err(fx.error(format!(
+                "scheduler option `{key}` = {v} is not implemented (medgen's samplers follow the Wan pipelines' \
+                 schedule: shifted flow sigmas; see WAN_SPEC §5)"
+            )));
+        }
+    }
+    Ok(())
 }
 
 #[cfg(test)]

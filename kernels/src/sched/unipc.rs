@@ -26,6 +26,29 @@ pub struct FlowUniPc {
     last_sample: Option<Vec<f32>>,
     /// The order the previous predictor used.
     last_order: usize,
+    /// Steps whose corrector is skipped (diffusers' `disable_corrector`: the corrector of step
+    /// `i` is skipped when `i − 1` is listed).
+    disable_corrector: Vec<usize>,
+}
+
+/// The reference's options beyond the schedule (diffusers `UniPCMultistepScheduler` config names).
+#[derive(Debug, Clone, PartialEq)]
+pub struct UniPcOptions {
+    /// Solver order, 1 or 2.
+    pub order: usize,
+    /// Lower the order on the last steps (the reference's default).
+    pub lower_order_final: bool,
+    /// `final_sigmas_type = "sigma_min"`: the schedule ends at its last non-zero σ (the last step
+    /// then returns the corrected sample) instead of at 0.
+    pub final_sigma_min: bool,
+    /// `disable_corrector`: step indices after which the corrector is not applied.
+    pub disable_corrector: Vec<usize>,
+}
+
+impl Default for UniPcOptions {
+    fn default() -> Self {
+        UniPcOptions { order: 2, lower_order_final: true, final_sigma_min: false, disable_corrector: Vec::new() }
+    }
 }
 
 fn lambda(s: f64) -> f64 {
@@ -35,18 +58,12 @@ fn lambda(s: f64) -> f64 {
 impl FlowUniPc {
     /// The pipelines' configuration: order 2, lower order for the final steps.
     pub fn new(train_timesteps: usize, shift: f64, steps: usize) -> Result<FlowUniPc> {
-        FlowUniPc::with_options(train_timesteps, shift, steps, 2, true)
+        FlowUniPc::with_options(train_timesteps, shift, steps, &UniPcOptions::default())
     }
 
-    /// A schedule of `steps` steps with solver order `order` (1 or 2); `lower_order_final` lowers
-    /// the order on the last steps (the reference's default).
-    pub fn with_options(
-        train_timesteps: usize,
-        by: f64,
-        steps: usize,
-        order: usize,
-        lower_order_final: bool,
-    ) -> Result<FlowUniPc> {
+    /// A schedule of `steps` steps with the reference's `options`.
+    pub fn with_options(train_timesteps: usize, by: f64, steps: usize, options: &UniPcOptions) -> Result<FlowUniPc> {
+        let order = options.order;
         if steps == 0 || train_timesteps < 2 {
             return Err(Error::arg("FlowUniPc", "steps must be ≥ 1 and train_timesteps ≥ 2"));
         }
@@ -64,16 +81,18 @@ impl FlowUniPc {
         }
         let timesteps = sigmas.iter().map(|s| (s * t).trunc() as i64).collect();
         let mut sigmas: Vec<f32> = sigmas.iter().map(|s| *s as f32).collect();
-        sigmas.push(0.0);
+        let last = if options.final_sigma_min { sigmas[steps - 1] } else { 0.0 };
+        sigmas.push(last);
         Ok(FlowUniPc {
             sigmas,
             timesteps,
             order,
-            lower_order_final,
+            lower_order_final: options.lower_order_final,
             next: 0,
             history: Vec::new(),
             last_sample: None,
             last_order: 1,
+            disable_corrector: options.disable_corrector.clone(),
         })
     }
 
@@ -116,7 +135,8 @@ impl Sampler for FlowUniPc {
         let m: Vec<f32> = x.iter().zip(&v).map(|(x, v)| x - si as f32 * v).collect();
 
         // UniC: correct the sample with the new prediction.
-        if let (Some(prev), Some(m1)) = (&self.last_sample, self.history.last()) {
+        let corrector = i > 0 && !self.disable_corrector.contains(&(i - 1));
+        if let (true, Some(prev), Some(m1)) = (corrector, &self.last_sample, self.history.last()) {
             let s1 = self.s(i - 1);
             let h = lambda(si) - lambda(s1);
             let bh = (-h).exp_m1();
@@ -160,6 +180,9 @@ impl Sampler for FlowUniPc {
         let s_next = self.s(i + 1);
         let out: Vec<f32> = if s_next == 0.0 {
             mi.clone()
+        } else if s_next == si {
+            // A final σ equal to the last (final_sigmas_type = "sigma_min"): h = 0, no move.
+            x.clone()
         } else {
             let h = lambda(s_next) - lambda(si);
             let bh = (-h).exp_m1();
@@ -218,6 +241,6 @@ mod tests {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
         assert!(u.step(&v, &x).is_err());
-        assert!(FlowUniPc::with_options(1000, 3.0, 5, 3, true).is_err());
+        assert!(FlowUniPc::with_options(1000, 3.0, 5, &UniPcOptions { order: 3, ..Default::default() }).is_err());
     }
 }
