@@ -41,7 +41,8 @@ pub struct WanDitConfig {
     pub num_layers: usize,
     /// Whether the cross-attention input gets an affine LayerNorm (`blocks.i.norm2`).
     pub cross_attn_norm: bool,
-    /// q/k normalisation; only `"rms_norm_across_heads"` is supported.
+    /// q/k normalisation. Diffusers ignores the value (its blocks always use an RMSNorm over
+    /// all heads, `"rms_norm_across_heads"`), and so does this crate.
     pub qk_norm: Option<String>,
     /// Epsilon of every LayerNorm and RMSNorm.
     pub eps: f64,
@@ -207,14 +208,9 @@ impl WanDitConfig {
         if self.pos_embed_seq_len.is_some() {
             return Err(cfg_err("`pos_embed_seq_len` is set: image position embeddings (flf2v) are not supported"));
         }
-        match self.qk_norm.as_deref() {
-            Some(QK_NORM_ACROSS_HEADS) => {}
-            other => {
-                return Err(cfg_err(format!(
-                    "`qk_norm` = {other:?}: only {QK_NORM_ACROSS_HEADS:?} (RMSNorm over all heads) is supported"
-                )));
-            }
-        }
+        // `qk_norm` is not checked: diffusers' WanTransformer3DModel passes it to its blocks, which
+        // ignore it and always normalise q and k with an RMSNorm over all heads (0.42), so any
+        // value describes the same model and the same weights (`norm_q`, `norm_k`).
         if self.patch_size.contains(&0) {
             return Err(cfg_err(format!("`patch_size` = {:?}: every patch size must be ≥ 1", self.patch_size)));
         }
@@ -407,8 +403,12 @@ mod tests {
         bad(serde_json::json!({"attention_head_dim": 15}), "attention_head_dim");
         bad(serde_json::json!({"attention_head_dim": 4}), "attention_head_dim");
         bad(serde_json::json!({"patch_size": [1, 0, 2]}), "patch_size");
-        bad(serde_json::json!({"qk_norm": "rms_norm"}), "qk_norm");
-        bad(serde_json::json!({"qk_norm": null}), "qk_norm");
+        // diffusers ignores qk_norm (always RMSNorm across heads): any value is the same model
+        for q in [serde_json::json!(null), serde_json::json!("rms_norm"), serde_json::json!("rms_norm_across_heads")] {
+            assert!(WanDitConfig::from_json(&serde_json::json!({"qk_norm": q})).is_ok(), "{q}");
+        }
+        // the original code builds no q/k norm without it: not supported
+        bad(serde_json::json!({"dim": 64, "num_heads": 2, "qk_norm": false}), "qk_norm");
         bad(serde_json::json!({"freq_dim": 255}), "freq_dim");
         bad(serde_json::json!({"dim": 5120, "num_heads": 40, "model_type": "i2v"}), "model_type");
         bad(serde_json::json!({"num_layers": "x"}), "num_layers");
