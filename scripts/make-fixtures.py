@@ -319,14 +319,23 @@ VAE_CONFIGS = {
                    temperal_downsample=[False, True, True],
                    latents_mean=[0.1, -0.2, 0.3, -0.4, 0.5, -0.6, 0.7, -0.8],
                    latents_std=[1.1, 0.9, 1.3, 0.7, 1.5, 0.5, 1.7, 0.6]), 2002, (1, 5, 9)),
+    # One temporal down-sampling (factor 2): the reference still encodes frame 0 and then 4 frames at
+    # a time, dropping a remainder — 7 frames give 1 + 2 latent frames (of frames 0..4), decoded to 5.
+    "half": (dict(base_dim=4, z_dim=4, dim_mult=[1, 2, 2], num_res_blocks=1, attn_scales=[],
+                  temperal_downsample=[False, True], latents_mean=VAE_LATENTS_MEAN,
+                  latents_std=VAE_LATENTS_STD), 2003, (7,)),
 }
 
 
-def make_vae(out_dir):
+def make_vae(out_dir, labels=None):
     from diffusers import AutoencoderKLWan
 
     infos = {}
     for label, (cfg, seed, frames) in VAE_CONFIGS.items():
+        if labels is not None and label not in labels:
+            continue
+        tf = 2 ** sum(cfg["temperal_downsample"])
+        sf = 2 ** (len(cfg["dim_mult"]) - 1)
         g = gen(seed)
         torch.manual_seed(seed)
         vae = AutoencoderKLWan(**cfg).float().eval()
@@ -343,7 +352,8 @@ def make_vae(out_dir):
             video = torch.rand(1, 3, t, 32, 48, generator=gi) * 2.0 - 1.0
             with torch.no_grad():
                 enc = vae._encode(video)
-                assert enc.shape == (1, 2 * z, 1 + (t - 1) // 4, 4, 6), enc.shape
+                kept = 1 + (t - 1) // 4 * 4
+                assert enc.shape == (1, 2 * z, 1 + (kept - 1) // tf, 32 // sf, 48 // sf), enc.shape
                 mean = enc[:, :z].contiguous()
                 # The public API agrees: posterior.mode() is the mean.
                 mode = vae.encode(video).latent_dist.mode()
@@ -351,7 +361,7 @@ def make_vae(out_dir):
                 dec = vae._decode(mean)
                 assert type(dec).__name__ == "DecoderOutput", type(dec)
                 decoded = dec.sample
-                assert decoded.shape == video.shape, decoded.shape
+                assert decoded.shape == video[:, :, :kept].shape, decoded.shape
             clamped = (decoded.abs() >= 1.0).double().mean().item()
             info = {"latent_max_abs": mean.abs().max().item(), "decoded_max_abs": decoded.abs().max().item(),
                     "decoded_std": decoded.std().item(), "clamped_fraction": clamped}

@@ -60,14 +60,15 @@ fn wan_dit_vae_umt5_fixtures_pass_on_the_cuda_path_in_f32() {
             "wan_vae_small_t5",
             "wan_vae_small_t9",
             "wan_vae_tiny_t13",
+            "wan_vae_half_t7",
         ],
         "f32",
     );
 }
 
 /// bf16 weights and activations: bf16 GEMMs and the tensor-core attention kernels (head dims 64 / 128).
-/// The VAE is left out: it misses 2e-2 on its decoded frames in bf16 on the CPU as well (Wan pipelines run
-/// it in f32).
+/// The VAE is left out: `verify` runs it in f32 whatever is asked (as the Wan pipelines do; bf16 weights
+/// alone miss 2e-2 on its decoded frames, on the CPU as well).
 #[test]
 fn wan_dit_and_umt5_fixtures_pass_on_the_cuda_path_in_bf16() {
     verify_on_device(&["wan_dit_tiny", "wan_dit_small_original", "umt5_tiny"], "bf16");

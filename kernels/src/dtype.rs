@@ -22,6 +22,16 @@ pub enum DType {
 }
 
 impl DType {
+    /// The lower-case name (`f32`, `bf16`, `f16`, `f64`).
+    pub fn name(self) -> &'static str {
+        match self {
+            DType::F32 => "f32",
+            DType::BF16 => "bf16",
+            DType::F16 => "f16",
+            DType::F64 => "f64",
+        }
+    }
+
     /// Bytes per element.
     pub fn size_in_bytes(self) -> usize {
         match self {

@@ -75,8 +75,9 @@ fn tiny_vae(seed: u64, dtype: DType) -> WanVae {
 #[test]
 fn diffusers_fixtures_pass() {
     // The §7.2 tiny config at 13 frames; a smaller config (z_dim 8, one residual block per
-    // level) at 1, 5 and 9.
-    for (t, config) in [(1, "small"), (5, "small"), (9, "small"), (13, "tiny")] {
+    // level) at 1, 5 and 9; one temporal down-sampling (factor 2) at 7 frames, of which the
+    // reference encodes the first 5.
+    for (t, config) in [(1, "small"), (5, "small"), (9, "small"), (13, "tiny"), (7, "half")] {
         let path = fixture(&format!("wan_vae_{config}_t{t}.safetensors"));
         let start = Instant::now();
         let report = verify::run(&path, &VerifyOptions::default()).unwrap();
@@ -186,6 +187,13 @@ fn wan21_config_and_param_count() {
     assert_eq!((cfg.temporal_factor(), cfg.spatial_factor()), (4, 8));
     assert_eq!(cfg.latent_frames(81), Some(21));
     assert_eq!(cfg.latent_frames(80), None);
+    // Other temporal factors: the reference still takes frame 0 and then 4 frames at a time.
+    let half = WanVaeConfig { temperal_downsample: vec![false, false, true], ..cfg.clone() };
+    assert_eq!((half.temporal_factor(), half.latent_frames(9), half.latent_frames(3)), (2, Some(5), None));
+    let none = WanVaeConfig { temperal_downsample: vec![false, false, false], ..cfg.clone() };
+    assert_eq!((none.latent_frames(5), none.latent_frames(3)), (Some(5), None));
+    let eighth = WanVaeConfig { temperal_downsample: vec![true, true, true], ..cfg.clone() };
+    assert!(eighth.validate().unwrap_err().to_string().contains("temperal_downsample"));
     // a diffusers vae/config.json (with its bookkeeping fields) parses to the preset
     let json = r#"{"_class_name": "AutoencoderKLWan", "_diffusers_version": "0.33.0.dev0", "attn_scales": [],
         "base_dim": 96, "dim_mult": [1, 2, 4, 4], "dropout": 0.0,

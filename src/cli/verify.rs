@@ -80,8 +80,12 @@ fn limit_text(l: Limit) -> String {
     }
 }
 
-fn print_table(r: &Report, path: &Path) {
-    println!("{} ({}, on {})", path.display(), r.model, r.device);
+fn print_table(r: &Report, path: &Path, asked: DType) {
+    let precision = match medgen_kernels::verify::f32_only(&r.model) {
+        Some(why) if r.dtype != asked => format!(", in {}: {why}", r.dtype.name()),
+        _ => String::new(),
+    };
+    println!("{} ({}, on {}{precision})", path.display(), r.model, r.device);
     let w = r.checks.iter().map(|c| c.name.chars().count()).max().unwrap_or(5).max(5);
     println!("  {:<w$}  {:>10}  {:>10}  {:<12}  result", "check", "max abs", "max rel", "limit");
     for c in &r.checks {
@@ -113,8 +117,8 @@ fn json(r: &Report) -> serde_json::Value {
                 "limit": limit, "elements": c.elements, "pass": c.pass(), "worst": c.worst})
         })
         .collect();
-    serde_json::json!({"fixture": r.fixture, "model": r.model, "device": r.device.to_string(), "pass": r.pass(),
-        "checks": checks})
+    serde_json::json!({"fixture": r.fixture, "model": r.model, "device": r.device.to_string(),
+        "dtype": r.dtype.name(), "pass": r.pass(), "checks": checks})
 }
 
 pub fn verify(a: &VerifyArgs) -> anyhow::Result<i32> {
@@ -143,7 +147,7 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<i32> {
                 if a.json {
                     println!("{}", json(&r));
                 } else {
-                    print_table(&r, f);
+                    print_table(&r, f, opts.dtype);
                 }
                 if !r.pass() {
                     failed += 1;

