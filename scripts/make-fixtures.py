@@ -492,6 +492,7 @@ UNIPC_VARIANTS = [
     ("sigmamin_nolof", 7, 6, dict(final_sigmas_type="sigma_min", lower_order_final=False)),
     ("nocorrector", 5, 10, dict(disable_corrector=[0, 4])),
     ("order1", 3, 8, dict(solver_order=1)),
+    ("order3", 5, 16, dict(solver_order=3)),
 ]
 
 

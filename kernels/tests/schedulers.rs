@@ -1,6 +1,6 @@
 //! The FlowMatch Euler and UniPC samplers against diffusers: schedules (timesteps, sigmas) for
 //! 1, 2, 3 and 50 steps at shifts 3 and 5, and step-by-step trajectories on given model outputs;
-//! UniPC also with a final σ of sigma_min, correctors disabled at some steps, and order 1.
+//! UniPC also with a final σ of sigma_min, correctors disabled at some steps, and orders 1 and 3.
 //! Options the samplers do not implement are refused by name.
 
 use medgen_kernels::verify::{VerifyOptions, run};
@@ -24,7 +24,7 @@ fn every_scheduler_fixture_matches_diffusers() {
         assert!(r.checks.len() >= 3, "{name}: schedule and trajectory checked");
         seen += 1;
     }
-    assert_eq!(seen, 20, "8 Euler and 12 UniPC fixtures");
+    assert_eq!(seen, 21, "8 Euler and 13 UniPC fixtures");
 }
 
 /// A fixture whose scheduler config asks for something the samplers do not do (Karras sigmas,

@@ -1,4 +1,4 @@
-//! UniPC multistep sampler for flow matching (bh2 variant, x0-prediction, order ≤ 2, lower order at
+//! UniPC multistep sampler for flow matching (bh2 variant, x0-prediction, order ≤ 3 (2 in the Wan pipelines), lower order at
 //! the end), WAN_SPEC.md §5.3 — the sampler the Wan2.1 diffusers pipelines ship with.
 //!
 //! Schedule: `σ_i = shift(linspace(1, 1/T, N+1)[i])` for `i < N` (σ_0 nudged below 1 by 1e-6 so
@@ -20,7 +20,7 @@ pub struct FlowUniPc {
     order: usize,
     lower_order_final: bool,
     next: usize,
-    /// The last two x0-predictions (oldest first).
+    /// The last `order` x0-predictions (oldest first).
     history: Vec<Vec<f32>>,
     /// The previous step's (corrected) sample.
     last_sample: Option<Vec<f32>>,
@@ -34,7 +34,7 @@ pub struct FlowUniPc {
 /// The reference's options beyond the schedule (diffusers `UniPCMultistepScheduler` config names).
 #[derive(Debug, Clone, PartialEq)]
 pub struct UniPcOptions {
-    /// Solver order, 1 or 2.
+    /// Solver order, 1 to 3 (the Wan pipelines use 2).
     pub order: usize,
     /// Lower the order on the last steps (the reference's default).
     pub lower_order_final: bool,
@@ -51,7 +51,8 @@ impl Default for UniPcOptions {
     }
 }
 
-fn lambda(s: f64) -> f64 {
+/// `λ(σ) = ln(1−σ) − ln σ` (log signal-to-noise), in f32 like the reference.
+fn lambda(s: f32) -> f32 {
     (1.0 - s).ln() - s.ln()
 }
 
@@ -67,8 +68,8 @@ impl FlowUniPc {
         if steps == 0 || train_timesteps < 2 {
             return Err(Error::arg("FlowUniPc", "steps must be ≥ 1 and train_timesteps ≥ 2"));
         }
-        if !(1..=2).contains(&order) {
-            return Err(Error::arg("FlowUniPc", format!("solver order {order} is not supported (1 or 2)")));
+        if !(1..=3).contains(&order) {
+            return Err(Error::arg("FlowUniPc", format!("solver order {order} is not supported (1, 2 or 3)")));
         }
         if !(by.is_finite() && by > 0.0) {
             return Err(Error::arg("FlowUniPc", format!("shift must be positive, got {by}")));
@@ -105,10 +106,6 @@ impl FlowUniPc {
     pub fn sigmas(&self) -> &[f32] {
         &self.sigmas
     }
-
-    fn s(&self, i: usize) -> f64 {
-        self.sigmas[i] as f64
-    }
 }
 
 impl Sampler for FlowUniPc {
@@ -131,43 +128,37 @@ impl Sampler for FlowUniPc {
             return Err(Error::arg("FlowUniPc::step", format!("all {n} steps are taken")));
         }
         let (v, mut x) = f32_pair("FlowUniPc::step", model_output, sample)?;
-        let si = self.s(i);
-        let m: Vec<f32> = x.iter().zip(&v).map(|(x, v)| x - si as f32 * v).collect();
+        let si = self.sigmas[i];
+        let m: Vec<f32> = x.iter().zip(&v).map(|(x, v)| x - si * v).collect();
 
-        // UniC: correct the sample with the new prediction.
+        // UniC: correct the sample with the new prediction, at the order the last predictor used.
+        // Scalars and element updates in f32 in the reference's order of operations (it runs them
+        // as float32 tensors; f64 coefficients land 2–3× further from its trajectories).
         let corrector = i > 0 && !self.disable_corrector.contains(&(i - 1));
-        if let (true, Some(prev), Some(m1)) = (corrector, &self.last_sample, self.history.last()) {
-            let s1 = self.s(i - 1);
-            let h = lambda(si) - lambda(s1);
-            let bh = (-h).exp_m1();
-            let ratio = si / s1;
-            let a = 1.0 - si;
-            let (w_d, w_new) = if self.last_order == 2 && self.history.len() >= 2 {
-                let r = (lambda(self.s(i - 2)) - lambda(s1)) / h;
-                let b1 = (bh / -h - 1.0) / bh;
-                let b2 = 2.0 * ((bh / -h - 1.0) / -h - 0.5) / bh;
-                // Solve [[1, 1], [r, 1]]·ρ = [b1, b2].
-                let rho0 = (b1 - b2) / (1.0 - r);
-                let rho1 = b1 - rho0;
-                (rho0 / r, rho1)
-            } else {
-                (0.0, 0.5)
-            };
-            let m2 = if self.history.len() >= 2 { Some(&self.history[self.history.len() - 2]) } else { None };
+        if let (true, Some(prev)) = (corrector, &self.last_sample) {
+            let q = self.last_order.min(self.history.len());
+            let (s_t, s0) = (self.sigmas[i], self.sigmas[i - 1]);
+            let h = lambda(s_t) - lambda(s0);
+            // Earlier predictions m_{i−1−k} with r_k = (λ(σ_{i−1−k}) − λ(σ_{i−1}))/h, k = 1..q−1.
+            let older: Vec<(f32, &Vec<f32>)> = (1..q)
+                .map(|k| ((lambda(self.sigmas[i - 1 - k]) - lambda(s0)) / h, &self.history[self.history.len() - 1 - k]))
+                .collect();
+            let (h_phi_1, b) = phi_b(h, q);
+            let rhos = if q == 1 { vec![0.5] } else { solve(&vandermonde(&older, q), &b) };
+            let m0 = &self.history[self.history.len() - 1];
+            let (ratio, a_phi) = (s_t / s0, (1.0 - s_t) * h_phi_1);
             for k in 0..x.len() {
-                let base = ratio * prev[k] as f64 - a * bh * m1[k] as f64;
-                let mut res = w_new * (m[k] as f64 - m1[k] as f64);
-                if let Some(m2) = m2 {
-                    res += w_d * (m2[k] as f64 - m1[k] as f64);
-                }
-                x[k] = (base - a * bh * res) as f32;
+                let corr: f32 = older.iter().zip(&rhos).map(|((r, mj), rho)| rho * ((mj[k] - m0[k]) / r)).sum();
+                let base = ratio * prev[k] - a_phi * m0[k];
+                x[k] = base - a_phi * (corr + rhos[q - 1] * (m[k] - m0[k]));
             }
         }
 
         self.history.push(m);
-        if self.history.len() > 2 {
+        if self.history.len() > self.order {
             self.history.remove(0);
         }
+        // Warm-up: order ≤ the predictions available; lower order for the final steps.
         let mut p = self.order.min(self.history.len());
         if self.lower_order_final {
             p = p.min(n - i);
@@ -177,37 +168,87 @@ impl Sampler for FlowUniPc {
 
         // UniP: predict the next sample.
         let mi = &self.history[self.history.len() - 1];
-        let s_next = self.s(i + 1);
-        let out: Vec<f32> = if s_next == 0.0 {
+        let (s_t, s0) = (self.sigmas[i + 1], self.sigmas[i]);
+        let out: Vec<f32> = if s_t == 0.0 {
             mi.clone()
-        } else if s_next == si {
+        } else if s_t == s0 {
             // A final σ equal to the last (final_sigmas_type = "sigma_min"): h = 0, no move.
             x.clone()
         } else {
-            let h = lambda(s_next) - lambda(si);
-            let bh = (-h).exp_m1();
-            let ratio = s_next / si;
-            let a = 1.0 - s_next;
-            let d = if p == 2 {
-                let r = (lambda(self.s(i - 1)) - lambda(si)) / h;
-                let mp = &self.history[0];
-                Some((r, mp))
-            } else {
-                None
+            let h = lambda(s_t) - lambda(s0);
+            let older: Vec<(f32, &Vec<f32>)> = (1..p)
+                .map(|k| ((lambda(self.sigmas[i - k]) - lambda(s0)) / h, &self.history[self.history.len() - 1 - k]))
+                .collect();
+            let (h_phi_1, b) = phi_b(h, p);
+            // The reference's fixed ρ = 0.5 at order 2; a solve of the first p−1 conditions above.
+            let rhos = match p {
+                1 => Vec::new(),
+                2 => vec![0.5],
+                _ => solve(&vandermonde(&older, p - 1), &b[..p - 1]),
             };
+            let (ratio, a_phi) = (s_t / s0, (1.0 - s_t) * h_phi_1);
             (0..x.len())
                 .map(|k| {
-                    let mut y = ratio * x[k] as f64 - a * bh * mi[k] as f64;
-                    if let Some((r, mp)) = d {
-                        y -= a * bh * 0.5 * (mp[k] as f64 - mi[k] as f64) / r;
+                    let base = ratio * x[k] - a_phi * mi[k];
+                    if rhos.is_empty() {
+                        return base;
                     }
-                    y as f32
+                    let res: f32 = older.iter().zip(&rhos).map(|((r, mj), rho)| rho * ((mj[k] - mi[k]) / r)).sum();
+                    base - a_phi * res
                 })
                 .collect()
         };
         self.last_sample = Some(x);
         Tensor::from_vec(out, sample.shape())
     }
+}
+
+/// `h·φ₁ = expm1(−h)` and UniPC's `b_k = h·φ_k(−h)·k!/B(h)` for k = 1..=order, with the bh2 choice
+/// `B(h) = expm1(−h)` (x0-prediction, so the sign of h is flipped); f32 like the reference.
+fn phi_b(h: f32, order: usize) -> (f32, Vec<f32>) {
+    let hh = -h;
+    let h_phi_1 = hh.exp_m1();
+    let mut h_phi_k = h_phi_1 / hh - 1.0;
+    let mut factorial = 1.0f32;
+    let mut b = Vec::with_capacity(order);
+    for k in 1..=order {
+        b.push(h_phi_k * factorial / h_phi_1);
+        factorial *= (k + 1) as f32;
+        h_phi_k = h_phi_k / hh - 1.0 / factorial;
+    }
+    (h_phi_1, b)
+}
+
+/// The `size × size` system `R[j][c] = r_c^j` over the older predictions' ratios, the last
+/// column `r = 1` (the newest prediction's).
+fn vandermonde(older: &[(f32, &Vec<f32>)], size: usize) -> Vec<Vec<f32>> {
+    let mut rks: Vec<f32> = older.iter().map(|(r, _)| *r).collect();
+    rks.push(1.0);
+    (0..size).map(|j| (0..size).map(|c| rks[c].powi(j as i32)).collect()).collect()
+}
+
+/// Solves the small dense system `a·x = b` (Gaussian elimination with partial pivoting, f32 like
+/// the reference's `torch.linalg.solve`).
+fn solve(a: &[Vec<f32>], b: &[f32]) -> Vec<f32> {
+    let n = b.len();
+    let mut m: Vec<Vec<f32>> =
+        a.iter().zip(b).map(|(row, bi)| row[..n].iter().copied().chain([*bi]).collect()).collect();
+    for col in 0..n {
+        let pivot = (col..n).max_by(|&x, &y| m[x][col].abs().total_cmp(&m[y][col].abs())).unwrap_or(col);
+        m.swap(col, pivot);
+        for row in col + 1..n {
+            let f = m[row][col] / m[col][col];
+            for c in col..=n {
+                m[row][c] -= f * m[col][c];
+            }
+        }
+    }
+    let mut x = vec![0.0; n];
+    for row in (0..n).rev() {
+        let tail: f32 = (row + 1..n).map(|c| m[row][c] * x[c]).sum();
+        x[row] = (m[row][n] - tail) / m[row][row];
+    }
+    x
 }
 
 #[cfg(test)]
@@ -241,6 +282,6 @@ mod tests {
             assert!((a - b).abs() < 1e-4, "{a} vs {b}");
         }
         assert!(u.step(&v, &x).is_err());
-        assert!(FlowUniPc::with_options(1000, 3.0, 5, &UniPcOptions { order: 3, ..Default::default() }).is_err());
+        assert!(FlowUniPc::with_options(1000, 3.0, 5, &UniPcOptions { order: 4, ..Default::default() }).is_err());
     }
 }
