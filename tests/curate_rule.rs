@@ -117,6 +117,10 @@ fn the_chain_filters_by_metadata_borders_and_rules_and_rule_changes_recompute_no
     assert_eq!(counter(&s1, "border", "memo_misses"), 2);
     assert_eq!(counter(&s1, "medical", "items_in"), 3);
     assert_eq!(counter(&s1, "medical", "items_out"), 2);
+    // The summary's `rejected`: net records on each filter's rejected port (null without one).
+    assert_eq!((counter(&s1, "rule", "rejected"), counter(&s1, "medical", "rejected")), (1, 1));
+    let rows_node = s1["nodes"].as_array().unwrap().iter().find(|n| n["node"] == "rows").unwrap();
+    assert!(rows_node["rejected"].is_null(), "{rows_node}");
 
     // A keep rule instead, with a label comparison and metadata_filter's count: no measurement
     // is redone anywhere.

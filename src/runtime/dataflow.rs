@@ -18,6 +18,9 @@ pub struct BuildShared {
     pub shutdown: Arc<AtomicBool>,
 }
 
+/// The port filters send what they drop to (`curate.*`, `eval.gate`).
+const REJECTED: &str = "rejected";
+
 /// Build every node of the plan, in topological order, inside `scope`.
 pub fn build(scope: Scope<'_>, shared: &BuildShared) -> Result<(), String> {
     let mut produced: BTreeMap<(String, String), Coll<'_>> = BTreeMap::new();
@@ -37,6 +40,7 @@ pub fn build(scope: Scope<'_>, shared: &BuildShared) -> Result<(), String> {
             sources.entry(*target).or_default().push(input.to_string());
         }
         let stats = shared.stats.get(&node.name).cloned().unwrap_or_default();
+        let counters = stats.clone();
         let mut ctx = BuildCtx {
             scope,
             node: node.name.clone(),
@@ -51,6 +55,15 @@ pub fn build(scope: Scope<'_>, shared: &BuildShared) -> Result<(), String> {
         };
         let outputs = op.build(&mut ctx, &node.params, Inputs { ports, sources }).map_err(|e| e.to_string())?;
         for (port, coll) in outputs.ports {
+            // A filter's rejections, net of retractions, for the run summary.
+            let coll = if port == REJECTED {
+                let c = counters.clone();
+                coll.inspect(move |(_, _, r)| {
+                    c.rejected.fetch_add(*r as i64, std::sync::atomic::Ordering::Relaxed);
+                })
+            } else {
+                coll
+            };
             produced.insert((node.name.clone(), port.to_string()), coll);
         }
     }

@@ -62,6 +62,8 @@ pub struct NodeSummary {
     pub items_out: u64,
     pub failed: u64,
     pub retracted: u64,
+    /// Net records its `rejected` port holds at the end (`None`: the operator has no such port).
+    pub rejected: Option<u64>,
     pub memo_hits: u64,
     pub memo_misses: u64,
     pub busy_s: f64,
@@ -173,6 +175,10 @@ pub fn run(
                 items_out: NodeStats::get(&s.items_out),
                 failed: NodeStats::get(&s.failed),
                 retracted: NodeStats::get(&s.retracted),
+                rejected: n
+                    .out_kinds
+                    .contains_key("rejected")
+                    .then(|| s.rejected.load(Ordering::Relaxed).max(0) as u64),
                 memo_hits: NodeStats::get(&s.memo_hits),
                 memo_misses: NodeStats::get(&s.memo_misses),
                 busy_s: NodeStats::get(&s.busy_ns) as f64 / 1e9,
@@ -195,6 +201,7 @@ pub fn summary_table(s: &RunSummary) -> String {
         "operator".into(),
         "in".into(),
         "out".into(),
+        "rejected".into(),
         "failed".into(),
         "retracted".into(),
         "memo hits".into(),
@@ -207,6 +214,7 @@ pub fn summary_table(s: &RunSummary) -> String {
             n.op.clone(),
             n.items_in.to_string(),
             n.items_out.to_string(),
+            n.rejected.map_or_else(|| "-".to_string(), |r| r.to_string()),
             n.failed.to_string(),
             n.retracted.to_string(),
             n.memo_hits.to_string(),
@@ -229,7 +237,7 @@ pub fn render_table<const N: usize>(rows: &[[String; N]]) -> String {
     for (ri, r) in rows.iter().enumerate() {
         let mut line = String::new();
         for (i, c) in r.iter().enumerate() {
-            let numeric = ri > 0 && c.chars().all(|ch| ch.is_ascii_digit() || ch == '.');
+            let numeric = ri > 0 && (c == "-" || c.chars().all(|ch| ch.is_ascii_digit() || ch == '.'));
             if numeric {
                 line.push_str(&format!("{:>w$}  ", c, w = widths[i]));
             } else {
