@@ -197,21 +197,24 @@ fn from_discoverer(
     })
 }
 
-/// The video's duration: the container's, unless counting the frames found it missing or clearly
-/// short (files written while recording: live WebM/Matroska declare the first fraction of a
+/// The video's duration: the container's, unless counting the frames found it missing or less than
+/// half of it (files written while recording: live WebM/Matroska declare the first fraction of a
 /// second, MPEG-TS nothing); then where the last frame ends. A declared duration longer than the
 /// frames (an audio track that runs on) stays.
 fn stream_duration(declared: Option<f64>, counted: Option<&FrameCount>, fps: Option<f64>) -> Option<f64> {
-    let measured = counted.and_then(|c| {
-        let end = c.end_s?;
-        // Buffers without durations: the last frame still lasts one frame interval.
-        let last = if c.max_duration.is_some() { 0.0 } else { fps.filter(|f| *f > 0.0).map_or(0.0, |f| 1.0 / f) };
-        Some(end + last).filter(|e| *e > 0.0)
-    });
-    match (declared, measured) {
-        (Some(d), Some(m)) if m > d * 1.02 + 0.05 => Some(m),
-        (None, m) => m,
-        (d, _) => d,
+    let Some(c) = counted else { return declared };
+    let (Some(start), Some(end)) = (c.start_s, c.end_s) else { return declared };
+    // Buffers without durations: the last frame still lasts one frame interval.
+    let end = end + if c.max_duration.is_some() { 0.0 } else { fps.filter(|f| *f > 0.0).map_or(0.0, |f| 1.0 / f) };
+    if end <= 0.0 {
+        return declared;
+    }
+    match declared {
+        // The frames span clearly more than declared. (MPEG program streams, whose timestamps
+        // start late, declare about the frames' span: that stays.)
+        Some(d) if end - start > d * 1.1 + 0.1 => Some(end),
+        None => Some(end),
+        d => d,
     }
 }
 
@@ -231,6 +234,8 @@ pub struct FrameCount {
     /// as they are recorded (live WebM/Matroska, MPEG-TS) declare no duration or an estimate
     /// from their first fraction of a second; this one is measured.
     pub end_s: Option<f64>,
+    /// Where the first counted frame starts on the stream timeline, seconds.
+    pub start_s: Option<f64>,
 }
 
 /// Size limits a stream is checked against before anything decodes it.
@@ -367,9 +372,12 @@ pub fn scan_stream(
                 s.count.frames += 1;
                 if let Some(pts) = buf.pts() {
                     let end = pts + buf.duration().unwrap_or(gst::ClockTime::ZERO);
-                    let stream = s.segment.as_ref().and_then(|seg| seg.to_stream_time(end)).unwrap_or(end);
-                    let t = gst_util::secs(stream);
-                    s.count.end_s = Some(s.count.end_s.map_or(t, |e: f64| e.max(t)));
+                    let stream = |t: gst::ClockTime| {
+                        gst_util::secs(s.segment.as_ref().and_then(|seg| seg.to_stream_time(t)).unwrap_or(t))
+                    };
+                    let (t0, t1) = (stream(pts), stream(end));
+                    s.count.start_s = Some(s.count.start_s.map_or(t0, |e: f64| e.min(t0)));
+                    s.count.end_s = Some(s.count.end_s.map_or(t1, |e: f64| e.max(t1)));
                 }
                 if let Some(d) = buf.duration() {
                     let d = gst_util::secs(d);
@@ -573,8 +581,8 @@ impl TypedOperator for VideoProbe {
                 Some("e.g. timeout_s = 30".into()),
             ));
         }
-        if p.threads == 0 {
-            v.push(ParamIssue::error("threads", "must be at least 1", None));
+        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
+            v.push(ParamIssue::error("threads", "must be between 1 and 256", None));
         }
         if p.max_pixels == 0 || p.max_side == 0 {
             v.push(ParamIssue::error("max_pixels", "limits must be positive", None));
