@@ -18,8 +18,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 pub struct RunArgs {
     /// The graph file to run.
     pub graph: PathBuf,
-    /// Worker threads per process.
-    #[arg(short = 'w', long, default_value_t = 1)]
+    /// Worker threads per process (1–1024; expensive items run on per-node pools, not on these).
+    #[arg(short = 'w', long, default_value_t = 1, value_parser = workers_in_range)]
     pub workers: usize,
     /// Processes in the cluster (each started with the same arguments and its own --process).
     #[arg(long, default_value_t = 1)]
@@ -70,6 +70,12 @@ pub struct ExplainArgs {
     /// Worker threads a run would use.
     #[arg(short = 'w', long, default_value_t = 1)]
     pub workers: usize,
+}
+
+/// `-w`: 1 to 1024 worker threads (each is a timely worker with its own share of every operator).
+fn workers_in_range(v: &str) -> Result<usize, String> {
+    let n: usize = v.parse().map_err(|e| format!("`{v}` is not a number of workers: {e}"))?;
+    if (1..=1024).contains(&n) { Ok(n) } else { Err(format!("{n} workers: use 1 to 1024 (e.g. the number of cores)")) }
 }
 
 fn settings(plan: &Plan) -> RunSettings {

@@ -43,6 +43,9 @@ use std::collections::{BTreeMap, BTreeSet};
 use std::fmt;
 use std::path::{Path, PathBuf};
 
+/// Largest graph file read (16 MiB).
+const MAX_GRAPH_BYTES: u64 = 16 << 20;
+
 /// The `[graph]` table, with defaults filled in.
 #[derive(Clone, Debug, PartialEq)]
 pub struct GraphHeader {
@@ -188,6 +191,25 @@ pub fn load_with(path: &Path, catalog: &dyn OpCatalog) -> Result<Plan, Vec<Diagn
         message,
         fix: Some(fix.to_string()),
     };
+    // A device or a fifo (/dev/zero) would be read without end; no graph file is megabytes long.
+    match std::fs::metadata(path) {
+        Ok(md) if !md.is_file() || md.len() > MAX_GRAPH_BYTES => {
+            return Err(vec![unreadable(
+                1,
+                1,
+                if md.is_file() {
+                    format!(
+                        "the graph file is {} bytes; graph files are TOML text under {MAX_GRAPH_BYTES} bytes",
+                        md.len()
+                    )
+                } else {
+                    "not a regular file".to_string()
+                },
+                "point at the graph's .toml file",
+            )]);
+        }
+        _ => {}
+    }
     let bytes = match std::fs::read(path) {
         Ok(b) => b,
         Err(e) => {

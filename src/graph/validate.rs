@@ -16,6 +16,9 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use toml::de::{DeTable, DeValue};
 
+/// Longest per-item timeout (about 31 years: "never" in practice, still a valid Duration).
+const MAX_ITEM_TIMEOUT_S: f64 = 1e9;
+
 /// Keys of the `[graph]` table.
 pub const GRAPH_KEYS: [&str; 6] =
     ["name", "description", "store", "max_attempts", "quarantine_after", "item_timeout_s"];
@@ -273,13 +276,15 @@ fn read_header(graph: Option<&SValue<'_>>, default_name: String, sink: &mut Sink
                     toml::Value::Float(f) => f,
                     _ => f64::NAN,
                 };
-                if secs > 0.0 && secs.is_finite() {
+                if secs > 0.0 && secs <= MAX_ITEM_TIMEOUT_S {
                     h.item_timeout_s = secs;
                 } else {
                     sink.error(
                         at,
                         None,
-                        format!("`item_timeout_s` must be a positive number of seconds, found {secs}"),
+                        format!(
+                            "`item_timeout_s` must be a positive number of seconds up to {MAX_ITEM_TIMEOUT_S:e}, found {secs}"
+                        ),
                         Some("e.g. item_timeout_s = 600.0".into()),
                     );
                 }

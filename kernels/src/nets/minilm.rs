@@ -121,6 +121,19 @@ impl BertConfig {
 
     /// Checks sizes, the activation and the position-embedding type.
     pub fn validate(&self) -> Result<()> {
+        use crate::nets::{MAX_LAYERS, MAX_WIDTH, check_bounds};
+        check_bounds(
+            "bert",
+            &[
+                ("vocab_size", self.vocab_size, 1 << 24),
+                ("hidden_size", self.hidden_size, MAX_WIDTH),
+                ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+                ("intermediate_size", self.intermediate_size, MAX_WIDTH),
+                ("max_position_embeddings", self.max_position_embeddings, MAX_WIDTH),
+                ("type_vocab_size", self.type_vocab_size, MAX_WIDTH),
+                ("num_hidden_layers", self.num_hidden_layers, MAX_LAYERS),
+            ],
+        )?;
         let bad = |msg: String| Err(Error::Config { model: "bert", msg });
         for (name, v) in [
             ("vocab_size", self.vocab_size),

@@ -268,6 +268,21 @@ impl UMT5Config {
 
     /// Checks the sizes and the feed-forward kind.
     pub fn validate(&self) -> Result<()> {
+        use crate::nets::{MAX_LAYERS, MAX_WIDTH, check_bounds};
+        check_bounds(
+            "umt5",
+            &[
+                ("vocab_size", self.vocab_size, 1 << 24),
+                ("d_model", self.d_model, MAX_WIDTH),
+                ("d_kv", self.d_kv, MAX_WIDTH),
+                ("d_ff", self.d_ff, MAX_WIDTH),
+                ("num_heads", self.num_heads, MAX_WIDTH),
+                ("num_layers", self.num_layers, MAX_LAYERS),
+                ("relative_attention_num_buckets", self.relative_attention_num_buckets, MAX_WIDTH),
+                ("relative_attention_max_distance", self.relative_attention_max_distance, MAX_WIDTH),
+                ("num_heads × d_kv", self.num_heads.saturating_mul(self.d_kv), MAX_WIDTH),
+            ],
+        )?;
         let bad = |msg: String| Err(Error::Config { model: "umt5", msg });
         for (name, v) in [
             ("vocab_size", self.vocab_size),

@@ -18,6 +18,10 @@ use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare, compare_slices};
 
+/// Most steps (and training timesteps) a schedule may have: far above any sampler setting, low
+/// enough that a typo (10^12) is refused instead of exhausting memory.
+pub const MAX_STEPS: usize = 1_000_000;
+
 /// The timestep shift `S·s / (1 + (S−1)·s)`.
 pub fn shift(s: f64, by: f64) -> f64 {
     by * s / (1.0 + (by - 1.0) * s)

@@ -65,8 +65,15 @@ impl FlowUniPc {
     /// A schedule of `steps` steps with the reference's `options`.
     pub fn with_options(train_timesteps: usize, by: f64, steps: usize, options: &UniPcOptions) -> Result<FlowUniPc> {
         let order = options.order;
-        if steps == 0 || train_timesteps < 2 {
-            return Err(Error::arg("FlowUniPc", "steps must be ≥ 1 and train_timesteps ≥ 2"));
+        if steps == 0 || train_timesteps < 2 || steps > super::MAX_STEPS || train_timesteps > super::MAX_STEPS {
+            return Err(Error::arg(
+                "FlowUniPc",
+                format!(
+                    "steps ({steps}) and train_timesteps ({train_timesteps}) must be 1..={} and 2..={}",
+                    super::MAX_STEPS,
+                    super::MAX_STEPS
+                ),
+            ));
         }
         if !(1..=3).contains(&order) {
             return Err(Error::arg("FlowUniPc", format!("solver order {order} is not supported (1, 2 or 3)")));

@@ -31,6 +31,9 @@ use timely::dataflow::channels::pact::Exchange;
 use timely::dataflow::operators::Capability;
 use timely::dataflow::operators::generic::operator::Operator;
 
+/// Most threads one node's pool runs.
+pub const MAX_POOL_THREADS: usize = 256;
+
 /// A per-item error: its class decides whether it is retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemError {
@@ -264,7 +267,8 @@ where
         memoise: config.memoise,
         shutdown: ctx.shutdown.clone(),
     });
-    let threads = config.threads.max(1);
+    // More threads than this only exhausts the process (`medgen check` refuses them).
+    let threads = config.threads.clamp(1, MAX_POOL_THREADS);
     let dry_run = ctx.settings.dry_run;
     let scope = ctx.scope;
     let name = format!("{}:{}", ctx.node, ctx.spec.name);

@@ -320,8 +320,12 @@ pub fn take_input<'s>(ctx: &BuildCtx<'s>, inputs: &mut Inputs<'s>) -> Result<Col
 
 /// Issues for a `threads` param.
 pub fn check_threads(threads: usize, issues: &mut Vec<ParamIssue>) {
-    if threads == 0 {
-        issues.push(ParamIssue::error("threads", "must be at least 1", Some("threads = 1".into())));
+    if threads == 0 || threads > crate::api::pool::MAX_POOL_THREADS {
+        issues.push(ParamIssue::error(
+            "threads",
+            format!("must be between 1 and {}", crate::api::pool::MAX_POOL_THREADS),
+            Some("threads = 1".into()),
+        ));
     }
 }
 

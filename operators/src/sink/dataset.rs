@@ -171,6 +171,14 @@ struct Dataset {
     placed: BTreeMap<String, String>,
 }
 
+/// The dataset folder's list of the clip files `sink.dataset` wrote into `clips/` (one name a line).
+const LEDGER: &str = ".medgen-clips";
+
+fn write_ledger(path: &Path, owned: &BTreeSet<String>) -> std::io::Result<()> {
+    let text: String = owned.iter().map(|n| format!("{n}\n")).collect();
+    atomic_write(path, text.as_bytes())
+}
+
 /// Whether two paths are the same file (a hard link of one another).
 fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]
@@ -193,6 +201,22 @@ impl Dataset {
     fn write(&mut self) -> std::io::Result<usize> {
         let clips_dir = self.dir.join("clips");
         std::fs::create_dir_all(&clips_dir)?;
+        // The clip files this sink put there (earlier runs included): the only ones it may remove.
+        let ledger = self.dir.join(LEDGER);
+        let mut owned: BTreeSet<String> = std::fs::read_to_string(&ledger)
+            .map(|t| t.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
+            .unwrap_or_default();
+        // Owned before they are written: a crash in between cannot orphan a file.
+        let before = owned.len();
+        owned.extend(
+            self.rows
+                .iter()
+                .filter(|((s, _), n)| **n > 0 && s.clip.blob.is_some())
+                .map(|((s, _), _)| format!("{}.mp4", s.clip.clip_id)),
+        );
+        if owned.len() != before {
+            write_ledger(&ledger, &owned)?;
+        }
         let mut json_rows = Vec::new();
         let mut fastvideo = Vec::new();
         let mut wanted = BTreeSet::new();
@@ -240,13 +264,15 @@ impl Dataset {
         atomic_write(&self.dir.join("metadata.parquet"), &parquet)?;
         let fv = serde_json::to_vec_pretty(&fastvideo).map_err(std::io::Error::other)?;
         atomic_write(&self.dir.join("videos2caption.json"), &fv)?;
-        // Clips no longer in the dataset leave it.
-        for e in std::fs::read_dir(&clips_dir)?.flatten() {
-            let name = e.file_name().to_string_lossy().into_owned();
-            if name.ends_with(".mp4") && !wanted.contains(&name) {
-                std::fs::remove_file(e.path())?;
+        // Clips no longer in the dataset leave it; files this sink never wrote stay.
+        for name in owned.difference(&wanted) {
+            match std::fs::remove_file(clips_dir.join(name)) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+                _ => {}
             }
         }
+        owned.retain(|n| wanted.contains(n));
+        write_ledger(&ledger, &owned)?;
         Ok(json_rows.len())
     }
 }
@@ -293,11 +319,13 @@ impl TypedOperator for SinkDataset {
         if p.fps.is_some_and(|f| !(f > 0.0 && f <= 240.0)) {
             v.push(ParamIssue::error("fps", "must be in (0, 240]", None));
         }
-        if p.threads == 0 {
-            v.push(ParamIssue::error("threads", "must be at least 1", None));
+        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
+            v.push(ParamIssue::error("threads", "must be between 1 and 256", None));
         }
         if p.path.trim().is_empty() {
             v.push(ParamIssue::error("path", "empty dataset folder", Some("e.g. path = \"dataset\"".into())));
+        } else {
+            super::jsonl::check_output_path(&p.path, "path = \"dataset\"", &mut v);
         }
         v
     }
@@ -444,4 +472,71 @@ impl TypedOperator for SinkDataset {
 /// Where a dataset's clip file lives.
 pub fn clip_file(dir: &Path, clip_id: &str) -> PathBuf {
     dir.join("clips").join(format!("{clip_id}.mp4"))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn clip(id: &str, blob: &str) -> Scores {
+        Scores {
+            clip: Clip {
+                clip_id: id.into(),
+                source_id: "s".into(),
+                uri: "/v.mp4".into(),
+                start_s: F64(0.0),
+                end_s: F64(1.0),
+                fps: F64(30.0),
+                width: 64,
+                height: 48,
+                blob: Some(blob.into()),
+                metadata: BTreeMap::new(),
+            },
+            scores: BTreeMap::new(),
+            labels: BTreeMap::new(),
+        }
+    }
+
+    /// The folder follows the collection, but only files the sink wrote ever leave it: a video the
+    /// user keeps in `<dataset>/clips` survives every rewrite (it was deleted once).
+    #[test]
+    fn only_the_sinks_own_clip_files_are_pruned() {
+        let dir = tempfile::tempdir().unwrap();
+        let blobs = dir.path().join("blobs");
+        std::fs::create_dir_all(&blobs).unwrap();
+        for b in ["b1", "b2"] {
+            std::fs::write(blobs.join(b), b.as_bytes()).unwrap();
+        }
+        let ds_dir = dir.path().join("dataset");
+        std::fs::create_dir_all(ds_dir.join("clips")).unwrap();
+        let theirs = ds_dir.join("clips/patient_video.mp4");
+        std::fs::write(&theirs, b"not ours").unwrap();
+        let b2 = blobs.clone();
+        let mut ds = Dataset {
+            dir: ds_dir.clone(),
+            rows: BTreeMap::new(),
+            blob_path: Box::new(move |k| b2.join(k)),
+            placed: BTreeMap::new(),
+        };
+        ds.rows.insert((clip("c1", "b1"), None), 1);
+        ds.rows.insert((clip("c2", "b2"), None), 1);
+        assert_eq!(ds.write().unwrap(), 2);
+        assert_eq!(std::fs::read(ds_dir.join("clips/c2.mp4")).unwrap(), b"b2");
+        // c2 is retracted: its file goes, the user's stays.
+        ds.rows.insert((clip("c2", "b2"), None), 0);
+        assert_eq!(ds.write().unwrap(), 1);
+        assert!(!ds_dir.join("clips/c2.mp4").exists());
+        assert!(ds_dir.join("clips/c1.mp4").exists() && theirs.exists());
+        // A later process (no memory of what it placed) prunes from the ledger alone.
+        let b3 = blobs.clone();
+        let mut again = Dataset {
+            dir: ds_dir.clone(),
+            rows: BTreeMap::new(),
+            blob_path: Box::new(move |k| b3.join(k)),
+            placed: BTreeMap::new(),
+        };
+        assert_eq!(again.write().unwrap(), 0);
+        assert!(!ds_dir.join("clips/c1.mp4").exists());
+        assert_eq!(std::fs::read(&theirs).unwrap(), b"not ours");
+    }
 }

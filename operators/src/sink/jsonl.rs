@@ -64,8 +64,24 @@ impl View {
 
 /// Resolve a sink path: absolute as given, relative inside the outputs folder.
 pub fn output_path(outputs: &Path, p: &str) -> PathBuf {
+    outputs.join(Path::new(p))
+}
+
+/// A sink's `path` must stay inside the run's outputs folder: an absolute path or a `..` could
+/// overwrite the catalog, the graph file or the input videos (views and datasets are rewritten
+/// and pruned to the collection's contents).
+pub fn check_output_path(p: &str, example: &str, issues: &mut Vec<ParamIssue>) {
     let path = Path::new(p);
-    if path.is_absolute() { path.to_path_buf() } else { outputs.join(path) }
+    let escapes = path.components().any(|c| matches!(c, std::path::Component::ParentDir));
+    if path.has_root() || path.is_absolute() || escapes {
+        issues.push(ParamIssue::error(
+            "path",
+            format!(
+                "`{p}` leaves the run's outputs folder (<store>/outputs): sinks rewrite and prune what they own there"
+            ),
+            Some(format!("a relative path such as {example}; set [graph] store to put the outputs elsewhere")),
+        ));
+    }
 }
 
 impl TypedOperator for SinkJsonl {
@@ -99,6 +115,8 @@ impl TypedOperator for SinkJsonl {
                 "names a folder, not a file",
                 Some("e.g. path = \"videos.jsonl\"".into()),
             ));
+        } else {
+            check_output_path(&p.path, "path = \"videos.jsonl\"", &mut issues);
         }
         issues
     }
@@ -193,5 +211,24 @@ impl TypedOperator for SinkJsonl {
             }
         });
         Ok(Outputs::default())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn sink_paths_stay_inside_the_outputs_folder() {
+        for bad in ["../catalog.sqlite", "/etc/passwd", "views/../../graph.toml", "/"] {
+            let mut v = Vec::new();
+            check_output_path(bad, "path = \"x.jsonl\"", &mut v);
+            assert_eq!(v.len(), 1, "{bad}");
+        }
+        for good in ["videos.jsonl", "views/kept.jsonl", "./a.jsonl", "dataset"] {
+            let mut v = Vec::new();
+            check_output_path(good, "path = \"x.jsonl\"", &mut v);
+            assert!(v.is_empty(), "{good}");
+        }
     }
 }

@@ -589,6 +589,7 @@ impl TypedOperator for SinkReport {
         if !(32..=1024).contains(&p.thumbnail_width) {
             v.push(ParamIssue::error("thumbnail_width", "between 32 and 1024 pixels", None));
         }
+        super::jsonl::check_output_path(&p.path, "path = \"report\"", &mut v);
         v
     }
 

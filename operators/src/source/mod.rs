@@ -73,6 +73,14 @@ pub fn stat(path: &Path) -> std::io::Result<(u64, u128)> {
 
 /// Content hash of a file (blake3, hex), streaming, checking the per-item deadline.
 pub fn hash_file(path: &Path, ctx: &ItemCtx) -> Result<String, ItemError> {
+    // Opening a fifo blocks and a device (/dev/zero) never ends: only regular files are hashed.
+    let md = std::fs::metadata(path).map_err(|e| io_error(path, e))?;
+    if !md.is_file() {
+        return Err(ItemError::invalid(format!(
+            "{} is not a regular file (a folder, device or pipe): list video files",
+            path.display()
+        )));
+    }
     let mut f = std::fs::File::open(path).map_err(|e| io_error(path, e))?;
     let mut h = blake3::Hasher::new();
     let mut buf = vec![0u8; 1 << 20];

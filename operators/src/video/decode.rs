@@ -1353,8 +1353,8 @@ impl TypedOperator for VideoDecode {
         if p.start_s.is_some_and(|s| s < 0.0 || !s.is_finite()) {
             v.push(ParamIssue::error("start_s", "must be a number ≥ 0", None));
         }
-        if p.threads == 0 {
-            v.push(ParamIssue::error("threads", "must be at least 1", None));
+        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
+            v.push(ParamIssue::error("threads", "must be between 1 and 256", None));
         }
         v
     }

@@ -197,6 +197,28 @@ impl WanDitConfig {
 
     /// Checks every field; errors name the offending key.
     pub fn validate(&self) -> Result<()> {
+        use crate::nets::{MAX_LAYERS, MAX_WIDTH, check_bounds};
+        let [pt, ph, pw] = self.patch_size;
+        check_bounds(
+            "wan_dit",
+            &[
+                ("num_attention_heads", self.num_attention_heads, MAX_WIDTH),
+                ("attention_head_dim", self.attention_head_dim, MAX_WIDTH),
+                ("in_channels", self.in_channels, MAX_WIDTH),
+                ("out_channels", self.out_channels.unwrap_or(0), MAX_WIDTH),
+                ("text_dim", self.text_dim, MAX_WIDTH),
+                ("freq_dim", self.freq_dim, MAX_WIDTH),
+                ("ffn_dim", self.ffn_dim, MAX_WIDTH),
+                ("num_layers", self.num_layers, MAX_LAYERS),
+                ("patch_size", pt.max(ph).max(pw), 64),
+                ("rope_max_seq_len", self.rope_max_seq_len, MAX_WIDTH),
+                (
+                    "num_attention_heads × attention_head_dim",
+                    self.num_attention_heads.saturating_mul(self.attention_head_dim),
+                    MAX_WIDTH,
+                ),
+            ],
+        )?;
         if self.image_dim.is_some() {
             return Err(cfg_err("`image_dim` is set: image-to-video (i2v) Wan models are not supported"));
         }

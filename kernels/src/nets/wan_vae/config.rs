@@ -149,6 +149,20 @@ impl WanVaeConfig {
     /// Checks that the config describes a Wan2.1-style VAE this crate can build; the error says
     /// which field to change.
     pub fn validate(&self) -> Result<()> {
+        use crate::nets::{MAX_WIDTH, check_bounds};
+        check_bounds(
+            "wan_vae",
+            &[
+                ("base_dim", self.base_dim, MAX_WIDTH),
+                ("decoder_base_dim", self.decoder_base_dim.unwrap_or(0), MAX_WIDTH),
+                ("z_dim", self.z_dim, MAX_WIDTH),
+                ("in_channels", self.in_channels, MAX_WIDTH),
+                ("out_channels", self.out_channels, MAX_WIDTH),
+                ("num_res_blocks", self.num_res_blocks, 64),
+                ("dim_mult (levels)", self.dim_mult.len(), 16),
+                ("dim_mult (largest multiplier)", self.dim_mult.iter().copied().max().unwrap_or(0), 1024),
+            ],
+        )?;
         if self.base_dim == 0 || self.z_dim == 0 || self.in_channels == 0 || self.out_channels == 0 {
             return Err(bad(format!(
                 "base_dim ({}), z_dim ({}), in_channels ({}) and out_channels ({}) must all be ≥ 1",
