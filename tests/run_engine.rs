@@ -338,3 +338,20 @@ fn explain_counts_what_is_cached() {
     let view = read_view(&store, "videos.jsonl");
     assert_eq!(view.lines().count(), 12, "explain must not write outputs");
 }
+
+/// A view that cannot be written (its path is a folder) fails the run with exit code 1 and names
+/// the node; the other view is still written.
+#[test]
+fn an_output_that_cannot_be_written_fails_the_run() {
+    let (dir, graph) = fixture(3, "");
+    let store = dir.path().join("store");
+    std::fs::create_dir_all(store.join("outputs/videos.jsonl")).unwrap();
+    let out = medgen().args(["run", "-q", "--store"]).arg(&store).arg(&graph).output().unwrap();
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert_eq!(out.status.code(), Some(1), "{stderr}");
+    assert!(stderr.contains("output write(s) failed (view)"), "{stderr}");
+    assert!(store.join("outputs/failures.jsonl").is_file());
+    std::fs::remove_dir(store.join("outputs/videos.jsonl")).unwrap();
+    run_ok(medgen().args(["run", "-q", "--store"]).arg(&store).arg(&graph));
+    assert_eq!(read_view(&store, "videos.jsonl").lines().count(), 3);
+}

@@ -146,6 +146,16 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
             if !a.quiet {
                 report(&summary, &dir);
             }
+            let unwritten: u64 = summary.nodes.iter().map(|n| n.write_errors).sum();
+            if unwritten > 0 {
+                let nodes: Vec<&str> =
+                    summary.nodes.iter().filter(|n| n.write_errors > 0).map(|n| n.node.as_str()).collect();
+                eprintln!(
+                    "error: {unwritten} output write(s) failed ({}): see the errors above; what was written before is intact",
+                    nodes.join(", ")
+                );
+                return Ok(1);
+            }
             Ok(0)
         }
         Err(e) => {

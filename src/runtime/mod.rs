@@ -64,6 +64,8 @@ pub struct NodeSummary {
     pub retracted: u64,
     /// Net records its `rejected` port holds at the end (`None`: the operator has no such port).
     pub rejected: Option<u64>,
+    /// Outputs (views, datasets, reports) it could not write.
+    pub write_errors: u64,
     pub memo_hits: u64,
     pub memo_misses: u64,
     pub busy_s: f64,
@@ -179,6 +181,7 @@ pub fn run(
                     .out_kinds
                     .contains_key("rejected")
                     .then(|| s.rejected.load(Ordering::Relaxed).max(0) as u64),
+                write_errors: NodeStats::get(&s.write_errors),
                 memo_hits: NodeStats::get(&s.memo_hits),
                 memo_misses: NodeStats::get(&s.memo_misses),
                 busy_s: NodeStats::get(&s.busy_ns) as f64 / 1e9,

@@ -106,6 +106,8 @@ pub struct NodeStats {
     pub memo_hits: std::sync::atomic::AtomicU64,
     pub memo_misses: std::sync::atomic::AtomicU64,
     pub retracted: std::sync::atomic::AtomicU64,
+    /// Outputs a sink could not write (a view, the dataset, the report): the run exits non-zero.
+    pub write_errors: std::sync::atomic::AtomicU64,
     /// Net records on the node's `rejected` port (filters): additions minus retractions.
     pub rejected: std::sync::atomic::AtomicI64,
     /// Items queued or running off the worker threads.

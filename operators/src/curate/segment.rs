@@ -827,6 +827,13 @@ impl TypedOperator for CurateSegment {
                 format!("must be at least min_seconds ({})", p.min_seconds),
                 Some("max_seconds = 10.0".into()),
             ));
+        } else if p.sample_fps > 0.0 && p.max_seconds * p.sample_fps < 1.0 {
+            // Spans are made of sample intervals: a shorter clip cuts a video into countless pieces.
+            v.push(ParamIssue::error(
+                "max_seconds",
+                format!("must span at least one sample interval (1 / sample_fps = {} s)", 1.0 / p.sample_fps),
+                Some("max_seconds = 10.0".into()),
+            ));
         }
         if p.min_height > 8192 {
             v.push(ParamIssue::error("min_height", "must be at most 8192 pixels", Some("min_height = 480".into())));

@@ -105,6 +105,12 @@ impl LoadedModel {
     }
 }
 
+/// Longest video sampled (frames): far beyond what fits any device, short of exhausting the host
+/// on a typo.
+pub const MAX_FRAMES: usize = 4097;
+/// Longest side sampled, pixels.
+pub const MAX_SIDE: u32 = 8192;
+
 /// Generates a video `[3, T, H, W]` in `[-1, 1]` for `prompt`; `progress(step, steps)` is called
 /// after every sampler step and stops the sampling by returning false (a run shutting down).
 pub fn generate(
@@ -116,8 +122,14 @@ pub fn generate(
     let frames = s.frames.unwrap_or(m.meta.video.frames);
     let width = s.width.unwrap_or(m.meta.video.width);
     let height = s.height.unwrap_or(m.meta.video.height);
-    if frames == 0 || !(frames - 1).is_multiple_of(4) {
-        return Err(format!("frames must be 1 + 4k, got {frames}").into());
+    if frames == 0 || !(frames - 1).is_multiple_of(4) || frames > MAX_FRAMES {
+        return Err(format!("frames must be 1 + 4k, at most {MAX_FRAMES}, got {frames}").into());
+    }
+    if width > MAX_SIDE || height > MAX_SIDE {
+        return Err(format!("{width}×{height}: each side at most {MAX_SIDE} pixels").into());
+    }
+    if !s.guidance.is_finite() || !s.shift.is_finite() || s.shift <= 0.0 {
+        return Err(format!("guidance ({}) must be a number and shift ({}) a positive one", s.guidance, s.shift).into());
     }
     let [_, ph, pw] = m.dit.config().patch_size;
     if width == 0

@@ -461,6 +461,7 @@ impl TypedOperator for SinkDataset {
                 }
                 Err(e) => {
                     NodeStats::add(&stats.failed, 1);
+                    NodeStats::add(&stats.write_errors, 1);
                     tracing::error!(node = %node, dir = %ds.dir.display(), "cannot write the dataset: {e}; check free space and permissions");
                 }
             }

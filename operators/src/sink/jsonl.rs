@@ -206,6 +206,7 @@ impl TypedOperator for SinkJsonl {
                 }
                 Err(e) => {
                     NodeStats::add(&stats.failed, 1);
+                    NodeStats::add(&stats.write_errors, 1);
                     tracing::error!(node = %node, path = %view.path.display(), "cannot write the view: {e}; check the folder's permissions and free space");
                 }
             }

@@ -616,6 +616,7 @@ impl TypedOperator for SinkReport {
             let p = p.clone();
             let node = node.clone();
             let thumb_services = ctx.services.clone();
+            let write_stats = ctx.stats.clone();
             std::thread::Builder::new()
                 .name(format!("medgen-report-{node}"))
                 .spawn(move || {
@@ -646,7 +647,10 @@ impl TypedOperator for SinkReport {
                                     &format!("report -> {}", dir.join("index.html").display()),
                                 );
                             }
-                            Err(e) => tracing::error!(node = %node, "cannot write the report: {e}"),
+                            Err(e) => {
+                                NodeStats::add(&write_stats.write_errors, 1);
+                                tracing::error!(node = %node, "cannot write the report: {e}; check free space and permissions")
+                            }
                         }
                     }
                 })

@@ -122,6 +122,26 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DTy
     if meta.format != FORMAT || meta.version != 1 {
         return Err(format!("{}: format {:?} v{} is not {FORMAT} v1", meta_path.display(), meta.format, meta.version));
     }
+    let v = meta.video;
+    if !(v.fps.is_finite() && v.fps > 0.0 && v.fps <= 240.0)
+        || v.width == 0
+        || v.height == 0
+        || v.width > crate::sample::MAX_SIDE
+        || v.height > crate::sample::MAX_SIDE
+        || v.frames == 0
+        || v.frames > crate::sample::MAX_FRAMES
+    {
+        return Err(format!(
+            "{}: video geometry {}×{}, {} frames at {} fps is out of range (sides 1–{}, frames 1–{}, fps in (0, 240])",
+            meta_path.display(),
+            v.width,
+            v.height,
+            v.frames,
+            v.fps,
+            crate::sample::MAX_SIDE,
+            crate::sample::MAX_FRAMES
+        ));
+    }
     let cfg_path = need(CONFIG_FILE)?;
     let cfg = WanDitConfig::from_file(&cfg_path).map_err(|e| format!("{}: {e}", cfg_path.display()))?;
     let w = need(WEIGHTS_FILE)?;
