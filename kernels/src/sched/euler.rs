@@ -24,19 +24,7 @@ impl FlowEuler {
     /// A schedule of `steps` steps for a model trained on `train_timesteps` (1000) timesteps with
     /// timestep shift `shift` (3 for 480p, 5 for 720p).
     pub fn new(train_timesteps: usize, shift: f64, steps: usize) -> Result<FlowEuler> {
-        if steps == 0 || train_timesteps < 2 || steps > super::MAX_STEPS || train_timesteps > super::MAX_STEPS {
-            return Err(Error::arg(
-                "FlowEuler",
-                format!(
-                    "steps ({steps}) and train_timesteps ({train_timesteps}) must be 1..={} and 2..={}",
-                    super::MAX_STEPS,
-                    super::MAX_STEPS
-                ),
-            ));
-        }
-        if !(shift.is_finite() && shift > 0.0) {
-            return Err(Error::arg("FlowEuler", format!("shift must be positive, got {shift}")));
-        }
+        super::check_schedule("FlowEuler", train_timesteps, shift, steps)?;
         let t = train_timesteps as f64;
         let by = shift as f32;
         let sigma_max = shift_f32(1.0, by) as f64;

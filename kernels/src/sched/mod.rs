@@ -22,6 +22,22 @@ use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare, compare_slice
 /// enough that a typo (10^12) is refused instead of exhausting memory.
 pub const MAX_STEPS: usize = 1_000_000;
 
+/// Checks a schedule's sizes and shift (`op` names the sampler in the error).
+pub(crate) fn check_schedule(op: &'static str, train_timesteps: usize, shift: f64, steps: usize) -> Result<()> {
+    if steps == 0 || train_timesteps < 2 || steps > MAX_STEPS || train_timesteps > MAX_STEPS {
+        return Err(Error::arg(
+            op,
+            format!(
+                "steps ({steps}) and train_timesteps ({train_timesteps}) must be 1..={MAX_STEPS} and 2..={MAX_STEPS}"
+            ),
+        ));
+    }
+    if !(shift.is_finite() && shift > 0.0) {
+        return Err(Error::arg(op, format!("shift must be positive, got {shift}")));
+    }
+    Ok(())
+}
+
 /// The timestep shift `S·s / (1 + (S−1)·s)`.
 pub fn shift(s: f64, by: f64) -> f64 {
     by * s / (1.0 + (by - 1.0) * s)

@@ -65,21 +65,9 @@ impl FlowUniPc {
     /// A schedule of `steps` steps with the reference's `options`.
     pub fn with_options(train_timesteps: usize, by: f64, steps: usize, options: &UniPcOptions) -> Result<FlowUniPc> {
         let order = options.order;
-        if steps == 0 || train_timesteps < 2 || steps > super::MAX_STEPS || train_timesteps > super::MAX_STEPS {
-            return Err(Error::arg(
-                "FlowUniPc",
-                format!(
-                    "steps ({steps}) and train_timesteps ({train_timesteps}) must be 1..={} and 2..={}",
-                    super::MAX_STEPS,
-                    super::MAX_STEPS
-                ),
-            ));
-        }
+        super::check_schedule("FlowUniPc", train_timesteps, by, steps)?;
         if !(1..=3).contains(&order) {
             return Err(Error::arg("FlowUniPc", format!("solver order {order} is not supported (1, 2 or 3)")));
-        }
-        if !(by.is_finite() && by > 0.0) {
-            return Err(Error::arg("FlowUniPc", format!("shift must be positive, got {by}")));
         }
         let t = train_timesteps as f64;
         let lo = 1.0 / t;

@@ -498,6 +498,16 @@ mod tests {
         }
     }
 
+    fn dataset(dir: &Path, blobs: &Path) -> Dataset {
+        let blobs = blobs.to_path_buf();
+        Dataset {
+            dir: dir.to_path_buf(),
+            rows: BTreeMap::new(),
+            blob_path: Box::new(move |k| blobs.join(k)),
+            placed: BTreeMap::new(),
+        }
+    }
+
     /// The folder follows the collection, but only files the sink wrote ever leave it: a video the
     /// user keeps in `<dataset>/clips` survives every rewrite (it was deleted once).
     #[test]
@@ -512,13 +522,7 @@ mod tests {
         std::fs::create_dir_all(ds_dir.join("clips")).unwrap();
         let theirs = ds_dir.join("clips/patient_video.mp4");
         std::fs::write(&theirs, b"not ours").unwrap();
-        let b2 = blobs.clone();
-        let mut ds = Dataset {
-            dir: ds_dir.clone(),
-            rows: BTreeMap::new(),
-            blob_path: Box::new(move |k| b2.join(k)),
-            placed: BTreeMap::new(),
-        };
+        let mut ds = dataset(&ds_dir, &blobs);
         ds.rows.insert((clip("c1", "b1"), None), 1);
         ds.rows.insert((clip("c2", "b2"), None), 1);
         assert_eq!(ds.write().unwrap(), 2);
@@ -529,13 +533,7 @@ mod tests {
         assert!(!ds_dir.join("clips/c2.mp4").exists());
         assert!(ds_dir.join("clips/c1.mp4").exists() && theirs.exists());
         // A later process (no memory of what it placed) prunes from the ledger alone.
-        let b3 = blobs.clone();
-        let mut again = Dataset {
-            dir: ds_dir.clone(),
-            rows: BTreeMap::new(),
-            blob_path: Box::new(move |k| b3.join(k)),
-            placed: BTreeMap::new(),
-        };
+        let mut again = dataset(&ds_dir, &blobs);
         assert_eq!(again.write().unwrap(), 0);
         assert!(!ds_dir.join("clips/c1.mp4").exists());
         assert_eq!(std::fs::read(&theirs).unwrap(), b"not ours");
