@@ -1,7 +1,7 @@
 //! Turning a validated [`Plan`] into one timely dataflow on a worker.
 
 use crate::graph::Plan;
-use medgen_operators::api::{BuildCtx, Coll, Inputs, NodeStats, RunSettings, Scope, Services};
+use medgen_operators::api::{BuildCtx, Coll, Inputs, NodeStats, REJECTED_PORT, RunSettings, Scope, Services};
 use medgen_operators::registry::Registry;
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -17,9 +17,6 @@ pub struct BuildShared {
     pub base_epoch: u64,
     pub shutdown: Arc<AtomicBool>,
 }
-
-/// The port filters send what they drop to (`curate.*`, `eval.gate`).
-const REJECTED: &str = "rejected";
 
 /// Build every node of the plan, in topological order, inside `scope`.
 pub fn build(scope: Scope<'_>, shared: &BuildShared) -> Result<(), String> {
@@ -56,7 +53,7 @@ pub fn build(scope: Scope<'_>, shared: &BuildShared) -> Result<(), String> {
         let outputs = op.build(&mut ctx, &node.params, Inputs { ports, sources }).map_err(|e| e.to_string())?;
         for (port, coll) in outputs.ports {
             // A filter's rejections, net of retractions, for the run summary.
-            let coll = if port == REJECTED {
+            let coll = if port == REJECTED_PORT {
                 let c = counters.clone();
                 coll.inspect(move |(_, _, r)| {
                     c.rejected.fetch_add(*r as i64, std::sync::atomic::Ordering::Relaxed);

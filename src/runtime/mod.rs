@@ -5,7 +5,7 @@ pub mod dataflow;
 pub mod progress;
 
 use crate::graph::Plan;
-use medgen_operators::api::{NodeStats, RunSettings, Services};
+use medgen_operators::api::{NodeStats, REJECTED_PORT, RunSettings, Services};
 use medgen_operators::registry::Registry;
 use serde::Serialize;
 use std::collections::BTreeMap;
@@ -179,7 +179,7 @@ pub fn run(
                 retracted: NodeStats::get(&s.retracted),
                 rejected: n
                     .out_kinds
-                    .contains_key("rejected")
+                    .contains_key(REJECTED_PORT)
                     .then(|| s.rejected.load(Ordering::Relaxed).max(0) as u64),
                 write_errors: NodeStats::get(&s.write_errors),
                 memo_hits: NodeStats::get(&s.memo_hits),

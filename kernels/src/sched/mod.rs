@@ -157,8 +157,8 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
 
 /// Scheduler options that change the schedule or the step and that these samplers do not
 /// implement (none is part of the Wan pipelines' configuration): refused by name rather than
-/// verified against a schedule they would not produce. Each entry is the config key and whether
-/// its value is the (harmless) default.
+/// verified against a schedule they would not produce. Each entry is a config key and its
+/// default, the one harmless value besides `null`.
 fn refuse_unsupported(fx: &Fixture) -> Result<()> {
     use serde_json::Value;
     // (key, its default); `null` is the default too.

@@ -34,6 +34,17 @@ use timely::dataflow::operators::generic::operator::Operator;
 /// Most threads one node's pool runs.
 pub const MAX_POOL_THREADS: usize = 256;
 
+/// Issues for an operator's `threads` param (its pool's size).
+pub fn check_threads(threads: usize, issues: &mut Vec<crate::api::ParamIssue>) {
+    if threads == 0 || threads > MAX_POOL_THREADS {
+        issues.push(crate::api::ParamIssue::error(
+            "threads",
+            format!("must be between 1 and {MAX_POOL_THREADS}"),
+            Some("threads = 1".into()),
+        ));
+    }
+}
+
 /// A per-item error: its class decides whether it is retried.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ItemError {

@@ -18,6 +18,9 @@ pub type Scope<'s> = timely::dataflow::Scope<'s, u64>;
 pub const FAILURES_PORT: &str = "failures";
 /// Name of the default output port.
 pub const OUT_PORT: &str = "out";
+/// Name of the output port carrying what a filter dropped (`curate.*`, `eval.gate`); the run
+/// summary counts it.
+pub const REJECTED_PORT: &str = "rejected";
 
 /// An input port.
 #[derive(Clone, Debug)]

@@ -71,8 +71,8 @@ use differential_dataflow::VecCollection;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 
-/// Name of the output port carrying what a filter dropped.
-pub const REJECTED_PORT: &str = "rejected";
+pub use crate::api::REJECTED_PORT;
+pub use crate::api::pool::check_threads;
 /// Label naming the node that dropped a record.
 pub const REJECTED_BY: &str = "rejected_by";
 /// Label saying why a record was dropped.
@@ -316,17 +316,6 @@ pub fn take_input<'s>(ctx: &BuildCtx<'s>, inputs: &mut Inputs<'s>) -> Result<Col
     inputs
         .take(ctx.scope, "in")
         .ok_or_else(|| BuildError::Invalid { node: ctx.node.clone(), message: "input `in` is not connected".into() })
-}
-
-/// Issues for a `threads` param.
-pub fn check_threads(threads: usize, issues: &mut Vec<ParamIssue>) {
-    if threads == 0 || threads > crate::api::pool::MAX_POOL_THREADS {
-        issues.push(ParamIssue::error(
-            "threads",
-            format!("must be between 1 and {}", crate::api::pool::MAX_POOL_THREADS),
-            Some("threads = 1".into()),
-        ));
-    }
 }
 
 /// Issue unless `v` is a finite number in `[lo, hi]`.

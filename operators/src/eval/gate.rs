@@ -21,7 +21,7 @@ pub struct EvalGate;
 /// Port of accepted checkpoints.
 pub const ACCEPTED_PORT: &str = "accepted";
 /// Port of rejected checkpoints.
-pub const REJECTED_PORT: &str = "rejected";
+pub use crate::api::REJECTED_PORT;
 
 fn d_rule() -> String {
     "drop.total <= 0.5".into()

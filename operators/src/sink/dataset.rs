@@ -206,20 +206,19 @@ impl Dataset {
         let mut owned: BTreeSet<String> = std::fs::read_to_string(&ledger)
             .map(|t| t.lines().map(str::to_string).filter(|l| !l.is_empty()).collect())
             .unwrap_or_default();
+        let wanted: BTreeSet<String> = self
+            .rows
+            .iter()
+            .filter(|((s, _), n)| **n > 0 && s.clip.blob.is_some())
+            .map(|((s, _), _)| format!("{}.mp4", s.clip.clip_id))
+            .collect();
         // Owned before they are written: a crash in between cannot orphan a file.
-        let before = owned.len();
-        owned.extend(
-            self.rows
-                .iter()
-                .filter(|((s, _), n)| **n > 0 && s.clip.blob.is_some())
-                .map(|((s, _), _)| format!("{}.mp4", s.clip.clip_id)),
-        );
-        if owned.len() != before {
+        if !wanted.is_subset(&owned) {
+            owned.extend(wanted.iter().cloned());
             write_ledger(&ledger, &owned)?;
         }
         let mut json_rows = Vec::new();
         let mut fastvideo = Vec::new();
-        let mut wanted = BTreeSet::new();
         for ((s, cap), n) in &self.rows {
             if *n <= 0 {
                 continue;
@@ -252,7 +251,6 @@ impl Dataset {
                 "cap": [cap.as_ref().map(|c| c.detailed.as_str()).unwrap_or("")],
             }));
             json_rows.push(row);
-            wanted.insert(name);
         }
         let mut jsonl = Vec::new();
         for r in &json_rows {
@@ -271,8 +269,9 @@ impl Dataset {
                 _ => {}
             }
         }
-        owned.retain(|n| wanted.contains(n));
-        write_ledger(&ledger, &owned)?;
+        if owned != wanted {
+            write_ledger(&ledger, &wanted)?;
+        }
         Ok(json_rows.len())
     }
 }
@@ -319,9 +318,7 @@ impl TypedOperator for SinkDataset {
         if p.fps.is_some_and(|f| !(f > 0.0 && f <= 240.0)) {
             v.push(ParamIssue::error("fps", "must be in (0, 240]", None));
         }
-        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
-            v.push(ParamIssue::error("threads", "must be between 1 and 256", None));
-        }
+        crate::api::pool::check_threads(p.threads, &mut v);
         if p.path.trim().is_empty() {
             v.push(ParamIssue::error("path", "empty dataset folder", Some("e.g. path = \"dataset\"".into())));
         } else {

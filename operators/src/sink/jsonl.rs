@@ -62,7 +62,7 @@ impl View {
     }
 }
 
-/// Resolve a sink path: absolute as given, relative inside the outputs folder.
+/// Resolve a sink path inside the outputs folder ([`check_output_path`] keeps it there).
 pub fn output_path(outputs: &Path, p: &str) -> PathBuf {
     outputs.join(Path::new(p))
 }

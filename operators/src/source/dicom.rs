@@ -692,9 +692,7 @@ impl TypedOperator for SourceDicom {
         if !(p.settle_seconds >= 0.0 && p.settle_seconds.is_finite()) {
             issues.push(ParamIssue::error("settle_seconds", "must be zero or a positive number of seconds", None));
         }
-        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
-            issues.push(ParamIssue::error("threads", "must be between 1 and 256", None));
-        }
+        crate::api::pool::check_threads(p.threads, &mut issues);
         issues
     }
 

@@ -269,9 +269,7 @@ impl TypedOperator for SourceManifest {
         if !(p.poll_seconds > 0.0 && p.poll_seconds.is_finite()) {
             issues.push(ParamIssue::error("poll_seconds", "must be a positive number of seconds", None));
         }
-        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
-            issues.push(ParamIssue::error("threads", "must be between 1 and 256", None));
-        }
+        crate::api::pool::check_threads(p.threads, &mut issues);
         issues
     }
 

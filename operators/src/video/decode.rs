@@ -1353,9 +1353,7 @@ impl TypedOperator for VideoDecode {
         if p.start_s.is_some_and(|s| s < 0.0 || !s.is_finite()) {
             v.push(ParamIssue::error("start_s", "must be a number ≥ 0", None));
         }
-        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
-            v.push(ParamIssue::error("threads", "must be between 1 and 256", None));
-        }
+        crate::api::pool::check_threads(p.threads, &mut v);
         v
     }
 

@@ -634,9 +634,7 @@ impl TypedOperator for VideoEncode {
         if !(p.keyint_s > 0.0 && p.keyint_s.is_finite()) {
             v.push(ParamIssue::error("keyint_s", "must be a positive number of seconds", None));
         }
-        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
-            v.push(ParamIssue::error("threads", "must be between 1 and 256", None));
-        }
+        crate::api::pool::check_threads(p.threads, &mut v);
         v
     }
 

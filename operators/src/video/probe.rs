@@ -197,9 +197,9 @@ fn from_discoverer(
     })
 }
 
-/// The video's duration: the container's, unless counting the frames found it missing or less than
-/// half of it (files written while recording: live WebM/Matroska declare the first fraction of a
-/// second, MPEG-TS nothing); then where the last frame ends. A declared duration longer than the
+/// The video's duration: the container's, unless counting the frames found it missing or more than
+/// 10 % (+0.1 s) short of the frames' span (files written while recording: live WebM/Matroska
+/// declare the first fraction of a second, MPEG-TS nothing); then where the last frame ends. A declared duration longer than the
 /// frames (an audio track that runs on) stays.
 fn stream_duration(declared: Option<f64>, counted: Option<&FrameCount>, fps: Option<f64>) -> Option<f64> {
     let Some(c) = counted else { return declared };
@@ -581,9 +581,7 @@ impl TypedOperator for VideoProbe {
                 Some("e.g. timeout_s = 30".into()),
             ));
         }
-        if p.threads == 0 || p.threads > crate::api::pool::MAX_POOL_THREADS {
-            v.push(ParamIssue::error("threads", "must be between 1 and 256", None));
-        }
+        crate::api::pool::check_threads(p.threads, &mut v);
         if p.max_pixels == 0 || p.max_side == 0 {
             v.push(ParamIssue::error("max_pixels", "limits must be positive", None));
         }

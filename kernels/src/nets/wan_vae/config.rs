@@ -26,6 +26,12 @@ pub const WAN21_LATENTS_STD: [f64; 16] = [
 /// Frames the encoder takes per step after the first (the reference's `_encode` loop).
 pub const CHUNK_FRAMES: usize = 4;
 
+/// The frames of a `frames`-frame video the reference encodes: the first, then whole chunks of
+/// [`CHUNK_FRAMES`] (a remainder is dropped; at least 1).
+pub(crate) fn whole_chunk_frames(frames: usize) -> usize {
+    1 + frames.saturating_sub(1) / CHUNK_FRAMES * CHUNK_FRAMES
+}
+
 /// Configuration of the Wan2.1 VAE, spelled like diffusers' `AutoencoderKLWan` kwargs (and its
 /// `config.json`); absent fields take diffusers' defaults, which are the Wan2.1 values. Unknown
 /// fields (`_class_name`, `_diffusers_version`, …) are ignored.
