@@ -342,3 +342,80 @@ fn recordings_without_a_declared_duration_decode_over_their_whole_length() {
         }
     }
 }
+
+/// `f` (stored, packed) turned clockwise by `deg`, spelled independently of the decoder: where
+/// each stored pixel lands.
+fn turned(f: &Frame, deg: i32) -> (u32, u32, Vec<u8>) {
+    let (w, h) = (f.width as usize, f.height as usize);
+    let c = f.data().len() / (w * h);
+    let (ow, oh) = if deg % 180 == 0 { (w, h) } else { (h, w) };
+    let mut out = vec![0u8; ow * oh * c];
+    for y in 0..h {
+        for x in 0..w {
+            let (tx, ty) = match deg {
+                90 => (h - 1 - y, x),
+                180 => (w - 1 - x, h - 1 - y),
+                270 => (y, w - 1 - x),
+                _ => (x, y),
+            };
+            out[(ty * ow + tx) * c..][..c].copy_from_slice(&f.data()[(y * w + x) * c..][..c]);
+        }
+    }
+    (ow as u32, oh as u32, out)
+}
+
+/// Phones store a portrait recording landscape, with a display matrix that turns it. The probe
+/// reports the turn and the aspect as shown; RGB and gray frames come out turned, with sizes and
+/// crops taken from the picture as shown; YUV planes stay as stored; a cut clip is upright.
+#[test]
+fn turned_recordings_decode_as_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let base = dir.path().join("base.mp4");
+    let src = synth::TestSrc {
+        width: 96,
+        height: 64,
+        fps: 30,
+        frames: 3,
+        keyint: 1,
+        preset: "ultrafast".into(),
+        pattern: synth::TestPattern::MovingBars,
+    };
+    synth::testsrc_video(&base, &src).unwrap();
+    let first = |path: &Path, size: Size, format: PixelFormat| -> Frame {
+        let spec = DecodeSpec::all().with_range(TimeRange::new(0.0, 0.02)).with_size(size).with_format(format);
+        decode_all(path, &spec).unwrap_or_else(|e| panic!("{}: {e}", path.display())).remove(0)
+    };
+    let stored = first(&base, Size::Native, PixelFormat::Rgb);
+    let stored_half = first(&base, Size::Exact { width: 48, height: 32 }, PixelFormat::Rgb);
+    let stored_gray = first(&base, Size::Native, PixelFormat::Gray);
+    for (deg, path) in synth::turned_copies(&base, dir.path(), &[90, 180, 270]).unwrap() {
+        let info = probe(&path, &ProbeOptions::default()).unwrap();
+        assert_eq!(info.rotation_deg, Some(deg));
+        assert_eq!((info.width, info.height), (Some(96), Some(64)), "stored size");
+        assert_eq!(info.display_aspect, Some(if deg == 180 { (3, 2) } else { (2, 3) }), "{deg}°");
+
+        let check = |got: &Frame, want: (u32, u32, Vec<u8>), what: &str| {
+            assert_eq!((got.width, got.height), (want.0, want.1), "{deg}° {what}: size");
+            assert!(got.data() == want.2.as_slice(), "{deg}° {what}: pixels differ from the stored frame turned");
+        };
+        check(&first(&path, Size::Native, PixelFormat::Rgb), turned(&stored, deg), "native RGB");
+        check(&first(&path, Size::Native, PixelFormat::Gray), turned(&stored_gray, deg), "native gray");
+        // Scaled to half, as shown: the same scaling of the stored frames, then turned.
+        let (sw, sh, _) = turned(&stored_half, deg);
+        check(&first(&path, Size::Fit { width: sw, height: sh }, PixelFormat::Rgb), turned(&stored_half, deg), "fit");
+        // A centred 32 × 32 square of the half-size picture as shown.
+        let (x0, y0) = ((sw - 32) as usize / 2, (sh - 32) as usize / 2);
+        let half = turned(&stored_half, deg).2;
+        let square: Vec<u8> =
+            (y0..y0 + 32).flat_map(|y| half[(y * sw as usize + x0) * 3..][..32 * 3].to_vec()).collect();
+        check(&first(&path, Size::Fill { width: 32, height: 32 }, PixelFormat::Rgb), (32, 32, square), "fill");
+        let yuv = first(&path, Size::Native, PixelFormat::Yuv);
+        assert_eq!((yuv.width, yuv.height), (96, 64), "{deg}°: YUV planes as stored");
+
+        let out = dir.path().join(format!("cut_{deg}.mp4"));
+        let summary = cut(&path, &out, &CutSpec { range: TimeRange::new(0.0, 0.1), ..Default::default() }).unwrap();
+        let shown = if deg == 180 { (96, 64) } else { (64, 96) };
+        assert_eq!((summary.encode.width, summary.encode.height), shown, "{deg}°: the clip is cut upright");
+        assert_eq!(probe(&out, &ProbeOptions::default()).unwrap().rotation_deg, None);
+    }
+}

@@ -107,7 +107,7 @@ pub struct ProbeInfo {
     pub audio_codec: Option<String>,
     pub width: Option<u32>,
     pub height: Option<u32>,
-    /// Display aspect ratio as (num, den).
+    /// Display aspect ratio as (num, den), as shown (after `rotation_deg`).
     pub display_aspect: Option<(u32, u32)>,
     /// Frame rate as (num, den); (0, 1) for variable frame rate streams.
     pub fps: Option<(u32, u32)>,
@@ -117,6 +117,8 @@ pub struct ProbeInfo {
     pub frame_count: Option<u64>,
     /// True when `frame_count` is exact, false when estimated from duration × fps.
     pub frame_count_exact: bool,
+    /// Clockwise turn the container asks for to show the stored frames (0, 90, 180, 270; a
+    /// phone's portrait recording: 90). Decoded RGB and gray frames come out turned.
     pub rotation_deg: Option<i32>,
     pub has_audio: bool,
 }

@@ -495,6 +495,7 @@ impl DicomFrames {
             width: w,
             height: h,
             par: (1, 1),
+            orientation: Default::default(),
             fps: fps_frac,
             duration_s: Some(duration),
             out_width,

@@ -43,6 +43,7 @@ use super::ahead::{Ahead, FrameSource};
 use super::blob::{FramesHeader, FramesWriter};
 use super::convert::{Coeffs, Layout, Matrix, to_gray_into, to_rgb_into};
 use super::gst_util::{self, Pipeline, classify, clock, describe_caps, secs};
+use super::orient::{Orientation, orient_into};
 use super::pool::BufPool;
 use super::probe::SizeLimits;
 use super::{
@@ -259,6 +260,10 @@ struct State {
     /// The decoded stream's size, pixel aspect and frame rate.
     src: Option<SrcInfo>,
     geometry: Option<Geometry>,
+    /// The container's orientation, from the tags that reach the decoder's input.
+    tagged: Option<Orientation>,
+    /// How the frames are shown (upright for YUV output), decided when the stream is linked.
+    orientation: Orientation,
     codec: Option<String>,
 }
 
@@ -303,7 +308,9 @@ struct GstDecoder {
     sink: gst_app::AppSink,
     shared: Shared,
     info: StreamInfo,
+    /// Output size and crop, as shown (after `orientation`).
     geometry: Geometry,
+    orientation: Orientation,
     start: f64,
     end: Option<f64>,
     deadline: Option<Instant>,
@@ -409,6 +416,8 @@ impl GstDecoder {
             audio: None,
             src: None,
             geometry: None,
+            tagged: None,
+            orientation: Orientation::UPRIGHT,
             codec: None,
         }));
 
@@ -423,9 +432,9 @@ impl GstDecoder {
         if let Some(e) = lock(&shared).error.take() {
             return Err(e);
         }
-        let (src_info, geometry, codec) = {
+        let (src_info, geometry, orientation, codec) = {
             let st = lock(&shared);
-            (st.src, st.geometry, st.codec.clone())
+            (st.src, st.geometry, st.orientation, st.codec.clone())
         };
         let (Some(SrcInfo { width: w, height: h, par, fps }), Some(geometry)) = (src_info, geometry) else {
             return Err(if prerolled {
@@ -448,13 +457,14 @@ impl GstDecoder {
             return Err(past_the_end(path, start, d));
         }
         let (out_width, out_height) = geometry.out_size();
-        let info = StreamInfo { width: w, height: h, par, fps, duration_s, out_width, out_height, codec };
+        let info = StreamInfo { width: w, height: h, par, orientation, fps, duration_s, out_width, out_height, codec };
         let mut dec = GstDecoder {
             pipe,
             sink,
             shared,
             info,
             geometry,
+            orientation,
             start,
             end: spec.range.end_s,
             deadline: spec.deadline,
@@ -847,6 +857,11 @@ impl GstDecoder {
             }
             return Ok(frame);
         }
+        if !self.orientation.is_upright() {
+            return self
+                .convert_turned(&yuv, map.as_slice(), w, h, pts, dur)
+                .ok_or_else(|| internal("a frame smaller than its caps say"));
+        }
         // Full-range gray of a whole frame is the luma plane itself: hand it out without a copy.
         if self.format == PixelFormat::Gray
             && full_range
@@ -872,6 +887,36 @@ impl GstDecoder {
         };
         let pixels = pixels.ok_or_else(|| internal("a frame smaller than its caps say"))?;
         Ok(Frame::new(pts, dur, cw as u32, chh as u32, self.format, pixels).returning_to(&self.pool))
+    }
+
+    /// A stored `w × h` frame converted whole, then turned and cropped as shown.
+    fn convert_turned(
+        &self,
+        yuv: &YuvLayout,
+        data: &[u8],
+        w: u32,
+        h: u32,
+        pts: f64,
+        dur: Option<f64>,
+    ) -> Option<Frame> {
+        let planes = yuv.planes(data);
+        let (w, h) = (w as usize, h as usize);
+        let stored = match self.format {
+            PixelFormat::Rgb => {
+                to_rgb_into(&planes, &Coeffs::new(yuv.matrix, yuv.full_range), 0, 0, w, h, self.pool.take())
+            }
+            PixelFormat::Gray | PixelFormat::Yuv => to_gray_into(&planes, yuv.full_range, 0, 0, w, h, self.pool.take()),
+        }?;
+        let (sw, sh) = self.orientation.shown_size(w as u32, h as u32);
+        let crop = self.geometry.crop.map(|(x, y, cw, ch)| {
+            let (x, y) = (x.min(sw), y.min(sh));
+            (x as usize, y as usize, cw.min(sw - x) as usize, ch.min(sh - y) as usize)
+        });
+        let (ow, oh) = crop.map_or((sw as usize, sh as usize), |c| (c.2, c.3));
+        let mut out = self.pool.take();
+        orient_into(&stored, w, h, self.format.channels(), self.orientation, crop, &mut out);
+        self.pool.give(stored);
+        Some(Frame::new(pts, dur, ow as u32, oh as u32, self.format, out).returning_to(&self.pool))
     }
 
     fn stop(&mut self) {
@@ -903,6 +948,11 @@ fn is_container(caps: &gst::CapsRef) -> bool {
                     | "video/mpegts"
             )
     })
+}
+
+/// The orientation an `image-orientation` tag in `tags` names.
+fn tag_orientation(tags: &gst::TagListRef) -> Option<Orientation> {
+    tags.get::<gst::tags::ImageOrientation>().and_then(|v| Orientation::from_tag(v.get()))
 }
 
 /// Whether an element is a video decoder.
@@ -1002,10 +1052,20 @@ fn connect_decodebin(
             pad.add_probe(gst::PadProbeType::BUFFER | gst::PadProbeType::EVENT_DOWNSTREAM, move |_, info| {
                 let mut s = lock(&st2);
                 if let Some(ev) = info.event() {
-                    if let gst::EventView::Segment(seg) = ev.view()
-                        && let Ok(seg) = seg.segment().clone().downcast::<gst::ClockTime>()
-                    {
-                        s.kf_segment = Some(seg);
+                    match ev.view() {
+                        gst::EventView::Segment(seg) => {
+                            if let Ok(seg) = seg.segment().clone().downcast::<gst::ClockTime>() {
+                                s.kf_segment = Some(seg);
+                            }
+                        }
+                        // The demuxer's tags reach the decoder before its first frame, so before
+                        // the decoded stream is linked (and its size fixed).
+                        gst::EventView::Tag(tag) => {
+                            if let Some(o) = tag_orientation(tag.tag()) {
+                                s.tagged = Some(o);
+                            }
+                        }
+                        _ => {}
                     }
                 } else if let Some(buf) = info.buffer() {
                     let flags = buf.flags();
@@ -1050,6 +1110,7 @@ fn connect_decodebin(
     let convert_weak = convert_in.downgrade();
     let capsfilter_weak = capsfilter.downgrade();
     let size = spec.size;
+    let yuv = spec.format == PixelFormat::Yuv;
     let path_buf = path.to_path_buf();
     decodebin.connect_pad_added(move |dbin, pad| {
         let (Some(convert), Some(capsfilter)) = (convert_weak.upgrade(), capsfilter_weak.upgrade()) else { return };
@@ -1100,21 +1161,34 @@ fn connect_decodebin(
             if fps.0 > 0 {
                 s.fallback_dur = fps.1 as f64 / fps.0 as f64;
             }
-            let geometry = Geometry::compute(&size, vinfo.width(), vinfo.height(), par);
+            // RGB and gray frames are turned as the container says (after scaling, in Rust), so
+            // sizes and crops are those of the picture as shown; YUV frames stay as stored.
+            let orientation = match yuv {
+                true => Orientation::UPRIGHT,
+                false => s
+                    .tagged
+                    .or_else(|| pad.sticky_event::<gst::event::Tag>(0).and_then(|t| tag_orientation(t.tag())))
+                    .unwrap_or_default(),
+            };
+            let (shown_w, shown_h) = orientation.shown_size(vinfo.width(), vinfo.height());
+            let shown_par = if orientation.swaps_axes() { (par.1, par.0) } else { par };
+            let geometry = Geometry::compute(&size, shown_w, shown_h, shown_par);
+            let (scale_w, scale_h) = orientation.shown_size(geometry.scale_w, geometry.scale_h);
             s.src = Some(SrcInfo { width: vinfo.width(), height: vinfo.height(), par, fps });
             s.geometry = Some(geometry);
+            s.orientation = orientation;
             // The decoder's own 8-bit YUV passes through untouched (scaled if asked); anything
             // else becomes I420. RGB and gray are made in Rust from the planes (convert.rs).
             let mut out = gst::Caps::builder("video/x-raw")
                 .field("format", gst::List::new(YUV_FORMATS))
-                .field("width", geometry.scale_w as i32)
-                .field("height", geometry.scale_h as i32);
+                .field("width", scale_w as i32)
+                .field("height", scale_h as i32);
             if size != Size::Native {
                 out = out.field("pixel-aspect-ratio", gst::Fraction::new(1, 1));
             }
             capsfilter.set_property("caps", out.build());
-            geometry.scale_w == vinfo.width()
-                && geometry.scale_h == vinfo.height()
+            scale_w == vinfo.width()
+                && scale_h == vinfo.height()
                 && YUV_FORMATS.contains(&vinfo.format().to_str().as_str())
                 && (size == Size::Native || par == (1, 1))
         };
@@ -1303,7 +1377,8 @@ impl TypedOperator for VideoDecode {
                   (every frame, `fps`, `count` uniformly spaced, or `timestamps_s`; with `accuracy` = \
                   keyframe, the nearest keyframes instead, decoding only keyframes), size (`width`/`height` \
                   with `resize` = fit, fill or exact; even sizes) and pixel `format` (rgb or gray), with \
-                  accurate seeking, and writes them into the run store as one frames blob (format: \
+                  accurate seeking; a video stored turned (a phone's portrait recording) comes out as shown, \
+                  sizes and crops taken as shown, and writes them into the run store as one frames blob (format: \
                   b\"MGFRAMES\", a 32-byte header with width, height, channels and fps, then per frame an \
                   f64 presentation time and the packed pixels; see medgen_operators::video::blob). The \
                   record comes out with metadata `frames_blob` (the blob key), `frames_count`, \

@@ -47,6 +47,7 @@ pub mod decode;
 pub mod encode;
 #[cfg(feature = "video")]
 pub(crate) mod gst_util;
+pub mod orient;
 #[cfg(feature = "video")]
 pub(crate) mod pool;
 #[cfg(feature = "video")]
@@ -486,15 +487,19 @@ pub struct DecodeSpec {
 /// What the decoder found out about the stream when it opened it.
 #[derive(Clone, Debug, PartialEq)]
 pub struct StreamInfo {
-    /// Stored frame size.
+    /// Stored frame size (before `orientation`).
     pub width: u32,
     pub height: u32,
-    /// Pixel aspect ratio (num, den).
+    /// Pixel aspect ratio (num, den) of the stored frames.
     pub par: (u32, u32),
+    /// How the container says to show the stored frames (a phone's portrait recording: turned
+    /// 90°). RGB and gray frames come out already shown so, sized and cropped as shown; YUV
+    /// frames are the stored planes.
+    pub orientation: orient::Orientation,
     /// Frame rate (num, den); (0, 1) when variable or unknown.
     pub fps: (u32, u32),
     pub duration_s: Option<f64>,
-    /// Size of the frames the decoder yields.
+    /// Size of the frames the decoder yields (as shown).
     pub out_width: u32,
     pub out_height: u32,
     /// Description of the video codec, when known.

@@ -2,6 +2,7 @@
 //! numbers `gst-discoverer-1.0` prints), plus an exact frame count where that is cheap.
 
 use super::gst_util::{self, Pipeline, classify, describe_caps};
+use super::orient::Orientation;
 use super::{VideoError, check_container, check_input_file, is_dicom_file, local_path};
 use crate::api::*;
 use gstreamer as gst;
@@ -140,10 +141,15 @@ fn from_discoverer(
     let (width, height) = (video.width(), video.height());
     let par = video.par();
     let (pn, pd) = (par.numer().max(1) as u64, par.denom().max(1) as u64);
+    let orientation_tag =
+        video.tags().and_then(|t| t.get::<gst::tags::ImageOrientation>().map(|v| v.get().to_string()));
+    let orientation = orientation_tag.as_deref().and_then(Orientation::from_tag).unwrap_or_default();
+    // As shown: a portrait phone recording is stored landscape and turned 90°.
     let display_aspect = (width > 0 && height > 0).then(|| {
         let (n, d) = (width as u64 * pn, height as u64 * pd);
         let g = gcd(n, d).max(1);
-        ((n / g) as u32, (d / g) as u32)
+        let (n, d) = ((n / g) as u32, (d / g) as u32);
+        if orientation.swaps_axes() { (d, n) } else { (n, d) }
     });
     let fr = video.framerate();
     let fps = (fr.numer() >= 0 && fr.denom() > 0).then(|| (fr.numer() as u32, fr.denom() as u32));
@@ -154,11 +160,7 @@ fn from_discoverer(
         0 => duration_s.map(|d| (size as f64 * 8.0 / d) as u64),
         b => Some(b as u64),
     };
-    let rotation_deg =
-        video.tags().and_then(|t| t.get::<gst::tags::ImageOrientation>().map(|v| v.get().to_string())).and_then(|o| {
-            let deg = o.rsplit('-').next()?.parse::<i32>().ok()?;
-            Some(deg)
-        });
+    let rotation_deg = orientation_tag.and_then(|o| o.rsplit('-').next()?.parse::<i32>().ok());
 
     let mut variable_fps = fps.is_some_and(|f| f.0 == 0);
     let estimate = match (duration_s, fps_f) {

@@ -421,6 +421,41 @@ pub fn recorded_streams(dir: &Path) -> Result<Vec<Recorded>, VideoError> {
     Ok(out)
 }
 
+/// Copies of the MP4 `base` that ask to be shown turned clockwise by each of `degrees` (90, 180 or
+/// 270), the way a phone stores a portrait recording: the same coded frames, with the track's
+/// display matrix (`tkhd`) set. Written into `dir` as `turned_<deg>.mp4`.
+pub fn turned_copies(base: &Path, dir: &Path, degrees: &[i32]) -> Result<Vec<(i32, PathBuf)>, VideoError> {
+    let data =
+        std::fs::read(base).map_err(|e| VideoError::Unreadable { path: base.to_path_buf(), reason: e.to_string() })?;
+    let at = find(&data, b"tkhd").ok_or_else(|| VideoError::corrupt(base, "no track header (tkhd) box"))?;
+    // After the fourcc: version, flags, times and fields (40 bytes in version 0, 52 in version 1),
+    // then the 3×3 matrix of 16.16 fixed-point numbers (the last column 2.30).
+    let matrix_at = at + 4 + if data.get(at + 4) == Some(&1) { 52 } else { 40 };
+    if data.len() < matrix_at + 36 {
+        return Err(VideoError::corrupt(base, "a truncated track header (tkhd) box"));
+    }
+    let mut out = Vec::new();
+    for &deg in degrees {
+        let (a, b, c, d) = match deg {
+            90 => (0, 1, -1, 0),
+            180 => (-1, 0, 0, -1),
+            270 => (0, -1, 1, 0),
+            _ => return Err(VideoError::BadRequest(format!("a turn of {deg}°: only 90, 180 or 270"))),
+        };
+        let mut bytes = data.clone();
+        let fixed = |v: i32| (v << 16).to_be_bytes();
+        let mut matrix = Vec::with_capacity(36);
+        for v in [fixed(a), fixed(b), [0; 4], fixed(c), fixed(d), [0; 4], [0; 4], [0; 4], (1i32 << 30).to_be_bytes()] {
+            matrix.extend_from_slice(&v);
+        }
+        bytes[matrix_at..matrix_at + 36].copy_from_slice(&matrix);
+        let path = dir.join(format!("turned_{deg}.mp4"));
+        write(&path, &bytes)?;
+        out.push((deg, path));
+    }
+    Ok(out)
+}
+
 /// A `videotestsrc` pattern for [`testsrc_video`].
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 pub enum TestPattern {
