@@ -81,6 +81,7 @@ pub fn read_manifest(path: &Path, format: ManifestFormat) -> Snapshot {
         ManifestFormat::Auto => path.extension().is_some_and(|e| e.eq_ignore_ascii_case("csv")),
     };
     let base = path.parent().map(Path::to_path_buf).unwrap_or_default();
+    let text = as_utf8(text);
     let rows = if csv { csv_rows(&text) } else { jsonl_rows(&text) };
     for (line, row) in rows {
         let item_bad = format!("manifest:{}:{line}", path.display());
@@ -124,6 +125,44 @@ pub fn read_manifest(path: &Path, format: ManifestFormat) -> Snapshot {
 }
 
 type Row = Result<BTreeMap<String, String>, String>;
+
+/// The manifest's bytes as UTF-8 without a byte-order mark: spreadsheet programs save CSV with a
+/// UTF-8 BOM (which would otherwise become part of the first column's name) or as UTF-16.
+fn as_utf8(bytes: Vec<u8>) -> Vec<u8> {
+    let utf16 = |rest: &[u8], unit: fn([u8; 2]) -> u16| {
+        let units: Vec<u16> = rest.chunks_exact(2).map(|c| unit([c[0], c[1]])).collect();
+        String::from_utf16_lossy(&units).into_bytes()
+    };
+    match bytes.as_slice() {
+        [0xEF, 0xBB, 0xBF, rest @ ..] => rest.to_vec(),
+        [0xFF, 0xFE, rest @ ..] => utf16(rest, u16::from_le_bytes),
+        [0xFE, 0xFF, rest @ ..] => utf16(rest, u16::from_be_bytes),
+        _ => bytes,
+    }
+}
+
+/// The line of a CSV quote that is never closed, if any: the reader then takes everything after it
+/// as one field, silently swallowing the rows that follow.
+fn unterminated_quote(bytes: &[u8]) -> Option<usize> {
+    let (mut line, mut open_at) = (1, None);
+    let mut field_start = true;
+    let mut i = 0;
+    while i < bytes.len() {
+        let b = bytes[i];
+        match open_at {
+            Some(_) if b == b'"' && bytes.get(i + 1) == Some(&b'"') => i += 1,
+            Some(_) if b == b'"' => open_at = None,
+            None if b == b'"' && field_start => open_at = Some(line),
+            _ => {}
+        }
+        field_start = open_at.is_none() && matches!(b, b',' | b'\n' | b'\r');
+        if b == b'\n' {
+            line += 1;
+        }
+        i += 1;
+    }
+    open_at
+}
 
 fn jsonl_rows(bytes: &[u8]) -> Vec<(usize, Row)> {
     let text = String::from_utf8_lossy(bytes);
@@ -202,6 +241,17 @@ fn csv_rows(bytes: &[u8]) -> Vec<(usize, Row)> {
             }
         }
     }
+    // The row holding a quote that is never closed runs to the end of the file: it is the last.
+    if let Some(open) = unterminated_quote(bytes)
+        && let Some((line, row)) = rows.last_mut()
+    {
+        let last = bytes.iter().filter(|b| **b == b'\n').count() + usize::from(!bytes.ends_with(b"\n"));
+        *row = Err(format!(
+            "the quote (\") opened on line {open} is never closed, so this row took in every line after it \
+             (to line {last}); close the quote, or double a quote meant literally (\"\")"
+        ));
+        *line = (*line).min(open);
+    }
     rows
 }
 
@@ -244,9 +294,11 @@ impl TypedOperator for SourceManifest {
             summary: "Videos listed in a JSONL or CSV manifest with title, description, channel and transcript",
             doc: "Reads a manifest with one row per video: `uri` (required; local paths are relative to the \
                   manifest's folder) and optional `title`, `description`, `channel`, `tags`, `transcript`; any \
-                  other field is kept as metadata. Each valid row becomes a Video record (content-hashed, \
+                  other field is kept as metadata. The file is UTF-8 (a byte-order mark is fine) or UTF-16 with its \
+                  byte-order mark, as spreadsheet programs save it. Each valid row becomes a Video record (content-hashed, \
                   memoised); malformed rows (bad JSON, missing uri, wrong types, duplicates) become Failure \
-                  records naming the manifest line, and the rest of the manifest is still read. With \
+                  records naming the manifest line (a CSV quote never closed fails its row rather than taking in \
+                  the rows after it), and the rest of the manifest is still read. With \
                   `watch = true`, edits to the manifest become new epochs.",
             version: 1,
             inputs: &[],
@@ -349,5 +401,62 @@ mod tests {
             snap.values()
                 .any(|e| e.error.as_ref().is_some_and(|(c, m)| *c == ErrorClass::InvalidInput && m.contains(":4:")))
         );
+    }
+
+    /// Spreadsheet exports: a UTF-8 byte-order mark, or UTF-16, read like plain UTF-8.
+    #[test]
+    fn byte_order_marks_and_utf16_are_read() {
+        let dir = tempfile::tempdir().unwrap();
+        let csv = "uri,title\nv1.mp4,Endoscopy\n";
+        let jsonl = "{\"uri\": \"v1.mp4\", \"title\": \"Endoscopy\"}\n";
+        let utf16 = |s: &str, bom: [u8; 2], be: bool| {
+            let mut b = bom.to_vec();
+            for u in s.encode_utf16() {
+                b.extend(if be { u.to_be_bytes() } else { u.to_le_bytes() });
+            }
+            b
+        };
+        for (name, text) in [("csv", csv), ("jsonl", jsonl)] {
+            let forms = [
+                ("bom", [&[0xEF, 0xBB, 0xBF][..], text.as_bytes()].concat()),
+                ("le", utf16(text, [0xFF, 0xFE], false)),
+                ("be", utf16(text, [0xFE, 0xFF], true)),
+            ];
+            for (form, bytes) in forms {
+                let m = dir.path().join(format!("m_{form}.{name}"));
+                std::fs::write(&m, bytes).unwrap();
+                let snap = read_manifest(&m, ManifestFormat::Auto);
+                assert_eq!(snap.len(), 1, "{name} {form}: {snap:?}");
+                let e = snap.values().next().unwrap();
+                assert!(e.uri.ends_with("v1.mp4"), "{name} {form}: {e:?}");
+                assert_eq!(e.metadata["title"], "Endoscopy", "{name} {form}");
+            }
+        }
+    }
+
+    /// A CSV quote that is never closed takes in every row after it: that row fails by name, and
+    /// the rows before it are kept.
+    #[test]
+    fn an_unterminated_csv_quote_is_reported_not_swallowed() {
+        let dir = tempfile::tempdir().unwrap();
+        let m = dir.path().join("m.csv");
+        std::fs::write(&m, "uri,title\nv1.mp4,\"5\"\" probe\"\nv2.mp4,\"unclosed\nv3.mp4,three\nv4.mp4,four\n")
+            .unwrap();
+        let snap = read_manifest(&m, ManifestFormat::Auto);
+        let titles: Vec<_> = snap.values().filter_map(|e| e.metadata.get("title").cloned()).collect();
+        assert_eq!(titles, vec!["5\" probe"], "{snap:?}");
+        let bad: Vec<_> =
+            snap.values().filter_map(|e| e.error.as_ref()).filter(|(c, _)| *c == ErrorClass::InvalidInput).collect();
+        assert_eq!(bad.len(), 1, "{bad:?}");
+        assert!(
+            bad[0].1.contains(":3:")
+                && bad[0].1.contains("opened on line 3 is never closed")
+                && bad[0].1.contains("line 5"),
+            "{}",
+            bad[0].1
+        );
+        // Quotes inside unquoted fields and quoted multi-line fields are fine.
+        assert_eq!(unterminated_quote(b"uri,title\nv.mp4,5\" probe\nw.mp4,\"two\nlines\"\n"), None);
+        assert_eq!(unterminated_quote(b"a,\"b\"\"\nc"), Some(1));
     }
 }
