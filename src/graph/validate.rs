@@ -122,6 +122,7 @@ pub fn validate(text: &str, path: &Path, catalog: &dyn OpCatalog) -> Result<Plan
     let header = read_header(graph_entry.as_ref().map(|(_, v)| *v), stem.unwrap_or_else(|| "graph".into()), &mut sink);
 
     let mut drafts = read_nodes(nodes_entry, graph_entry.as_ref().map(|(k, _)| k.start), catalog, &base_dir, &mut sink);
+    check_output_paths(&drafts, &mut sink);
 
     // Inputs, then edges between known nodes.
     let errors_before_edges = sink.error_count();
@@ -1093,6 +1094,50 @@ fn descendants(edges: &[Edge], start: usize) -> BTreeSet<usize> {
         }
     }
     seen
+}
+
+/// Two nodes writing the same place under the outputs folder (or one inside the other's folder)
+/// would overwrite and prune each other's files.
+fn check_output_paths(drafts: &[Draft<'_, '_, '_>], sink: &mut Sink<'_>) {
+    let normal = |p: &str| -> Vec<String> {
+        Path::new(p.trim())
+            .components()
+            .filter(|c| !matches!(c, std::path::Component::CurDir))
+            .map(|c| c.as_os_str().to_string_lossy().into_owned())
+            .collect()
+    };
+    // (path components, node, path as written)
+    let mut claimed: Vec<(Vec<String>, String, String)> = Vec::new();
+    for d in drafts {
+        let (Some((operator, _)), Some(params)) = (&d.op, &d.params) else { continue };
+        let Ok(paths) = guarded(|| operator.output_paths(params)) else { continue };
+        for p in paths {
+            let parts = normal(&p);
+            if parts.is_empty() {
+                continue;
+            }
+            let clash = claimed.iter().find(|(other, _, _)| other.starts_with(&parts) || parts.starts_with(other));
+            if let Some((other, by, other_raw)) = clash {
+                let at = d.table.and_then(|t| t.get_key_value("path")).map(|(_, v)| v.span().start).unwrap_or(d.header);
+                let how = if *other == parts { "the same path as" } else { "a path overlapping that of" };
+                sink.error(
+                    at,
+                    Some(&d.name),
+                    format!(
+                        "`{}` writes to outputs/{p}, {how} `{by}` (outputs/{other_raw}): each would overwrite and \
+                         prune the other's files",
+                        d.name
+                    ),
+                    Some(format!("give `{}` a path of its own, e.g. path = \"{}\"", d.name, {
+                        let ext = Path::new(&p).extension().map(|e| format!(".{}", e.to_string_lossy()));
+                        format!("{}{}", d.name, ext.unwrap_or_default())
+                    })),
+                );
+                continue;
+            }
+            claimed.push((parts, d.name.clone(), p));
+        }
+    }
 }
 
 /// A node whose outputs go nowhere is probably a mistake.

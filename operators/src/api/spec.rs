@@ -187,6 +187,19 @@ pub fn resolve_path(base: &std::path::Path, p: &str) -> PathBuf {
     if path.is_absolute() { path } else { base.join(path) }
 }
 
+/// `None` when `p` is a folder; otherwise what it is instead, for a message that starts with the
+/// path: "does not exist", or "is a file, not a folder (give the folder that holds it: …)".
+pub fn not_a_folder(p: &std::path::Path) -> Option<String> {
+    if p.is_dir() {
+        None
+    } else if p.exists() {
+        let parent = p.parent().map(|d| d.display().to_string()).unwrap_or_default();
+        Some(format!("is a file, not a folder (give the folder that holds it: {parent})"))
+    } else {
+        Some("does not exist".into())
+    }
+}
+
 /// The collections arriving at a node, by input port.
 pub struct Inputs<'s> {
     pub ports: BTreeMap<&'static str, Vec<Coll<'s>>>,
@@ -253,6 +266,9 @@ pub trait Operator: Send + Sync + 'static {
     fn check(&self, params: &Params, ctx: &CheckCtx) -> Vec<ParamIssue>;
     /// JSON of the params that affect outputs (memo keys).
     fn fingerprint(&self, params: &Params) -> String;
+    /// The paths under the run's outputs folder this node writes and prunes (a sink's `path`), so
+    /// that two nodes claiming the same place are refused before the run.
+    fn output_paths(&self, params: &Params) -> Vec<String>;
     fn build<'s>(&self, ctx: &mut BuildCtx<'s>, params: &Params, inputs: Inputs<'s>)
     -> Result<Outputs<'s>, BuildError>;
 }
@@ -268,6 +284,10 @@ pub trait TypedOperator: Send + Sync + 'static {
     /// memo keys. Default: everything counts.
     fn fingerprint(&self, params: &Self::Params) -> serde_json::Value {
         serde_json::to_value(params).unwrap_or(serde_json::Value::Null)
+    }
+    /// The paths under the run's outputs folder this node owns (sinks). Default: none.
+    fn output_paths(&self, _params: &Self::Params) -> Vec<String> {
+        Vec::new()
     }
     fn build<'s>(
         &self,
@@ -306,6 +326,9 @@ impl<T: TypedOperator> Operator for T {
             Some(p) => TypedOperator::fingerprint(self, p).to_string(),
             None => String::new(),
         }
+    }
+    fn output_paths(&self, params: &Params) -> Vec<String> {
+        params.downcast_ref::<T::Params>().map(|p| TypedOperator::output_paths(self, p)).unwrap_or_default()
     }
     fn build<'s>(
         &self,

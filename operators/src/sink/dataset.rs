@@ -303,6 +303,10 @@ impl TypedOperator for SinkDataset {
         }
     }
 
+    fn output_paths(&self, p: &DatasetParams) -> Vec<String> {
+        vec![p.path.clone()]
+    }
+
     fn check(&self, p: &DatasetParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
         let mut v = Vec::new();
         if p.width % 2 == 1 || p.height % 2 == 1 || p.width < 16 || p.height < 16 || p.width > 8192 || p.height > 8192 {

@@ -105,6 +105,10 @@ impl TypedOperator for SinkJsonl {
         }
     }
 
+    fn output_paths(&self, p: &JsonlParams) -> Vec<String> {
+        vec![p.path.clone()]
+    }
+
     fn check(&self, p: &JsonlParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
         let mut issues = Vec::new();
         if p.path.trim().is_empty() {

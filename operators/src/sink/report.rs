@@ -581,6 +581,10 @@ impl TypedOperator for SinkReport {
         }
     }
 
+    fn output_paths(&self, p: &ReportParams) -> Vec<String> {
+        vec![p.path.clone()]
+    }
+
     fn check(&self, p: &ReportParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
         let mut v = Vec::new();
         if p.samples_per_stage > 1000 {
