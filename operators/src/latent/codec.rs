@@ -62,16 +62,28 @@ impl VideoCodec {
             return Ok(VideoCodec::WanVae(c.clone(), id));
         }
         let cfg_path = if path.is_dir() { path.join("config.json") } else { path.with_file_name("config.json") };
-        let cfg = if cfg_path.is_file() {
-            WanVaeConfig::from_file(&cfg_path).map_err(|e| format!("Wan VAE config {}: {e}", cfg_path.display()))?
-        } else {
+        let assumed = !cfg_path.is_file();
+        let cfg = if assumed {
+            tracing::warn!(
+                "no {} beside the Wan VAE weights: assuming the Wan2.1 VAE configuration",
+                cfg_path.display()
+            );
             WanVaeConfig::wan_2_1()
+        } else {
+            WanVaeConfig::from_file(&cfg_path).map_err(|e| format!("Wan VAE config {}: {e}", cfg_path.display()))?
         };
         let src = StCheckpoint::open(path).map_err(|e| format!("Wan VAE weights {}: {e}", path.display()))?;
-        let vae = Arc::new(
-            WanVae::load_on(cfg, &src, DType::F32, device)
-                .map_err(|e| format!("loading the Wan VAE from {} onto {device}: {e}", path.display()))?,
-        );
+        let vae = Arc::new(WanVae::load_on(cfg, &src, DType::F32, device).map_err(|e| {
+            let hint = match assumed {
+                true => format!(
+                    " (there is no {}, so the Wan2.1 VAE configuration was assumed; put the diffusers vae/config.json \
+                     there)",
+                    cfg_path.display()
+                ),
+                false => String::new(),
+            };
+            format!("loading the Wan VAE from {} onto {device}: {e}{hint}", path.display())
+        })?);
         cache.lock().unwrap_or_else(|p| p.into_inner()).insert(key, vae.clone());
         Ok(VideoCodec::WanVae(vae, id))
     }

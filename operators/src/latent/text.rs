@@ -63,7 +63,10 @@ pub fn resolve_dir(kind: TextEncoderKind, dir: Option<&str>, base: &Path) -> Res
     match (dir, kind) {
         (Some(d), _) => {
             let p = crate::api::resolve_path(base, d);
-            if p.is_dir() { Ok(p) } else { Err(format!("text encoder folder {} does not exist", p.display())) }
+            match crate::api::not_a_folder(&p) {
+                None => Ok(p),
+                Some(what) => Err(format!("text encoder folder {} {what}", p.display())),
+            }
         }
         (None, TextEncoderKind::Minilm) => minilm::fetched_minilm_dir()
             .ok_or_else(|| format!("the MiniLM text encoder is not there: {}", minilm::MINILM_FETCH_HINT)),

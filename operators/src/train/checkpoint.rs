@@ -113,8 +113,17 @@ pub struct LoadedModel {
 /// DiT's weights in `dtype` (`F32`, or `BF16` with diffusers' fp32-kept modules; converted tensor by tensor
 /// while reading, so a bf16 model never exists in f32 on the host).
 pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DType) -> Result<LoadedModel, String> {
-    let need = |name: &str| file(name).filter(|p| p.is_file()).ok_or_else(|| format!("the checkpoint has no {name}"));
-    let meta_path = need(META_FILE)?;
+    let need = |name: &str| {
+        file(name).filter(|p| p.is_file()).ok_or_else(|| format!("the checkpoint {} has no {name}", base.display()))
+    };
+    let meta_path = file(META_FILE).filter(|p| p.is_file()).ok_or_else(|| {
+        format!(
+            "{} is neither a medgen checkpoint (no {META_FILE}) nor a diffusers Wan2.1 pipeline (no \
+             {PIPELINE_INDEX_FILE}); give a folder train.flow_matching wrote (outputs/<node>/epoch-<n>) or a \
+             pipeline folder",
+            base.display()
+        )
+    })?;
     let meta: CheckpointMeta = serde_json::from_slice(
         &std::fs::read(&meta_path).map_err(|e| format!("reading {}: {e}", meta_path.display()))?,
     )
@@ -171,6 +180,18 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DTy
     if meta.codec.kind == "patch_pca" && codec.id() != meta.codec.id {
         return Err(format!("the codec file holds {} but medgen.json says {}", codec.id(), meta.codec.id));
     }
+    let (z, cfg) = (codec.latent_channels(), dit.config());
+    if cfg.in_channels != z || cfg.out_dim() != z {
+        return Err(format!(
+            "{} has in_channels {} / out_channels {} but the latent codec {} of {} gives {z} channels: they must \
+             match (does medgen.json name the codec this DiT was trained with?)",
+            cfg_path.display(),
+            cfg.in_channels,
+            cfg.out_dim(),
+            codec.id(),
+            meta_path.display()
+        ));
+    }
     Ok(LoadedModel { dit, text, codec, meta })
 }
 
@@ -178,8 +199,8 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DTy
 /// `model_index.json`, see [`load_pipeline`]).
 /// `dtype` as in [`load_with`].
 pub fn load_dir(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
-    if !dir.is_dir() {
-        return Err(format!("checkpoint folder {} does not exist", dir.display()));
+    if let Some(what) = crate::api::not_a_folder(dir) {
+        return Err(format!("checkpoint folder {} {what}", dir.display()));
     }
     if dir.join(PIPELINE_INDEX_FILE).is_file() {
         return load_pipeline(dir, dtype);
@@ -356,4 +377,23 @@ pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
         lora_rank: None,
     };
     Ok(LoadedModel { dit, text, codec, meta })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A file, or a folder of something else, is named with what to give instead.
+    #[test]
+    fn wrong_folders_say_what_they_are() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join(WEIGHTS_FILE);
+        std::fs::write(&file, b"x").unwrap();
+        let e = load_dir(&file, DType::F32).err().unwrap();
+        assert!(e.contains("is a file, not a folder") && e.contains(&dir.path().display().to_string()), "{e}");
+        let e = load_dir(&dir.path().join("missing"), DType::F32).err().unwrap();
+        assert!(e.ends_with("does not exist"), "{e}");
+        let e = load_dir(dir.path(), DType::F32).err().unwrap();
+        assert!(e.contains(&format!("no {META_FILE}")) && e.contains(&format!("no {PIPELINE_INDEX_FILE}")), "{e}");
+    }
 }
