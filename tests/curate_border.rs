@@ -199,3 +199,33 @@ fn real_footage_letterboxed_is_measured_and_clean_footage_has_no_border() {
     let plain = by_name(&kept, "plain.mp4").unwrap();
     assert_eq!(label(plain, "border"), "none");
 }
+
+/// A letterboxed recording stored turned 90° is shown pillarboxed: segment's digests (measured on
+/// stored YUV frames) and a decode (`black_level` off the default) both measure the shown
+/// picture, and its clips are sized as shown.
+#[test]
+fn turned_recordings_are_measured_as_shown() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().join("data");
+    std::fs::create_dir_all(&data).unwrap();
+    let stored = dir.path().join("letterbox.mp4");
+    synth_video(&stored, &SynthSpec { letterbox: 30, ..SynthSpec::simple(320, 240, 10, 70) });
+    medgen_operators::video::synth::turned_copies(&stored, &data, &[90]).unwrap();
+    for (params, from) in [("", "segment"), ("black_level = 41", "decode")] {
+        let store = dir.path().join(format!("store-{from}"));
+        run(&graph(dir.path(), params), &store);
+        assert!(rows(&store, "failures.jsonl").is_empty(), "{:?}", rows(&store, "failures.jsonl"));
+        let rejected = rows(&store, "rejected.jsonl");
+        assert_eq!(rejected.len(), 1, "{from}: {rejected:?}");
+        let row = &rejected[0];
+        assert_eq!(label(row, "border_frames_from"), from);
+        let w: Vec<f64> =
+            ["border_top", "border_bottom", "border_left", "border_right"].iter().map(|k| score(row, k)).collect();
+        assert!(
+            w[0] == 0.0 && w[1] == 0.0 && (w[2] - 30.0).abs() <= 2.0 && (w[3] - 30.0).abs() <= 2.0,
+            "{from}: {w:?}"
+        );
+        let clip = &row["clip"];
+        assert_eq!((clip["width"].as_u64(), clip["height"].as_u64()), (Some(240), Some(320)), "{from}: {row}");
+    }
+}

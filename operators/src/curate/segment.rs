@@ -504,6 +504,8 @@ fn signal_key(p: &SegmentParams, source_id: &str) -> MemoKey {
         "structure_std": super::imgproc::STRUCTURE_STD,
         "hist_levels": super::imgproc::HIST_LEVELS,
         "frame_digests": p.frame_digests,
+        // Digests and clip sizes are measured as shown (turned recordings turned).
+        "as_shown": true,
     })
     .to_string();
     MemoKey::new("curate.segment#signal", SIGNAL_VERSION, &fp, source_id.as_bytes())
@@ -532,12 +534,14 @@ fn analyse(v: &Video, p: &SegmentParams, ctx: &ItemCtx) -> Result<Result<Signal,
         let f = f?;
         let thumb = f.shrink_rgb(tw, th).ok_or_else(|| short(&f))?;
         if b.push(&thumb, tw as usize, th as usize, f.pts_s, f.duration_s) && p.frame_digests {
-            digests.push(ticks::measure(&f, &ticks::BORDER_DEFAULTS).ok_or_else(|| short(&f))?);
+            digests.push(ticks::measure(&f, &ticks::BORDER_DEFAULTS, info.orientation).ok_or_else(|| short(&f))?);
         }
         frames::check_stop(ctx)?;
     }
+    // Clips are sized as shown (a phone's portrait recording is stored turned), as they are cut.
+    let (shown_w, shown_h) = info.orientation.shown_size(info.width, info.height);
     let mut sig = b
-        .finish(info.width, info.height, info.fps_f64())
+        .finish(shown_w, shown_h, info.fps_f64())
         .ok_or_else(|| ItemError::invalid(format!("{}: no frames could be decoded", v.uri)))?;
     sig.digests = digests;
     Ok(Ok(sig))

@@ -18,6 +18,8 @@
 
 #[cfg(feature = "video")]
 use crate::video::Frame;
+#[cfg(feature = "video")]
+use crate::video::orient::{Orientation, orient_into};
 
 /// Clip metadata key of the digests.
 pub const DIGESTS_KEY: &str = "frame_digests";
@@ -46,13 +48,25 @@ pub struct TickDigest {
     pub phash: Option<u64>,
 }
 
-/// Measure one frame (any format; YUV frames are converted once here).
+/// Measure one frame (any format; YUV frames are converted once here) as it is shown: a stored
+/// frame is turned by `o` first (the container's orientation; upright for frames decoded shown),
+/// so that digests agree with what `curate.black_border` and `curate.dedup` measure on decoded
+/// frames.
 #[cfg(feature = "video")]
-pub fn measure(frame: &Frame, s: &BorderSettings) -> Option<TickDigest> {
+pub fn measure(frame: &Frame, s: &BorderSettings, o: Orientation) -> Option<TickDigest> {
     let (w, h) = (frame.width as usize, frame.height as usize);
-    let rgb = frame.rgb()?;
+    let (mut rgb, mut gray) = (frame.rgb()?, frame.gray()?);
+    let (sw, sh) = o.shown_size(frame.width, frame.height);
+    if !o.is_upright() {
+        let turn = |pixels: &[u8], channels: usize| {
+            let mut out = Vec::new();
+            orient_into(pixels, w, h, channels, o, None, &mut out);
+            std::borrow::Cow::Owned(out)
+        };
+        (rgb, gray) = (turn(&rgb, 3), turn(&gray, 1));
+    }
+    let (w, h) = (sw as usize, sh as usize);
     let b = super::black_border::detect(&rgb, w, h, s.black_level, s.canny_low, s.canny_high);
-    let gray = frame.gray()?;
     Some(TickDigest {
         t: frame.pts_s,
         borders: [b.top, b.bottom, b.left, b.right],

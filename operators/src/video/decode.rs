@@ -432,9 +432,9 @@ impl GstDecoder {
         if let Some(e) = lock(&shared).error.take() {
             return Err(e);
         }
-        let (src_info, geometry, orientation, codec) = {
+        let (src_info, geometry, orientation, tagged, codec) = {
             let st = lock(&shared);
-            (st.src, st.geometry, st.orientation, st.codec.clone())
+            (st.src, st.geometry, st.orientation, st.tagged.unwrap_or_default(), st.codec.clone())
         };
         let (Some(SrcInfo { width: w, height: h, par, fps }), Some(geometry)) = (src_info, geometry) else {
             return Err(if prerolled {
@@ -457,7 +457,8 @@ impl GstDecoder {
             return Err(past_the_end(path, start, d));
         }
         let (out_width, out_height) = geometry.out_size();
-        let info = StreamInfo { width: w, height: h, par, orientation, fps, duration_s, out_width, out_height, codec };
+        let info =
+            StreamInfo { width: w, height: h, par, orientation: tagged, fps, duration_s, out_width, out_height, codec };
         let mut dec = GstDecoder {
             pipe,
             sink,
@@ -1163,13 +1164,10 @@ fn connect_decodebin(
             }
             // RGB and gray frames are turned as the container says (after scaling, in Rust), so
             // sizes and crops are those of the picture as shown; YUV frames stay as stored.
-            let orientation = match yuv {
-                true => Orientation::UPRIGHT,
-                false => s
-                    .tagged
-                    .or_else(|| pad.sticky_event::<gst::event::Tag>(0).and_then(|t| tag_orientation(t.tag())))
-                    .unwrap_or_default(),
-            };
+            if s.tagged.is_none() {
+                s.tagged = pad.sticky_event::<gst::event::Tag>(0).and_then(|t| tag_orientation(t.tag()));
+            }
+            let orientation = if yuv { Orientation::UPRIGHT } else { s.tagged.unwrap_or_default() };
             let (shown_w, shown_h) = orientation.shown_size(vinfo.width(), vinfo.height());
             let shown_par = if orientation.swaps_axes() { (par.1, par.0) } else { par };
             let geometry = Geometry::compute(&size, shown_w, shown_h, shown_par);

@@ -494,7 +494,7 @@ pub struct StreamInfo {
     pub par: (u32, u32),
     /// How the container says to show the stored frames (a phone's portrait recording: turned
     /// 90°). RGB and gray frames come out already shown so, sized and cropped as shown; YUV
-    /// frames are the stored planes.
+    /// frames are the stored planes (turn what is measured on them with [`orient`]).
     pub orientation: orient::Orientation,
     /// Frame rate (num, den); (0, 1) when variable or unknown.
     pub fps: (u32, u32),
