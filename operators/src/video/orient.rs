@@ -88,12 +88,49 @@ pub fn orient_into(
     let (sw, sh) = o.shown_size(w as u32, h as u32);
     let (cx, cy, cw, ch) = crop.unwrap_or((0, 0, sw as usize, sh as usize));
     out.clear();
-    out.reserve(cw * ch * channels);
-    for y in cy..cy + ch {
-        for x in cx..cx + cw {
-            let (px, py) = o.stored_at(x, y, w, h);
-            let at = (py * w + px) * channels;
-            out.extend_from_slice(&src[at..at + channels]);
+    out.resize(cw * ch * channels, 0);
+    if cw == 0 {
+        return;
+    }
+    match channels {
+        1 => turn_rows::<1>(src, w, h, o, (cx, cy, cw, ch), out),
+        3 => turn_rows::<3>(src, w, h, o, (cx, cy, cw, ch), out),
+        _ => {
+            for (row, y) in (cy..cy + ch).enumerate() {
+                for (i, x) in (cx..cx + cw).enumerate() {
+                    let (px, py) = o.stored_at(x, y, w, h);
+                    let at = (py * w + px) * channels;
+                    let to = (row * cw + i) * channels;
+                    out[to..to + channels].copy_from_slice(&src[at..at + channels]);
+                }
+            }
+        }
+    }
+}
+
+/// [`orient_into`] for `C` bytes a pixel: along a shown row the stored position moves by a fixed
+/// step, so each row is one strided copy.
+fn turn_rows<const C: usize>(
+    src: &[u8],
+    w: usize,
+    h: usize,
+    o: Orientation,
+    (cx, cy, cw, ch): (usize, usize, usize, usize),
+    out: &mut [u8],
+) {
+    let at = |x: usize, y: usize| {
+        let (px, py) = o.stored_at(x, y, w, h);
+        (py * w + px) * C
+    };
+    for (row, y) in (cy..cy + ch).enumerate() {
+        let first = at(cx, y);
+        let step = if cw > 1 { at(cx + 1, y) as isize - first as isize } else { 0 };
+        let dst = &mut out[row * cw * C..(row + 1) * cw * C];
+        let mut pos = first as isize;
+        for px in dst.chunks_exact_mut(C) {
+            let p = pos as usize;
+            px.copy_from_slice(&src[p..p + C]);
+            pos += step;
         }
     }
 }
@@ -142,6 +179,37 @@ mod tests {
         assert_eq!(Orientation::from_tag("sideways"), None);
         assert_eq!(Orientation::from_tag("rotate-90").unwrap().degrees(), 90);
         assert!(Orientation::from_tag("flip-rotate-90").unwrap().swaps_axes());
+    }
+
+    /// The strided rows agree with the pixel-by-pixel definition for every orientation, odd sizes,
+    /// crops and channel counts.
+    #[test]
+    fn strided_rows_match_the_definition() {
+        let tags = ["rotate-0", "rotate-90", "rotate-180", "rotate-270"];
+        let flips = ["flip-rotate-0", "flip-rotate-90", "flip-rotate-180", "flip-rotate-270"];
+        for (w, h) in [(1, 1), (5, 3), (4, 7), (16, 9)] {
+            for channels in [1, 2, 3, 4] {
+                let src: Vec<u8> = (0..w * h * channels).map(|v| (v * 7 % 251) as u8).collect();
+                for tag in tags.iter().chain(&flips) {
+                    let o = Orientation::from_tag(tag).unwrap();
+                    let (sw, sh) = o.shown_size(w as u32, h as u32);
+                    let (sw, sh) = (sw as usize, sh as usize);
+                    for crop in [None, Some((sw / 3, sh / 2, sw - sw / 3, sh - sh / 2)), Some((0, 0, 1, sh))] {
+                        let mut got = Vec::new();
+                        orient_into(&src, w, h, channels, o, crop, &mut got);
+                        let (cx, cy, cw, ch) = crop.unwrap_or((0, 0, sw, sh));
+                        let mut want = Vec::new();
+                        for y in cy..cy + ch {
+                            for x in cx..cx + cw {
+                                let (px, py) = o.stored_at(x, y, w, h);
+                                want.extend_from_slice(&src[(py * w + px) * channels..][..channels]);
+                            }
+                        }
+                        assert_eq!(got, want, "{w}×{h}×{channels} {tag} {crop:?}");
+                    }
+                }
+            }
+        }
     }
 
     #[test]
