@@ -195,7 +195,10 @@ fn sparse_sampling_skips_ahead_and_returns_the_same_frames() {
     let sampled: Vec<Frame> = dec.by_ref().map(|f| f.unwrap()).collect();
     let stats = dec.stats();
     assert_eq!(sampled.len(), 10);
-    assert!(stats.seeks >= 5, "skip-ahead seeks were made: {stats:?}");
+    // Nine gaps of 2 s over 1 s keyframes; how many seeks happen depends on how far the decoder's
+    // threads ran ahead when each sample came out (4 were seen with another video test beside it),
+    // so the count's floor is loose and the decoded-frame bound below is the real check.
+    assert!(stats.seeks >= 3, "skip-ahead seeks were made: {stats:?}");
     assert!(stats.decoded < 400, "far fewer frames decoded than 600: {stats:?}");
     for (k, f) in sampled.iter().enumerate() {
         let i = k * 60;
