@@ -259,7 +259,17 @@ fn row_entry(base: &Path, mut fields: BTreeMap<String, String>) -> Result<FileEn
     if let Some(bad) = fields.remove("__bad_uri") {
         return Err(format!("`uri` must be a string, found {bad}"));
     }
-    let uri = fields.remove("uri").ok_or("missing `uri` (the video's path or address)")?;
+    let Some(uri) = fields.remove("uri") else {
+        // A column or key that was probably meant as the uri.
+        let near = fields.keys().find(|k| {
+            let k = k.trim().to_ascii_lowercase();
+            matches!(k.as_str(), "uri" | "url" | "path" | "file" | "filename" | "file_path" | "video" | "video_path")
+        });
+        return Err(match near {
+            Some(k) => format!("missing `uri` (the video's path or address); rename `{k}` to `uri`"),
+            None => "missing `uri` (the video's path or address)".into(),
+        });
+    };
     let uri = uri.trim().to_string();
     if uri.is_empty() {
         return Err("`uri` is empty".into());
@@ -364,6 +374,7 @@ mod tests {
                 "{\"uri\": 5}\n",
                 "{\"uri\": \"https://example.org/v.mp4\", \"channel\": \"c\"}\n",
                 "{\"uri\": \"a.mp4\"}\n",
+                "{\"URL\": \"b.mp4\"}\n",
             ),
         )
         .unwrap();
@@ -375,8 +386,12 @@ mod tests {
         assert_eq!(a.metadata["tags"], "ortho, knee");
         let bad: BTreeMap<_, _> =
             snap.values().filter_map(|e| e.error.as_ref().map(|(_, m)| (e.item.clone(), m.clone()))).collect();
-        assert_eq!(bad.len(), 5, "{bad:?}");
+        assert_eq!(bad.len(), 6, "{bad:?}");
         assert!(bad.values().any(|m| m.contains(":2: missing `uri`")));
+        assert!(
+            bad.values().any(|m| m.contains(":9: missing `uri`") && m.contains("rename `URL` to `uri`")),
+            "{bad:?}"
+        );
         assert!(bad.values().any(|m| m.contains(":3: invalid JSON")));
         assert!(bad.values().any(|m| m.contains(":5: expected a JSON object")));
         assert!(bad.values().any(|m| m.contains(":6: `uri` must be a string")));
