@@ -109,6 +109,7 @@ pub fn run(a: &RunArgs) -> anyhow::Result<i32> {
     };
     let dir = store_dir(&plan, a.store.as_ref());
     let store = Arc::new(Store::open(&dir).with_context(|| format!("opening the run store {}", dir.display()))?);
+    let _lock = store.lock_run(a.process, &format!("running {}", a.graph.display()))?;
     let base_epoch = store.next_epoch().context("reading the catalog")?;
     let run_id = store
         .begin_run(&RunInfo {

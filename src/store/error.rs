@@ -53,6 +53,18 @@ pub enum StoreError {
         /// The newest version this build knows.
         supported: i64,
     },
+    /// Another run (another `medgen run` of this store, or the same process index of another
+    /// multi-process run) holds the store.
+    #[error(
+        "run store {path} is in use by another run ({holder}); wait for it to finish or stop it, or \
+         choose another --store"
+    )]
+    Busy {
+        /// The run store.
+        path: PathBuf,
+        /// What the holder wrote into the lock file (process id, start time, graph).
+        holder: String,
+    },
     /// SQLite reports the catalog as damaged.
     #[error("catalog {path} is corrupt: {source}; restore it from a backup or choose another --store")]
     Corrupt {

@@ -66,6 +66,12 @@ impl fmt::Debug for Store {
     }
 }
 
+/// A run's hold on its store ([`Store::lock_run`]); released when dropped.
+#[derive(Debug)]
+pub struct RunLock {
+    _file: fs::File,
+}
+
 impl Store {
     /// Open the run directory at `root`, creating it, its folders and its catalog as needed, and
     /// migrating an older catalog. Removes temporary files older than an hour from `tmp/`.
@@ -96,6 +102,38 @@ impl Store {
         let catalog = root.join(CATALOG_FILE);
         let conn = catalog::open(&catalog)?;
         Ok(Store { root, catalog, conn: Mutex::new(conn), run_id: AtomicI64::new(0), blobs })
+    }
+
+    /// Hold the store for one run (process `process` of it) until the returned guard drops: a
+    /// second `medgen run` of the same store would redo the first one's work and interleave its
+    /// epochs and outputs, so it is refused with [`StoreError::Busy`] naming the holder. The lock
+    /// is the operating system's (released when the holder exits, however it exits); `what`
+    /// (e.g. the graph file) is written into `run-<process>.lock` for the message.
+    pub fn lock_run(&self, process: usize, what: &str) -> Result<RunLock, StoreError> {
+        let path = self.root.join(format!("run-{process}.lock"));
+        let mut file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| StoreError::io(&path, e))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default().trim().to_string();
+                let holder = if holder.is_empty() { "its lock file is being written".to_string() } else { holder };
+                return Err(StoreError::Busy { path: self.root.clone(), holder });
+            }
+            Err(fs::TryLockError::Error(e)) => return Err(StoreError::io(&path, e)),
+        }
+        use std::io::Write;
+        let since = self
+            .read("read the clock", |c| c.query_row(concat!("SELECT ", now_sql!()), [], |r| r.get::<_, String>(0)))
+            .unwrap_or_default();
+        let note = format!("pid {} since {since}, {what}", std::process::id());
+        file.set_len(0).and_then(|_| file.write_all(note.as_bytes())).map_err(|e| StoreError::io(&path, e))?;
+        Ok(RunLock { _file: file })
     }
 
     /// The run directory (absolute).

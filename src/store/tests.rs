@@ -463,3 +463,21 @@ fn service_errors_keep_paths() {
     let e: ServiceError = StoreError::MissingBlob { path: "/b".into(), key: "k".into() }.into();
     assert!(matches!(&e, ServiceError::MissingBlob(k) if k == "k"));
 }
+
+/// One run per store (per process index): a second is refused naming the first, until the first
+/// lets go.
+#[test]
+fn a_second_run_of_a_store_is_refused_until_the_first_ends() {
+    let dir = tempfile::tempdir().unwrap();
+    let (a, b) = (Store::open(dir.path()).unwrap(), Store::open(dir.path()).unwrap());
+    let held = a.lock_run(0, "running g.toml").unwrap();
+    let e = b.lock_run(0, "running h.toml").unwrap_err();
+    let msg = e.to_string();
+    assert!(matches!(e, StoreError::Busy { .. }), "{msg}");
+    assert!(msg.contains(&format!("pid {}", std::process::id())) && msg.contains("running g.toml"), "{msg}");
+    // Another process of a multi-process run holds its own index.
+    let other = b.lock_run(1, "running g.toml").unwrap();
+    drop((held, other));
+    let again = b.lock_run(0, "running h.toml").unwrap();
+    drop(again);
+}
