@@ -391,27 +391,39 @@ fn turned_recordings_decode_as_shown() {
     let stored = first(&base, Size::Native, PixelFormat::Rgb);
     let stored_half = first(&base, Size::Exact { width: 48, height: 32 }, PixelFormat::Rgb);
     let stored_gray = first(&base, Size::Native, PixelFormat::Gray);
+    let check = |got: &Frame, want: (u32, u32, Vec<u8>), what: &str| {
+        assert_eq!((got.width, got.height), (want.0, want.1), "{what}: size");
+        assert!(got.data() == want.2.as_slice(), "{what}: pixels differ from the stored frame shown");
+    };
     for (deg, path) in synth::turned_copies(&base, dir.path(), &[90, 180, 270]).unwrap() {
         let info = probe(&path, &ProbeOptions::default()).unwrap();
         assert_eq!(info.rotation_deg, Some(deg));
         assert_eq!((info.width, info.height), (Some(96), Some(64)), "stored size");
         assert_eq!(info.display_aspect, Some(if deg == 180 { (3, 2) } else { (2, 3) }), "{deg}°");
 
-        let check = |got: &Frame, want: (u32, u32, Vec<u8>), what: &str| {
-            assert_eq!((got.width, got.height), (want.0, want.1), "{deg}° {what}: size");
-            assert!(got.data() == want.2.as_slice(), "{deg}° {what}: pixels differ from the stored frame turned");
-        };
-        check(&first(&path, Size::Native, PixelFormat::Rgb), turned(&stored, deg), "native RGB");
-        check(&first(&path, Size::Native, PixelFormat::Gray), turned(&stored_gray, deg), "native gray");
+        check(&first(&path, Size::Native, PixelFormat::Rgb), turned(&stored, deg), &format!("{deg}° native RGB"));
+        check(
+            &first(&path, Size::Native, PixelFormat::Gray),
+            turned(&stored_gray, deg),
+            &format!("{deg}° native gray"),
+        );
         // Scaled to half, as shown: the same scaling of the stored frames, then turned.
         let (sw, sh, _) = turned(&stored_half, deg);
-        check(&first(&path, Size::Fit { width: sw, height: sh }, PixelFormat::Rgb), turned(&stored_half, deg), "fit");
+        check(
+            &first(&path, Size::Fit { width: sw, height: sh }, PixelFormat::Rgb),
+            turned(&stored_half, deg),
+            &format!("{deg}° fit"),
+        );
         // A centred 32 × 32 square of the half-size picture as shown.
         let (x0, y0) = ((sw - 32) as usize / 2, (sh - 32) as usize / 2);
         let half = turned(&stored_half, deg).2;
         let square: Vec<u8> =
             (y0..y0 + 32).flat_map(|y| half[(y * sw as usize + x0) * 3..][..32 * 3].to_vec()).collect();
-        check(&first(&path, Size::Fill { width: 32, height: 32 }, PixelFormat::Rgb), (32, 32, square), "fill");
+        check(
+            &first(&path, Size::Fill { width: 32, height: 32 }, PixelFormat::Rgb),
+            (32, 32, square),
+            &format!("{deg}° fill"),
+        );
         let yuv = first(&path, Size::Native, PixelFormat::Yuv);
         assert_eq!((yuv.width, yuv.height), (96, 64), "{deg}°: YUV planes as stored");
 
@@ -420,5 +432,28 @@ fn turned_recordings_decode_as_shown() {
         let shown = if deg == 180 { (96, 64) } else { (64, 96) };
         assert_eq!((summary.encode.width, summary.encode.height), shown, "{deg}°: the clip is cut upright");
         assert_eq!(probe(&out, &ProbeOptions::default()).unwrap().rotation_deg, None);
+    }
+
+    // Mirrored matrices (qtdemux names them flip-rotate-0/180/270), shown as GStreamer's own
+    // videoflip shows them: (shown size, stored pixel of a shown one).
+    type Map = fn(usize, usize, usize, usize) -> (usize, usize);
+    let mirrored: [(&str, [i32; 4], bool, Map); 3] = [
+        ("mirror", [-1, 0, 0, 1], false, |x, y, w, _| (w - 1 - x, y)),
+        ("upside_down", [1, 0, 0, -1], false, |x, y, _, h| (x, h - 1 - y)),
+        ("transpose", [0, 1, 1, 0], true, |x, y, _, _| (y, x)),
+    ];
+    let matrices: Vec<(String, [i32; 4])> = mirrored.iter().map(|(n, m, _, _)| (n.to_string(), *m)).collect();
+    let paths = synth::matrix_copies(&base, dir.path(), &matrices).unwrap();
+    let (w, h) = (stored_gray.width as usize, stored_gray.height as usize);
+    for ((name, _, swaps, map), path) in mirrored.iter().zip(paths) {
+        let (ow, oh) = if *swaps { (h, w) } else { (w, h) };
+        let want: Vec<u8> = (0..oh)
+            .flat_map(|y| (0..ow).map(move |x| (x, y)))
+            .map(|(x, y)| {
+                let (sx, sy) = map(x, y, w, h);
+                stored_gray.data()[sy * w + sx]
+            })
+            .collect();
+        check(&first(&path, Size::Native, PixelFormat::Gray), (ow as u32, oh as u32, want), name);
     }
 }

@@ -2,10 +2,11 @@
 //! recording is stored landscape with a "rotate 90°" matrix), and turning decoded frames upright.
 //!
 //! GStreamer's demuxers report it as the `image-orientation` tag: `rotate-{0,90,180,270}` (turn
-//! clockwise by that much to show) and `flip-rotate-{0,90,180,270}` (mirrored). The mirrored forms
-//! follow GStreamer's own `videoflip video-direction=auto`: `flip-rotate-0` mirrors left–right,
-//! `flip-rotate-90` transposes (the upper-left / lower-right diagonal stays), `flip-rotate-180`
-//! mirrors top–bottom, `flip-rotate-270` transposes about the other diagonal.
+//! clockwise by that much to show) and `flip-rotate-{0,90,180,270}` (mirror left–right, then turn).
+//! As `videoflip video-direction=auto` shows them (checked on MP4 matrices read by qtdemux):
+//! `flip-rotate-0` mirrors left–right, `flip-rotate-180` top–bottom, `flip-rotate-270` transposes
+//! (the upper-left / lower-right diagonal stays; the MP4 matrix `[0 1; 1 0]`) and `flip-rotate-90`
+//! transposes about the other diagonal.
 
 /// One of the eight ways to show a stored picture.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash)]
@@ -33,10 +34,6 @@ impl Orientation {
             "270" => 3,
             _ => return None,
         };
-        // GStreamer's mirrored forms, written as "mirror left–right, then turn": transposing
-        // (flip-rotate-90) is a mirror then 270°; the other diagonal (flip-rotate-270), a mirror
-        // then 90°.
-        let quarter_turns = if mirror && quarter_turns % 2 == 1 { 4 - quarter_turns } else { quarter_turns };
         Some(Orientation { quarter_turns, mirror })
     }
 
@@ -161,10 +158,11 @@ mod tests {
         assert_eq!(shown("rotate-180", None), vec![12, 11, 10, 2, 1, 0]);
         assert_eq!(shown("rotate-270", None), vec![2, 12, 1, 11, 0, 10]);
         assert_eq!(shown("flip-rotate-0", None), vec![2, 1, 0, 12, 11, 10]);
-        // Transposed: the upper-left / lower-right diagonal stays.
-        assert_eq!(shown("flip-rotate-90", None), vec![0, 10, 1, 11, 2, 12]);
+        // Mirrored, then turned clockwise: the other diagonal stays.
+        assert_eq!(shown("flip-rotate-90", None), vec![12, 2, 11, 1, 10, 0]);
         assert_eq!(shown("flip-rotate-180", None), vec![10, 11, 12, 0, 1, 2]);
-        assert_eq!(shown("flip-rotate-270", None), vec![12, 2, 11, 1, 10, 0]);
+        // Transposed: the upper-left / lower-right diagonal stays.
+        assert_eq!(shown("flip-rotate-270", None), vec![0, 10, 1, 11, 2, 12]);
     }
 
     #[test]

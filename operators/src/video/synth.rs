@@ -425,6 +425,24 @@ pub fn recorded_streams(dir: &Path) -> Result<Vec<Recorded>, VideoError> {
 /// 270), the way a phone stores a portrait recording: the same coded frames, with the track's
 /// display matrix (`tkhd`) set. Written into `dir` as `turned_<deg>.mp4`.
 pub fn turned_copies(base: &Path, dir: &Path, degrees: &[i32]) -> Result<Vec<(i32, PathBuf)>, VideoError> {
+    let mut matrices = Vec::new();
+    for &deg in degrees {
+        let m = match deg {
+            90 => [0, 1, -1, 0],
+            180 => [-1, 0, 0, -1],
+            270 => [0, -1, 1, 0],
+            _ => return Err(VideoError::BadRequest(format!("a turn of {deg}°: only 90, 180 or 270"))),
+        };
+        matrices.push((format!("turned_{deg}"), m));
+    }
+    let paths = matrix_copies(base, dir, &matrices)?;
+    Ok(degrees.iter().copied().zip(paths).collect())
+}
+
+/// Copies of the MP4 `base` with the track's display matrix set to each `[a, b, c, d]` (entries
+/// −1, 0 or 1; a point `(x, y)` of the stored picture is shown at `(a·x + c·y, b·x + d·y)`, moved
+/// back into the frame), written into `dir` as `<name>.mp4`: turns, mirrors and transposes.
+pub fn matrix_copies(base: &Path, dir: &Path, matrices: &[(String, [i32; 4])]) -> Result<Vec<PathBuf>, VideoError> {
     let data =
         std::fs::read(base).map_err(|e| VideoError::Unreadable { path: base.to_path_buf(), reason: e.to_string() })?;
     let at = find(&data, b"tkhd").ok_or_else(|| VideoError::corrupt(base, "no track header (tkhd) box"))?;
@@ -435,23 +453,19 @@ pub fn turned_copies(base: &Path, dir: &Path, degrees: &[i32]) -> Result<Vec<(i3
         return Err(VideoError::corrupt(base, "a truncated track header (tkhd) box"));
     }
     let mut out = Vec::new();
-    for &deg in degrees {
-        let (a, b, c, d) = match deg {
-            90 => (0, 1, -1, 0),
-            180 => (-1, 0, 0, -1),
-            270 => (0, -1, 1, 0),
-            _ => return Err(VideoError::BadRequest(format!("a turn of {deg}°: only 90, 180 or 270"))),
-        };
+    for (name, [a, b, c, d]) in matrices {
         let mut bytes = data.clone();
         let fixed = |v: i32| (v << 16).to_be_bytes();
         let mut matrix = Vec::with_capacity(36);
-        for v in [fixed(a), fixed(b), [0; 4], fixed(c), fixed(d), [0; 4], [0; 4], [0; 4], (1i32 << 30).to_be_bytes()] {
+        for v in
+            [fixed(*a), fixed(*b), [0; 4], fixed(*c), fixed(*d), [0; 4], [0; 4], [0; 4], (1i32 << 30).to_be_bytes()]
+        {
             matrix.extend_from_slice(&v);
         }
         bytes[matrix_at..matrix_at + 36].copy_from_slice(&matrix);
-        let path = dir.join(format!("turned_{deg}.mp4"));
+        let path = dir.join(format!("{name}.mp4"));
         write(&path, &bytes)?;
-        out.push((deg, path));
+        out.push(path);
     }
     Ok(out)
 }
