@@ -24,6 +24,12 @@
 //!   (`KEY_UNIT | SNAP_BEFORE`, landing on the keyframe at or before it, which with the one after
 //!   it decides that time). A range without any keyframe is sampled exactly instead; DICOM
 //!   cines, whose every frame is a keyframe, are always sampled exactly;
+//! * a video stored turned (the container's display matrix, GStreamer's `image-orientation` tag,
+//!   which reaches the decoder's input before its first frame) comes out as shown in RGB and gray:
+//!   sizes and crops apply to the picture as shown, GStreamer scales the stored picture with width
+//!   and height swapped, and the frame is turned in Rust after the colour conversion
+//!   ([`orient`](super::orient)); YUV frames stay as stored, [`StreamInfo::orientation`] says how
+//!   to show them;
 //! * audio and subtitle streams are never decoded;
 //! * queues are bounded (a few frames), so memory does not grow with the video's length;
 //! * declared frame sizes over the limits, still images and audio-only files are refused before
