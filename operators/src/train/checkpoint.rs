@@ -116,7 +116,7 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DTy
     let need = |name: &str| {
         file(name).filter(|p| p.is_file()).ok_or_else(|| format!("the checkpoint {} has no {name}", base.display()))
     };
-    let meta_path = file(META_FILE).filter(|p| p.is_file()).ok_or_else(|| {
+    let meta_path = need(META_FILE).map_err(|_| {
         format!(
             "{} is neither a medgen checkpoint (no {META_FILE}) nor a diffusers Wan2.1 pipeline (no \
              {PIPELINE_INDEX_FILE}); give a folder train.flow_matching wrote (outputs/<node>/epoch-<n>) or a \

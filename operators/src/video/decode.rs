@@ -268,8 +268,6 @@ struct State {
     geometry: Option<Geometry>,
     /// The container's orientation, from the tags that reach the decoder's input.
     tagged: Option<Orientation>,
-    /// How the frames are shown (upright for YUV output), decided when the stream is linked.
-    orientation: Orientation,
     codec: Option<String>,
 }
 
@@ -314,9 +312,8 @@ struct GstDecoder {
     sink: gst_app::AppSink,
     shared: Shared,
     info: StreamInfo,
-    /// Output size and crop, as shown (after `orientation`).
+    /// Output size and crop, as shown (after `info.orientation`; YUV frames are not turned).
     geometry: Geometry,
-    orientation: Orientation,
     start: f64,
     end: Option<f64>,
     deadline: Option<Instant>,
@@ -423,7 +420,6 @@ impl GstDecoder {
             src: None,
             geometry: None,
             tagged: None,
-            orientation: Orientation::UPRIGHT,
             codec: None,
         }));
 
@@ -438,9 +434,9 @@ impl GstDecoder {
         if let Some(e) = lock(&shared).error.take() {
             return Err(e);
         }
-        let (src_info, geometry, orientation, tagged, codec) = {
+        let (src_info, geometry, tagged, codec) = {
             let st = lock(&shared);
-            (st.src, st.geometry, st.orientation, st.tagged.unwrap_or_default(), st.codec.clone())
+            (st.src, st.geometry, st.tagged.unwrap_or_default(), st.codec.clone())
         };
         let (Some(SrcInfo { width: w, height: h, par, fps }), Some(geometry)) = (src_info, geometry) else {
             return Err(if prerolled {
@@ -471,7 +467,6 @@ impl GstDecoder {
             shared,
             info,
             geometry,
-            orientation,
             start,
             end: spec.range.end_s,
             deadline: spec.deadline,
@@ -864,7 +859,8 @@ impl GstDecoder {
             }
             return Ok(frame);
         }
-        if !self.orientation.is_upright() {
+        // (YUV frames, returned above, are never turned.)
+        if !self.info.orientation.is_upright() {
             return self
                 .convert_turned(&yuv, map.as_slice(), w, h, pts, dur)
                 .ok_or_else(|| internal("a frame smaller than its caps say"));
@@ -914,14 +910,15 @@ impl GstDecoder {
             }
             PixelFormat::Gray | PixelFormat::Yuv => to_gray_into(&planes, yuv.full_range, 0, 0, w, h, self.pool.take()),
         }?;
-        let (sw, sh) = self.orientation.shown_size(w as u32, h as u32);
+        let turn = self.info.orientation;
+        let (sw, sh) = turn.shown_size(w as u32, h as u32);
         let crop = self.geometry.crop.map(|(x, y, cw, ch)| {
             let (x, y) = (x.min(sw), y.min(sh));
             (x as usize, y as usize, cw.min(sw - x) as usize, ch.min(sh - y) as usize)
         });
         let (ow, oh) = crop.map_or((sw as usize, sh as usize), |c| (c.2, c.3));
         let mut out = self.pool.take();
-        orient_into(&stored, w, h, self.format.channels(), self.orientation, crop, &mut out);
+        orient_into(&stored, w, h, self.format.channels(), turn, crop, &mut out);
         self.pool.give(stored);
         Some(Frame::new(pts, dur, ow as u32, oh as u32, self.format, out).returning_to(&self.pool))
     }
@@ -1180,7 +1177,6 @@ fn connect_decodebin(
             let (scale_w, scale_h) = orientation.shown_size(geometry.scale_w, geometry.scale_h);
             s.src = Some(SrcInfo { width: vinfo.width(), height: vinfo.height(), par, fps });
             s.geometry = Some(geometry);
-            s.orientation = orientation;
             // The decoder's own 8-bit YUV passes through untouched (scaled if asked); anything
             // else becomes I420. RGB and gray are made in Rust from the planes (convert.rs).
             let mut out = gst::Caps::builder("video/x-raw")

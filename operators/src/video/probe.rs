@@ -141,9 +141,9 @@ fn from_discoverer(
     let (width, height) = (video.width(), video.height());
     let par = video.par();
     let (pn, pd) = (par.numer().max(1) as u64, par.denom().max(1) as u64);
-    let orientation_tag =
-        video.tags().and_then(|t| t.get::<gst::tags::ImageOrientation>().map(|v| v.get().to_string()));
-    let orientation = orientation_tag.as_deref().and_then(Orientation::from_tag).unwrap_or_default();
+    let tagged =
+        video.tags().and_then(|t| t.get::<gst::tags::ImageOrientation>().and_then(|v| Orientation::from_tag(v.get())));
+    let orientation = tagged.unwrap_or_default();
     // As shown: a portrait phone recording is stored landscape and turned 90°.
     let display_aspect = (width > 0 && height > 0).then(|| {
         let (n, d) = (width as u64 * pn, height as u64 * pd);
@@ -160,7 +160,7 @@ fn from_discoverer(
         0 => duration_s.map(|d| (size as f64 * 8.0 / d) as u64),
         b => Some(b as u64),
     };
-    let rotation_deg = orientation_tag.and_then(|o| o.rsplit('-').next()?.parse::<i32>().ok());
+    let rotation_deg = tagged.map(|o| o.degrees());
 
     let mut variable_fps = fps.is_some_and(|f| f.0 == 0);
     let estimate = match (duration_s, fps_f) {
