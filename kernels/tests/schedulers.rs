@@ -1,6 +1,7 @@
 //! The FlowMatch Euler and UniPC samplers against diffusers: schedules (timesteps, sigmas) for
 //! 1, 2, 3 and 50 steps at shifts 3 and 5, and step-by-step trajectories on given model outputs;
-//! UniPC also with a final σ of sigma_min, correctors disabled at some steps, and orders 1 and 3.
+//! UniPC also with a final σ of sigma_min, correctors disabled at some steps, orders 1 and 3 and
+//! bh1; Euler with Karras, exponential and beta spacing, a terminal shift and inverted sigmas.
 //! Options the samplers do not implement are refused by name.
 
 use medgen_kernels::verify::{VerifyOptions, run};
@@ -24,7 +25,7 @@ fn every_scheduler_fixture_matches_diffusers() {
         assert!(r.checks.len() >= 3, "{name}: schedule and trajectory checked");
         seen += 1;
     }
-    assert_eq!(seen, 21, "8 Euler and 13 UniPC fixtures");
+    assert_eq!(seen, 30, "14 Euler and 16 UniPC fixtures");
 }
 
 /// A fixture whose scheduler config asks for something the samplers do not do (Karras sigmas,
@@ -36,8 +37,9 @@ fn unimplemented_scheduler_options_are_refused_by_name() {
     let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures");
     let tmp = tempfile::tempdir().unwrap();
     for (src, key, value) in [
-        ("flow_euler_s3_n2.safetensors", "use_karras_sigmas", serde_json::json!(true)),
-        ("flow_euler_s3_n2.safetensors", "shift_terminal", serde_json::json!(0.1)),
+        ("flow_euler_s3_n2.safetensors", "use_dynamic_shifting", serde_json::json!(true)),
+        ("flow_euler_s3_n2.safetensors", "stochastic_sampling", serde_json::json!(true)),
+        ("flow_unipc_s3_n2.safetensors", "use_karras_sigmas", serde_json::json!(true)),
         ("flow_unipc_s3_n2.safetensors", "use_dynamic_shifting", serde_json::json!(true)),
         ("flow_unipc_s3_n2.safetensors", "thresholding", serde_json::json!(true)),
     ] {

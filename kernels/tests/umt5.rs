@@ -103,6 +103,22 @@ fn tiny_fixture_passes_verify() {
     }
 }
 
+/// Another config: 13 buckets (odd: 6 per direction, the last unused), max_distance 20 (shorter
+/// than the 24-token rows), a plain ReLU feed-forward and heads·d_kv = 18 ≠ d_model = 32.
+#[test]
+fn odd_buckets_relu_fixture_passes_verify() {
+    let path = concat!(env!("CARGO_MANIFEST_DIR"), "/tests/fixtures/umt5_odd_relu.safetensors");
+    let fx = Fixture::open(path).unwrap();
+    let cfg = UMT5Config::from_value(&fx.config).unwrap();
+    assert_eq!((cfg.relative_attention_num_buckets, cfg.relative_attention_max_distance), (13, 20));
+    assert!(!cfg.feed_forward().unwrap().gated);
+    let r = verify::run(path, &VerifyOptions::default()).unwrap();
+    for c in &r.checks {
+        println!("umt5_odd_relu: {} max abs {:.2e} max rel {:.2e}", c.name, c.max_abs, c.max_rel);
+    }
+    assert!(r.pass(), "{:?}", r.checks);
+}
+
 #[test]
 fn wan_original_layout_matches_transformers_layout() {
     let fx = Fixture::open(fixture_path()).unwrap();

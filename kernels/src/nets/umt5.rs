@@ -296,8 +296,10 @@ impl UMT5Config {
             }
         }
         let nb = self.relative_attention_num_buckets;
-        if nb < 4 || !nb.is_multiple_of(2) {
-            return bad(format!("relative_attention_num_buckets = {nb}; expected an even number ≥ 4"));
+        // Each direction gets ⌊nb/2⌋ buckets, half of them exact: at least 2 per direction (an odd
+        // count leaves its last bucket unused, as in transformers).
+        if nb < 4 {
+            return bad(format!("relative_attention_num_buckets = {nb}; expected at least 4"));
         }
         if self.relative_attention_max_distance <= nb / 4 {
             return bad(format!(
@@ -692,7 +694,8 @@ mod tests {
         let c = UMT5Config::from_json(r#"{"d_model": 32, "num_heads": 4, "d_kv": 8, "architectures": ["x"]}"#).unwrap();
         assert_eq!((c.d_model, c.inner_dim(), c.vocab_size), (32, 32, 250112));
         assert!(UMT5Config::from_json(r#"{"d_model": 0}"#).is_err());
-        assert!(UMT5Config::from_json(r#"{"relative_attention_num_buckets": 7}"#).is_err());
+        assert!(UMT5Config::from_json(r#"{"relative_attention_num_buckets": 3}"#).is_err());
+        assert!(UMT5Config::from_json(r#"{"relative_attention_num_buckets": 7}"#).is_ok());
         assert!(UMT5Config::from_json(r#"{"d_model": "big"}"#).unwrap_err().to_string().contains("d_model"));
         let x = UMT5Config::umt5_xxl_encoder();
         assert_eq!((x.vocab_size, x.d_model, x.inner_dim(), x.d_ff, x.num_layers), (256384, 4096, 4096, 10240, 24));

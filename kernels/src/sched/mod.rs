@@ -1,16 +1,19 @@
 //! Flow-matching noise schedules and samplers (WAN_SPEC.md §5): the σ convention, the timestep
 //! shift, the FlowMatch Euler sampler ([`euler`]) and UniPC bh2 of order 2 with flow sigmas
-//! ([`unipc`]), plus classifier-free guidance ([`cfg_combine`]).
+//! ([`unipc`]), both with the diffusers options that reshape them, read from a diffusers scheduler
+//! config by [`config`]; plus classifier-free guidance ([`cfg_combine`]).
 //!
 //! Convention: σ ∈ [0, 1], σ = 1 is pure noise, `x_σ = (1−σ)·x0 + σ·ε`, the model predicts the
 //! velocity `v = ε − x0` and is fed `t = 1000·σ`.
 //!
 //! Samplers keep latents in `f32` (as the reference pipelines do) whatever the model's dtype.
 
+pub mod config;
 pub mod euler;
 pub mod unipc;
 
-pub use euler::FlowEuler;
+pub use config::{SchedulerKind, SchedulerSpec};
+pub use euler::{EulerOptions, FlowEuler, SigmaSpacing};
 pub use unipc::{FlowUniPc, UniPcOptions};
 
 use crate::dtype::DType;
@@ -83,50 +86,18 @@ pub(crate) fn f32_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<(Vec<
 /// trajectory of `step()` results for given model outputs.
 pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let c = &fx.config;
-    let num = |k: &str| c.get(k).and_then(|v| v.as_f64());
-    let train = num("num_train_timesteps").unwrap_or(1000.0) as usize;
-    let steps = num("num_inference_steps").ok_or_else(|| fx.error("config has no num_inference_steps"))? as usize;
-    // Euler calls it `shift`, UniPC `flow_shift`.
-    let by = num("flow_shift").or_else(|| num("shift")).unwrap_or(1.0);
-    refuse_unsupported(fx)?;
-    let mut sampler: Box<dyn Sampler> = match fx.model.as_str() {
-        "flow_euler" => Box::new(FlowEuler::new(train, by, steps)?),
-        "flow_unipc" => {
-            let order = num("solver_order").unwrap_or(2.0) as usize;
-            let lower_order_final = c.get("lower_order_final").and_then(|v| v.as_bool()).unwrap_or(true);
-            let final_sigma_min = match c.get("final_sigmas_type").and_then(|v| v.as_str()) {
-                None | Some("zero") => false,
-                Some("sigma_min") => true,
-                Some(other) => {
-                    return Err(fx.error(format!(
-                        "UniPC final_sigmas_type {other:?} is not supported (\"zero\" or \"sigma_min\")"
-                    )));
-                }
-            };
-            let disable_corrector = match c.get("disable_corrector") {
-                None | Some(serde_json::Value::Null) => Vec::new(),
-                Some(v) => v
-                    .as_array()
-                    .and_then(|a| a.iter().map(|i| i.as_u64().map(|i| i as usize)).collect::<Option<Vec<_>>>())
-                    .ok_or_else(|| {
-                        fx.error(format!("UniPC disable_corrector must be a list of step indices, got {v}"))
-                    })?,
-            };
-            for (k, want) in [("solver_type", "bh2"), ("prediction_type", "flow_prediction")] {
-                if let Some(v) = c.get(k).and_then(|v| v.as_str())
-                    && v != want
-                {
-                    return Err(fx.error(format!("UniPC {k} {v:?} is not supported (only {want:?})")));
-                }
-            }
-            if c.get("use_flow_sigmas").and_then(|v| v.as_bool()) == Some(false) {
-                return Err(fx.error("UniPC without use_flow_sigmas is not supported"));
-            }
-            let options = UniPcOptions { order, lower_order_final, final_sigma_min, disable_corrector };
-            Box::new(FlowUniPc::with_options(train, by, steps, &options)?)
-        }
+    let steps = c
+        .get("num_inference_steps")
+        .and_then(|v| v.as_u64())
+        .ok_or_else(|| fx.error("config has no num_inference_steps"))? as usize;
+    let kind = match fx.model.as_str() {
+        "flow_euler" => SchedulerKind::Euler,
+        "flow_unipc" => SchedulerKind::UniPc,
         other => return Err(fx.error(format!("{other:?} is not a scheduler"))),
     };
+    let config = c.as_object().ok_or_else(|| fx.error("config is not a JSON object"))?;
+    let spec = SchedulerSpec::from_config(kind, config).map_err(|e| fx.error(e.to_string()))?;
+    let mut sampler = spec.sampler(steps)?;
     // Timesteps are ~1000: judge them relative to their scale; sigmas are in [0, 1].
     let exact = opts.limit(Limit::Abs(fx.abs_limit(1e-6)));
     let ts: Vec<f64> = (0..sampler.len()).map(|i| sampler.timestep(i) as f64).collect();
@@ -153,43 +124,6 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
         checks.push(Check::merge("out.sample_*", &traj).ok_or_else(|| fx.error("in.init without model outputs"))?);
     }
     Ok(checks)
-}
-
-/// Scheduler options that change the schedule or the step and that these samplers do not
-/// implement (none is part of the Wan pipelines' configuration): refused by name rather than
-/// verified against a schedule they would not produce. Each entry is a config key and its
-/// default, the one harmless value besides `null`.
-fn refuse_unsupported(fx: &Fixture) -> Result<()> {
-    use serde_json::Value;
-    // (key, its default); `null` is the default too.
-    let common = [
-        ("use_dynamic_shifting", Value::Bool(false)),
-        ("use_karras_sigmas", Value::Bool(false)),
-        ("use_exponential_sigmas", Value::Bool(false)),
-        ("use_beta_sigmas", Value::Bool(false)),
-        ("thresholding", Value::Bool(false)),
-    ];
-    let own = if fx.model == "flow_euler" {
-        vec![
-            ("shift_terminal", Value::Null),
-            ("invert_sigmas", Value::Bool(false)),
-            ("stochastic_sampling", Value::Bool(false)),
-        ]
-    } else {
-        vec![("solver_p", Value::Null), ("predict_x0", Value::Bool(true))]
-    };
-    for (key, default) in common.into_iter().chain(own) {
-        if let Some(v) = fx.config.get(key)
-            && !v.is_null()
-            && *v != default
-        {
-            return Err(fx.error(format!(
-                "scheduler option `{key}` = {v} is not implemented (medgen's samplers follow the Wan pipelines' \
-                 schedule: shifted flow sigmas; see WAN_SPEC §5)"
-            )));
-        }
-    }
-    Ok(())
 }
 
 #[cfg(test)]

@@ -1,5 +1,6 @@
-//! UniPC multistep sampler for flow matching (bh2 variant, x0-prediction, order ≤ 3 (2 in the Wan pipelines), lower order at
-//! the end), WAN_SPEC.md §5.3 — the sampler the Wan2.1 diffusers pipelines ship with.
+//! UniPC multistep sampler for flow matching (bh2 variant, or bh1; x0-prediction, order ≤ 3 (2 in
+//! the Wan pipelines), lower order at the end), WAN_SPEC.md §5.3 — the sampler the Wan2.1 diffusers
+//! pipelines ship with.
 //!
 //! Schedule: `σ_i = shift(linspace(1, 1/T, N+1)[i])` for `i < N` (σ_0 nudged below 1 by 1e-6 so
 //! that λ stays finite), `σ_N = 0`, stored in f32; the model is fed the integer-truncated
@@ -12,12 +13,13 @@ use super::{Sampler, f32_pair, shift};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
 
-/// The UniPC (bh2) sampler with flow sigmas.
+/// The UniPC sampler with flow sigmas.
 #[derive(Debug, Clone)]
 pub struct FlowUniPc {
     sigmas: Vec<f32>,
     timesteps: Vec<i64>,
     order: usize,
+    bh1: bool,
     lower_order_final: bool,
     next: usize,
     /// The last `order` x0-predictions (oldest first).
@@ -43,11 +45,20 @@ pub struct UniPcOptions {
     pub final_sigma_min: bool,
     /// `disable_corrector`: step indices after which the corrector is not applied.
     pub disable_corrector: Vec<usize>,
+    /// `solver_type = "bh1"`: `B(h) = h` instead of bh2's `B(h) = e^h − 1` (the reference
+    /// recommends it for unconditional sampling in under 10 steps).
+    pub bh1: bool,
 }
 
 impl Default for UniPcOptions {
     fn default() -> Self {
-        UniPcOptions { order: 2, lower_order_final: true, final_sigma_min: false, disable_corrector: Vec::new() }
+        UniPcOptions {
+            order: 2,
+            lower_order_final: true,
+            final_sigma_min: false,
+            disable_corrector: Vec::new(),
+            bh1: false,
+        }
     }
 }
 
@@ -83,6 +94,7 @@ impl FlowUniPc {
             sigmas,
             timesteps,
             order,
+            bh1: options.bh1,
             lower_order_final: options.lower_order_final,
             next: 0,
             history: Vec::new(),
@@ -138,14 +150,14 @@ impl Sampler for FlowUniPc {
             let older: Vec<(f32, &Vec<f32>)> = (1..q)
                 .map(|k| ((lambda(self.sigmas[i - 1 - k]) - lambda(s0)) / h, &self.history[self.history.len() - 1 - k]))
                 .collect();
-            let (h_phi_1, b) = phi_b(h, q);
+            let (h_phi_1, b_h, b) = phi_b(h, q, self.bh1);
             let rhos = if q == 1 { vec![0.5] } else { solve(&vandermonde(&older, q), &b) };
             let m0 = &self.history[self.history.len() - 1];
-            let (ratio, a_phi) = (s_t / s0, (1.0 - s_t) * h_phi_1);
+            let (ratio, a_phi, a_b) = (s_t / s0, (1.0 - s_t) * h_phi_1, (1.0 - s_t) * b_h);
             for k in 0..x.len() {
                 let corr: f32 = older.iter().zip(&rhos).map(|((r, mj), rho)| rho * ((mj[k] - m0[k]) / r)).sum();
                 let base = ratio * prev[k] - a_phi * m0[k];
-                x[k] = base - a_phi * (corr + rhos[q - 1] * (m[k] - m0[k]));
+                x[k] = base - a_b * (corr + rhos[q - 1] * (m[k] - m0[k]));
             }
         }
 
@@ -174,14 +186,14 @@ impl Sampler for FlowUniPc {
             let older: Vec<(f32, &Vec<f32>)> = (1..p)
                 .map(|k| ((lambda(self.sigmas[i - k]) - lambda(s0)) / h, &self.history[self.history.len() - 1 - k]))
                 .collect();
-            let (h_phi_1, b) = phi_b(h, p);
+            let (h_phi_1, b_h, b) = phi_b(h, p, self.bh1);
             // The reference's fixed ρ = 0.5 at order 2; a solve of the first p−1 conditions above.
             let rhos = match p {
                 1 => Vec::new(),
                 2 => vec![0.5],
                 _ => solve(&vandermonde(&older, p - 1), &b[..p - 1]),
             };
-            let (ratio, a_phi) = (s_t / s0, (1.0 - s_t) * h_phi_1);
+            let (ratio, a_phi, a_b) = (s_t / s0, (1.0 - s_t) * h_phi_1, (1.0 - s_t) * b_h);
             (0..x.len())
                 .map(|k| {
                     let base = ratio * x[k] - a_phi * mi[k];
@@ -189,7 +201,7 @@ impl Sampler for FlowUniPc {
                         return base;
                     }
                     let res: f32 = older.iter().zip(&rhos).map(|((r, mj), rho)| rho * ((mj[k] - mi[k]) / r)).sum();
-                    base - a_phi * res
+                    base - a_b * res
                 })
                 .collect()
         };
@@ -198,20 +210,22 @@ impl Sampler for FlowUniPc {
     }
 }
 
-/// `h·φ₁ = expm1(−h)` and UniPC's `b_k = h·φ_k(−h)·k!/B(h)` for k = 1..=order, with the bh2 choice
-/// `B(h) = expm1(−h)` (x0-prediction, so the sign of h is flipped); f32 like the reference.
-fn phi_b(h: f32, order: usize) -> (f32, Vec<f32>) {
+/// `h·φ₁ = expm1(−h)`, `B(h)` and UniPC's `b_k = h·φ_k(−h)·k!/B(h)` for k = 1..=order, with the
+/// bh2 choice `B(h) = expm1(−h)` or bh1's `B(h) = −h` (x0-prediction, so the sign of h is
+/// flipped); f32 like the reference.
+fn phi_b(h: f32, order: usize, bh1: bool) -> (f32, f32, Vec<f32>) {
     let hh = -h;
     let h_phi_1 = hh.exp_m1();
+    let b_h = if bh1 { hh } else { h_phi_1 };
     let mut h_phi_k = h_phi_1 / hh - 1.0;
     let mut factorial = 1.0f32;
     let mut b = Vec::with_capacity(order);
     for k in 1..=order {
-        b.push(h_phi_k * factorial / h_phi_1);
+        b.push(h_phi_k * factorial / b_h);
         factorial *= (k + 1) as f32;
         h_phi_k = h_phi_k / hh - 1.0 / factorial;
     }
-    (h_phi_1, b)
+    (h_phi_1, b_h, b)
 }
 
 /// The `size × size` system `R[j][c] = r_c^j` over the older predictions' ratios, the last
