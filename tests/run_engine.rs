@@ -355,3 +355,46 @@ fn an_output_that_cannot_be_written_fails_the_run() {
     run_ok(medgen().args(["run", "-q", "--store"]).arg(&store).arg(&graph));
     assert_eq!(read_view(&store, "videos.jsonl").lines().count(), 3);
 }
+
+/// `medgen store verify` re-hashes the blobs: a changed one is reported (exit 1) and, with
+/// `--repair`, moved to corrupt/ so the next run recomputes it.
+#[test]
+fn store_verify_finds_and_sets_aside_damaged_blobs() {
+    use medgen_operators::api::Services;
+    let dir = tempfile::tempdir().unwrap();
+    let root = dir.path().join("store");
+    let keys: Vec<String> = {
+        let s = medgen::store::Store::open(&root).unwrap();
+        (0..4).map(|i| s.blob_put(format!("clip bytes {i}").repeat(1000).as_bytes()).unwrap()).collect()
+    };
+    let verify = |extra: &[&str]| {
+        medgen().args(["store", "verify", "--quiet", "--store"]).arg(&root).args(extra).output().unwrap()
+    };
+    let text = |o: &Output| String::from_utf8_lossy(&o.stdout).into_owned();
+    let out = verify(&[]);
+    assert!(
+        out.status.success() && text(&out).contains("4 blobs") && text(&out).contains("every blob matches"),
+        "{}",
+        text(&out)
+    );
+
+    // A dataset clip edited in place through its hard link (possible for root despite the mode).
+    let path = root.join("blobs").join(&keys[2][..2]).join(&keys[2]);
+    let mut perm = std::fs::metadata(&path).unwrap().permissions();
+    assert!(perm.readonly(), "blobs are written read-only");
+    #[allow(clippy::permissions_set_readonly_false)]
+    perm.set_readonly(false);
+    std::fs::set_permissions(&path, perm).unwrap();
+    std::fs::write(&path, b"edited").unwrap();
+    let out = verify(&[]);
+    assert_eq!(out.status.code(), Some(1), "{}", text(&out));
+    assert!(text(&out).contains(&format!("DAMAGED {}", keys[2])) && text(&out).contains("--repair"), "{}", text(&out));
+    assert!(path.exists(), "nothing moves without --repair");
+
+    let out = verify(&["--repair"]);
+    assert!(out.status.success(), "{}", text(&out));
+    assert!(!path.exists());
+    assert_eq!(std::fs::read(root.join("corrupt").join(&keys[2])).unwrap(), b"edited");
+    let out = verify(&[]);
+    assert!(out.status.success() && text(&out).contains("3 blobs"), "{}", text(&out));
+}

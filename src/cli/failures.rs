@@ -19,7 +19,8 @@ pub struct StoreArgs {
 }
 
 impl StoreArgs {
-    fn open(&self) -> anyhow::Result<Result<Store, i32>> {
+    /// The store, or the exit code of a graph file that could not be read (already reported).
+    pub(super) fn open(&self) -> anyhow::Result<Result<Store, i32>> {
         let dir = match (&self.store, &self.graph) {
             (Some(s), _) => s.clone(),
             (None, Some(g)) => {

@@ -10,6 +10,7 @@ mod review;
 mod run;
 #[cfg(feature = "video")]
 mod sample;
+mod store;
 mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -76,6 +77,8 @@ pub enum Command {
     Failures(failures::FailuresArgs),
     /// Re-admit quarantined items so the next run tries them again.
     Retry(failures::RetryArgs),
+    /// Look after a run store: `medgen store verify` re-hashes its blobs against their names.
+    Store(store::StoreCmdArgs),
     /// Check this machine: GStreamer, H.264 encoders, ONNX Runtime, GPU driver, sample videos.
     Doctor(doctor::DoctorArgs),
     /// Benchmarks against baselines in the same run (e.g. `medgen bench decode` against gst-launch-1.0).
@@ -143,6 +146,7 @@ pub fn main() -> i32 {
         Command::Explain(a) => run::explain(a),
         Command::Failures(a) => failures::failures(a),
         Command::Retry(a) => failures::retry(a),
+        Command::Store(a) => store::store(a),
         Command::Doctor(a) => doctor::doctor(a),
         Command::Bench(a) => bench::bench(a),
         Command::Verify(a) => verify::verify(a),

@@ -3,7 +3,9 @@
 //!
 //! A blob is written to a temporary file in the store's `tmp/` folder (same file system), synced,
 //! renamed into place and its folder synced, so a reader sees the whole blob or none, and a blob
-//! that exists is never rewritten.
+//! that exists is never rewritten. Blobs are read-only (mode 0444): the dataset sink hard-links
+//! clips to them, and a tool editing such a clip in place must not change the store's bytes under
+//! their hash (root is not stopped by the mode; `medgen store verify` finds what was changed).
 
 use super::error::StoreError;
 use std::fs::{self, File, OpenOptions};
@@ -82,6 +84,7 @@ impl Blobs {
         // The data must be on disk before the rename makes it visible under its key.
         file.sync_all().map_err(io_err)?;
         drop(file);
+        seal(src);
         let dir = self.ensure_fanout_dir(&dest)?;
         match fs::rename(src, &dest) {
             Ok(()) => {
@@ -108,10 +111,50 @@ impl Blobs {
 
     /// Rename a synced temporary file to `dest` and sync the folder.
     fn install(&self, tmp: TempFile, dest: &Path) -> Result<(), StoreError> {
+        seal(&tmp.path);
         let dir = self.ensure_fanout_dir(dest)?;
         fs::rename(&tmp.path, dest).map_err(|e| StoreError::io(dest, e))?;
         tmp.disarm();
         sync_dir(&dir)
+    }
+
+    /// Every file under `blobs/`: those named and placed as blobs (key, path, length), and the
+    /// rest (names that are not keys, keys in the wrong fan-out folder, folders where files belong).
+    pub(crate) fn list(&self) -> Result<(Vec<BlobFile>, Vec<PathBuf>), StoreError> {
+        let (mut blobs, mut strays) = (Vec::new(), Vec::new());
+        let read = |dir: &Path| fs::read_dir(dir).map_err(|e| StoreError::io(dir, e));
+        for fan in read(&self.dir)? {
+            let fan = fan.map_err(|e| StoreError::io(&self.dir, e))?;
+            let fan_path = fan.path();
+            if !fan_path.is_dir() {
+                strays.push(fan_path);
+                continue;
+            }
+            let prefix = fan.file_name().to_string_lossy().into_owned();
+            for entry in read(&fan_path)? {
+                let entry = entry.map_err(|e| StoreError::io(&fan_path, e))?;
+                let path = entry.path();
+                let name = entry.file_name().to_string_lossy().into_owned();
+                match entry.metadata() {
+                    Ok(m) if m.is_file() && is_valid_key(&name) && name.starts_with(&prefix) && prefix.len() == 2 => {
+                        blobs.push(BlobFile { key: name, path, len: m.len() });
+                    }
+                    _ => strays.push(path),
+                }
+            }
+        }
+        blobs.sort_by(|a, b| a.key.cmp(&b.key));
+        strays.sort();
+        Ok((blobs, strays))
+    }
+
+    /// Re-hashes a blob file: `Ok(None)` when its bytes still hash to its name, `Ok(Some(actual))`
+    /// when they do not. `progress` gets the bytes read as they are read.
+    pub(crate) fn rehash(&self, blob: &BlobFile, progress: &mut dyn FnMut(u64)) -> Result<Option<String>, StoreError> {
+        let mut file = File::open(&blob.path).map_err(|e| StoreError::io(&blob.path, e))?;
+        let mut counting = Counting { inner: &mut file, progress };
+        let (actual, _) = hash_reader(&mut counting).map_err(|e| StoreError::io(&blob.path, e))?;
+        Ok((actual != blob.key).then_some(actual))
     }
 
     /// Create the fan-out folder of `dest` if needed (syncing `blobs/` when it is new); returns it.
@@ -123,6 +166,47 @@ impl Blobs {
             Err(e) => return Err(StoreError::io(&dir, e)),
         }
         Ok(dir)
+    }
+}
+
+/// Makes a blob file read-only (0444). Best effort: a file system without Unix modes keeps the
+/// file writable, which loses only the protection.
+pub(crate) fn seal(path: &Path) {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o444));
+    }
+    #[cfg(not(unix))]
+    {
+        if let Ok(m) = fs::metadata(path) {
+            let mut p = m.permissions();
+            p.set_readonly(true);
+            let _ = fs::set_permissions(path, p);
+        }
+    }
+}
+
+/// A file in `blobs/` named and placed as a blob.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct BlobFile {
+    /// Its name: the blake3 hash its bytes should have.
+    pub key: String,
+    pub path: PathBuf,
+    pub len: u64,
+}
+
+/// A reader that reports how many bytes went through.
+struct Counting<'a, R> {
+    inner: &'a mut R,
+    progress: &'a mut dyn FnMut(u64),
+}
+
+impl<R: Read> Read for Counting<'_, R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        let n = self.inner.read(buf)?;
+        (self.progress)(n as u64);
+        Ok(n)
     }
 }
 

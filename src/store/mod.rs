@@ -27,6 +27,7 @@ mod types;
 #[cfg(test)]
 mod tests;
 
+pub use blobs::BlobFile;
 pub use blobs::is_valid_key as is_valid_blob_key;
 pub use error::StoreError;
 pub use ratings::{Outcome, RatingRow, WarpLevel, WarpingRow};
@@ -71,6 +72,9 @@ impl fmt::Debug for Store {
 pub struct RunLock {
     _file: fs::File,
 }
+
+/// Where `medgen store verify --repair` puts blobs whose bytes no longer match their name.
+pub const CORRUPT_DIR: &str = "corrupt";
 
 impl Store {
     /// Open the run directory at `root`, creating it, its folders and its catalog as needed, and
@@ -366,6 +370,31 @@ impl Store {
     /// Whether blob `key` is in the store.
     pub fn blob_exists(&self, key: &str) -> Result<bool, StoreError> {
         Ok(self.blobs.path(key)?.is_file())
+    }
+
+    /// Every blob file of the store (sorted by key) and the other files found under `blobs/`.
+    pub fn blob_files(&self) -> Result<(Vec<BlobFile>, Vec<PathBuf>), StoreError> {
+        self.blobs.list()
+    }
+
+    /// Re-hashes `blob`: `None` when its bytes still hash to its name, else the hash they have now
+    /// (a clip edited in place through a hard link, a disk error). `progress` gets bytes read.
+    pub fn blob_rehash(&self, blob: &BlobFile, progress: &mut dyn FnMut(u64)) -> Result<Option<String>, StoreError> {
+        self.blobs.rehash(blob, progress)
+    }
+
+    /// Moves a damaged blob out of `blobs/` into `corrupt/` (kept for inspection); returns where
+    /// it went. Memoised results that refer to it are then recomputed by the next run.
+    pub fn blob_set_aside(&self, blob: &BlobFile) -> Result<PathBuf, StoreError> {
+        let dir = self.root.join(CORRUPT_DIR);
+        fs::create_dir_all(&dir).map_err(|e| StoreError::io(&dir, e))?;
+        let dest = dir.join(&blob.key);
+        fs::rename(&blob.path, &dest).map_err(|e| StoreError::io(&blob.path, e))?;
+        blobs::sync_dir(&dir)?;
+        if let Some(parent) = blob.path.parent() {
+            blobs::sync_dir(parent)?;
+        }
+        Ok(dest)
     }
 
     /// The bytes of blob `key`.

@@ -112,14 +112,17 @@ fn blob_put_is_content_addressed_idempotent_and_atomic() {
     assert_eq!(path, s.root().join("blobs").join(&key[..2]).join(&key));
     assert_eq!(fs::read(&path).unwrap(), bytes);
     assert!(s.blob_exists(&key).unwrap());
+    // Read-only: a hard link of it (a dataset clip) cannot be edited in place.
+    assert!(fs::metadata(&path).unwrap().permissions().readonly());
 
     // A second put of the same bytes leaves the existing file alone.
     let old = SystemTime::now() - Duration::from_secs(7200);
-    fs::File::options().write(true).open(&path).unwrap().set_modified(old).unwrap();
+    fs::File::open(&path).unwrap().set_modified(old).unwrap();
     assert_eq!(s.blob_put(&bytes).unwrap(), key);
     assert_eq!(fs::metadata(&path).unwrap().modified().unwrap(), old);
 
     // A truncated file under the key (not written by the store) is replaced.
+    make_writable(&path);
     fs::write(&path, b"a clip").unwrap();
     assert_eq!(s.blob_put(&bytes).unwrap(), key);
     assert_eq!(fs::read(&path).unwrap(), bytes);
@@ -130,6 +133,51 @@ fn blob_put_is_content_addressed_idempotent_and_atomic() {
     assert!(tmp_entries(&s).is_empty(), "temp files left: {:?}", tmp_entries(&s));
     let missing = "0".repeat(64);
     assert!(matches!(s.blob_get(&missing), Err(StoreError::MissingBlob { .. })));
+}
+
+fn make_writable(path: &Path) {
+    let mut p = fs::metadata(path).unwrap().permissions();
+    #[allow(clippy::permissions_set_readonly_false)]
+    p.set_readonly(false);
+    fs::set_permissions(path, p).unwrap();
+}
+
+/// `store verify`'s parts: the listing, a re-hash that finds changed bytes, and setting a damaged
+/// blob aside (after which it is gone, so memoised results that need it are recomputed).
+#[test]
+fn changed_blobs_are_found_and_set_aside() {
+    let (_dir, s) = store();
+    let keys: Vec<String> = (0..3).map(|i| s.blob_put(format!("blob {i}").as_bytes()).unwrap()).collect();
+    let stray = s.root().join("blobs").join("notes.txt");
+    fs::write(&stray, b"not a blob").unwrap();
+    let (files, strays) = s.blob_files().unwrap();
+    let mut sorted = keys.clone();
+    sorted.sort();
+    assert_eq!(files.iter().map(|f| f.key.clone()).collect::<Vec<_>>(), sorted);
+    assert_eq!(strays, vec![stray]);
+    let mut read = 0;
+    for f in &files {
+        assert_eq!(s.blob_rehash(f, &mut |n| read += n).unwrap(), None);
+    }
+    assert_eq!(read, files.iter().map(|f| f.len).sum::<u64>());
+
+    // Edit one in place (what root, or a tool ignoring the mode, can do through a dataset link).
+    let victim = files.iter().find(|f| f.key == keys[1]).unwrap();
+    make_writable(&victim.path);
+    fs::write(&victim.path, b"blob X").unwrap();
+    let actual = s.blob_rehash(victim, &mut |_| {}).unwrap();
+    assert_eq!(actual, Some(blake3::hash(b"blob X").to_hex().to_string()));
+    let to = s.blob_set_aside(victim).unwrap();
+    assert_eq!(to, s.root().join(CORRUPT_DIR).join(&keys[1]));
+    assert_eq!(fs::read(&to).unwrap(), b"blob X");
+    assert!(!s.blob_exists(&keys[1]).unwrap());
+    assert_eq!(s.blob_files().unwrap().0.len(), 2);
+    // the next put of the original bytes writes it again
+    assert_eq!(s.blob_put(b"blob 1").unwrap(), keys[1]);
+    assert_eq!(
+        s.blob_rehash(&s.blob_files().unwrap().0.into_iter().find(|f| f.key == keys[1]).unwrap(), &mut |_| {}).unwrap(),
+        None
+    );
 }
 
 #[test]

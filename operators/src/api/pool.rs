@@ -178,6 +178,24 @@ impl<F> Runner<F> {
         MemoKey::new(&self.operator, self.version, &self.fingerprint, &d.memo_input())
     }
 
+    /// Whether every blob a memoised result refers to is still in the store. One that is gone (blobs
+    /// deleted to free space, a store copied in part) makes the hit a miss, so the item is
+    /// recomputed instead of handing downstream nodes a key they cannot read.
+    fn blobs_present<D: PoolItem>(&self, d: &D, records: &[Record]) -> bool {
+        match records.iter().flat_map(Record::blob_keys).find(|k| !self.services.blob_exists(k)) {
+            None => true,
+            Some(key) => {
+                tracing::warn!(
+                    node = %self.node,
+                    item = %d.item_id(),
+                    blob = key,
+                    "the memoised result refers to a blob that is gone from the run store; recomputing it"
+                );
+                false
+            }
+        }
+    }
+
     /// Run one item with retries. Returns its output records and whether it succeeded.
     fn run<D: PoolItem>(&self, d: &D) -> (Vec<Record>, bool)
     where
@@ -413,7 +431,8 @@ where
                             .memo_get(&runner.memo_key(&d))
                             .ok()
                             .flatten()
-                            .and_then(|bytes| serde_json::from_slice::<Vec<Record>>(&bytes).ok());
+                            .and_then(|bytes| serde_json::from_slice::<Vec<Record>>(&bytes).ok())
+                            .filter(|records| runner.blobs_present(&d, records));
                         if let Some(records) = hit {
                             NodeStats::add(&stats.memo_hits, 1);
                             for rec in &records {
@@ -492,7 +511,7 @@ pub fn split_failures(coll: Coll<'_>) -> (Coll<'_>, Coll<'_>) {
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::api::records::{Metric, Prompt};
+    use crate::api::records::{Metric, Prompt, Sample};
     use crate::api::services::MemServices;
     use crate::api::spec::{OpSpec, RunSettings};
     use differential_dataflow::input::Input;
@@ -546,10 +565,21 @@ mod tests {
                     base_dir: ".".into(),
                     params_fingerprint: "{}".into(),
                 };
+                let blobs = services.clone();
                 let mapped = pool_map(&ctx, coll, PoolConfig { threads: 2, memoise: true }, move |r: &Record, _ctx| {
                     calls.fetch_add(1, Ordering::SeqCst);
                     match r {
                         Record::Prompt(p) if p.prompt_id == "p13" => Err(ItemError::invalid("thirteen is unlucky")),
+                        // p5 writes a blob, as a sampler or an encoder does.
+                        Record::Prompt(p) if p.prompt_id == "p5" => Ok(vec![Record::Sample(Sample {
+                            prompt_id: p.prompt_id.clone(),
+                            checkpoint_epoch: 0,
+                            checkpoint_step: 0,
+                            video_blob: blobs
+                                .blob_put(p.text.as_bytes())
+                                .map_err(|e| ItemError::transient(e.to_string()))?,
+                            settings: BTreeMap::new(),
+                        })]),
                         Record::Prompt(p) => Ok(vec![Record::Metric(Metric {
                             subject: p.prompt_id.clone(),
                             name: "len".into(),
@@ -620,5 +650,27 @@ mod tests {
         let (out3, _) = run(services, epochs, calls.clone());
         assert_eq!(calls.load(Ordering::SeqCst), 0);
         assert!(out3[0].iter().any(|(r, _)| matches!(r, Record::Failure(f) if f.class == ErrorClass::Quarantined)));
+    }
+
+    /// A memoised result whose blob was deleted from the store is recomputed (the blob comes back);
+    /// the other items stay cached.
+    #[test]
+    fn a_hit_whose_blob_is_gone_is_recomputed() {
+        let dir = tempfile::tempdir().unwrap();
+        let services = Arc::new(MemServices::new(dir.path()));
+        let calls = Arc::new(AtomicU32::new(0));
+        let epochs = vec![(0..8).map(|i| (prompt(i), 1)).collect()];
+        let (out, _) = run(services.clone(), epochs.clone(), calls.clone());
+        assert_eq!(calls.load(Ordering::SeqCst), 8);
+        let sample = out[0].iter().map(|(r, _)| r).find(|r| matches!(r, Record::Sample(_))).expect("p5 gives a Sample");
+        let key = sample.blob_keys()[0].to_string();
+        std::fs::remove_file(services.blob_path(&key)).unwrap();
+
+        calls.store(0, Ordering::SeqCst);
+        let (again, stats) = run(services.clone(), epochs, calls.clone());
+        assert_eq!(calls.load(Ordering::SeqCst), 1, "only the item whose blob is gone runs again");
+        assert_eq!(NodeStats::get(&stats.memo_hits), 7);
+        assert_eq!(again, out);
+        assert!(services.blob_exists(&key), "the blob is written again");
     }
 }

@@ -303,7 +303,35 @@ pub enum Record {
     Prompt(Prompt),
 }
 
+/// Whether `s` looks like a blob key (64 lowercase hex digits).
+fn is_blob_key(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|b| matches!(b, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+/// Blob keys kept in a metadata map: the values of `*_blob` keys (`redacted_blob`, `frames_blob`, …).
+fn metadata_blobs(m: &BTreeMap<String, String>) -> impl Iterator<Item = &str> {
+    m.iter().filter(|(k, v)| k.ends_with("_blob") && is_blob_key(v)).map(|(_, v)| v.as_str())
+}
+
 impl Record {
+    /// The run-store blobs this record refers to: clip MP4s, latents and text embeddings,
+    /// checkpoint files, sample videos, and `*_blob` metadata entries. A memoised result whose
+    /// blobs are gone is recomputed rather than served.
+    pub fn blob_keys(&self) -> Vec<&str> {
+        fn clip(c: &Clip) -> Vec<&str> {
+            c.blob.iter().map(String::as_str).chain(metadata_blobs(&c.metadata)).collect()
+        }
+        match self {
+            Record::Video(v) => metadata_blobs(&v.metadata).collect(),
+            Record::Clip(c) => clip(c),
+            Record::Scores(s) => clip(&s.clip),
+            Record::Latent(l) => std::iter::once(l.latent_blob.as_str()).chain(l.text_blob.as_deref()).collect(),
+            Record::Checkpoint(c) => c.blobs.values().map(String::as_str).collect(),
+            Record::Sample(s) => vec![s.video_blob.as_str()],
+            Record::Caption(_) | Record::Metric(_) | Record::Failure(_) | Record::Prompt(_) => Vec::new(),
+        }
+    }
+
     pub fn kind(&self) -> Kind {
         match self {
             Record::Video(_) => Kind::Video,

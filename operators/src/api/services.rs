@@ -55,6 +55,10 @@ pub trait Services: Send + Sync {
     fn blob_put_file(&self, path: &Path) -> Result<String, ServiceError>;
     /// Path of a blob (may not exist).
     fn blob_path(&self, key: &str) -> PathBuf;
+    /// Whether blob `key` is in the store (a memoised result whose blobs are gone is recomputed).
+    fn blob_exists(&self, key: &str) -> bool {
+        self.blob_path(key).is_file()
+    }
     /// Record a failed attempt of `failure.item` at `failure.node`; quarantines it after
     /// `quarantine_after` failed attempts in total, counted over all runs.
     fn record_failure(&self, failure: &Failure, quarantine_after: u32) -> Result<FailureState, ServiceError>;

@@ -179,6 +179,17 @@ fn write_ledger(path: &Path, owned: &BTreeSet<String>) -> std::io::Result<()> {
     atomic_write(path, text.as_bytes())
 }
 
+/// Best-effort `chmod a-w` of a store blob.
+fn make_read_only(path: &Path) {
+    if let Ok(m) = std::fs::metadata(path)
+        && !m.permissions().readonly()
+    {
+        let mut p = m.permissions();
+        p.set_readonly(true);
+        let _ = std::fs::set_permissions(path, p);
+    }
+}
+
 /// Whether two paths are the same file (a hard link of one another).
 fn same_file(a: &Path, b: &Path) -> bool {
     #[cfg(unix)]
@@ -231,9 +242,12 @@ impl Dataset {
             // crf, a redacted copy): replace it unless it is this blob.
             let current = self.placed.get(&name) == Some(blob) && target.exists();
             if !current && !same_file(&src, &target) {
-                // A hard link shares the blob's bytes; copy across file systems.
+                // A hard link shares the blob's bytes; copy across file systems. The blob is made
+                // read-only first (the store writes new ones so; older stores' may not be), so
+                // editing the clip in place cannot change the store's bytes under their hash.
                 let tmp = clips_dir.join(format!(".{name}.tmp"));
                 let _ = std::fs::remove_file(&tmp);
+                make_read_only(&src);
                 if std::fs::hard_link(&src, &tmp).is_err() {
                     std::fs::copy(&src, &tmp)?;
                 }
@@ -291,7 +305,9 @@ impl TypedOperator for SinkDataset {
                   backend, model and prompt version that made them) and FastVideo's `videos2caption.json` \
                   ({path, resolution, fps, duration, cap}). Clips retracted upstream leave the dataset, files \
                   included. Rewritten atomically when an epoch completes. A clip redacted by curate.deidentify \
-                  (metadata `redacted_blob`) is cut from its redacted copy, never from the source.",
+                  (metadata `redacted_blob`) is cut from its redacted copy, never from the source. The clip \
+                  files are read-only hard links to the run store's blobs (copies across file systems): edit \
+                  copies of them; `medgen store verify` checks the store's bytes.",
             version: 1,
             inputs: &[
                 InPort { name: "clips", kinds: &[Kind::Clip, Kind::Scores], required: true, doc: "kept clips" },
