@@ -177,3 +177,46 @@ fn merged_lora_matches_diffusers() {
     assert!(effect >= MIN_LORA_EFFECT, "the adapters barely change diffusers' output ({effect:e}): vacuous check");
     assert!(ours_vs_base >= MIN_LORA_EFFECT, "our merged output is the base output ({ours_vs_base:e})");
 }
+
+/// LoRA files in the layouts diffusers converts on load — musubi-tuner (`lora_unet_…lora_down` /
+/// `lora_up` / per-module `.alpha`) and original Wan names (`diffusion_model.…lora_down`, `.alpha`,
+/// zero norm `.diff` keys) — merge to diffusers' output (`scripts/make-lora-formats-fixture.py`).
+#[test]
+fn foreign_lora_layouts_match_diffusers() {
+    let fx = Fixture::open(fixture("lora_tiny_formats_diffusers.safetensors")).unwrap();
+    assert_eq!(fx.model, "wan_dit_lora_formats");
+    let cfg = WanDitConfig::from_json(&fx.config).unwrap();
+    let base = WanDit::load(cfg, &Checkpoint::open(fixture(BASE)).unwrap(), DType::F32).unwrap();
+    let (x, t, c) = (fx.input("x_t").unwrap(), fx.input("timestep").unwrap(), fx.input("context").unwrap());
+    let want_base = fx.output("velocity_base").unwrap();
+    for (kind, file) in [("musubi", "lora_tiny_musubi.safetensors"), ("wanorig", "lora_tiny_wanorig.safetensors")] {
+        let lora = LoraWeights::load(&fixture(file), DType::F32).unwrap_or_else(|e| panic!("{file}: {e}"));
+        // per-module alphas are folded into A: the file's own scale is 1
+        assert_eq!((lora.rank, lora.scale()), (4, 1.0), "{file}");
+        assert_eq!(lora.modules.len(), 20, "{file}: q, k, v, o of both attentions and the two FFN layers, 2 blocks");
+        let got = lora.merge_into(&base).unwrap().forward(&x, &t, &c).unwrap();
+        let want = fx.output(&format!("velocity_{kind}")).unwrap();
+        let err = got.max_abs_diff(&want).unwrap();
+        let effect = want.max_abs_diff(&want_base).unwrap();
+        println!("{file}: max abs {err:.3e} vs diffusers; LoRA effect {effect:.3e}");
+        assert!(err <= ABS, "{file}: {err:e} > {ABS:e}");
+        assert!(effect >= MIN_LORA_EFFECT, "{file}: vacuous ({effect:e})");
+    }
+}
+
+/// Keys a LoRA loader cannot place are refused by name.
+#[test]
+fn unknown_lora_keys_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Tensor::from_vec(vec![0f32; 8], &[2, 4]).unwrap();
+    for (key, want) in [
+        ("lora_unet_blocks_0_norm3.lora_down.weight", "not a Wan DiT layer"),
+        ("diffusion_model.blocks.0.self_attn.q.diff_b", "not a LoRA A/B weight"),
+        ("transformer.blocks.0.attn1.to_q.lora_B.bias", "no biases"),
+    ] {
+        let path = tmp.path().join("bad.safetensors");
+        save(&path, &[(key, &a)], None).unwrap();
+        let e = LoraWeights::load(&path, DType::F32).unwrap_err().to_string();
+        assert!(e.contains(key) && e.contains(want), "{key}: {e}");
+    }
+}

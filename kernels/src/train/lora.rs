@@ -156,6 +156,79 @@ pub fn lora_b_name(module: &str) -> String {
     format!("{module}.lora_B.weight")
 }
 
+/// Which tensor of an adapter a LoRA file key holds.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum LoraPart {
+    A,
+    B,
+    Alpha,
+}
+
+/// A LoRA file key → (module, part) with the module in original Wan or diffusers dotted naming;
+/// `Ok(None)` for keys diffusers skips (norm `.diff` / `.diff_b`).
+fn split_lora_key(key: &str) -> std::result::Result<Option<(String, LoraPart)>, String> {
+    let (k, musubi) = match key.strip_prefix("lora_unet_") {
+        Some(k) => (k, true),
+        None => {
+            (key.strip_prefix(LORA_KEY_PREFIX).or_else(|| key.strip_prefix("diffusion_model.")).unwrap_or(key), false)
+        }
+    };
+    const PARTS: [(&str, LoraPart); 7] = [
+        (".lora_A.weight", LoraPart::A),
+        (".lora_A.default.weight", LoraPart::A),
+        (".lora_down.weight", LoraPart::A),
+        (".lora_B.weight", LoraPart::B),
+        (".lora_B.default.weight", LoraPart::B),
+        (".lora_up.weight", LoraPart::B),
+        (".alpha", LoraPart::Alpha),
+    ];
+    for (suffix, part) in PARTS {
+        if let Some(module) = k.strip_suffix(suffix) {
+            let module = if musubi {
+                musubi_module(module).ok_or_else(|| format!("key {key:?}: {module:?} is not a Wan DiT layer"))?
+            } else {
+                module.to_string()
+            };
+            return Ok(Some((module, part)));
+        }
+    }
+    if (k.ends_with(".diff") || k.ends_with(".diff_b")) && k.contains("norm") {
+        return Ok(None);
+    }
+    if k.contains(".lora_") {
+        return Err(format!("key {key:?}: only lora_A/lora_B (lora_down/lora_up) weights are supported (no biases)"));
+    }
+    Err(format!(
+        "key {key:?} is not a LoRA A/B weight or alpha (weight or bias deltas such as `.diff` / `.diff_b` are not \
+         supported)"
+    ))
+}
+
+/// musubi-tuner's underscore module name (`blocks_0_self_attn_q`, `blocks_3_ffn_0`,
+/// `text_embedding_0`, `head_head`) → the original Wan dotted name.
+fn musubi_module(m: &str) -> Option<String> {
+    if let Some(rest) = m.strip_prefix("blocks_") {
+        let (i, tail) = rest.split_once('_')?;
+        i.parse::<usize>().ok()?;
+        let tail = if let Some(x) = tail.strip_prefix("self_attn_") {
+            format!("self_attn.{x}")
+        } else if let Some(x) = tail.strip_prefix("cross_attn_") {
+            format!("cross_attn.{x}")
+        } else if let Some(n) = tail.strip_prefix("ffn_") {
+            format!("ffn.{n}")
+        } else {
+            return None;
+        };
+        return Some(format!("blocks.{i}.{tail}"));
+    }
+    for top in ["text_embedding", "time_embedding", "time_projection"] {
+        if let Some(n) = m.strip_prefix(top).and_then(|r| r.strip_prefix('_')) {
+            return Some(format!("{top}.{n}"));
+        }
+    }
+    (m == "head_head").then(|| "head.head".to_string())
+}
+
 fn weight_of<'m>(model: &'m WanDit, module: &str) -> Result<&'m Tensor> {
     model.parameter(&format!("{module}.weight")).ok_or_else(|| Error::MissingKey(format!("{module}.weight")))
 }
@@ -331,35 +404,40 @@ impl LoraWeights {
         save(path, &tensors, Some(md))
     }
 
-    /// Reads adapters from a PEFT/diffusers LoRA file: keys `[transformer.|diffusion_model.]{module}.lora_{A,B}[.default].weight`,
-    /// `{module}` in diffusers or original Wan naming (`blocks.0.self_attn.q`); alpha from the
-    /// `lora_adapter_metadata` (diffusers) or, absent that, `alpha = rank` (what diffusers assumes).
-    /// Tensors are converted to `dtype`. Ranks must agree across modules.
+    /// Reads adapters from a LoRA file in any of the layouts diffusers' Wan loader reads:
+    /// - PEFT/diffusers: `transformer.{module}.lora_{A,B}[.default].weight`, alpha from the
+    ///   `lora_adapter_metadata` or, absent that, `alpha = rank`;
+    /// - original Wan names (`diffusion_model.blocks.0.self_attn.q.lora_{A,B}.weight`, or
+    ///   `lora_down` / `lora_up` with a per-module `.alpha`);
+    /// - musubi-tuner / kohya (`lora_unet_blocks_0_self_attn_q.lora_down.weight`, `.lora_up`, `.alpha`).
+    ///
+    /// A per-module `.alpha` is folded into `lora_A` (`A·alpha/rank`, then the file's scale is 1), as
+    /// diffusers converts such files. Norm `.diff` / `.diff_b` keys (zeros in the files that carry
+    /// them) are skipped as diffusers skips them; other keys are refused by name. Tensors are
+    /// converted to `dtype`. Ranks must agree across modules.
     pub fn load(path: &Path, dtype: DType) -> Result<LoraWeights> {
         let bad = |msg: String| Error::SafeTensors { path: path.to_path_buf(), msg };
         let file = SafeTensorsFile::open(path)?;
         let ck = Checkpoint::open_file(path)?;
         let mut a: BTreeMap<String, String> = BTreeMap::new();
         let mut b: BTreeMap<String, String> = BTreeMap::new();
+        let mut alphas: BTreeMap<String, String> = BTreeMap::new();
         for key in ck.keys() {
-            let k = key.strip_prefix(LORA_KEY_PREFIX).or_else(|| key.strip_prefix("diffusion_model.")).unwrap_or(key);
-            let (module, which) = if let Some((m, rest)) = k.split_once(".lora_A.") {
-                (m, (rest == "weight" || rest == "default.weight").then_some('A'))
-            } else if let Some((m, rest)) = k.split_once(".lora_B.") {
-                (m, (rest == "weight" || rest == "default.weight").then_some('B'))
-            } else {
-                return Err(bad(format!("key {key:?} is not a LoRA A/B weight")));
-            };
-            let Some(which) = which else {
-                return Err(bad(format!("key {key:?}: only lora_A/lora_B weights are supported (no biases)")));
-            };
+            let Some((module, part)) = split_lora_key(key).map_err(bad)? else { continue };
             let module = original_to_diffusers(&format!("{module}.weight"))
                 .and_then(|w| w.strip_suffix(".weight").map(str::to_string))
-                .unwrap_or_else(|| module.to_string());
-            let slot = if which == 'A' { &mut a } else { &mut b };
+                .unwrap_or(module);
+            let (slot, what) = match part {
+                LoraPart::A => (&mut a, "lora_A"),
+                LoraPart::B => (&mut b, "lora_B"),
+                LoraPart::Alpha => (&mut alphas, "alpha"),
+            };
             if slot.insert(module.clone(), key.to_string()).is_some() {
-                return Err(bad(format!("module {module:?} has two lora_{which} tensors")));
+                return Err(bad(format!("module {module:?} has two {what} tensors")));
             }
+        }
+        if let Some(m) = alphas.keys().find(|m| !a.contains_key(*m)) {
+            return Err(bad(format!("module {m:?} has an alpha but no lora_A / lora_down weight")));
         }
         if a.keys().ne(b.keys()) {
             let lone: Vec<&String> =
@@ -372,8 +450,18 @@ impl LoraWeights {
         let mut modules = Vec::new();
         let mut rank = None;
         for (module, ka) in &a {
-            let ta = ck.load_as(ka, dtype)?;
+            let mut ta = ck.load_as(ka, dtype)?;
             let tb = ck.load_as(&b[module], dtype)?;
+            if let Some(kalpha) = alphas.get(module) {
+                let alpha = ck.load_as(kalpha, DType::F32)?.to_vec_f32()?;
+                let (&[alpha], r) = (alpha.as_slice(), ta.shape()[0]) else {
+                    return Err(bad(format!("{kalpha}: an alpha is one number, got {} values", alpha.len())));
+                };
+                if !alpha.is_finite() || r == 0 {
+                    return Err(bad(format!("{kalpha} = {alpha} (rank {r})")));
+                }
+                ta = scale(&ta, alpha as f64 / r as f64)?.to_dtype(dtype)?;
+            }
             if ta.rank() != 2 || tb.rank() != 2 || ta.shape()[0] != tb.shape()[1] {
                 return Err(bad(format!(
                     "{module}: lora_A {:?} and lora_B {:?} do not form [r, in] / [out, r]",
@@ -389,6 +477,8 @@ impl LoraWeights {
         }
         let rank = rank.unwrap_or_else(|| unreachable!("non-empty"));
         let alpha = match file.user_metadata().and_then(|m| m.get(LORA_METADATA_KEY)) {
+            // Per-module alphas are folded into lora_A above.
+            _ if !alphas.is_empty() => rank as f64,
             None => rank as f64,
             Some(raw) => {
                 let v: Value =
