@@ -11,9 +11,10 @@
 
 use medgen_kernels::io::safetensors::save;
 use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
+use medgen_kernels::sched::SchedulerKind;
 use medgen_kernels::verify::Fixture;
 use medgen_kernels::{DType, Rng, Tensor};
-use medgen_operators::sample::{SampleSettings, SamplerKind, generate};
+use medgen_operators::sample::{SampleSettings, SamplerKind, SchedulerSource, generate, resolve_scheduler};
 use medgen_operators::train::checkpoint::{LoadedModel, load_dir, load_pipeline};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -126,10 +127,10 @@ fn write_pipeline(dir: &Path, text_dim: usize) -> WanDit {
 
 fn settings(seed: u64) -> SampleSettings {
     SampleSettings {
-        sampler: SamplerKind::Euler,
+        sampler: Some(SamplerKind::Euler),
         steps: 2,
         guidance: 2.0,
-        shift: 3.0,
+        shift: Some(3.0),
         seed,
         negative_prompt: "a view".into(),
         frames: Some(5),
@@ -193,6 +194,105 @@ fn pipeline_folder_samples_end_to_end() {
     let (_, d) = sample(&h, 7);
     let worst = a.iter().zip(&d).fold(0f32, |m, (x, y)| m.max((x - y).abs()));
     assert!(worst > 0.0 && worst < 0.1, "bf16 video differs from f32 by {worst}");
+}
+
+/// The pipeline's `scheduler/scheduler_config.json` is what it samples with unless the settings say
+/// otherwise; one asking for something medgen does not implement fails only the samples relying on it.
+#[test]
+fn pipeline_scheduler_config_is_the_default_sampler() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(tmp.path(), 32);
+    let wan = json!({
+        "_class_name": "UniPCMultistepScheduler", "_diffusers_version": "0.33.0", "beta_end": 0.02,
+        "beta_schedule": "linear", "beta_start": 0.0001, "disable_corrector": [], "final_sigmas_type": "zero",
+        "flow_shift": 5.0, "lower_order_final": true, "num_train_timesteps": 1000, "predict_x0": true,
+        "prediction_type": "flow_prediction", "solver_order": 2, "solver_p": null, "solver_type": "bh2",
+        "thresholding": false, "timestep_spacing": "linspace", "use_flow_sigmas": true, "use_karras_sigmas": false
+    });
+    let path = tmp.path().join("scheduler/scheduler_config.json");
+    write_json(&path, &wan);
+    let m = load_dir(tmp.path(), DType::F32).unwrap();
+    let unset = SampleSettings { sampler: None, shift: None, ..settings(3) };
+    let (spec, source) = resolve_scheduler(&m, &unset).unwrap();
+    assert_eq!((spec.kind, spec.shift, source), (SchedulerKind::UniPc, 5.0, SchedulerSource::Checkpoint));
+    // another sampler keeps the checkpoint's shift; a shift setting wins
+    let euler = SampleSettings { sampler: Some(SamplerKind::Euler), shift: None, ..settings(3) };
+    assert_eq!(resolve_scheduler(&m, &euler).unwrap().0.kind, SchedulerKind::Euler);
+    assert_eq!(resolve_scheduler(&m, &euler).unwrap().0.shift, 5.0);
+    let shifted = SampleSettings { shift: Some(2.0), ..unset.clone() };
+    assert_eq!(resolve_scheduler(&m, &shifted).unwrap().0.shift, 2.0);
+    // the video is the one of UniPC at shift 5, not of medgen's default shift 3
+    let run = |s: &SampleSettings| generate(&m, "a clip", s, &mut |_, _| true).unwrap().to_vec_f32().unwrap();
+    let explicit = SampleSettings { sampler: Some(SamplerKind::Unipc), shift: Some(5.0), ..settings(3) };
+    let default_shift = SampleSettings { sampler: Some(SamplerKind::Unipc), shift: Some(3.0), ..settings(3) };
+    let got = run(&unset);
+    assert_eq!(got, run(&explicit));
+    assert_ne!(got, run(&default_shift));
+
+    // Karras sigmas on UniPC: refused when relied on, naming the file and the key; explicit settings still sample
+    let mut karras = wan.clone();
+    karras["use_karras_sigmas"] = json!(true);
+    write_json(&path, &karras);
+    let m = load_dir(tmp.path(), DType::F32).unwrap();
+    let e = resolve_scheduler(&m, &unset).unwrap_err();
+    assert!(e.contains("scheduler_config.json") && e.contains("use_karras_sigmas") && e.contains("`sampler`"), "{e}");
+    let e = generate(&m, "a clip", &unset, &mut |_, _| true).unwrap_err().to_string();
+    assert!(e.contains("use_karras_sigmas"), "{e}");
+    let (spec, source) = resolve_scheduler(&m, &explicit).unwrap();
+    assert_eq!((spec.kind, spec.shift, source), (SchedulerKind::UniPc, 5.0, SchedulerSource::Settings));
+
+    // without a scheduler folder: UniPC at shift 3
+    std::fs::remove_dir_all(tmp.path().join("scheduler")).unwrap();
+    let m = load_dir(tmp.path(), DType::F32).unwrap();
+    let (spec, source) = resolve_scheduler(&m, &unset).unwrap();
+    assert_eq!((spec.kind, spec.shift, source), (SchedulerKind::UniPc, 3.0, SchedulerSource::Settings));
+}
+
+/// LoRA files merged into the loaded DiT before sampling: the merge is the adapters' (scale
+/// included), scale 0 leaves the model as it was, and a LoRA made for another model is refused
+/// naming the file.
+#[test]
+fn lora_files_merge_into_the_checkpoint() {
+    use medgen_kernels::train::LoraConfig;
+    use medgen_kernels::train::lora::LoraWeights;
+    let tmp = tempfile::tempdir().unwrap();
+    let dit = write_pipeline(tmp.path(), 32);
+    let cfg = LoraConfig { rank: 2, alpha: 4.0, targets: vec!["to_q".into(), "ffn.net.2".into()] };
+    let mut rng = Rng::new(5);
+    let mut lora = LoraWeights::init(&dit, &cfg, &mut rng, DType::F32).unwrap();
+    for m in &mut lora.modules {
+        m.b = Tensor::randn(m.b.shape(), 0.3, DType::F32, &mut rng);
+    }
+    let file = tmp.path().join("adapter.safetensors");
+    lora.save(&file).unwrap();
+
+    let base = load_dir(tmp.path(), DType::F32).unwrap();
+    let merged = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(file.clone(), 0.5)]).unwrap();
+    let mut half = lora.clone();
+    half.alpha *= 0.5;
+    let want = half.merge_into(&base.dit).unwrap();
+    let want: BTreeMap<&str, &Tensor> = want.named_parameters().into_iter().collect();
+    let mut changed = 0;
+    for ((name, got), (_, was)) in merged.dit.named_parameters().into_iter().zip(base.dit.named_parameters()) {
+        assert_eq!(got.to_vec_f32().unwrap(), want[name].to_vec_f32().unwrap(), "{name}");
+        changed += usize::from(got.to_vec_f32().unwrap() != was.to_vec_f32().unwrap());
+    }
+    assert_eq!(changed, 3, "to_q of both attentions and ffn.net.2 of the one block");
+    let video = |m: &LoadedModel| generate(m, "a clip", &settings(1), &mut |_, _| true).unwrap().to_vec_f32().unwrap();
+    assert_ne!(video(&merged), video(&base));
+    let off = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(file.clone(), 0.0)]).unwrap();
+    assert_eq!(video(&off), video(&base));
+
+    // a LoRA for a wider model
+    let other = tiny_dit(48);
+    let wide = LoraConfig { rank: 2, alpha: 4.0, targets: vec!["text_embedder.linear_1".into()] };
+    let foreign = LoraWeights::init(&other, &wide, &mut rng, DType::F32).unwrap();
+    let bad = tmp.path().join("foreign.safetensors");
+    foreign.save(&bad).unwrap();
+    let e = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(bad, 1.0)]).err().unwrap();
+    assert!(e.contains("foreign.safetensors") && e.contains("does not fit"), "{e}");
+    let e = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(file, f64::NAN)]).err().unwrap();
+    assert!(e.contains("scale"), "{e}");
 }
 
 #[test]

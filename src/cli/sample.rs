@@ -4,7 +4,9 @@ use crate::cli::verify::DTypeArg;
 use clap::{Args, ValueEnum};
 use medgen_operators::api::device::parse_device;
 use medgen_operators::latent::codec::write_mp4;
-use medgen_operators::sample::{SampleSettings, SamplerKind, generate};
+use medgen_operators::sample::{
+    SampleSettings, SamplerKind, SchedulerSource, generate, resolve_scheduler, sampler_name,
+};
 use medgen_operators::train::checkpoint::load_dir;
 use std::path::PathBuf;
 use std::time::Instant;
@@ -16,7 +18,9 @@ use std::time::Instant;
                         (MiniLM from scripts/fetch-models.sh for the embedded default). A diffusers Wan2.1 \
                         text-to-video pipeline folder (model_index.json with transformer/, vae/, text_encoder/, \
                         tokenizer/, e.g. Wan2.1-T2V-1.3B-Diffusers) works too; it samples at 832×480, 81 frames, \
-                        16 fps unless --width, --height and --frames say otherwise.\n\n\
+                        16 fps unless --width, --height and --frames say otherwise, and with the sampler its \
+                        scheduler/scheduler_config.json names (class, shift, options) unless --sampler or --shift \
+                        say otherwise.\n\n\
                         Examples:\n  medgen sample --checkpoint runs/demo/outputs/train/epoch-0 \\\n      \
                         \"An echocardiogram showing the left ventricle\" --out echo.mp4\n  \
                         medgen sample --checkpoint CKPT \"...\" --sampler euler --steps 20 --guidance 1 --seed 7"
@@ -31,18 +35,23 @@ pub struct SampleArgs {
     /// Where to write the MP4 (atomically).
     #[arg(long, default_value = "sample.mp4")]
     pub out: PathBuf,
-    /// Sampler.
-    #[arg(long, value_enum, default_value_t = SamplerArg::Unipc)]
-    pub sampler: SamplerArg,
+    /// Sampler [default: the pipeline folder's scheduler, else unipc].
+    #[arg(long, value_enum)]
+    pub sampler: Option<SamplerArg>,
     /// Sampler steps.
     #[arg(long, default_value_t = 50)]
     pub steps: usize,
     /// Classifier-free guidance scale (1 disables the unconditional pass).
     #[arg(long, default_value_t = 5.0)]
     pub guidance: f64,
-    /// Timestep shift (Wan: 3.0 at 480p, 5.0 at 720p).
-    #[arg(long, default_value_t = 3.0)]
-    pub shift: f64,
+    /// Timestep shift (Wan: 3.0 at 480p, 5.0 at 720p) [default: the pipeline folder's scheduler's, else 3.0].
+    #[arg(long)]
+    pub shift: Option<f64>,
+    /// A LoRA adapter file merged into the DiT before sampling, optionally with a weight: `FILE` or
+    /// `FILE@0.8`. Repeat for several (merged in order). PEFT/diffusers (train.flow_matching's
+    /// pytorch_lora_weights.safetensors), original-Wan or musubi-tuner layout.
+    #[arg(long, value_name = "FILE[@SCALE]")]
+    pub lora: Vec<String>,
     /// Noise seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -80,14 +89,16 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
+    let loras = a.lora.iter().map(|l| parse_lora(l)).collect::<anyhow::Result<Vec<_>>>()?;
     let model = load_dir(&a.checkpoint, a.precision.dtype())
+        .and_then(|m| m.with_loras(&loras))
         .and_then(|m| m.to_device(device))
         .map_err(|e| anyhow::anyhow!("{e}"))?;
     let settings = SampleSettings {
-        sampler: match a.sampler {
+        sampler: a.sampler.map(|s| match s {
             SamplerArg::Unipc => SamplerKind::Unipc,
             SamplerArg::Euler => SamplerKind::Euler,
-        },
+        }),
         steps: a.steps,
         guidance: a.guidance,
         shift: a.shift,
@@ -97,6 +108,13 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
         width: a.width,
         height: a.height,
     };
+    let (spec, source) = resolve_scheduler(&model, &settings).map_err(|e| anyhow::anyhow!("{e}"))?;
+    eprintln!(
+        "sampler: {} at shift {}{}",
+        sampler_name(&spec),
+        spec.shift,
+        if source == SchedulerSource::Checkpoint { " (the checkpoint's scheduler)" } else { "" }
+    );
     let bar = indicatif::ProgressBar::new(a.steps as u64);
     if let Ok(style) = indicatif::ProgressStyle::with_template("sampling {bar:30} {pos}/{len} steps {elapsed}/{eta}") {
         bar.set_style(style);
@@ -130,4 +148,33 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
         started.elapsed().as_secs_f64()
     );
     Ok(0)
+}
+
+/// `FILE` or `FILE@SCALE` (a suffix that is not a number belongs to the file name).
+fn parse_lora(arg: &str) -> anyhow::Result<(PathBuf, f64)> {
+    let (path, scale) = match arg.rsplit_once('@') {
+        Some((p, s)) if !p.is_empty() && s.parse::<f64>().is_ok() => (p, s.parse::<f64>().unwrap_or(1.0)),
+        _ => (arg, 1.0),
+    };
+    let path = PathBuf::from(path);
+    if !path.is_file() {
+        anyhow::bail!("--lora {arg}: {} is not a file", path.display());
+    }
+    Ok((path, scale))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::parse_lora;
+
+    #[test]
+    fn lora_arguments_take_an_optional_weight() {
+        let dir = tempfile::tempdir().unwrap();
+        let f = dir.path().join("a@b.safetensors");
+        std::fs::write(&f, b"x").unwrap();
+        let s = f.to_str().unwrap();
+        assert_eq!(parse_lora(s).unwrap(), (f.clone(), 1.0));
+        assert_eq!(parse_lora(&format!("{s}@0.5")).unwrap(), (f.clone(), 0.5));
+        assert!(parse_lora(&format!("{s}x")).unwrap_err().to_string().contains("not a file"));
+    }
 }

@@ -4,13 +4,19 @@
 //! encoder, Gaussian noise from the seed, the flow-matching sampler (UniPC or Euler, with the
 //! timestep shift) with classifier-free guidance, then the latent codec's decoder — shared by the
 //! `sample.t2v` operator and `medgen sample`.
+//!
+//! Which sampler: the `sampler` and `shift` settings when given; otherwise what a diffusers
+//! pipeline folder ships in `scheduler/scheduler_config.json` (class, shift and options, as
+//! diffusers' pipeline would sample); otherwise UniPC at shift 3 (Wan at 480p). See
+//! [`resolve_scheduler`].
 
 #[cfg(feature = "video")]
 pub mod t2v;
 
 use crate::latent::codec::VideoCodec;
 use crate::train::checkpoint::LoadedModel;
-use medgen_kernels::sched::{FlowEuler, FlowUniPc, Sampler, cfg_combine};
+use medgen_kernels::sched::{SchedulerKind, SchedulerSpec, cfg_combine};
+use medgen_kernels::train::lora::LoraWeights;
 use medgen_kernels::{DType, Device, Rng, Tensor};
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
@@ -25,15 +31,44 @@ pub enum SamplerKind {
     Euler,
 }
 
+impl SamplerKind {
+    fn scheduler(self) -> SchedulerKind {
+        match self {
+            SamplerKind::Unipc => SchedulerKind::UniPc,
+            SamplerKind::Euler => SchedulerKind::Euler,
+        }
+    }
+
+    fn of(kind: SchedulerKind) -> SamplerKind {
+        match kind {
+            SchedulerKind::UniPc => SamplerKind::Unipc,
+            SchedulerKind::Euler => SamplerKind::Euler,
+        }
+    }
+
+    /// The settings' name (`unipc`, `euler`).
+    pub fn name(self) -> &'static str {
+        match self {
+            SamplerKind::Unipc => "unipc",
+            SamplerKind::Euler => "euler",
+        }
+    }
+}
+
+/// The timestep shift used when neither the settings nor the checkpoint give one (Wan at 480p).
+pub const DEFAULT_SHIFT: f64 = 3.0;
+
 /// How a video is sampled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleSettings {
-    pub sampler: SamplerKind,
+    /// The sampler; `None`: the checkpoint's scheduler, else UniPC ([`resolve_scheduler`]).
+    pub sampler: Option<SamplerKind>,
     pub steps: usize,
     /// Classifier-free guidance scale (1 = no guidance: one model call per step).
     pub guidance: f64,
-    /// Timestep shift (Wan: 5.0 at 720p, 3.0 at 480p).
-    pub shift: f64,
+    /// Timestep shift (Wan: 5.0 at 720p, 3.0 at 480p); `None`: the checkpoint's scheduler's, else
+    /// [`DEFAULT_SHIFT`].
+    pub shift: Option<f64>,
     pub seed: u64,
     pub negative_prompt: String,
     /// Frames (1 + 4k), width, height; default the checkpoint's training geometry.
@@ -45,10 +80,10 @@ pub struct SampleSettings {
 impl Default for SampleSettings {
     fn default() -> Self {
         SampleSettings {
-            sampler: SamplerKind::Unipc,
+            sampler: None,
             steps: 50,
             guidance: 5.0,
-            shift: 3.0,
+            shift: None,
             seed: 0,
             negative_prompt: String::new(),
             frames: None,
@@ -86,7 +121,71 @@ impl std::fmt::Display for Stopped {
     }
 }
 
+/// A LoRA adapter file merged into the DiT before sampling: `"adapter.safetensors"` (scale 1) or
+/// `{ path = "adapter.safetensors", scale = 0.8 }` (diffusers' `set_adapters` weight).
+#[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
+#[serde(untagged)]
+pub enum LoraSpec {
+    /// A file, at scale 1.
+    Path(String),
+    /// A file and the weight its update is multiplied by.
+    Scaled {
+        /// The LoRA safetensors file.
+        path: String,
+        /// Multiplies `alpha/rank` (1: as trained, 0: off).
+        #[serde(default = "one")]
+        scale: f64,
+    },
+}
+
+fn one() -> f64 {
+    1.0
+}
+
+impl LoraSpec {
+    /// The file as written in the graph.
+    pub fn path(&self) -> &str {
+        match self {
+            LoraSpec::Path(p) | LoraSpec::Scaled { path: p, .. } => p,
+        }
+    }
+
+    /// Its weight.
+    pub fn scale(&self) -> f64 {
+        match self {
+            LoraSpec::Path(_) => 1.0,
+            LoraSpec::Scaled { scale, .. } => *scale,
+        }
+    }
+}
+
+/// Largest |scale| a LoRA may be merged with.
+pub const MAX_LORA_SCALE: f64 = 100.0;
+
 impl LoadedModel {
+    /// Merges LoRA adapter files into the DiT, each in turn: `W + scale·(alpha/rank)·B·A` on every
+    /// adapted layer. The files may be in PEFT/diffusers (what `train.flow_matching` writes),
+    /// original-Wan or musubi-tuner layout ([`LoraWeights::load`]). Errors name the file. Call it
+    /// before [`LoadedModel::to_device`] (the merge runs on the host, in f32).
+    pub fn with_loras(self, loras: &[(std::path::PathBuf, f64)]) -> Result<LoadedModel, String> {
+        let mut dit = self.dit;
+        for (path, weight) in loras {
+            if !weight.is_finite() || weight.abs() > MAX_LORA_SCALE {
+                return Err(format!("LoRA {}: scale {weight} is not within ±{MAX_LORA_SCALE}", path.display()));
+            }
+            let mut lora =
+                LoraWeights::load(path, DType::F32).map_err(|e| format!("reading the LoRA {}: {e}", path.display()))?;
+            lora.alpha *= weight;
+            dit = lora.merge_into(&dit).map_err(|e| {
+                format!(
+                    "the LoRA {} does not fit this checkpoint's DiT ({e}); was it trained for another model?",
+                    path.display()
+                )
+            })?;
+        }
+        Ok(LoadedModel { dit, ..self })
+    }
+
     /// The model with its DiT (and a Wan VAE codec) on `device`; the text encoder stays on the
     /// host (one call per prompt). A no-op for the CPU.
     pub fn to_device(self, device: Device) -> Result<LoadedModel, String> {
@@ -103,6 +202,57 @@ impl LoadedModel {
         };
         Ok(LoadedModel { dit, codec, ..self })
     }
+}
+
+/// Where the sampler came from.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum SchedulerSource {
+    /// The checkpoint's `scheduler/scheduler_config.json` (with any setting applied on top).
+    Checkpoint,
+    /// The settings and medgen's defaults.
+    Settings,
+}
+
+/// The sampler `s` asks for with checkpoint `m`:
+/// - `sampler` unset: the checkpoint's scheduler when it has one (an error if that one asks for
+///   something medgen does not implement, naming the file and the key), else UniPC;
+/// - `sampler` set to the checkpoint's scheduler's kind: that scheduler, options included;
+/// - `sampler` set to the other kind: medgen's options for it, keeping the checkpoint's shift;
+/// - `shift` set: it replaces the shift in every case.
+pub fn resolve_scheduler(m: &LoadedModel, s: &SampleSettings) -> Result<(SchedulerSpec, SchedulerSource), String> {
+    let (mut spec, source) = match (&m.scheduler, s.sampler) {
+        (Some(Ok(spec)), None) => (spec.clone(), SchedulerSource::Checkpoint),
+        (Some(Ok(spec)), Some(k)) if spec.kind == k.scheduler() => (spec.clone(), SchedulerSource::Checkpoint),
+        (Some(Ok(spec)), Some(k)) => (
+            SchedulerSpec {
+                shift: spec.shift,
+                train_timesteps: spec.train_timesteps,
+                ..SchedulerSpec::new(k.scheduler())
+            },
+            SchedulerSource::Checkpoint,
+        ),
+        (Some(Err(e)), None) => {
+            return Err(format!(
+                "{e}. Set `sampler` (unipc or euler) and `shift` to sample this checkpoint with medgen's samplers                  instead"
+            ));
+        }
+        (Some(Err(_)) | None, k) => (
+            SchedulerSpec { shift: DEFAULT_SHIFT, ..SchedulerSpec::new(k.unwrap_or(SamplerKind::Unipc).scheduler()) },
+            SchedulerSource::Settings,
+        ),
+    };
+    if let Some(shift) = s.shift {
+        if !(shift.is_finite() && shift > 0.0) {
+            return Err(format!("shift must be a positive number, got {shift}"));
+        }
+        spec.shift = shift;
+    }
+    Ok((spec, source))
+}
+
+/// The settings' sampler name for a resolved scheduler.
+pub fn sampler_name(spec: &SchedulerSpec) -> &'static str {
+    SamplerKind::of(spec.kind).name()
 }
 
 /// Longest video sampled (frames): far beyond what fits any device, short of exhausting the host
@@ -128,9 +278,10 @@ pub fn generate(
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(format!("{width}×{height}: each side at most {MAX_SIDE} pixels").into());
     }
-    if !s.guidance.is_finite() || !s.shift.is_finite() || s.shift <= 0.0 {
-        return Err(format!("guidance ({}) must be a number and shift ({}) a positive one", s.guidance, s.shift).into());
+    if !s.guidance.is_finite() {
+        return Err(format!("guidance ({}) must be a number", s.guidance).into());
     }
+    let (spec, _) = resolve_scheduler(m, s)?;
     let [_, ph, pw] = m.dit.config().patch_size;
     if width == 0
         || height == 0
@@ -155,10 +306,7 @@ pub fn generate(
     let ctx = m.text.encode(&texts)?;
     let cond = ctx.narrow(0, 0, 1).and_then(|t| t.to_device(dev)).map_err(kerr)?;
     let uncond = ctx.narrow(0, 1, 1).and_then(|t| t.to_device(dev)).map_err(kerr)?;
-    let mut sampler: Box<dyn Sampler> = match s.sampler {
-        SamplerKind::Unipc => Box::new(FlowUniPc::new(1000, s.shift, s.steps).map_err(kerr)?),
-        SamplerKind::Euler => Box::new(FlowEuler::new(1000, s.shift, s.steps).map_err(kerr)?),
-    };
+    let mut sampler = spec.sampler(s.steps).map_err(kerr)?;
     let n = sampler.len();
     for i in 0..n {
         let t = Tensor::from_vec(vec![sampler.timestep(i)], &[1]).and_then(|t| t.to_device(dev)).map_err(kerr)?;

@@ -1,6 +1,9 @@
 //! `sample.t2v`: prompts × checkpoints → MP4 samples.
 
-use super::{SampleSettings, SamplerKind, Stopped, generate};
+use super::{
+    LoraSpec, MAX_LORA_SCALE, SampleSettings, SamplerKind, SchedulerSource, Stopped, generate, resolve_scheduler,
+    sampler_name,
+};
 use crate::api::device::Precision;
 use crate::api::loaded::LoadedCache;
 use crate::api::*;
@@ -16,17 +19,11 @@ use medgen_kernels::Device;
 
 pub struct SampleT2v;
 
-fn d_sampler() -> SamplerKind {
-    SamplerKind::Unipc
-}
 fn d_steps() -> usize {
     50
 }
 fn d_guidance() -> f64 {
     5.0
-}
-fn d_shift() -> f64 {
-    3.0
 }
 fn d_threads() -> usize {
     1
@@ -42,18 +39,26 @@ pub struct T2vParams {
     /// `width` and `height` say otherwise.
     #[serde(default)]
     pub checkpoint: Option<String>,
-    /// `unipc` (Wan's default) or `euler`.
-    #[serde(default = "d_sampler")]
-    pub sampler: SamplerKind,
+    /// `unipc` (Wan's default) or `euler`. Unset: the sampler a diffusers pipeline folder ships
+    /// (`scheduler/scheduler_config.json`: its class, shift and options), else `unipc`.
+    #[serde(default)]
+    pub sampler: Option<SamplerKind>,
     /// Sampler steps.
     #[serde(default = "d_steps")]
     pub steps: usize,
     /// Classifier-free guidance scale (1: off, one model call per step).
     #[serde(default = "d_guidance")]
     pub guidance: f64,
-    /// Timestep shift (Wan: 3.0 at 480p, 5.0 at 720p).
-    #[serde(default = "d_shift")]
-    pub shift: f64,
+    /// Timestep shift (Wan: 3.0 at 480p, 5.0 at 720p). Unset: the pipeline folder's scheduler's
+    /// (`flow_shift`), else 3.0.
+    #[serde(default)]
+    pub shift: Option<f64>,
+    /// LoRA adapter files merged into the checkpoint's DiT before sampling, in order:
+    /// `["adapter.safetensors", { path = "other.safetensors", scale = 0.8 }]`. PEFT/diffusers
+    /// (what train.flow_matching writes as pytorch_lora_weights.safetensors), original-Wan or
+    /// musubi-tuner layout. A changed file (size or modification time) is sampled again.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub lora: Vec<LoraSpec>,
     /// Noise seed; each prompt uses seed + its index in blake3 order, so samples are reproducible.
     #[serde(default)]
     pub seed: u64,
@@ -90,6 +95,27 @@ struct SampleJob {
     /// The Checkpoint record, or None for the fixed folder.
     ckpt: Option<Checkpoint>,
     prompt: Prompt,
+    /// The LoRA files merged before sampling, as [`lora_identity`] names them (empty: none).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    lora: String,
+}
+
+/// The LoRA files as (resolved path, scale), and a string that changes when one of them does (its
+/// path, scale, size and modification time): part of each sample's memo key.
+fn lora_identity(loras: &[(PathBuf, f64)]) -> String {
+    loras
+        .iter()
+        .map(|(path, scale)| {
+            let (len, mtime) = std::fs::metadata(path)
+                .map(|m| {
+                    let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
+                    (m.len(), t.map_or(0, |d| d.as_nanos()))
+                })
+                .unwrap_or((0, 0));
+            format!("{}×{scale} ({len} B, {mtime})", path.display())
+        })
+        .collect::<Vec<_>>()
+        .join("; ")
 }
 
 impl PoolItem for SampleJob {
@@ -123,22 +149,24 @@ fn model(
     services: &dyn Services,
     device: Device,
     precision: Precision,
+    loras: &[(PathBuf, f64)],
 ) -> Result<Arc<LoadedModel>, String> {
     // Keep a handful: each holds a whole DiT.
     static CACHE: LoadedCache<LoadedModel> = LoadedCache::new(4);
     let dt = precision.dtype();
     match (&job.ckpt, fixed) {
         (Some(c), _) => {
-            let key = format!("{device} {precision:?} {}", serde_json::to_string(&c.blobs).unwrap_or_default());
+            let key =
+                format!("{device} {precision:?} {} {}", serde_json::to_string(&c.blobs).unwrap_or_default(), job.lora);
             CACHE.get_or_load(key, || {
                 let paths: BTreeMap<String, PathBuf> =
                     c.blobs.iter().map(|(n, k)| (n.clone(), services.blob_path(k))).collect();
-                load_with(&move |name| paths.get(name).cloned(), base, dt)?.to_device(device)
+                load_with(&move |name| paths.get(name).cloned(), base, dt)?.with_loras(loras)?.to_device(device)
             })
         }
-        (None, Some(d)) => {
-            CACHE.get_or_load(format!("{device} {precision:?} {}", d.display()), || load_dir(d, dt)?.to_device(device))
-        }
+        (None, Some(d)) => CACHE.get_or_load(format!("{device} {precision:?} {} {}", d.display(), job.lora), || {
+            load_dir(d, dt)?.with_loras(loras)?.to_device(device)
+        }),
         (None, None) => Err("no checkpoint: connect `checkpoints` or set `checkpoint`".into()),
     }
 }
@@ -154,7 +182,9 @@ impl TypedOperator for SampleT2v {
                   round, so each epoch's model gets its samples) or the fixed folder `checkpoint` — encodes the \
                   prompt and `negative_prompt` with the checkpoint's text encoder, draws Gaussian latent noise from \
                   `seed` (plus a per-prompt offset), runs the flow-matching sampler (`unipc` or `euler`, `steps`, \
-                  timestep `shift`) with classifier-free guidance `guidance`, decodes with the checkpoint's latent \
+                  timestep `shift`; unset, a diffusers pipeline folder's own scheduler) with classifier-free \
+                  guidance `guidance` — after merging any `lora` adapter files into the DiT — decodes with the \
+                  checkpoint's latent \
                   codec and writes an MP4 blob at the training frame rate. Emits a Sample record per pair \
                   (settings: sampler, steps, guidance, shift, seed, prompt, seconds). Memoised: the same \
                   checkpoint, prompt and settings are never sampled twice.",
@@ -180,7 +210,9 @@ impl TypedOperator for SampleT2v {
             v.push(ParamIssue::error("steps", "between 1 and 1000", Some("steps = 50".into())));
         }
         crate::curate::check_range(&mut v, "guidance", p.guidance, 0.0, 50.0, "guidance = 5.0");
-        crate::curate::check_range(&mut v, "shift", p.shift, 0.01, 100.0, "shift = 3.0");
+        if let Some(shift) = p.shift {
+            crate::curate::check_range(&mut v, "shift", shift, 0.01, 100.0, "shift = 3.0");
+        }
         if let Some(f) = p.frames
             && (f == 0 || (f - 1) % 4 != 0)
         {
@@ -203,6 +235,17 @@ impl TypedOperator for SampleT2v {
                     ),
                 ));
             }
+        }
+        for l in &p.lora {
+            let path = resolve_path(&ctx.base_dir, l.path());
+            if !path.is_file() {
+                v.push(ParamIssue::error(
+                    "lora",
+                    format!("{} is not a file", path.display()),
+                    Some("a LoRA safetensors file, e.g. outputs/train/epoch-0/pytorch_lora_weights.safetensors".into()),
+                ));
+            }
+            crate::curate::check_range(&mut v, "lora.scale", l.scale(), -MAX_LORA_SCALE, MAX_LORA_SCALE, "scale = 1.0");
         }
         crate::curate::check_threads(p.threads, &mut v);
         crate::api::device::check_device(&p.device, &mut v);
@@ -233,15 +276,21 @@ impl TypedOperator for SampleT2v {
             _ => None,
         });
         let fixed = p.checkpoint.as_deref().map(|d| ctx.resolve(d));
+        let loras: Vec<(PathBuf, f64)> = p.lora.iter().map(|l| (ctx.resolve(l.path()), l.scale())).collect();
+        let lid = lora_identity(&loras);
         let jobs = match inputs.take(ctx.scope, "checkpoints") {
             Some(ckpts) => {
                 let ckpts = ckpts.flat_map(|r| match r {
                     Record::Checkpoint(c) => Some(((), c)),
                     _ => None,
                 });
-                ckpts.join(prompts.map(|p| ((), p))).map(|((), (c, prompt))| SampleJob { ckpt: Some(c), prompt })
+                ckpts.join(prompts.map(|p| ((), p))).map(move |((), (c, prompt))| SampleJob {
+                    ckpt: Some(c),
+                    prompt,
+                    lora: lid.clone(),
+                })
             }
-            None if fixed.is_some() => prompts.map(|prompt| SampleJob { ckpt: None, prompt }),
+            None if fixed.is_some() => prompts.map(move |prompt| SampleJob { ckpt: None, prompt, lora: lid.clone() }),
             None => {
                 return Err(BuildError::Invalid {
                     node: ctx.node.clone(),
@@ -257,7 +306,7 @@ impl TypedOperator for SampleT2v {
             .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
         let all =
             pool_map(ctx, jobs, PoolConfig { threads: p.threads, memoise: true }, move |job: &SampleJob, ictx| {
-                let m = model(job, &fixed, &base, services.as_ref(), device, p.precision)
+                let m = model(job, &fixed, &base, services.as_ref(), device, p.precision, &loras)
                     .map_err(|e| ItemError::new(ErrorClass::Backend, e))?;
                 let offset = u64::from_le_bytes(
                     blake3::hash(job.prompt.prompt_id.as_bytes()).as_bytes()[..8].try_into().unwrap_or([0; 8]),
@@ -273,6 +322,9 @@ impl TypedOperator for SampleT2v {
                     width: p.width,
                     height: p.height,
                 };
+                let (spec, source) = resolve_scheduler(&m, &settings).map_err(|e| {
+                    ItemError::new(ErrorClass::Unsupported, format!("sampling {:?}: {e}", job.prompt.text))
+                })?;
                 let started = std::time::Instant::now();
                 let stop = ictx.shutdown.clone();
                 let video = generate(&m, &job.prompt.text, &settings, &mut |_, _| {
@@ -286,10 +338,17 @@ impl TypedOperator for SampleT2v {
                 })?;
                 let key = video_to_mp4(&video, m.meta.video.fps, services.as_ref(), ictx)?;
                 let mut s: BTreeMap<String, String> = BTreeMap::new();
-                s.insert("sampler".into(), format!("{:?}", settings.sampler).to_lowercase());
+                s.insert("sampler".into(), sampler_name(&spec).into());
                 s.insert("steps".into(), settings.steps.to_string());
                 s.insert("guidance".into(), settings.guidance.to_string());
-                s.insert("shift".into(), settings.shift.to_string());
+                s.insert("shift".into(), spec.shift.to_string());
+                if !p.lora.is_empty() {
+                    let names: Vec<String> = p.lora.iter().map(|l| format!("{}×{}", l.path(), l.scale())).collect();
+                    s.insert("lora".into(), names.join(", "));
+                }
+                if source == SchedulerSource::Checkpoint {
+                    s.insert("scheduler".into(), format!("{} from the checkpoint", spec.kind.class()));
+                }
                 s.insert("seed".into(), settings.seed.to_string());
                 s.insert("precision".into(), format!("{:?}", p.precision).to_lowercase());
                 s.insert("prompt".into(), job.prompt.text.clone());

@@ -25,8 +25,9 @@
 //! Such a folder has no medgen.json: its description is synthesised (umT5 at 512 tokens, the Wan
 //! VAE from `vae/`, Wan2.1's T2V geometry 832×480, 81 frames at 16 fps). The pipeline's own
 //! geometry is not read from anywhere; the `frames` / `width` / `height` sampling settings
-//! override the defaults. The `scheduler/` component is not read either: the sampler and its
-//! shift are sampling settings.
+//! override the defaults. `scheduler/scheduler_config.json`, when present, is the sampler the
+//! pipeline samples with (its class, shift and options, e.g. flow_shift 5.0 for a 720p model);
+//! the `sampler` and `shift` sampling settings override it.
 
 use crate::latent::codec::VideoCodec;
 use crate::latent::text::{TextEncoder, TextEncoderKind, resolve_dir};
@@ -35,6 +36,7 @@ use medgen_kernels::io::safetensors::Checkpoint as StCheckpoint;
 use medgen_kernels::nets::tokenizer::WAN_TEXT_LEN;
 use medgen_kernels::nets::umt5::UMT5Config;
 use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
+use medgen_kernels::sched::SchedulerSpec;
 use serde::{Deserialize, Serialize};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
@@ -107,6 +109,10 @@ pub struct LoadedModel {
     pub text: Arc<TextEncoder>,
     pub codec: VideoCodec,
     pub meta: CheckpointMeta,
+    /// The sampler a diffusers pipeline folder ships (`scheduler/scheduler_config.json`): `None`
+    /// when there is none (medgen's checkpoints), `Err` naming the file and the key when it asks for
+    /// something medgen does not implement (an error only when sampling relies on it).
+    pub scheduler: Option<Result<SchedulerSpec, String>>,
 }
 
 /// Loads a checkpoint whose files `file(name)` locates (a folder, or blobs of a Checkpoint record), with the
@@ -192,7 +198,7 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DTy
             meta_path.display()
         ));
     }
-    Ok(LoadedModel { dit, text, codec, meta })
+    Ok(LoadedModel { dit, text, codec, meta, scheduler: None })
 }
 
 /// Loads a checkpoint folder: medgen's layout, or a diffusers Wan2.1 pipeline folder (one with a
@@ -213,8 +219,25 @@ pub fn load_dir(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
 const PIPELINE_COMPONENTS: [(&str, &str); 3] =
     [("transformer", "WanTransformer3DModel"), ("vae", "AutoencoderKLWan"), ("text_encoder", "UMT5EncoderModel")];
 
-/// Components a text-to-video pipeline may have besides [`PIPELINE_COMPONENTS`] (not read).
+/// Components a text-to-video pipeline may have besides [`PIPELINE_COMPONENTS`] (the tokenizer is
+/// not read — medgen's umT5 tokenizer is built in — and the scheduler only by [`pipeline_scheduler`]).
 const PIPELINE_IGNORED: [&str; 2] = ["tokenizer", "scheduler"];
+
+/// Where a pipeline folder keeps its sampler.
+pub const SCHEDULER_CONFIG: &str = "scheduler/scheduler_config.json";
+
+/// The sampler of a pipeline folder: `None` without `scheduler/scheduler_config.json`.
+pub fn pipeline_scheduler(dir: &Path) -> Option<Result<SchedulerSpec, String>> {
+    let path = dir.join(SCHEDULER_CONFIG);
+    if !path.is_file() {
+        return None;
+    }
+    Some(
+        std::fs::read_to_string(&path)
+            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+            .and_then(|text| SchedulerSpec::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))),
+    )
+}
 
 /// Wan2.1 T2V's default geometry (the diffusers `WanPipeline` defaults, 480p).
 pub const PIPELINE_VIDEO: VideoGeom = VideoGeom { width: 832, height: 480, frames: 81, fps: 16.0 };
@@ -376,7 +399,7 @@ pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
         ema: false,
         lora_rank: None,
     };
-    Ok(LoadedModel { dit, text, codec, meta })
+    Ok(LoadedModel { dit, text, codec, meta, scheduler: pipeline_scheduler(dir) })
 }
 
 #[cfg(test)]
