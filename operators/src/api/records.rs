@@ -321,7 +321,7 @@ impl Record {
         fn clip(c: &Clip) -> Vec<&str> {
             c.blob.iter().map(String::as_str).chain(metadata_blobs(&c.metadata)).collect()
         }
-        match self {
+        let mut keys = match self {
             Record::Video(v) => metadata_blobs(&v.metadata).collect(),
             Record::Clip(c) => clip(c),
             Record::Scores(s) => clip(&s.clip),
@@ -329,7 +329,10 @@ impl Record {
             Record::Checkpoint(c) => c.blobs.values().map(String::as_str).collect(),
             Record::Sample(s) => vec![s.video_blob.as_str()],
             Record::Caption(_) | Record::Metric(_) | Record::Failure(_) | Record::Prompt(_) => Vec::new(),
-        }
+        };
+        // Unset fields are empty (a text-only Latent has no latent_blob).
+        keys.retain(|k| is_blob_key(k));
+        keys
     }
 
     pub fn kind(&self) -> Kind {
