@@ -233,7 +233,7 @@ pub fn resolve_scheduler(m: &LoadedModel, s: &SampleSettings) -> Result<(Schedul
         ),
         (Some(Err(e)), None) => {
             return Err(format!(
-                "{e}. Set `sampler` (unipc or euler) and `shift` to sample this checkpoint with medgen's samplers                  instead"
+                "{e}. Set `sampler` (unipc or euler) and `shift` to sample this checkpoint with medgen's samplers instead"
             ));
         }
         (Some(Err(_)) | None, k) => (

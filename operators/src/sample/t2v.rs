@@ -235,6 +235,16 @@ impl TypedOperator for SampleT2v {
                     ),
                 ));
             }
+            // Without a `sampler`, the folder's own scheduler is used: say now if it cannot be.
+            if p.sampler.is_none()
+                && let Some(Err(e)) = crate::train::checkpoint::pipeline_scheduler(&path)
+            {
+                v.push(ParamIssue::error(
+                    "sampler",
+                    format!("unset, so the checkpoint's scheduler would be used, but {e}"),
+                    Some("sampler = \"unipc\" (or \"euler\") and a shift".into()),
+                ));
+            }
         }
         for l in &p.lora {
             let path = resolve_path(&ctx.base_dir, l.path());
