@@ -220,3 +220,51 @@ fn unknown_lora_keys_are_named() {
         assert!(e.contains(key) && e.contains(want), "{key}: {e}");
     }
 }
+
+/// A safetensors file written by hand: (name, dtype, shape, little-endian bytes).
+fn raw_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
+    let mut header = serde_json::Map::new();
+    let mut data = Vec::new();
+    for (name, dtype, shape, bytes) in tensors {
+        let start = data.len();
+        data.extend_from_slice(bytes);
+        header.insert(
+            name.to_string(),
+            serde_json::json!({"dtype": dtype, "shape": shape, "data_offsets": [start, data.len()]}),
+        );
+    }
+    let mut h = serde_json::Value::Object(header).to_string().into_bytes();
+    while !h.len().is_multiple_of(8) {
+        h.push(b' ');
+    }
+    let mut out = (h.len() as u64).to_le_bytes().to_vec();
+    out.extend_from_slice(&h);
+    out.extend_from_slice(&data);
+    std::fs::write(path, out).unwrap();
+}
+
+/// musubi-tuner alphas stored as an integer scalar are read like float ones (folded into lora_A).
+#[test]
+fn integer_alphas_are_read() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let path = tmp.path().join("int_alpha.safetensors");
+    raw_safetensors(
+        &path,
+        &[
+            (
+                "lora_unet_blocks_0_self_attn_q.lora_down.weight",
+                "F32",
+                vec![2, 3],
+                f32s(&[1.0, 2.0, 3.0, 4.0, 5.0, 6.0]),
+            ),
+            ("lora_unet_blocks_0_self_attn_q.lora_up.weight", "F32", vec![1, 2], f32s(&[1.0, 1.0])),
+            ("lora_unet_blocks_0_self_attn_q.alpha", "I64", vec![], 8i64.to_le_bytes().to_vec()),
+        ],
+    );
+    let lora = LoraWeights::load(&path, DType::F32).unwrap();
+    assert_eq!((lora.rank, lora.scale(), lora.modules.len()), (2, 1.0, 1));
+    assert_eq!(lora.modules[0].name, "blocks.0.attn1.to_q");
+    // alpha 8 / rank 2 = 4, folded into A
+    assert_eq!(lora.modules[0].a.to_vec_f32().unwrap(), vec![4.0, 8.0, 12.0, 16.0, 20.0, 24.0]);
+}

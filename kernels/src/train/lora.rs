@@ -453,7 +453,14 @@ impl LoraWeights {
             let mut ta = ck.load_as(ka, dtype)?;
             let tb = ck.load_as(&b[module], dtype)?;
             if let Some(kalpha) = alphas.get(module) {
-                let alpha = ck.load_as(kalpha, DType::F32)?.to_vec_f32()?;
+                // Float in the files we know; an integer scalar is read too.
+                let alpha = match ck.load_as(kalpha, DType::F32) {
+                    Ok(t) => t.to_vec_f32()?,
+                    Err(Error::UnsupportedStoredDType { .. }) => {
+                        file.load_ints(kalpha)?.0.into_iter().map(|v| v as f32).collect()
+                    }
+                    Err(e) => return Err(e),
+                };
                 let (&[alpha], r) = (alpha.as_slice(), ta.shape()[0]) else {
                     return Err(bad(format!("{kalpha}: an alpha is one number, got {} values", alpha.len())));
                 };
