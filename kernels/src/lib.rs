@@ -63,6 +63,7 @@ pub mod ops;
 pub mod optim;
 pub mod rng;
 pub mod sched;
+pub mod special;
 pub mod tensor;
 pub mod train;
 pub mod verify;

@@ -6,6 +6,7 @@
 //! Images are grayscale `f32` planes on the 0–255 scale (the scale the published model parameters
 //! were fitted on; the MSCN stabilising constant is `C = 1` on it).
 
+use medgen_kernels::special::gamma;
 use std::sync::OnceLock;
 
 /// What can go wrong reading a model parameter file (BRISQUE's, NIQE's).
@@ -212,32 +213,6 @@ pub fn pair_products(m: &Plane) -> [Vec<f32>; 4] {
     out
 }
 
-/// The gamma function (Lanczos approximation, g = 7; relative error below 1e-13 for x > 0).
-pub fn gamma(x: f64) -> f64 {
-    const G: f64 = 7.0;
-    const C: [f64; 9] = [
-        0.999_999_999_999_809_9,
-        676.520_368_121_885_1,
-        -1_259.139_216_722_402_8,
-        771.323_428_777_653_1,
-        -176.615_029_162_140_6,
-        12.507_343_278_686_905,
-        -0.138_571_095_265_720_12,
-        9.984_369_578_019_572e-6,
-        1.505_632_735_149_311_6e-7,
-    ];
-    if x < 0.5 {
-        return std::f64::consts::PI / ((std::f64::consts::PI * x).sin() * gamma(1.0 - x));
-    }
-    let x = x - 1.0;
-    let mut a = C[0];
-    let t = x + G + 0.5;
-    for (i, c) in C.iter().enumerate().skip(1) {
-        a += c / (x + i as f64);
-    }
-    (2.0 * std::f64::consts::PI).sqrt() * t.powf(x + 0.5) * (-t).exp() * a
-}
-
 /// Shape parameters searched by the fits: 0.2, 0.201, …, 9.999 (the published grid).
 struct ShapeTable {
     alphas: Vec<f64>,
@@ -335,14 +310,6 @@ pub fn fit_aggd(x: &[f32]) -> Aggd {
 #[cfg(test)]
 mod tests {
     use super::*;
-
-    #[test]
-    fn gamma_matches_known_values() {
-        assert!((gamma(1.0) - 1.0).abs() < 1e-12);
-        assert!((gamma(5.0) - 24.0).abs() < 1e-10);
-        assert!((gamma(0.5) - std::f64::consts::PI.sqrt()).abs() < 1e-12);
-        assert!((gamma(0.1) - 9.513_507_698_668_732).abs() < 1e-9);
-    }
 
     /// Deterministic samples of a distribution by inverse transform of a fine quantile grid.
     fn quantiles(n: usize, inv: impl Fn(f64) -> f64) -> Vec<f32> {
