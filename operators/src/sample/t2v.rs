@@ -184,10 +184,10 @@ impl TypedOperator for SampleT2v {
                   `seed` (plus a per-prompt offset), runs the flow-matching sampler (`unipc` or `euler`, `steps`, \
                   timestep `shift`; unset, a diffusers pipeline folder's own scheduler) with classifier-free \
                   guidance `guidance` — after merging any `lora` adapter files into the DiT — decodes with the \
-                  checkpoint's latent \
-                  codec and writes an MP4 blob at the training frame rate. Emits a Sample record per pair \
-                  (settings: sampler, steps, guidance, shift, seed, prompt, seconds). Memoised: the same \
-                  checkpoint, prompt and settings are never sampled twice.",
+                  checkpoint's latent codec and writes an MP4 blob at the training frame rate. Emits a Sample \
+                  record per pair (settings: sampler, steps, guidance, shift, seed, prompt, seconds; `scheduler` \
+                  when it is the checkpoint's, `lora` when adapters were merged). Memoised: the same checkpoint, \
+                  prompt and settings are never sampled twice.",
             version: 1,
             inputs: &[
                 InPort { name: "prompts", kinds: &[Kind::Prompt], required: true, doc: "prompts" },

@@ -407,11 +407,13 @@ fn render(view: &View, p: &ReportParams, labels: &[String], epoch: u64, thumbs: 
                 pid = esc(&smp.prompt_id),
                 prompt = esc(smp.settings.get("prompt").map(String::as_str).unwrap_or("")),
                 how = esc(&format!(
-                    "{} × {} steps, guidance {}, seed {}",
+                    "{} × {} steps, shift {}, guidance {}, seed {}{}",
                     smp.settings.get("sampler").map(String::as_str).unwrap_or("?"),
                     smp.settings.get("steps").map(String::as_str).unwrap_or("?"),
+                    smp.settings.get("shift").map(String::as_str).unwrap_or("?"),
                     smp.settings.get("guidance").map(String::as_str).unwrap_or("?"),
-                    smp.settings.get("seed").map(String::as_str).unwrap_or("?")
+                    smp.settings.get("seed").map(String::as_str).unwrap_or("?"),
+                    smp.settings.get("lora").map(|l| format!(", LoRA {l}")).unwrap_or_default()
                 )),
             );
         }
