@@ -216,7 +216,40 @@ fn trains_from_scratch_samples_and_reruns_from_the_cache() {
         .output()
         .unwrap();
     assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("sampler: euler at shift 3"), "{o:?}");
     assert_eq!(probe_frames(&out), 9);
+
+    // … and with a LoRA file merged in (PEFT layout, as training writes it): another video; a
+    // missing file is refused before anything runs.
+    let lora_file = dir.path().join("adapter.safetensors");
+    {
+        use medgen_kernels::train::{LoraConfig, lora::LoraWeights};
+        let m = medgen_operators::train::checkpoint::load_dir(&ckpt_dirs[0], medgen_kernels::DType::F32).unwrap();
+        let cfg = LoraConfig { rank: 2, alpha: 2.0, targets: vec!["to_q".into(), "to_v".into()] };
+        let mut rng = medgen_kernels::Rng::new(3);
+        let mut lora = LoraWeights::init(&m.dit, &cfg, &mut rng, medgen_kernels::DType::F32).unwrap();
+        for module in &mut lora.modules {
+            module.b = medgen_kernels::Tensor::randn(module.b.shape(), 0.5, medgen_kernels::DType::F32, &mut rng);
+        }
+        lora.save(&lora_file).unwrap();
+    }
+    let sample_with = |lora: &str, out: &Path| {
+        medgen()
+            .args(["sample", "--steps", "3", "--sampler", "euler", "--guidance", "1", "--lora", lora, "--checkpoint"])
+            .arg(&ckpt_dirs[0])
+            .arg("--out")
+            .arg(out)
+            .arg("a checkerboard")
+            .output()
+            .unwrap()
+    };
+    let adapted = dir.path().join("adapted.mp4");
+    let o = sample_with(&format!("{}@0.8", lora_file.display()), &adapted);
+    assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+    assert_ne!(std::fs::read(&adapted).unwrap(), std::fs::read(&out).unwrap(), "the LoRA changes the video");
+    let o = sample_with("missing.safetensors", &adapted);
+    assert_eq!(o.status.code(), Some(1));
+    assert!(String::from_utf8_lossy(&o.stderr).contains("missing.safetensors"), "{o:?}");
 
     // A re-run recomputes nothing: every pool answers from the memo cache, no new round.
     let s2 = run(&graph, &store);
