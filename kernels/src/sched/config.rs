@@ -155,12 +155,20 @@ impl SchedulerSpec {
                 if config.get("predict_x0").and_then(Value::as_bool) == Some(false) {
                     return refuse("predict_x0", "diffusers has no noise-prediction form of flow_prediction");
                 }
-                if let Some(p) = text("prediction_type")?
-                    && p != "flow_prediction"
-                {
-                    return Err(bad(format!(
-                        "`prediction_type` = {p:?}: the Wan DiT predicts the flow velocity (\"flow_prediction\")"
-                    )));
+                match text("prediction_type")? {
+                    Some("flow_prediction") => {}
+                    Some(p) => {
+                        return Err(bad(format!(
+                            "`prediction_type` = {p:?}: the Wan DiT predicts the flow velocity (\"flow_prediction\")"
+                        )));
+                    }
+                    None => {
+                        return Err(bad(
+                            "`prediction_type` is missing: diffusers then assumes \"epsilon\", but the Wan DiT \
+                             predicts the flow velocity; set \"flow_prediction\""
+                                .into(),
+                        ));
+                    }
                 }
                 match text("solver_type")? {
                     None | Some("bh2") => {}
@@ -281,9 +289,11 @@ mod tests {
             ),
             (r#"{"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": "3"}"#, "shift"),
             (
-                r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true, "solver_order": 4}"#,
+                r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true,
+                    "prediction_type": "flow_prediction", "solver_order": 4}"#,
                 "solver_order",
             ),
+            (r#"{"_class_name": "UniPCMultistepScheduler", "use_flow_sigmas": true}"#, "prediction_type"),
             (r#"["not", "an", "object"]"#, "object"),
         ] {
             let e = parse(json).unwrap_err().to_string();
