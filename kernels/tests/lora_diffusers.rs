@@ -268,3 +268,21 @@ fn integer_alphas_are_read() {
     // alpha 8 / rank 2 = 4, folded into A
     assert_eq!(lora.modules[0].a.to_vec_f32().unwrap(), vec![4.0, 8.0, 12.0, 16.0, 20.0, 24.0]);
 }
+
+/// A LoRA holding NaN or infinite values is refused, naming the module, instead of merging into
+/// weights that would sample a black video.
+#[test]
+fn non_finite_adapters_are_refused() {
+    let tmp = tempfile::tempdir().unwrap();
+    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
+    let path = tmp.path().join("nan.safetensors");
+    raw_safetensors(
+        &path,
+        &[
+            ("transformer.blocks.0.attn1.to_q.lora_A.weight", "F32", vec![1, 2], f32s(&[1.0, f32::NAN])),
+            ("transformer.blocks.0.attn1.to_q.lora_B.weight", "F32", vec![2, 1], f32s(&[1.0, 1.0])),
+        ],
+    );
+    let e = LoraWeights::load(&path, DType::F32).unwrap_err().to_string();
+    assert!(e.contains("blocks.0.attn1.to_q") && e.contains("NaN"), "{e}");
+}

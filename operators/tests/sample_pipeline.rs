@@ -295,6 +295,21 @@ fn lora_files_merge_into_the_checkpoint() {
     assert!(e.contains("scale"), "{e}");
 }
 
+/// Weights that make the sample non-finite fail the sample at the step it happens, instead of
+/// writing a black video.
+#[test]
+fn a_non_finite_sample_fails_naming_the_step() {
+    let tmp = tempfile::tempdir().unwrap();
+    write_pipeline(tmp.path(), 32);
+    let mut m = load_dir(tmp.path(), DType::F32).unwrap();
+    let (name, w) = m.dit.named_parameters().into_iter().find(|(n, _)| n.ends_with("proj_out.weight")).unwrap();
+    let (name, shape) = (name.to_string(), w.shape().to_vec());
+    let nan = Tensor::from_vec(vec![f32::NAN; shape.iter().product()], &shape).unwrap();
+    m.dit.set_parameter(&name, &nan).unwrap();
+    let e = generate(&m, "a clip", &settings(1), &mut |_, _| true).unwrap_err().to_string();
+    assert!(e.contains("NaN") && e.contains("step 1 of 2") && e.contains("not finite"), "{e}");
+}
+
 #[test]
 fn pipeline_errors_name_the_file_and_what_was_found() {
     // an image-to-video pipeline

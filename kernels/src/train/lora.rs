@@ -476,6 +476,11 @@ impl LoraWeights {
                     tb.shape()
                 )));
             }
+            for (t, which) in [(&ta, "lora_A"), (&tb, "lora_B")] {
+                if t.to_vec_f32()?.iter().any(|v| !v.is_finite()) {
+                    return Err(bad(format!("{module}: {which} holds NaN or infinite values")));
+                }
+            }
             let r = ta.shape()[0];
             if *rank.get_or_insert(r) != r {
                 return Err(bad(format!("{module}: rank {r} differs from the other modules' {}", rank.unwrap_or(0))));

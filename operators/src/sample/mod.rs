@@ -319,6 +319,16 @@ pub fn generate(
             v_c
         };
         x = sampler.step(&v, &x).map_err(kerr)?;
+        // A NaN or an infinity never recovers and would be written as a black video.
+        if let Some(bad) = x.to_vec_f32().map_err(kerr)?.into_iter().find(|v| !v.is_finite()) {
+            return Err(Stopped::Failed(format!(
+                "the sample became {bad} at step {} of {n} (timestep {}): the DiT's output is not finite — a \
+                 broken checkpoint or LoRA, or an overflow in {:?}",
+                i + 1,
+                sampler.timestep(i),
+                m.dit.dtype()
+            )));
+        }
         if !progress(i + 1, n) {
             return Err(Stopped::Stopped);
         }
