@@ -98,7 +98,8 @@ fn d_lora_targets() -> Vec<String> {
 pub struct FlowMatchingParams {
     /// `scratch` (a new Wan-architecture DiT sized by the `scratch_*` params, channels taken from
     /// the data) or a diffusers transformer folder (`config.json` + safetensors), e.g.
-    /// `Wan2.1-T2V-1.3B-Diffusers/transformer` or MedGen-1.3B's.
+    /// `Wan2.1-T2V-1.3B-Diffusers/transformer` or MedGen-1.3B's; a whole pipeline folder
+    /// (`model_index.json`) means its `transformer/`.
     #[serde(default = "d_model")]
     pub model: String,
     /// Blocks of a scratch model.
@@ -292,6 +293,20 @@ struct RoundCtx {
     device: Device,
 }
 
+/// The transformer folder `model` names: itself, or the `transformer/` of a diffusers pipeline
+/// folder (`model_index.json`, e.g. Wan2.1-T2V-1.3B-Diffusers) given whole.
+fn transformer_dir(model: &Path) -> PathBuf {
+    let inner = model.join("transformer");
+    if !model.join("config.json").is_file()
+        && model.join(crate::train::checkpoint::PIPELINE_INDEX_FILE).is_file()
+        && inner.join("config.json").is_file()
+    {
+        inner
+    } else {
+        model.to_path_buf()
+    }
+}
+
 impl RoundCtx {
     /// The model a run starts from (before any round).
     fn base_model(&self, first: &Example) -> Result<WanDit, ItemError> {
@@ -319,7 +334,7 @@ impl RoundCtx {
             return WanDit::init(cfg, &mut rng, self.p.precision.dtype())
                 .map_err(|e| ItemError::invalid(format!("scratch model: {e}")));
         }
-        let dir = resolve_path(&self.base_dir, &self.p.model);
+        let dir = transformer_dir(&resolve_path(&self.base_dir, &self.p.model));
         let cfg = WanDitConfig::from_file(dir.join("config.json"))
             .map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))?;
         let src = StCheckpoint::open(&dir).map_err(|e| ItemError::invalid(format!("model {}: {e}", dir.display())))?;
@@ -648,11 +663,15 @@ impl TypedOperator for TrainFlowMatching {
     fn check(&self, p: &FlowMatchingParams, ctx: &CheckCtx) -> Vec<ParamIssue> {
         let mut v = Vec::new();
         if p.model != "scratch" {
-            let dir = resolve_path(&ctx.base_dir, &p.model);
+            let dir = transformer_dir(&resolve_path(&ctx.base_dir, &p.model));
             if !dir.join("config.json").is_file() {
                 v.push(ParamIssue::error(
                     "model",
-                    format!("{} is not a diffusers transformer folder (no config.json)", dir.display()),
+                    format!(
+                        "{} is not a diffusers transformer folder (no config.json) or a pipeline folder with one in \
+                         transformer/",
+                        dir.display()
+                    ),
                     Some("model = \"scratch\", or the `transformer` folder of a Wan2.1 diffusers checkpoint".into()),
                 ));
             }
@@ -776,5 +795,24 @@ impl TypedOperator for TrainFlowMatching {
         let ckpts = ok.clone().filter(|r| matches!(r, Record::Checkpoint(_)));
         let metrics = ok.filter(|r| matches!(r, Record::Metric(_)));
         Ok(Outputs::default().with(OUT_PORT, ckpts).with("metrics", metrics).with(FAILURES_PORT, failed))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_pipeline_folder_means_its_transformer() {
+        let tmp = tempfile::tempdir().unwrap();
+        let (pipe, plain) = (tmp.path().join("pipe"), tmp.path().join("plain"));
+        std::fs::create_dir_all(pipe.join("transformer")).unwrap();
+        std::fs::write(pipe.join("model_index.json"), "{}").unwrap();
+        std::fs::write(pipe.join("transformer/config.json"), "{}").unwrap();
+        std::fs::create_dir_all(&plain).unwrap();
+        std::fs::write(plain.join("config.json"), "{}").unwrap();
+        assert_eq!(transformer_dir(&pipe), pipe.join("transformer"));
+        assert_eq!(transformer_dir(&plain), plain);
+        assert_eq!(transformer_dir(&tmp.path().join("none")), tmp.path().join("none"));
     }
 }
