@@ -130,6 +130,7 @@ fn settings(seed: u64) -> SampleSettings {
         sampler: Some(SamplerKind::Euler),
         steps: 2,
         guidance: 2.0,
+        guidance_2: None,
         shift: Some(3.0),
         seed,
         negative_prompt: "a view".into(),
@@ -308,6 +309,59 @@ fn a_non_finite_sample_fails_naming_the_step() {
     m.dit.set_parameter(&name, &nan).unwrap();
     let e = generate(&m, "a clip", &settings(1), &mut |_, _| true).unwrap_err().to_string();
     assert!(e.contains("NaN") && e.contains("step 1 of 2") && e.contains("not finite"), "{e}");
+}
+
+/// Wan2.2 two-expert pipelines (`transformer_2` + `boundary_ratio`, e.g. Wan2.2-T2V-A14B): steps
+/// with timestep below `boundary_ratio · 1000` run the second DiT with `guidance_2`, as diffusers'
+/// WanPipeline does. Two UniPC steps at shift 3 have timesteps 999 and 750.
+#[test]
+fn two_expert_pipeline_switches_at_the_boundary() {
+    let tmp = tempfile::tempdir().unwrap();
+    let first = write_pipeline(tmp.path(), 32);
+    let second = WanDit::init(first.config().clone(), &mut Rng::new(99), DType::F32).unwrap();
+    let mut cfg = serde_json::to_value(second.config()).unwrap();
+    cfg.as_object_mut().unwrap().insert("_class_name".into(), "WanTransformer3DModel".into());
+    write_json(&tmp.path().join("transformer_2/config.json"), &cfg);
+    save(tmp.path().join("transformer_2/diffusion_pytorch_model.safetensors"), &second.named_parameters(), None)
+        .unwrap();
+    let with_ratio = |ratio: Value| {
+        let mut idx = model_index();
+        idx["transformer_2"] = json!(["diffusers", "WanTransformer3DModel"]);
+        idx["boundary_ratio"] = ratio;
+        write_json(&tmp.path().join("model_index.json"), &idx);
+        load_dir(tmp.path(), DType::F32)
+    };
+    let unipc = SampleSettings { sampler: Some(SamplerKind::Unipc), ..settings(4) };
+    let video =
+        |m: &LoadedModel, s: &SampleSettings| generate(m, "a clip", s, &mut |_, _| true).unwrap().to_vec_f32().unwrap();
+    let only = |dit: &WanDit| {
+        let m = with_ratio(Value::Null).unwrap();
+        assert!(m.low_noise.is_none(), "no boundary_ratio: the second expert is not used");
+        LoadedModel { dit: dit.clone(), ..m }
+    };
+    let (only_first, only_second) = (video(&only(&first), &unipc), video(&only(&second), &unipc));
+    assert_ne!(only_first, only_second);
+
+    assert_eq!(video(&with_ratio(json!(0.0)).unwrap(), &unipc), only_first, "every step ≥ 0: the first expert");
+    let all_low = with_ratio(json!(1.0)).unwrap();
+    assert_eq!(all_low.low_noise.as_ref().unwrap().boundary_ratio, 1.0);
+    assert_eq!(video(&all_low, &unipc), only_second, "every step < 1000: the second expert");
+    let mixed = video(&with_ratio(json!(0.875)).unwrap(), &unipc);
+    assert!(mixed != only_first && mixed != only_second, "999 on the first expert, 750 on the second");
+    // guidance_2 applies to the second expert's steps
+    let g1 = SampleSettings { guidance: 1.0, ..unipc.clone() };
+    assert_eq!(video(&all_low, &SampleSettings { guidance_2: Some(1.0), ..unipc.clone() }), video(&only(&second), &g1));
+
+    // a ratio without a second expert, and experts that do not fit each other
+    let mut idx = model_index();
+    idx["boundary_ratio"] = json!(0.9);
+    write_json(&tmp.path().join("model_index.json"), &idx);
+    let e = load_dir(tmp.path(), DType::F32).err().unwrap();
+    assert!(e.contains("boundary_ratio") && e.contains("transformer_2"), "{e}");
+    cfg["text_dim"] = json!(48);
+    write_json(&tmp.path().join("transformer_2/config.json"), &cfg);
+    let e = with_ratio(json!(0.9)).err().unwrap();
+    assert!(e.contains("transformer_2") && e.contains("must match"), "{e}");
 }
 
 #[test]

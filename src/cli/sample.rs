@@ -44,6 +44,10 @@ pub struct SampleArgs {
     /// Classifier-free guidance scale (1 disables the unconditional pass).
     #[arg(long, default_value_t = 5.0)]
     pub guidance: f64,
+    /// Guidance on the low-noise expert's steps of a Wan2.2 two-expert pipeline folder
+    /// (diffusers' guidance_scale_2) [default: --guidance].
+    #[arg(long)]
+    pub guidance_2: Option<f64>,
     /// Timestep shift (Wan: 3.0 at 480p, 5.0 at 720p) [default: the pipeline folder's scheduler's, else 3.0].
     #[arg(long)]
     pub shift: Option<f64>,
@@ -101,6 +105,7 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
         }),
         steps: a.steps,
         guidance: a.guidance,
+        guidance_2: a.guidance_2,
         shift: a.shift,
         seed: a.seed,
         negative_prompt: a.negative.clone(),

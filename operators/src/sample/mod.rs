@@ -14,7 +14,7 @@
 pub mod t2v;
 
 use crate::latent::codec::VideoCodec;
-use crate::train::checkpoint::LoadedModel;
+use crate::train::checkpoint::{LoadedModel, LowNoiseExpert};
 use medgen_kernels::sched::{SchedulerKind, SchedulerSpec, cfg_combine};
 use medgen_kernels::train::lora::LoraWeights;
 use medgen_kernels::{DType, Device, Rng, Tensor};
@@ -66,6 +66,9 @@ pub struct SampleSettings {
     pub steps: usize,
     /// Classifier-free guidance scale (1 = no guidance: one model call per step).
     pub guidance: f64,
+    /// Guidance on the low-noise expert's steps of a Wan2.2 two-expert pipeline (diffusers'
+    /// `guidance_scale_2`); `None`: `guidance`.
+    pub guidance_2: Option<f64>,
     /// Timestep shift (Wan: 5.0 at 720p, 3.0 at 480p); `None`: the checkpoint's scheduler's, else
     /// [`DEFAULT_SHIFT`].
     pub shift: Option<f64>,
@@ -83,6 +86,7 @@ impl Default for SampleSettings {
             sampler: None,
             steps: 50,
             guidance: 5.0,
+            guidance_2: None,
             shift: None,
             seed: 0,
             negative_prompt: String::new(),
@@ -193,6 +197,13 @@ impl LoadedModel {
             return Ok(self);
         }
         let dit = self.dit.to_device(device).map_err(|e| format!("moving the DiT to {device}: {e}"))?;
+        let low_noise = match self.low_noise {
+            Some(x) => Some(LowNoiseExpert {
+                dit: x.dit.to_device(device).map_err(|e| format!("moving the low-noise DiT to {device}: {e}"))?,
+                ..x
+            }),
+            None => None,
+        };
         let codec = match self.codec {
             VideoCodec::WanVae(vae, id) if vae.device() != device => {
                 let path = self.meta.codec.path.as_deref().ok_or("medgen.json names no Wan VAE path")?;
@@ -200,7 +211,7 @@ impl LoadedModel {
             }
             c => c,
         };
-        Ok(LoadedModel { dit, codec, ..self })
+        Ok(LoadedModel { dit, codec, low_noise, ..self })
     }
 }
 
@@ -278,8 +289,9 @@ pub fn generate(
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(format!("{width}×{height}: each side at most {MAX_SIDE} pixels").into());
     }
-    if !s.guidance.is_finite() {
-        return Err(format!("guidance ({}) must be a number", s.guidance).into());
+    let guidance_2 = s.guidance_2.unwrap_or(s.guidance);
+    if !s.guidance.is_finite() || !guidance_2.is_finite() {
+        return Err(format!("guidance ({}, {guidance_2}) must be a number", s.guidance).into());
     }
     let (spec, _) = resolve_scheduler(m, s)?;
     let [_, ph, pw] = m.dit.config().patch_size;
@@ -298,6 +310,9 @@ pub fn generate(
     // The DiT runs where its weights are (see [`LoadedModel::to_device`]); the sampler's update,
     // the noise and the text contexts are computed on the host and moved there each step.
     let dev = m.dit.device();
+    // Wan2.2 two-expert pipelines: below this timestep the low-noise expert runs (diffusers:
+    // `t >= boundary_ratio · num_train_timesteps` stays on the first transformer).
+    let boundary = m.low_noise.as_ref().map(|x| x.boundary_ratio * spec.train_timesteps as f64);
     let c = m.dit.config().in_channels;
     let shape = [1, c, 1 + (frames - 1) / 4, height as usize / 8, width as usize / 8];
     let mut rng = Rng::new(s.seed);
@@ -311,10 +326,14 @@ pub fn generate(
     for i in 0..n {
         let t = Tensor::from_vec(vec![sampler.timestep(i)], &[1]).and_then(|t| t.to_device(dev)).map_err(kerr)?;
         let xd = x.to_device(dev).map_err(kerr)?;
-        let v_c = m.dit.forward(&xd, &t, &cond).map_err(kerr)?;
-        let v = if (s.guidance - 1.0).abs() > 1e-12 {
-            let v_u = m.dit.forward(&xd, &t, &uncond).map_err(kerr)?;
-            cfg_combine(&v_c, &v_u, s.guidance).map_err(kerr)?
+        let (dit, guidance) = match (&m.low_noise, boundary) {
+            (Some(low), Some(b)) if (sampler.timestep(i) as f64) < b => (&low.dit, guidance_2),
+            _ => (&m.dit, s.guidance),
+        };
+        let v_c = dit.forward(&xd, &t, &cond).map_err(kerr)?;
+        let v = if (guidance - 1.0).abs() > 1e-12 {
+            let v_u = dit.forward(&xd, &t, &uncond).map_err(kerr)?;
+            cfg_combine(&v_c, &v_u, guidance).map_err(kerr)?
         } else {
             v_c
         };

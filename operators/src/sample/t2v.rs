@@ -49,6 +49,10 @@ pub struct T2vParams {
     /// Classifier-free guidance scale (1: off, one model call per step).
     #[serde(default = "d_guidance")]
     pub guidance: f64,
+    /// Guidance on the low-noise expert's steps of a Wan2.2 two-expert pipeline folder
+    /// (`transformer_2` + `boundary_ratio`; diffusers' `guidance_scale_2`). Unset: `guidance`.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub guidance_2: Option<f64>,
     /// Timestep shift (Wan: 3.0 at 480p, 5.0 at 720p). Unset: the pipeline folder's scheduler's
     /// (`flow_shift`), else 3.0.
     #[serde(default)]
@@ -210,6 +214,9 @@ impl TypedOperator for SampleT2v {
             v.push(ParamIssue::error("steps", "between 1 and 1000", Some("steps = 50".into())));
         }
         crate::curate::check_range(&mut v, "guidance", p.guidance, 0.0, 50.0, "guidance = 5.0");
+        if let Some(g) = p.guidance_2 {
+            crate::curate::check_range(&mut v, "guidance_2", g, 0.0, 50.0, "guidance_2 = 3.0");
+        }
         if let Some(shift) = p.shift {
             crate::curate::check_range(&mut v, "shift", shift, 0.01, 100.0, "shift = 3.0");
         }
@@ -325,6 +332,7 @@ impl TypedOperator for SampleT2v {
                     sampler: p.sampler,
                     steps: p.steps,
                     guidance: p.guidance,
+                    guidance_2: p.guidance_2,
                     shift: p.shift,
                     seed: p.seed.wrapping_add(offset),
                     negative_prompt: p.negative_prompt.clone(),
@@ -352,6 +360,10 @@ impl TypedOperator for SampleT2v {
                 s.insert("steps".into(), settings.steps.to_string());
                 s.insert("guidance".into(), settings.guidance.to_string());
                 s.insert("shift".into(), spec.shift.to_string());
+                if let Some(x) = &m.low_noise {
+                    s.insert("boundary_ratio".into(), x.boundary_ratio.to_string());
+                    s.insert("guidance_2".into(), settings.guidance_2.unwrap_or(settings.guidance).to_string());
+                }
                 if !p.lora.is_empty() {
                     let names: Vec<String> = p.lora.iter().map(|l| format!("{}×{}", l.path(), l.scale())).collect();
                     s.insert("lora".into(), names.join(", "));

@@ -22,6 +22,11 @@
 //! tokenizer/                           tokenizer.json (+ spiece.model, … which are not read)
 //! ```
 //!
+//! A Wan2.2 two-expert pipeline (e.g. Wan2.2-T2V-A14B-Diffusers: `transformer_2/` and a
+//! `boundary_ratio` in `model_index.json`) loads both experts ([`LowNoiseExpert`]); sampling runs
+//! the second on the steps below the boundary, as diffusers does. `expand_timesteps` (Wan2.2
+//! TI2V-5B) is still refused.
+//!
 //! Such a folder has no medgen.json: its description is synthesised (umT5 at 512 tokens, the Wan
 //! VAE from `vae/`, Wan2.1's T2V geometry 832×480, 81 frames at 16 fps). The pipeline's own
 //! geometry is not read from anywhere; the `frames` / `width` / `height` sampling settings
@@ -109,10 +114,21 @@ pub struct LoadedModel {
     pub text: Arc<TextEncoder>,
     pub codec: VideoCodec,
     pub meta: CheckpointMeta,
+    /// Wan2.2's low-noise expert (`transformer_2` of a two-expert pipeline such as
+    /// Wan2.2-T2V-A14B): it replaces `dit` on the steps whose timestep is below the boundary.
+    pub low_noise: Option<LowNoiseExpert>,
     /// The sampler a diffusers pipeline folder ships (`scheduler/scheduler_config.json`): `None`
     /// when there is none (medgen's checkpoints), `Err` naming the file and the key when it asks for
     /// something medgen does not implement (an error only when sampling relies on it).
     pub scheduler: Option<Result<SchedulerSpec, String>>,
+}
+
+/// The second DiT of a Wan2.2 two-expert pipeline.
+pub struct LowNoiseExpert {
+    pub dit: WanDit,
+    /// `boundary_ratio` of `model_index.json`: steps with timestep < ratio × num_train_timesteps
+    /// use this expert (and `guidance_2`), as diffusers' `WanPipeline` does.
+    pub boundary_ratio: f64,
 }
 
 /// Loads a checkpoint whose files `file(name)` locates (a folder, or blobs of a Checkpoint record), with the
@@ -198,7 +214,7 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DTy
             meta_path.display()
         ));
     }
-    Ok(LoadedModel { dit, text, codec, meta, scheduler: None })
+    Ok(LoadedModel { dit, text, codec, meta, low_noise: None, scheduler: None })
 }
 
 /// Loads a checkpoint folder: medgen's layout, or a diffusers Wan2.1 pipeline folder (one with a
@@ -238,6 +254,10 @@ pub fn pipeline_scheduler(dir: &Path) -> Option<Result<SchedulerSpec, String>> {
             .and_then(|text| SchedulerSpec::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))),
     )
 }
+
+/// `model_index.json` keys of Wan2.2's two-expert pipelines.
+const SECOND_TRANSFORMER: &str = "transformer_2";
+const BOUNDARY_RATIO: &str = "boundary_ratio";
 
 /// Wan2.1 T2V's default geometry (the diffusers `WanPipeline` defaults, 480p).
 pub const PIPELINE_VIDEO: VideoGeom = VideoGeom { width: 832, height: 480, frames: 81, fps: 16.0 };
@@ -280,6 +300,21 @@ fn check_model_index(path: &Path) -> Result<(), String> {
             || PIPELINE_IGNORED.contains(&key.as_str())
             || PIPELINE_COMPONENTS.iter().any(|(k, _)| k == key)
         {
+            continue;
+        }
+        // Wan2.2's two experts: a second transformer and the timestep boundary between them.
+        if key == SECOND_TRANSFORMER {
+            match component_class(e) {
+                Some(None) | Some(Some("WanTransformer3DModel")) => continue,
+                _ => {
+                    return Err(format!(
+                        "{}: {pipeline} has {key} = {e}; a second expert must be a WanTransformer3DModel",
+                        path.display()
+                    ));
+                }
+            }
+        }
+        if key == BOUNDARY_RATIO && (e.is_null() || e.as_f64().is_some_and(|r| (0.0..=1.0).contains(&r))) {
             continue;
         }
         match component_class(e) {
@@ -376,7 +411,9 @@ pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
         ));
     }
     let src = open_weights(&dit_dir, "diffusion_pytorch_model")?;
-    let dit = WanDit::load(cfg, &src, dtype).map_err(|e| format!("loading the DiT from {}: {e}", dit_dir.display()))?;
+    let dit = WanDit::load(cfg.clone(), &src, dtype)
+        .map_err(|e| format!("loading the DiT from {}: {e}", dit_dir.display()))?;
+    let low_noise = load_low_noise_expert(dir, &index, &cfg, dtype)?;
     let meta = CheckpointMeta {
         format: FORMAT.into(),
         version: 1,
@@ -399,7 +436,59 @@ pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
         ema: false,
         lora_rank: None,
     };
-    Ok(LoadedModel { dit, text, codec, meta, scheduler: pipeline_scheduler(dir) })
+    Ok(LoadedModel { dit, text, codec, meta, low_noise, scheduler: pipeline_scheduler(dir) })
+}
+
+/// Wan2.2's low-noise expert: `transformer_2/` when `model_index.json` names one and sets a
+/// `boundary_ratio` (without a ratio diffusers never calls it, so it is not loaded). Its config
+/// must take the same latents and text as the first expert's.
+fn load_low_noise_expert(
+    dir: &Path,
+    index: &Path,
+    first: &WanDitConfig,
+    dtype: DType,
+) -> Result<Option<LowNoiseExpert>, String> {
+    let v: serde_json::Value = std::fs::read(index)
+        .ok()
+        .and_then(|b| serde_json::from_slice(&b).ok())
+        .ok_or_else(|| format!("reading {}", index.display()))?;
+    let named = v.get(SECOND_TRANSFORMER).and_then(component_class).flatten().is_some();
+    let ratio = v.get(BOUNDARY_RATIO).and_then(|r| r.as_f64());
+    if let (false, Some(r)) = (named, ratio) {
+        return Err(format!(
+            "{} sets boundary_ratio = {r} but names no transformer_2: the low-noise steps would have no model",
+            index.display()
+        ));
+    }
+    let (true, Some(boundary_ratio)) = (named, ratio) else {
+        if named {
+            tracing::warn!(
+                pipeline = %dir.display(),
+                "model_index.json names a transformer_2 but no boundary_ratio: diffusers never uses it, nor does medgen"
+            );
+        }
+        return Ok(None);
+    };
+    let d = dir.join(SECOND_TRANSFORMER);
+    let cfg = WanDitConfig::from_file(d.join(CONFIG_FILE)).map_err(|e| e.to_string())?;
+    if (cfg.in_channels, cfg.out_dim(), cfg.text_dim) != (first.in_channels, first.out_dim(), first.text_dim)
+        || cfg.patch_size != first.patch_size
+    {
+        return Err(format!(
+            "{} takes {} latent channels, patches {:?} and {}-wide text, but transformer/ takes {}, {:?} and {}: \
+             the two experts must match",
+            d.join(CONFIG_FILE).display(),
+            cfg.in_channels,
+            cfg.patch_size,
+            cfg.text_dim,
+            first.in_channels,
+            first.patch_size,
+            first.text_dim
+        ));
+    }
+    let src = open_weights(&d, "diffusion_pytorch_model")?;
+    let dit = WanDit::load(cfg, &src, dtype).map_err(|e| format!("loading the DiT from {}: {e}", d.display()))?;
+    Ok(Some(LowNoiseExpert { dit, boundary_ratio }))
 }
 
 #[cfg(test)]
