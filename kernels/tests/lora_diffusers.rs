@@ -221,6 +221,11 @@ fn unknown_lora_keys_are_named() {
     }
 }
 
+/// Little-endian bytes of f32 values, for [`raw_safetensors`].
+fn f32s(v: &[f32]) -> Vec<u8> {
+    v.iter().flat_map(|x| x.to_le_bytes()).collect()
+}
+
 /// A safetensors file written by hand: (name, dtype, shape, little-endian bytes).
 fn raw_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
     let mut header = serde_json::Map::new();
@@ -247,7 +252,6 @@ fn raw_safetensors(path: &Path, tensors: &[(&str, &str, Vec<usize>, Vec<u8>)]) {
 #[test]
 fn integer_alphas_are_read() {
     let tmp = tempfile::tempdir().unwrap();
-    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let path = tmp.path().join("int_alpha.safetensors");
     raw_safetensors(
         &path,
@@ -267,6 +271,19 @@ fn integer_alphas_are_read() {
     assert_eq!(lora.modules[0].name, "blocks.0.attn1.to_q");
     // alpha 8 / rank 2 = 4, folded into A
     assert_eq!(lora.modules[0].a.to_vec_f32().unwrap(), vec![4.0, 8.0, 12.0, 16.0, 20.0, 24.0]);
+
+    // a scalar where lora_down belongs is refused before its alpha is read
+    let scalar = tmp.path().join("scalar_down.safetensors");
+    raw_safetensors(
+        &scalar,
+        &[
+            ("lora_unet_blocks_0_self_attn_q.lora_down.weight", "F32", vec![], f32s(&[1.0])),
+            ("lora_unet_blocks_0_self_attn_q.lora_up.weight", "F32", vec![1, 2], f32s(&[1.0, 1.0])),
+            ("lora_unet_blocks_0_self_attn_q.alpha", "F32", vec![], f32s(&[8.0])),
+        ],
+    );
+    let e = LoraWeights::load(&scalar, DType::F32).unwrap_err().to_string();
+    assert!(e.contains("do not form"), "{e}");
 }
 
 /// A LoRA holding NaN or infinite values is refused, naming the module, instead of merging into
@@ -274,7 +291,6 @@ fn integer_alphas_are_read() {
 #[test]
 fn non_finite_adapters_are_refused() {
     let tmp = tempfile::tempdir().unwrap();
-    let f32s = |v: &[f32]| v.iter().flat_map(|x| x.to_le_bytes()).collect::<Vec<u8>>();
     let path = tmp.path().join("nan.safetensors");
     raw_safetensors(
         &path,

@@ -452,6 +452,13 @@ impl LoraWeights {
         for (module, ka) in &a {
             let mut ta = ck.load_as(ka, dtype)?;
             let tb = ck.load_as(&b[module], dtype)?;
+            if ta.rank() != 2 || tb.rank() != 2 || ta.shape()[0] != tb.shape()[1] {
+                return Err(bad(format!(
+                    "{module}: lora_A {:?} and lora_B {:?} do not form [r, in] / [out, r]",
+                    ta.shape(),
+                    tb.shape()
+                )));
+            }
             if let Some(kalpha) = alphas.get(module) {
                 // Float in the files we know; an integer scalar is read too.
                 let alpha = match ck.load_as(kalpha, DType::F32) {
@@ -468,13 +475,6 @@ impl LoraWeights {
                     return Err(bad(format!("{kalpha} = {alpha} (rank {r})")));
                 }
                 ta = scale(&ta, alpha as f64 / r as f64)?.to_dtype(dtype)?;
-            }
-            if ta.rank() != 2 || tb.rank() != 2 || ta.shape()[0] != tb.shape()[1] {
-                return Err(bad(format!(
-                    "{module}: lora_A {:?} and lora_B {:?} do not form [r, in] / [out, r]",
-                    ta.shape(),
-                    tb.shape()
-                )));
             }
             for (t, which) in [(&ta, "lora_A"), (&tb, "lora_B")] {
                 if t.to_vec_f32()?.iter().any(|v| !v.is_finite()) {
