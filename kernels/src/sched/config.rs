@@ -39,6 +39,10 @@ impl SchedulerKind {
     }
 }
 
+/// The timestep shift medgen samples with when neither the settings nor a checkpoint give one
+/// (Wan at 480p).
+pub const DEFAULT_SHIFT: f64 = 3.0;
+
 /// Everything that fixes a sampler but the number of steps.
 #[derive(Debug, Clone, PartialEq)]
 pub struct SchedulerSpec {
@@ -55,13 +59,13 @@ pub struct SchedulerSpec {
 }
 
 impl SchedulerSpec {
-    /// medgen's defaults for `kind`: 1000 training timesteps, shift 3 (Wan at 480p), the Wan
+    /// medgen's defaults for `kind`: 1000 training timesteps, [`DEFAULT_SHIFT`], the Wan
     /// pipelines' UniPC options.
     pub fn new(kind: SchedulerKind) -> SchedulerSpec {
         SchedulerSpec {
             kind,
             train_timesteps: 1000,
-            shift: 3.0,
+            shift: DEFAULT_SHIFT,
             euler: EulerOptions::default(),
             unipc: UniPcOptions::default(),
         }
@@ -77,12 +81,13 @@ impl SchedulerSpec {
                 Some(v) => v.as_f64().map(Some).ok_or_else(|| bad(format!("`{k}` must be a number, got {v}"))),
             }
         };
-        let flag = |k: &str| -> Result<bool> {
+        let opt_flag = |k: &str| -> Result<Option<bool>> {
             match config.get(k) {
-                None | Some(Value::Null) => Ok(false),
-                Some(v) => v.as_bool().ok_or_else(|| bad(format!("`{k}` must be true or false, got {v}"))),
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => v.as_bool().map(Some).ok_or_else(|| bad(format!("`{k}` must be true or false, got {v}"))),
             }
         };
+        let flag = |k: &str| -> Result<bool> { Ok(opt_flag(k)?.unwrap_or(false)) };
         let text = |k: &str| -> Result<Option<&str>> {
             match config.get(k) {
                 None | Some(Value::Null) => Ok(None),
@@ -183,10 +188,8 @@ impl SchedulerSpec {
                     }
                     spec.unipc.order = o as usize;
                 }
-                if let Some(v) = config.get("lower_order_final").filter(|v| !v.is_null()) {
-                    spec.unipc.lower_order_final = v
-                        .as_bool()
-                        .ok_or_else(|| bad(format!("`lower_order_final` must be true or false, got {v}")))?;
+                if let Some(v) = opt_flag("lower_order_final")? {
+                    spec.unipc.lower_order_final = v;
                 }
                 spec.unipc.final_sigma_min = match text("final_sigmas_type")? {
                     None | Some("zero") => false,

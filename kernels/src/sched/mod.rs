@@ -12,7 +12,7 @@ pub mod config;
 pub mod euler;
 pub mod unipc;
 
-pub use config::{SchedulerKind, SchedulerSpec};
+pub use config::{DEFAULT_SHIFT, SchedulerKind, SchedulerSpec};
 pub use euler::{EulerOptions, FlowEuler, SigmaSpacing};
 pub use unipc::{FlowUniPc, UniPcOptions};
 

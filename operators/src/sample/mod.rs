@@ -15,6 +15,7 @@ pub mod t2v;
 
 use crate::latent::codec::VideoCodec;
 use crate::train::checkpoint::{LoadedModel, LowNoiseExpert};
+pub use medgen_kernels::sched::DEFAULT_SHIFT;
 use medgen_kernels::sched::{SchedulerKind, SchedulerSpec, cfg_combine};
 use medgen_kernels::train::lora::LoraWeights;
 use medgen_kernels::{DType, Device, Rng, Tensor};
@@ -55,9 +56,6 @@ impl SamplerKind {
     }
 }
 
-/// The timestep shift used when neither the settings nor the checkpoint give one (Wan at 480p).
-pub const DEFAULT_SHIFT: f64 = 3.0;
-
 /// How a video is sampled.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize)]
 pub struct SampleSettings {
@@ -78,6 +76,13 @@ pub struct SampleSettings {
     pub frames: Option<usize>,
     pub width: Option<u32>,
     pub height: Option<u32>,
+}
+
+impl SampleSettings {
+    /// The guidance of a two-expert pipeline's low-noise steps: `guidance_2`, else `guidance`.
+    pub fn low_noise_guidance(&self) -> f64 {
+        self.guidance_2.unwrap_or(self.guidance)
+    }
 }
 
 impl Default for SampleSettings {
@@ -247,10 +252,9 @@ pub fn resolve_scheduler(m: &LoadedModel, s: &SampleSettings) -> Result<(Schedul
                 "{e}. Set `sampler` (unipc or euler) and `shift` to sample this checkpoint with medgen's samplers instead"
             ));
         }
-        (Some(Err(_)) | None, k) => (
-            SchedulerSpec { shift: DEFAULT_SHIFT, ..SchedulerSpec::new(k.unwrap_or(SamplerKind::Unipc).scheduler()) },
-            SchedulerSource::Settings,
-        ),
+        (Some(Err(_)) | None, k) => {
+            (SchedulerSpec::new(k.unwrap_or(SamplerKind::Unipc).scheduler()), SchedulerSource::Settings)
+        }
     };
     if let Some(shift) = s.shift {
         if !(shift.is_finite() && shift > 0.0) {
@@ -289,7 +293,7 @@ pub fn generate(
     if width > MAX_SIDE || height > MAX_SIDE {
         return Err(format!("{width}×{height}: each side at most {MAX_SIDE} pixels").into());
     }
-    let guidance_2 = s.guidance_2.unwrap_or(s.guidance);
+    let guidance_2 = s.low_noise_guidance();
     if !s.guidance.is_finite() || !guidance_2.is_finite() {
         return Err(format!("guidance ({}, {guidance_2}) must be a number", s.guidance).into());
     }

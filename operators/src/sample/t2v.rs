@@ -362,7 +362,7 @@ impl TypedOperator for SampleT2v {
                 s.insert("shift".into(), spec.shift.to_string());
                 if let Some(x) = &m.low_noise {
                     s.insert("boundary_ratio".into(), x.boundary_ratio.to_string());
-                    s.insert("guidance_2".into(), settings.guidance_2.unwrap_or(settings.guidance).to_string());
+                    s.insert("guidance_2".into(), settings.low_noise_guidance().to_string());
                 }
                 if !p.lora.is_empty() {
                     let names: Vec<String> = p.lora.iter().map(|l| format!("{}×{}", l.path(), l.scale())).collect();

@@ -273,12 +273,12 @@ fn component_class(v: &serde_json::Value) -> Option<Option<&str>> {
     }
 }
 
-/// Checks that `model_index.json` describes a Wan2.1 text-to-video pipeline.
-fn check_model_index(path: &Path) -> Result<(), String> {
+/// Checks that `model_index.json` describes a Wan text-to-video pipeline; returns its entries.
+fn check_model_index(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, String> {
     let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
     let v: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
-    let obj = v.as_object().ok_or_else(|| format!("{} is not a JSON object", path.display()))?;
+    let serde_json::Value::Object(obj) = v else { return Err(format!("{} is not a JSON object", path.display())) };
     let pipeline = obj.get("_class_name").and_then(|c| c.as_str()).unwrap_or("(no _class_name)");
     for (key, want) in PIPELINE_COMPONENTS {
         match obj.get(key).map(|e| (e, component_class(e))) {
@@ -295,7 +295,7 @@ fn check_model_index(path: &Path) -> Result<(), String> {
             None => return Err(format!("{}: {pipeline} has no {key} ({want}) component", path.display())),
         }
     }
-    for (key, e) in obj {
+    for (key, e) in &obj {
         if key.starts_with('_')
             || PIPELINE_IGNORED.contains(&key.as_str())
             || PIPELINE_COMPONENTS.iter().any(|(k, _)| k == key)
@@ -337,7 +337,7 @@ fn check_model_index(path: &Path) -> Result<(), String> {
             }
         }
     }
-    Ok(())
+    Ok(obj)
 }
 
 /// Opens the weights `stem`.safetensors (or its sharded index) in `dir`, else the one
@@ -362,7 +362,7 @@ fn open_weights(dir: &Path, stem: &str) -> Result<StCheckpoint, String> {
 /// `dtype` (see [`load_with`]).
 pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
     let index = dir.join(PIPELINE_INDEX_FILE);
-    check_model_index(&index)?;
+    let components = check_model_index(&index)?;
     for (key, _) in PIPELINE_COMPONENTS {
         let d = dir.join(key);
         if !d.is_dir() {
@@ -413,7 +413,7 @@ pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
     let src = open_weights(&dit_dir, "diffusion_pytorch_model")?;
     let dit = WanDit::load(cfg.clone(), &src, dtype)
         .map_err(|e| format!("loading the DiT from {}: {e}", dit_dir.display()))?;
-    let low_noise = load_low_noise_expert(dir, &index, &cfg, dtype)?;
+    let low_noise = load_low_noise_expert(dir, &index, &components, &cfg, dtype)?;
     let meta = CheckpointMeta {
         format: FORMAT.into(),
         version: 1,
@@ -439,19 +439,16 @@ pub fn load_pipeline(dir: &Path, dtype: DType) -> Result<LoadedModel, String> {
     Ok(LoadedModel { dit, text, codec, meta, low_noise, scheduler: pipeline_scheduler(dir) })
 }
 
-/// Wan2.2's low-noise expert: `transformer_2/` when `model_index.json` names one and sets a
+/// Wan2.2's low-noise expert: `transformer_2/` when `model_index.json` (`v`, read from `index`) names one and sets a
 /// `boundary_ratio` (without a ratio diffusers never calls it, so it is not loaded). Its config
 /// must take the same latents and text as the first expert's.
 fn load_low_noise_expert(
     dir: &Path,
     index: &Path,
+    v: &serde_json::Map<String, serde_json::Value>,
     first: &WanDitConfig,
     dtype: DType,
 ) -> Result<Option<LowNoiseExpert>, String> {
-    let v: serde_json::Value = std::fs::read(index)
-        .ok()
-        .and_then(|b| serde_json::from_slice(&b).ok())
-        .ok_or_else(|| format!("reading {}", index.display()))?;
     let named = v.get(SECOND_TRANSFORMER).and_then(component_class).flatten().is_some();
     let ratio = v.get(BOUNDARY_RATIO).and_then(|r| r.as_f64());
     if let (false, Some(r)) = (named, ratio) {
