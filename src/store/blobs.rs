@@ -3,11 +3,13 @@
 //!
 //! A blob is written to a temporary file in the store's `tmp/` folder (same file system), synced,
 //! renamed into place and its folder synced, so a reader sees the whole blob or none, and a blob
-//! that exists is never rewritten. Blobs are read-only (mode 0444): the dataset sink hard-links
-//! clips to them, and a tool editing such a clip in place must not change the store's bytes under
-//! their hash (root is not stopped by the mode; `medgen store verify` finds what was changed).
+//! that exists is never rewritten. Blobs are read-only (write bits removed, read bits kept as
+//! created): the dataset sink hard-links clips to them, and a tool editing such a clip in place
+//! must not change the store's bytes under their hash (root is not stopped by the mode;
+//! `medgen store verify` finds what was changed).
 
 use super::error::StoreError;
+use medgen_operators::api::fsutil::make_read_only;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, Read, Write};
 use std::path::{Path, PathBuf};
@@ -84,7 +86,7 @@ impl Blobs {
         // The data must be on disk before the rename makes it visible under its key.
         file.sync_all().map_err(io_err)?;
         drop(file);
-        seal(src);
+        make_read_only(src);
         let dir = self.ensure_fanout_dir(&dest)?;
         match fs::rename(src, &dest) {
             Ok(()) => {
@@ -111,7 +113,7 @@ impl Blobs {
 
     /// Rename a synced temporary file to `dest` and sync the folder.
     fn install(&self, tmp: TempFile, dest: &Path) -> Result<(), StoreError> {
-        seal(&tmp.path);
+        make_read_only(&tmp.path);
         let dir = self.ensure_fanout_dir(dest)?;
         fs::rename(&tmp.path, dest).map_err(|e| StoreError::io(dest, e))?;
         tmp.disarm();
@@ -166,24 +168,6 @@ impl Blobs {
             Err(e) => return Err(StoreError::io(&dir, e)),
         }
         Ok(dir)
-    }
-}
-
-/// Makes a blob file read-only (0444). Best effort: a file system without Unix modes keeps the
-/// file writable, which loses only the protection.
-pub(crate) fn seal(path: &Path) {
-    #[cfg(unix)]
-    {
-        use std::os::unix::fs::PermissionsExt;
-        let _ = fs::set_permissions(path, fs::Permissions::from_mode(0o444));
-    }
-    #[cfg(not(unix))]
-    {
-        if let Ok(m) = fs::metadata(path) {
-            let mut p = m.permissions();
-            p.set_readonly(true);
-            let _ = fs::set_permissions(path, p);
-        }
     }
 }
 

@@ -1,5 +1,6 @@
 //! Atomic file writes: write a temporary file beside the target, fsync it, rename it over the
-//! target, fsync the folder. A reader sees the old file or the new one, never a torn one.
+//! target, fsync the folder. A reader sees the old file or the new one, never a torn one. And the
+//! read-only mark of run-store blobs.
 
 use std::io::Write;
 use std::path::Path;
@@ -16,6 +17,19 @@ pub fn atomic_write(path: &Path, bytes: &[u8]) -> std::io::Result<()> {
         let _ = d.sync_all();
     }
     Ok(())
+}
+
+/// Best-effort `chmod a-w`: how run-store blobs are kept from edits through the dataset's hard
+/// links. A file system without write bits keeps the file writable, which loses only the
+/// protection.
+pub fn make_read_only(path: &Path) {
+    if let Ok(m) = std::fs::metadata(path)
+        && !m.permissions().readonly()
+    {
+        let mut p = m.permissions();
+        p.set_readonly(true);
+        let _ = std::fs::set_permissions(path, p);
+    }
 }
 
 #[cfg(test)]

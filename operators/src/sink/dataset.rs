@@ -9,7 +9,7 @@
 
 use super::jsonl::output_path;
 use super::parquet::{Column, Table};
-use crate::api::fsutil::atomic_write;
+use crate::api::fsutil::{atomic_write, make_read_only};
 use crate::api::*;
 use crate::video::cut::{CutParams, cut_record};
 use crate::video::{ResizeMode, encode::H264Encoder};
@@ -177,17 +177,6 @@ const LEDGER: &str = ".medgen-clips";
 fn write_ledger(path: &Path, owned: &BTreeSet<String>) -> std::io::Result<()> {
     let text: String = owned.iter().map(|n| format!("{n}\n")).collect();
     atomic_write(path, text.as_bytes())
-}
-
-/// Best-effort `chmod a-w` of a store blob.
-fn make_read_only(path: &Path) {
-    if let Ok(m) = std::fs::metadata(path)
-        && !m.permissions().readonly()
-    {
-        let mut p = m.permissions();
-        p.set_readonly(true);
-        let _ = std::fs::set_permissions(path, p);
-    }
 }
 
 /// Whether two paths are the same file (a hard link of one another).
