@@ -258,6 +258,58 @@ fn trains_from_scratch_samples_and_reruns_from_the_cache() {
     }
     assert_eq!(common::train_losses(&store).len(), 120);
     let _ = s1;
+
+    // `medgen store gc`: new sampling settings leave the old samples behind (memo entries and
+    // MP4 blobs); a collection with the new graph removes them and keeps all the new graph reads.
+    let old_videos: Vec<String> =
+        common::rows(&store, "samples.jsonl").iter().map(|r| r["video_blob"].as_str().unwrap().to_string()).collect();
+    let graph2 = dir.path().join("t2.toml");
+    let text = std::fs::read_to_string(&graph).unwrap();
+    assert!(text.contains("sampler = \"euler\"\nsteps = 4\n"));
+    std::fs::write(&graph2, text.replace("sampler = \"euler\"\nsteps = 4\n", "sampler = \"euler\"\nsteps = 3\n"))
+        .unwrap();
+    let s3 = run(&graph2, &store);
+    assert_eq!(counter(&s3, "samples", "memo_misses"), 2, "{s3}");
+    let gc = |g: &Path, extra: &[&str]| {
+        let o = medgen().args(["store", "gc", "--quiet", "--store"]).arg(&store).arg(g).args(extra).output().unwrap();
+        (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
+    };
+    let has_blob = |k: &str| store.join("blobs").join(&k[..2]).join(k).is_file();
+    let (code, out) = gc(&graph2, &["--dry-run"]);
+    assert_eq!(code, Some(0), "{out}");
+    let row = out.lines().find(|l| l.split_whitespace().next() == Some("samples")).unwrap_or_default();
+    assert_eq!(row.split_whitespace().collect::<Vec<_>>(), ["samples", "2", "2"], "{out}");
+    assert!(out.contains("dry run: nothing was removed"), "{out}");
+    assert!(old_videos.iter().all(|k| has_blob(k)), "a dry run removes nothing");
+
+    let (code, out) = gc(&graph2, &[]);
+    eprintln!("medgen store gc:\n{out}");
+    assert_eq!(code, Some(0), "{out}");
+    assert!(old_videos.iter().all(|k| !has_blob(k)), "the old samples' videos are collected: {out}");
+    let new_videos: Vec<String> =
+        common::rows(&store, "samples.jsonl").iter().map(|r| r["video_blob"].as_str().unwrap().to_string()).collect();
+    assert!(new_videos.iter().all(|k| has_blob(k)) && new_videos != old_videos, "{out}");
+    let s4 = run(&graph2, &store);
+    for node in ["captions", "text", "latents", "samples", "vbench", "recon"] {
+        assert_eq!(counter(&s4, node, "memo_misses"), 0, "{node} lost what it needs to gc: {s4}");
+    }
+    assert_eq!(common::train_losses(&store).len(), 120);
+    let (code, out) = gc(&graph2, &[]);
+    assert!(code == Some(0) && out.contains("nothing to collect"), "{out}");
+
+    // A graph whose inputs are not there reads nothing: gc refuses rather than empty the store.
+    let elsewhere = dir.path().join("t3.toml");
+    std::fs::write(
+        &elsewhere,
+        "[graph]\nname = \"t\"\n[nodes.clips]\nop = \"source.files\"\npaths = [\"unmounted/*.mp4\"]\n\
+         [nodes.captions]\nop = \"caption.template\"\ninputs = [\"clips\"]\nframes = 2\n\
+         [nodes.out]\nop = \"sink.jsonl\"\ninputs = [\"captions\"]\npath = \"c.jsonl\"\n",
+    )
+    .unwrap();
+    let (code, out) = gc(&elsewhere, &[]);
+    assert_eq!(code, Some(1), "{out}");
+    assert!(out.contains("reads nothing") && out.contains("--force"), "{out}");
+    assert!(new_videos.iter().all(|k| has_blob(k)));
 }
 
 /// Blob paths may be sharded; find one by key.

@@ -11,6 +11,7 @@ mod run;
 #[cfg(feature = "video")]
 mod sample;
 mod store;
+mod store_gc;
 mod verify;
 
 use clap::{Parser, Subcommand, ValueEnum};
@@ -77,7 +78,8 @@ pub enum Command {
     Failures(failures::FailuresArgs),
     /// Re-admit quarantined items so the next run tries them again.
     Retry(failures::RetryArgs),
-    /// Look after a run store: `medgen store verify` re-hashes its blobs against their names.
+    /// Look after a run store: `medgen store verify` re-hashes its blobs against their names,
+    /// `medgen store gc` removes what no graph uses any more.
     Store(store::StoreCmdArgs),
     /// Check this machine: GStreamer, H.264 encoders, ONNX Runtime, GPU driver, sample videos.
     Doctor(doctor::DoctorArgs),

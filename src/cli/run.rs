@@ -176,6 +176,24 @@ fn report(summary: &RunSummary, dir: &std::path::Path) {
     }
 }
 
+/// A dry run of `plan` against `services` (what `explain` shows and `store gc` marks): every
+/// memoised node answers from the memo cache or counts a miss; nothing is computed, no view or
+/// dataset is written.
+pub(super) fn dry_run(
+    plan: &Arc<Plan>,
+    registry: &Arc<Registry>,
+    services: Arc<dyn Services>,
+    base_epoch: u64,
+    workers: usize,
+) -> anyhow::Result<RunSummary> {
+    let mut settings = settings(plan);
+    settings.dry_run = true;
+    let opts =
+        RunOptions { workers, processes: 1, process: 0, hostfile: None, settings, progress: ProgressMode::Quiet };
+    runtime::run(plan.clone(), registry.clone(), services, base_epoch, &opts, Arc::new(AtomicBool::new(false)))
+        .with_context(|| format!("dry run of {}", plan.path.display()))
+}
+
 pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
     let registry = Arc::new(Registry::builtin());
     let plan = match load_or_report(&a.graph, &registry) {
@@ -193,20 +211,7 @@ pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
     };
     let store = Arc::new(Store::open(&store_path).with_context(|| format!("opening the run store {}", dir.display()))?);
     let base_epoch = store.next_epoch()?;
-    let mut settings = settings(&plan);
-    settings.dry_run = true;
-    let opts = RunOptions {
-        workers: a.workers,
-        processes: 1,
-        process: 0,
-        hostfile: None,
-        settings,
-        progress: ProgressMode::Quiet,
-    };
-    let services: Arc<dyn Services> = store.clone();
-    let summary =
-        runtime::run(plan.clone(), registry.clone(), services, base_epoch, &opts, Arc::new(AtomicBool::new(false)))
-            .context("dry run")?;
+    let summary = dry_run(&plan, &registry, store.clone(), base_epoch, a.workers)?;
     println!("plan for {} (store {}, next epoch {base_epoch})", plan.path.display(), dir.display());
     let mut rows = vec![[
         "node".to_string(),

@@ -1,4 +1,5 @@
-//! `medgen store verify`: re-hash a run store's blobs against their names.
+//! `medgen store`: `verify` re-hashes a run store's blobs against their names; `gc` (in
+//! `store_gc.rs`) removes what no graph uses any more.
 
 use super::failures::StoreArgs;
 use clap::{Args, Subcommand};
@@ -16,6 +17,10 @@ pub enum StoreCommand {
     /// longer match their name; `--repair` sets them aside so the next run recomputes them.
     #[command(after_help = VERIFY_AFTER)]
     Verify(VerifyArgs),
+    /// Drop memo entries that the given graphs no longer read (old parameters, removed nodes, inputs
+    /// gone from their folders) and delete the blobs nothing refers to.
+    #[command(after_help = super::store_gc::GC_AFTER)]
+    Gc(super::store_gc::GcArgs),
 }
 
 const VERIFY_AFTER: &str =
@@ -47,6 +52,7 @@ pub struct VerifyArgs {
 pub fn store(a: &StoreCmdArgs) -> anyhow::Result<i32> {
     match &a.command {
         StoreCommand::Verify(v) => verify(v),
+        StoreCommand::Gc(g) => super::store_gc::gc(g),
     }
 }
 

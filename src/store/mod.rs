@@ -21,6 +21,7 @@
 mod blobs;
 mod catalog;
 mod error;
+mod gc;
 mod ratings;
 mod types;
 
@@ -30,6 +31,7 @@ mod tests;
 pub use blobs::BlobFile;
 pub use blobs::is_valid_key as is_valid_blob_key;
 pub use error::StoreError;
+pub use gc::{GcDone, GcPlan, GcPolicy, Marking, NodeGc, record_refs};
 pub use ratings::{Outcome, RatingRow, WarpLevel, WarpingRow};
 pub use types::{CommitRow, FailureFilter, FailureRow, OutputRow, RunInfo, RunRow, RunStatus};
 

@@ -529,3 +529,134 @@ fn a_second_run_of_a_store_is_refused_until_the_first_ends() {
     let again = b.lock_run(0, "running h.toml").unwrap();
     drop(again);
 }
+
+fn sample_records(blob: &str) -> Vec<u8> {
+    use medgen_operators::api::{Record, Sample};
+    let rec = Record::Sample(Sample {
+        prompt_id: "p1".into(),
+        checkpoint_epoch: 0,
+        checkpoint_step: 10,
+        video_blob: blob.into(),
+        settings: Default::default(),
+    });
+    serde_json::to_vec(&vec![rec]).unwrap()
+}
+
+fn gc_policy<'a>(
+    live: &'a std::collections::HashSet<String>,
+    none: &'a std::collections::HashSet<String>,
+    keep: Duration,
+    refs: &'a dyn Fn(&[u8]) -> Vec<String>,
+) -> GcPolicy<'a> {
+    GcPolicy { live, live_blobs: none, keep_younger_than: keep, refs }
+}
+
+/// Collection keeps live memo entries and every blob something kept refers to; it drops the
+/// rest, counts bytes a hard link still holds as not freed, and spares what is younger than
+/// the age given.
+#[test]
+fn gc_drops_unused_memo_entries_and_unreferenced_blobs() {
+    let (dir, s) = store();
+    let b: Vec<String> = (0..6).map(|i| s.blob_put(format!("blob {i}").repeat(100 + i).as_bytes()).unwrap()).collect();
+    // 0: a live entry's sample; 2: referenced by the live entry and by a dead one; 1: only the
+    // dead entry's; 3: an outputs row's; 4: nothing's; 5: nothing's, but a dataset links it.
+    s.memo_put(&key(1), "samples", &sample_records(&b[0])).unwrap();
+    s.memo_put(&key(2), "samples", &sample_records(&b[2])).unwrap();
+    s.memo_put(&key(3), "samples", &sample_records(&b[1])).unwrap();
+    s.memo_put(&key(4), "old_node", &sample_records(&b[2])).unwrap();
+    s.memo_put(&key(5), "seg", b"not records").unwrap();
+    s.record_output("ds", 0, "dataset/a.mp4", Some(&b[3])).unwrap();
+    let linked = dir.path().join("dataset-clip.mp4");
+    fs::hard_link(s.blob_file(&b[5]).unwrap(), &linked).unwrap();
+
+    let live: std::collections::HashSet<String> = [key(1).0, key(2).0].into_iter().collect();
+    let none = Default::default();
+    let refs = |v: &[u8]| record_refs(&s, v);
+    // Everything is younger than an hour: nothing goes.
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::from_secs(3600), &refs)).unwrap();
+    assert!(plan.memo_drop.is_empty() && plan.blobs_drop.is_empty(), "{plan:?}");
+
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO, &refs)).unwrap();
+    let mut dropped = plan.memo_drop.clone();
+    dropped.sort();
+    let mut want = vec![key(3).0, key(4).0, key(5).0];
+    want.sort();
+    assert_eq!(dropped, want);
+    assert_eq!(plan.nodes["samples"], NodeGc { kept: 2, dropped: 1 });
+    assert_eq!(plan.nodes["old_node"], NodeGc { kept: 0, dropped: 1 });
+    let mut gone: Vec<&str> = plan.blobs_drop.iter().map(|b| b.key.as_str()).collect();
+    gone.sort();
+    let mut want: Vec<&str> = vec![&b[1], &b[4], &b[5]];
+    want.sort();
+    assert_eq!(gone, want);
+    let len = |k: &str| fs::metadata(s.blob_file(k).unwrap()).unwrap().len();
+    assert_eq!(plan.bytes_freed, len(&b[1]) + len(&b[4]));
+    assert_eq!(plan.bytes_still_linked, len(&b[5]));
+    assert_eq!((plan.blobs_kept, plan.missing_refs), (3, 0));
+
+    let done = s.gc_apply(&plan, &mut |_| {}).unwrap();
+    assert_eq!(done, GcDone { memo_dropped: 3, blobs_deleted: 3, bytes_freed: plan.bytes_freed });
+    s.compact_catalog().unwrap();
+    assert!(s.memo_get(&key(1)).unwrap().is_some() && s.memo_get(&key(2)).unwrap().is_some());
+    assert!(s.memo_get(&key(3)).unwrap().is_none() && s.memo_get(&key(5)).unwrap().is_none());
+    for (i, k) in b.iter().enumerate() {
+        assert_eq!(s.blob_exists(k).unwrap(), [0, 2, 3].contains(&i), "blob {i}");
+    }
+    assert_eq!(fs::read(&linked).unwrap(), "blob 5".repeat(105).into_bytes(), "the dataset's link keeps its bytes");
+    // A second collection finds nothing more.
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO, &refs)).unwrap();
+    assert!(plan.memo_drop.is_empty() && plan.blobs_drop.is_empty(), "{plan:?}");
+}
+
+/// A latent refers to its codec through its safetensors header (`codec_ref = "blob:<key>"`):
+/// collection must keep that blob while the latent is kept.
+#[test]
+fn gc_keeps_the_codec_a_kept_latent_names_in_its_header() {
+    use medgen_operators::api::{Latent, Record};
+    let (dir, s) = store();
+    let codec = s.blob_put(b"a fitted codec").unwrap();
+    let file = dir.path().join("latent.safetensors");
+    let t = medgen_kernels::Tensor::zeros(&[2, 2], medgen_kernels::DType::F32, medgen_kernels::Device::Cpu).unwrap();
+    let meta = [("codec_ref".to_string(), format!("blob:{codec}"))].into_iter().collect();
+    medgen_kernels::io::safetensors::save(&file, &[("latent", &t)], Some(meta)).unwrap();
+    let latent = s.blob_put_file(&file).unwrap();
+    let rec = Record::Latent(Latent {
+        clip_id: "c".into(),
+        latent_blob: latent.clone(),
+        shape: vec![2, 2],
+        codec: "pca".into(),
+        text_blob: None,
+    });
+    s.memo_put(&key(1), "latents", &serde_json::to_vec(&vec![rec]).unwrap()).unwrap();
+    let live: std::collections::HashSet<String> = [key(1).0].into_iter().collect();
+    let none = Default::default();
+    let refs = |v: &[u8]| record_refs(&s, v);
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO, &refs)).unwrap();
+    assert!(plan.blobs_drop.is_empty(), "{plan:?}");
+    // Once the latent's entry is not live, both go.
+    let plan = s.gc_plan(&gc_policy(&Default::default(), &none, Duration::ZERO, &refs)).unwrap();
+    assert_eq!(plan.blobs_drop.len(), 2, "{plan:?}");
+}
+
+/// The marking view serves memo hits and records them, names blobs without writing them, and
+/// writes nothing to the catalog.
+#[test]
+fn marking_records_reads_and_writes_nothing() {
+    let (_dir, s) = store();
+    let s = Arc::new(s);
+    s.memo_put(&key(1), "n", b"v").unwrap();
+    let m = Marking::new(s.clone());
+    assert_eq!(m.memo_get(&key(1)).unwrap().as_deref(), Some(&b"v"[..]));
+    assert_eq!(m.memo_get(&key(2)).unwrap(), None);
+    m.memo_put(&key(3), "n", b"w").unwrap();
+    let k = m.blob_put(b"never written").unwrap();
+    assert!(!s.blob_exists(&k).unwrap());
+    m.record_failure(&failure("n", "x"), 1).unwrap();
+    m.commit_epoch("n", 0, "{}").unwrap();
+    let (memo, blobs) = m.marked();
+    assert_eq!(memo, [key(1).0].into_iter().collect());
+    assert!(blobs.contains(&k));
+    assert!(s.memo_get(&key(3)).unwrap().is_none());
+    assert!(s.failures(&FailureFilter::default()).unwrap().is_empty());
+    assert!(s.commits(None).unwrap().is_empty());
+}
