@@ -7,9 +7,12 @@ names (`diffusion_model.blocks.0.self_attn.q.lora_down.weight`, `.alpha`, plus z
 which merges the same files with medgen's loader and must match.
 
 Reads  kernels/tests/fixtures/lora/lora_tiny_base.safetensors (see scripts/check-lora-diffusers.py)
-Writes kernels/tests/fixtures/lora/lora_tiny_musubi.safetensors, lora_tiny_wanorig.safetensors and
-       lora_tiny_formats_diffusers.safetensors (FIXTURES.md format, model "wan_dit_lora_formats":
-       in.x_t, in.timestep, in.context; out.velocity_base, out.velocity_musubi, out.velocity_wanorig)
+Writes kernels/tests/fixtures/lora/lora_tiny_musubi.safetensors, lora_tiny_wanorig.safetensors,
+       lora_tiny_wanbias.safetensors (original Wan names with non-zero `.diff_b` bias deltas, as
+       CausVid-style LoRAs ship), lora_tiny_peftbias.safetensors (PEFT layout with `lora_B.bias` and
+       `lora_alpha` ≠ r in its metadata) and lora_tiny_formats_diffusers.safetensors (FIXTURES.md
+       format, model "wan_dit_lora_formats": in.x_t, in.timestep, in.context; out.velocity_base,
+       out.velocity_musubi, out.velocity_wanorig, out.velocity_wanbias, out.velocity_peftbias)
 
 Random adapters: rank 4, B = 0.2·randn, a different alpha per module (so a loader that ignored the
 per-module alphas fails). Fails on any loading warning. Run with the pinned venv of scripts/make-fixtures.sh:
@@ -66,7 +69,7 @@ def main():
         modules[f"blocks.{i}.ffn.0"] = base_sd[f"blocks.{i}.ffn.net.0.proj.weight"].shape
         modules[f"blocks.{i}.ffn.2"] = base_sd[f"blocks.{i}.ffn.net.2.weight"].shape
 
-    def adapters():
+    def adapters(g=g):
         out = {}
         for k, (o, i) in sorted(modules.items()):
             a = mf.randn(g, RANK, i) / i ** 0.5
@@ -93,6 +96,37 @@ def main():
     files = {"musubi": "lora_tiny_musubi.safetensors", "wanorig": "lora_tiny_wanorig.safetensors"}
     save_file(musubi, os.path.join(DIR, files["musubi"]), metadata={"format": "pt"})
     save_file(wanorig, os.path.join(DIR, files["wanorig"]), metadata={"format": "pt"})
+
+    # Bias deltas, from a generator of their own: the files and inputs above stay as they were.
+    gb = mf.gen(SEED + 1)
+    wanbias = {}
+    for k, (a, b, alpha) in adapters(gb).items():
+        wanbias[f"diffusion_model.{k}.lora_down.weight"] = a.contiguous()
+        wanbias[f"diffusion_model.{k}.lora_up.weight"] = b.contiguous()
+        wanbias[f"diffusion_model.{k}.alpha"] = alpha
+        wanbias[f"diffusion_model.{k}.diff_b"] = 0.3 * mf.randn(gb, b.shape[0])
+    to_diffusers = {"self_attn": "attn1", "cross_attn": "attn2", "ffn.0": "ffn.net.0.proj", "ffn.2": "ffn.net.2"}
+    peftbias = {}
+    targets = []
+    for k, (a, b, _) in adapters(gb).items():
+        blk, rest = k.split(".", 2)[1], k.split(".", 2)[2]
+        if rest.startswith("ffn"):
+            name = f"blocks.{blk}.{to_diffusers[rest]}"
+        else:
+            attn, o = rest.split(".")
+            name = f"blocks.{blk}.{to_diffusers[attn]}.{proj[o]}"
+        targets.append(name)
+        peftbias[f"transformer.{name}.lora_A.weight"] = a.contiguous()
+        peftbias[f"transformer.{name}.lora_B.weight"] = b.contiguous()
+        peftbias[f"transformer.{name}.lora_B.bias"] = 0.3 * mf.randn(gb, b.shape[0])
+    peft_meta = {"r": RANK, "lora_alpha": 6, "target_modules": targets, "lora_dropout": 0.0, "bias": "none",
+                 "use_rslora": False, "use_dora": False, "init_lora_weights": True, "lora_bias": True}
+    peft_meta = {f"transformer.{k}": v for k, v in peft_meta.items()}
+    files["wanbias"] = "lora_tiny_wanbias.safetensors"
+    files["peftbias"] = "lora_tiny_peftbias.safetensors"
+    save_file(wanbias, os.path.join(DIR, files["wanbias"]), metadata={"format": "pt"})
+    save_file(peftbias, os.path.join(DIR, files["peftbias"]),
+              metadata={"format": "pt", "lora_adapter_metadata": json.dumps(peft_meta)})
 
     model = WanTransformer3DModel(**cfg).float().eval()
     model.load_state_dict(base_sd, strict=True)

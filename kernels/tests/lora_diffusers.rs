@@ -180,7 +180,8 @@ fn merged_lora_matches_diffusers() {
 
 /// LoRA files in the layouts diffusers converts on load — musubi-tuner (`lora_unet_…lora_down` /
 /// `lora_up` / per-module `.alpha`) and original Wan names (`diffusion_model.…lora_down`, `.alpha`,
-/// zero norm `.diff` keys) — merge to diffusers' output (`scripts/make-lora-formats-fixture.py`).
+/// zero norm `.diff` keys, and with non-zero `.diff_b` bias deltas), and PEFT with `lora_B.bias`
+/// and `lora_alpha ≠ r` — merge to diffusers' output (`scripts/make-lora-formats-fixture.py`).
 #[test]
 fn foreign_lora_layouts_match_diffusers() {
     let fx = Fixture::open(fixture("lora_tiny_formats_diffusers.safetensors")).unwrap();
@@ -189,11 +190,19 @@ fn foreign_lora_layouts_match_diffusers() {
     let base = WanDit::load(cfg, &Checkpoint::open(fixture(BASE)).unwrap(), DType::F32).unwrap();
     let (x, t, c) = (fx.input("x_t").unwrap(), fx.input("timestep").unwrap(), fx.input("context").unwrap());
     let want_base = fx.output("velocity_base").unwrap();
-    for (kind, file) in [("musubi", "lora_tiny_musubi.safetensors"), ("wanorig", "lora_tiny_wanorig.safetensors")] {
-        let lora = LoraWeights::load(&fixture(file), DType::F32).unwrap_or_else(|e| panic!("{file}: {e}"));
-        // per-module alphas are folded into A: the file's own scale is 1
-        assert_eq!((lora.rank, lora.scale()), (4, 1.0), "{file}");
+    for (kind, file) in [
+        ("musubi", "lora_tiny_musubi.safetensors"),
+        ("wanorig", "lora_tiny_wanorig.safetensors"),
+        ("wanbias", "lora_tiny_wanbias.safetensors"),
+        ("peftbias", "lora_tiny_peftbias.safetensors"),
+    ] {
+        let mut lora = LoraWeights::load(&fixture(file), DType::F32).unwrap_or_else(|e| panic!("{file}: {e}"));
+        // per-module alphas are folded into A: the file's own scale is 1; the PEFT file says 6 / 4
+        let scale = if kind == "peftbias" { 1.5 } else { 1.0 };
+        assert_eq!((lora.rank, lora.scale()), (4, scale), "{file}");
         assert_eq!(lora.modules.len(), 20, "{file}: q, k, v, o of both attentions and the two FFN layers, 2 blocks");
+        let biased = kind.ends_with("bias");
+        assert!(lora.modules.iter().all(|m| m.bias.is_some() == biased), "{file}");
         let got = lora.merge_into(&base).unwrap().forward(&x, &t, &c).unwrap();
         let want = fx.output(&format!("velocity_{kind}")).unwrap();
         let err = got.max_abs_diff(&want).unwrap();
@@ -201,6 +210,13 @@ fn foreign_lora_layouts_match_diffusers() {
         println!("{file}: max abs {err:.3e} vs diffusers; LoRA effect {effect:.3e}");
         assert!(err <= ABS, "{file}: {err:e} > {ABS:e}");
         assert!(effect >= MIN_LORA_EFFECT, "{file}: vacuous ({effect:e})");
+        if biased {
+            // diffusers applied the bias deltas too: without them the outputs part.
+            lora.modules.iter_mut().for_each(|m| m.bias = None);
+            let unbiased = lora.merge_into(&base).unwrap().forward(&x, &t, &c).unwrap();
+            let gap = unbiased.max_abs_diff(&want).unwrap();
+            assert!(gap >= MIN_LORA_EFFECT, "{file}: the bias deltas change nothing ({gap:e})");
+        }
     }
 }
 
@@ -211,8 +227,10 @@ fn unknown_lora_keys_are_named() {
     let a = Tensor::from_vec(vec![0f32; 8], &[2, 4]).unwrap();
     for (key, want) in [
         ("lora_unet_blocks_0_norm3.lora_down.weight", "not a Wan DiT layer"),
-        ("diffusion_model.blocks.0.self_attn.q.diff_b", "not a LoRA A/B weight"),
-        ("transformer.blocks.0.attn1.to_q.lora_B.bias", "no biases"),
+        ("diffusion_model.blocks.0.self_attn.q.diff", "full weight delta"),
+        ("diffusion_model.blocks.0.self_attn.q.diff_b", "bias-only adapters"),
+        ("transformer.blocks.0.attn1.to_q.lora_B.bias", "bias-only adapters"),
+        ("transformer.blocks.0.attn1.to_q.lora_magnitude_vector", "lora_B biases"),
     ] {
         let path = tmp.path().join("bad.safetensors");
         save(&path, &[(key, &a)], None).unwrap();
@@ -301,4 +319,56 @@ fn non_finite_adapters_are_refused() {
     );
     let e = LoraWeights::load(&path, DType::F32).unwrap_err().to_string();
     assert!(e.contains("blocks.0.attn1.to_q") && e.contains("NaN"), "{e}");
+}
+
+/// musubi `.diff_b` bias deltas load with their module (diffusers drops them with a warning;
+/// medgen applies them), a lone time-projection bias is dropped as diffusers drops it, and a
+/// LoRA with biases saves as PEFT `lora_B.bias` with `lora_bias` in its metadata and reads back.
+#[test]
+fn bias_deltas_load_and_round_trip() {
+    let tmp = tempfile::tempdir().unwrap();
+    let path = tmp.path().join("musubi.safetensors");
+    let down = Tensor::from_vec((0..8).map(|i| i as f32 * 0.1).collect(), &[2, 4]).unwrap();
+    let up = Tensor::from_vec((0..6).map(|i| 1.0 - i as f32 * 0.2).collect(), &[3, 2]).unwrap();
+    let bias = Tensor::from_vec(vec![0.5f32, -0.25, 2.0], &[3]).unwrap();
+    let lone = Tensor::from_vec(vec![1f32; 5], &[5]).unwrap();
+    save(
+        &path,
+        &[
+            ("lora_unet_blocks_0_self_attn_q.lora_down.weight", &down),
+            ("lora_unet_blocks_0_self_attn_q.lora_up.weight", &up),
+            ("lora_unet_blocks_0_self_attn_q.diff_b", &bias),
+            ("lora_unet_time_projection_1.diff_b", &lone),
+        ],
+        None,
+    )
+    .unwrap();
+    let lora = LoraWeights::load(&path, DType::F32).unwrap();
+    assert_eq!(lora.modules.len(), 1);
+    let m = &lora.modules[0];
+    assert_eq!(m.name, "blocks.0.attn1.to_q");
+    assert_eq!(m.bias.as_ref().unwrap().to_vec_f32().unwrap(), vec![0.5, -0.25, 2.0]);
+
+    let again = tmp.path().join("peft.safetensors");
+    lora.save(&again).unwrap();
+    let file = SafeTensorsFile::open(&again).unwrap();
+    let meta = file.user_metadata().unwrap().get("lora_adapter_metadata").unwrap().clone();
+    assert!(meta.contains("\"transformer.lora_bias\":true"), "{meta}");
+    let back = LoraWeights::load(&again, DType::F32).unwrap();
+    assert_eq!(back.modules[0].bias.as_ref().unwrap().to_vec_f32().unwrap(), vec![0.5, -0.25, 2.0]);
+
+    // A bias that does not match lora_B's rows is refused by name.
+    let bad = tmp.path().join("bad.safetensors");
+    save(
+        &bad,
+        &[
+            ("lora_unet_blocks_0_self_attn_q.lora_down.weight", &down),
+            ("lora_unet_blocks_0_self_attn_q.lora_up.weight", &up),
+            ("lora_unet_blocks_0_self_attn_q.diff_b", &lone),
+        ],
+        None,
+    )
+    .unwrap();
+    let e = LoraWeights::load(&bad, DType::F32).unwrap_err().to_string();
+    assert!(e.contains("lora_unet_blocks_0_self_attn_q.diff_b") && e.contains("want [3]"), "{e}");
 }

@@ -133,6 +133,9 @@ pub struct LoraModule {
     pub a: Tensor,
     /// `B [out, rank]`.
     pub b: Tensor,
+    /// A bias delta `[out]` (PEFT `lora_B.bias`, the original-Wan / musubi `.diff_b`), scaled like
+    /// `B·A`: merging adds `s·bias` to the layer's bias. Read from files, never trained.
+    pub bias: Option<Tensor>,
 }
 
 /// A set of LoRA adapters (f32, or f64 for an f64 model).
@@ -162,10 +165,15 @@ enum LoraPart {
     A,
     B,
     Alpha,
+    /// A bias delta: PEFT `lora_B.bias`, original-Wan / musubi `.diff_b`.
+    Bias,
 }
 
 /// A LoRA file key → (module, part) with the module in original Wan or diffusers dotted naming;
 /// `Ok(None)` for keys diffusers skips (norm `.diff` / `.diff_b`).
+///
+/// A non-norm `.diff_b` is a bias delta of the layer (diffusers' `lora_B.bias`). Full weight
+/// deltas (`.diff` outside norms) are refused: diffusers ignores them, other tools add them.
 fn split_lora_key(key: &str) -> std::result::Result<Option<(String, LoraPart)>, String> {
     let (k, musubi) = match key.strip_prefix("lora_unet_") {
         Some(k) => (k, true),
@@ -173,7 +181,10 @@ fn split_lora_key(key: &str) -> std::result::Result<Option<(String, LoraPart)>, 
             (key.strip_prefix(LORA_KEY_PREFIX).or_else(|| key.strip_prefix("diffusion_model.")).unwrap_or(key), false)
         }
     };
-    const PARTS: [(&str, LoraPart); 7] = [
+    if (k.ends_with(".diff") || k.ends_with(".diff_b")) && k.contains("norm") {
+        return Ok(None);
+    }
+    const PARTS: [(&str, LoraPart); 10] = [
         (".lora_A.weight", LoraPart::A),
         (".lora_A.default.weight", LoraPart::A),
         (".lora_down.weight", LoraPart::A),
@@ -181,6 +192,9 @@ fn split_lora_key(key: &str) -> std::result::Result<Option<(String, LoraPart)>, 
         (".lora_B.default.weight", LoraPart::B),
         (".lora_up.weight", LoraPart::B),
         (".alpha", LoraPart::Alpha),
+        (".lora_B.bias", LoraPart::Bias),
+        (".lora_B.default.bias", LoraPart::Bias),
+        (".diff_b", LoraPart::Bias),
     ];
     for (suffix, part) in PARTS {
         if let Some(module) = k.strip_suffix(suffix) {
@@ -192,16 +206,18 @@ fn split_lora_key(key: &str) -> std::result::Result<Option<(String, LoraPart)>, 
             return Ok(Some((module, part)));
         }
     }
-    if (k.ends_with(".diff") || k.ends_with(".diff_b")) && k.contains("norm") {
-        return Ok(None);
-    }
     if k.contains(".lora_") {
-        return Err(format!("key {key:?}: only lora_A/lora_B (lora_down/lora_up) weights are supported (no biases)"));
+        return Err(format!(
+            "key {key:?}: only lora_A/lora_B (lora_down/lora_up) weights and lora_B biases are supported"
+        ));
     }
-    Err(format!(
-        "key {key:?} is not a LoRA A/B weight or alpha (weight or bias deltas such as `.diff` / `.diff_b` are not \
-         supported)"
-    ))
+    if k.ends_with(".diff") {
+        return Err(format!(
+            "key {key:?} is a full weight delta (`.diff`), which medgen does not apply (diffusers ignores them); \
+             merge it into the checkpoint instead"
+        ));
+    }
+    Err(format!("key {key:?} is not a LoRA A/B weight, bias (`lora_B.bias` / `.diff_b`) or alpha"))
 }
 
 /// musubi-tuner's underscore module name (`blocks_0_self_attn_q`, `blocks_3_ffn_0`,
@@ -247,7 +263,7 @@ impl LoraWeights {
             let bound = 1.0 / (inp as f64).sqrt();
             let a = Tensor::rand_uniform(&[cfg.rank, inp], -bound, bound, dtype, rng);
             let b = Tensor::zeros(&[out, cfg.rank], dtype, crate::tensor::Device::Cpu)?;
-            modules.push(LoraModule { name, a, b });
+            modules.push(LoraModule { name, a, b, bias: None });
         }
         Ok(LoraWeights { rank: cfg.rank, alpha: cfg.alpha, modules })
     }
@@ -299,7 +315,14 @@ impl LoraWeights {
         let modules = self
             .modules
             .iter()
-            .map(|m| Ok(LoraModule { name: m.name.clone(), a: m.a.to_device(device)?, b: m.b.to_device(device)? }))
+            .map(|m| {
+                Ok(LoraModule {
+                    name: m.name.clone(),
+                    a: m.a.to_device(device)?,
+                    b: m.b.to_device(device)?,
+                    bias: m.bias.as_ref().map(|t| t.to_device(device)).transpose()?,
+                })
+            })
             .collect::<Result<_>>()?;
         Ok(LoraWeights { rank: self.rank, alpha: self.alpha, modules })
     }
@@ -325,13 +348,25 @@ impl LoraWeights {
                     got: m.b.shape().to_vec(),
                 });
             }
+            if let Some(bias) = &m.bias {
+                let name = format!("{}.bias", m.name);
+                model.parameter(&name).ok_or_else(|| Error::MissingKey(name.clone()))?;
+                if bias.shape() != [out] {
+                    return Err(Error::WeightShape {
+                        name: format!("{}.lora_B.bias", m.name),
+                        expected: vec![out],
+                        got: bias.shape().to_vec(),
+                    });
+                }
+            }
         }
         Ok(())
     }
 
-    /// `base` with every adapted weight replaced by `W + s·B·A` (computed in the adapters'
-    /// dtype, then stored in the weight's dtype — note that a bf16 base rounds small updates
-    /// away). Unadapted parameters are shared with `base`, not copied.
+    /// `base` with every adapted weight replaced by `W + s·B·A` and, for adapters with a bias
+    /// delta, its bias by `b + s·bias` (computed in the adapters' dtype, then stored in the
+    /// weight's dtype — note that a bf16 base rounds small updates away). Unadapted parameters
+    /// are shared with `base`, not copied.
     pub fn merge_into(&self, base: &WanDit) -> Result<WanDit> {
         self.check_against(base)?;
         let mut merged = base.clone();
@@ -342,6 +377,12 @@ impl LoraWeights {
             let delta = scale(&matmul(&m.b, &m.a)?, s)?;
             let w_eff = add(&w.to_dtype(delta.dtype())?, &delta)?;
             merged.set_parameter(&wname, &w_eff)?;
+            if let Some(bias) = &m.bias {
+                let bname = format!("{}.bias", m.name);
+                let b = base.parameter(&bname).ok_or_else(|| Error::MissingKey(bname.clone()))?;
+                let b_eff = add(&b.to_dtype(bias.dtype())?, &scale(bias, s)?)?;
+                merged.set_parameter(&bname, &b_eff)?;
+            }
         }
         Ok(merged)
     }
@@ -369,7 +410,7 @@ impl LoraWeights {
         } else {
             json!(self.alpha)
         };
-        json!({
+        let mut meta = json!({
             "r": self.rank,
             "lora_alpha": alpha,
             "target_modules": self.modules.iter().map(|m| m.name.clone()).collect::<Vec<_>>(),
@@ -378,7 +419,12 @@ impl LoraWeights {
             "use_rslora": false,
             "use_dora": false,
             "init_lora_weights": true,
-        })
+        });
+        // PEFT ≥ 0.14's switch for `lora_B.bias` (only written when there are any).
+        if self.modules.iter().any(|m| m.bias.is_some()) {
+            meta["lora_bias"] = json!(true);
+        }
+        meta
     }
 
     /// Writes the adapters in the diffusers/PEFT layout (see the module docs) to `path`.
@@ -388,9 +434,12 @@ impl LoraWeights {
             .iter()
             .flat_map(|m| {
                 [
-                    (format!("{LORA_KEY_PREFIX}{}", lora_a_name(&m.name)), &m.a),
-                    (format!("{LORA_KEY_PREFIX}{}", lora_b_name(&m.name)), &m.b),
+                    Some((format!("{LORA_KEY_PREFIX}{}", lora_a_name(&m.name)), &m.a)),
+                    Some((format!("{LORA_KEY_PREFIX}{}", lora_b_name(&m.name)), &m.b)),
+                    m.bias.as_ref().map(|t| (format!("{LORA_KEY_PREFIX}{}.lora_B.bias", m.name), t)),
                 ]
+                .into_iter()
+                .flatten()
             })
             .collect();
         let tensors: Vec<(&str, &Tensor)> = names.iter().map(|(n, t)| (n.as_str(), *t)).collect();
@@ -412,9 +461,12 @@ impl LoraWeights {
     /// - musubi-tuner / kohya (`lora_unet_blocks_0_self_attn_q.lora_down.weight`, `.lora_up`, `.alpha`).
     ///
     /// A per-module `.alpha` is folded into `lora_A` (`A·alpha/rank`, then the file's scale is 1), as
-    /// diffusers converts such files. Norm `.diff` / `.diff_b` keys (zeros in the files that carry
-    /// them) are skipped as diffusers skips them; other keys are refused by name. Tensors are
-    /// converted to `dtype`. Ranks must agree across modules.
+    /// diffusers converts such files. Bias deltas (`lora_B.bias`, and `.diff_b` outside norms) are
+    /// kept with their module and scaled like it, as PEFT's `lora_bias` does; diffusers applies the
+    /// original-Wan ones and drops musubi ones with a warning, medgen applies both. Norm `.diff` /
+    /// `.diff_b` keys (zeros in the files that carry them) are skipped as diffusers skips them;
+    /// other keys are refused by name. Tensors are converted to `dtype`. Ranks must agree across
+    /// modules.
     pub fn load(path: &Path, dtype: DType) -> Result<LoraWeights> {
         let bad = |msg: String| Error::SafeTensors { path: path.to_path_buf(), msg };
         let file = SafeTensorsFile::open(path)?;
@@ -422,6 +474,7 @@ impl LoraWeights {
         let mut a: BTreeMap<String, String> = BTreeMap::new();
         let mut b: BTreeMap<String, String> = BTreeMap::new();
         let mut alphas: BTreeMap<String, String> = BTreeMap::new();
+        let mut biases: BTreeMap<String, String> = BTreeMap::new();
         for key in ck.keys() {
             let Some((module, part)) = split_lora_key(key).map_err(bad)? else { continue };
             let module = original_to_diffusers(&format!("{module}.weight"))
@@ -431,6 +484,7 @@ impl LoraWeights {
                 LoraPart::A => (&mut a, "lora_A"),
                 LoraPart::B => (&mut b, "lora_B"),
                 LoraPart::Alpha => (&mut alphas, "alpha"),
+                LoraPart::Bias => (&mut biases, "bias"),
             };
             if slot.insert(module.clone(), key.to_string()).is_some() {
                 return Err(bad(format!("module {module:?} has two {what} tensors")));
@@ -438,6 +492,14 @@ impl LoraWeights {
         }
         if let Some(m) = alphas.keys().find(|m| !a.contains_key(*m)) {
             return Err(bad(format!("module {m:?} has an alpha but no lora_A / lora_down weight")));
+        }
+        // A time-projection bias without its weights (AccVideo's files) is dropped, as diffusers
+        // drops it; any other lone bias is refused.
+        biases.retain(|m, _| a.contains_key(m) || m != "condition_embedder.time_proj");
+        if let Some((m, key)) = biases.iter().find(|(m, _)| !a.contains_key(*m)) {
+            return Err(bad(format!(
+                "{key}: a bias delta for {m:?} without lora_A / lora_B weights (bias-only adapters are not supported)"
+            )));
         }
         if a.keys().ne(b.keys()) {
             let lone: Vec<&String> =
@@ -476,7 +538,22 @@ impl LoraWeights {
                 }
                 ta = scale(&ta, alpha as f64 / r as f64)?.to_dtype(dtype)?;
             }
-            for (t, which) in [(&ta, "lora_A"), (&tb, "lora_B")] {
+            let bias = match biases.get(module) {
+                Some(kb) => {
+                    let t = ck.load_as(kb, dtype)?;
+                    if t.shape() != [tb.shape()[0]] {
+                        return Err(bad(format!(
+                            "{kb}: a bias delta of shape {:?} for lora_B {:?} (want [{}])",
+                            t.shape(),
+                            tb.shape(),
+                            tb.shape()[0]
+                        )));
+                    }
+                    Some(t)
+                }
+                None => None,
+            };
+            for (t, which) in [(&ta, "lora_A"), (&tb, "lora_B")].into_iter().chain(bias.as_ref().map(|t| (t, "bias"))) {
                 if t.to_vec_f32()?.iter().any(|v| !v.is_finite()) {
                     return Err(bad(format!("{module}: {which} holds NaN or infinite values")));
                 }
@@ -485,7 +562,7 @@ impl LoraWeights {
             if *rank.get_or_insert(r) != r {
                 return Err(bad(format!("{module}: rank {r} differs from the other modules' {}", rank.unwrap_or(0))));
             }
-            modules.push(LoraModule { name: module.clone(), a: ta, b: tb });
+            modules.push(LoraModule { name: module.clone(), a: ta, b: tb, bias });
         }
         let rank = rank.unwrap_or_else(|| unreachable!("non-empty"));
         let alpha = match file.user_metadata().and_then(|m| m.get(LORA_METADATA_KEY)) {
