@@ -14,7 +14,9 @@ use medgen_kernels::nets::wan_dit::{WanDit, WanDitConfig};
 use medgen_kernels::sched::SchedulerKind;
 use medgen_kernels::verify::Fixture;
 use medgen_kernels::{DType, Rng, Tensor};
-use medgen_operators::sample::{SampleSettings, SamplerKind, SchedulerSource, generate, resolve_scheduler};
+use medgen_operators::sample::{
+    LoraExpert, LoraUse, SampleSettings, SamplerKind, SchedulerSource, generate, resolve_scheduler,
+};
 use medgen_operators::train::checkpoint::{LoadedModel, load_dir, load_pipeline};
 use serde_json::{Value, json};
 use std::collections::BTreeMap;
@@ -268,7 +270,7 @@ fn lora_files_merge_into_the_checkpoint() {
     lora.save(&file).unwrap();
 
     let base = load_dir(tmp.path(), DType::F32).unwrap();
-    let merged = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(file.clone(), 0.5)]).unwrap();
+    let merged = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[LoraUse::new(&file, 0.5)]).unwrap();
     let mut half = lora.clone();
     half.alpha *= 0.5;
     let want = half.merge_into(&base.dit).unwrap();
@@ -281,7 +283,7 @@ fn lora_files_merge_into_the_checkpoint() {
     assert_eq!(changed, 3, "to_q of both attentions and ffn.net.2 of the one block");
     let video = |m: &LoadedModel| generate(m, "a clip", &settings(1), &mut |_, _| true).unwrap().to_vec_f32().unwrap();
     assert_ne!(video(&merged), video(&base));
-    let off = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(file.clone(), 0.0)]).unwrap();
+    let off = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[LoraUse::new(&file, 0.0)]).unwrap();
     assert_eq!(video(&off), video(&base));
 
     // a LoRA for a wider model
@@ -290,9 +292,9 @@ fn lora_files_merge_into_the_checkpoint() {
     let foreign = LoraWeights::init(&other, &wide, &mut rng, DType::F32).unwrap();
     let bad = tmp.path().join("foreign.safetensors");
     foreign.save(&bad).unwrap();
-    let e = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(bad, 1.0)]).err().unwrap();
+    let e = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[LoraUse::new(&bad, 1.0)]).err().unwrap();
     assert!(e.contains("foreign.safetensors") && e.contains("does not fit"), "{e}");
-    let e = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[(file, f64::NAN)]).err().unwrap();
+    let e = load_dir(tmp.path(), DType::F32).unwrap().with_loras(&[LoraUse::new(&file, f64::NAN)]).err().unwrap();
     assert!(e.contains("scale"), "{e}");
 }
 
@@ -351,6 +353,29 @@ fn two_expert_pipeline_switches_at_the_boundary() {
     // guidance_2 applies to the second expert's steps
     let g1 = SampleSettings { guidance: 1.0, ..unipc.clone() };
     assert_eq!(video(&all_low, &SampleSettings { guidance_2: Some(1.0), ..unipc.clone() }), video(&only(&second), &g1));
+
+    // A LoRA goes into the expert it names (diffusers' load_into_transformer_2), nowhere else.
+    {
+        use medgen_kernels::train::LoraConfig;
+        use medgen_kernels::train::lora::LoraWeights;
+        let cfg = LoraConfig { rank: 2, alpha: 2.0, targets: vec!["to_q".into()] };
+        let mut rng = Rng::new(6);
+        let mut lora = LoraWeights::init(&second, &cfg, &mut rng, DType::F32).unwrap();
+        for m in &mut lora.modules {
+            m.b = Tensor::randn(m.b.shape(), 0.5, DType::F32, &mut rng);
+        }
+        let file = tmp.path().join("low_noise_model.safetensors");
+        lora.save(&file).unwrap();
+        let low = LoraUse { path: file.clone(), scale: 1.0, expert: LoraExpert::LowNoise };
+        let m = with_ratio(json!(1.0)).unwrap().with_loras(std::slice::from_ref(&low)).unwrap();
+        let want = lora.merge_into(&second).unwrap();
+        let params = |d: &WanDit| d.named_parameters().iter().map(|(_, t)| t.to_vec_f32().unwrap()).collect::<Vec<_>>();
+        assert_eq!(params(&m.low_noise.as_ref().unwrap().dit), params(&want));
+        assert_eq!(params(&m.dit), params(&first), "the first expert is left alone");
+        assert_ne!(video(&m, &unipc), only_second);
+        let e = with_ratio(Value::Null).unwrap().with_loras(&[low]).err().unwrap();
+        assert!(e.contains("low_noise_model.safetensors") && e.contains("transformer_2"), "{e}");
+    }
 
     // a ratio without a second expert, and experts that do not fit each other
     let mut idx = model_index();

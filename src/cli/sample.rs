@@ -5,7 +5,7 @@ use clap::{Args, ValueEnum};
 use medgen_operators::api::device::parse_device;
 use medgen_operators::latent::codec::write_mp4;
 use medgen_operators::sample::{
-    SampleSettings, SamplerKind, SchedulerSource, generate, resolve_scheduler, sampler_name,
+    LoraExpert, LoraUse, SampleSettings, SamplerKind, SchedulerSource, generate, resolve_scheduler, sampler_name,
 };
 use medgen_operators::train::checkpoint::load_dir;
 use std::path::PathBuf;
@@ -56,6 +56,11 @@ pub struct SampleArgs {
     /// pytorch_lora_weights.safetensors), original-Wan or musubi-tuner layout.
     #[arg(long, value_name = "FILE[@SCALE]")]
     pub lora: Vec<String>,
+    /// A LoRA file for the low-noise expert (transformer_2) of a Wan2.2 two-expert pipeline folder,
+    /// as --lora (diffusers' load_into_transformer_2=True). Wan2.2 LoRAs come in pairs: give the
+    /// high_noise_model file to --lora and the low_noise_model file here.
+    #[arg(long = "lora-2", value_name = "FILE[@SCALE]")]
+    pub lora_2: Vec<String>,
     /// Noise seed.
     #[arg(long, default_value_t = 0)]
     pub seed: u64,
@@ -93,7 +98,9 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
     if let Some(w) = warning {
         eprintln!("warning: {w}");
     }
-    let loras = a.lora.iter().map(|l| parse_lora(l)).collect::<anyhow::Result<Vec<_>>>()?;
+    let loras = (a.lora.iter().map(|l| parse_lora(l, LoraExpert::HighNoise)))
+        .chain(a.lora_2.iter().map(|l| parse_lora(l, LoraExpert::LowNoise)))
+        .collect::<anyhow::Result<Vec<_>>>()?;
     let model = load_dir(&a.checkpoint, a.precision.dtype())
         .and_then(|m| m.with_loras(&loras))
         .and_then(|m| m.to_device(device))
@@ -156,21 +163,22 @@ pub fn sample(a: &SampleArgs) -> anyhow::Result<i32> {
 }
 
 /// `FILE` or `FILE@SCALE` (a suffix that is not a number belongs to the file name).
-fn parse_lora(arg: &str) -> anyhow::Result<(PathBuf, f64)> {
+fn parse_lora(arg: &str, expert: LoraExpert) -> anyhow::Result<LoraUse> {
     let (path, scale) = match arg.rsplit_once('@') {
         Some((p, s)) if !p.is_empty() && s.parse::<f64>().is_ok() => (p, s.parse::<f64>().unwrap_or(1.0)),
         _ => (arg, 1.0),
     };
     let path = PathBuf::from(path);
     if !path.is_file() {
-        anyhow::bail!("--lora {arg}: {} is not a file", path.display());
+        let flag = if expert == LoraExpert::LowNoise { "--lora-2" } else { "--lora" };
+        anyhow::bail!("{flag} {arg}: {} is not a file", path.display());
     }
-    Ok((path, scale))
+    Ok(LoraUse { path, scale, expert })
 }
 
 #[cfg(test)]
 mod tests {
-    use super::parse_lora;
+    use super::{LoraExpert, LoraUse, parse_lora};
 
     #[test]
     fn lora_arguments_take_an_optional_weight() {
@@ -178,8 +186,12 @@ mod tests {
         let f = dir.path().join("a@b.safetensors");
         std::fs::write(&f, b"x").unwrap();
         let s = f.to_str().unwrap();
-        assert_eq!(parse_lora(s).unwrap(), (f.clone(), 1.0));
-        assert_eq!(parse_lora(&format!("{s}@0.5")).unwrap(), (f.clone(), 0.5));
-        assert!(parse_lora(&format!("{s}x")).unwrap_err().to_string().contains("not a file"));
+        let high = LoraExpert::HighNoise;
+        assert_eq!(parse_lora(s, high).unwrap(), LoraUse::new(&f, 1.0));
+        assert_eq!(parse_lora(&format!("{s}@0.5"), high).unwrap(), LoraUse::new(&f, 0.5));
+        assert!(parse_lora(&format!("{s}x"), high).unwrap_err().to_string().contains("not a file"));
+        let low = parse_lora(&format!("{s}@2"), LoraExpert::LowNoise).unwrap();
+        assert_eq!(low, LoraUse { path: f.clone(), scale: 2.0, expert: LoraExpert::LowNoise });
+        assert!(parse_lora("nope", LoraExpert::LowNoise).unwrap_err().to_string().starts_with("--lora-2 nope"));
     }
 }

@@ -131,7 +131,9 @@ impl std::fmt::Display for Stopped {
 }
 
 /// A LoRA adapter file merged into the DiT before sampling: `"adapter.safetensors"` (scale 1) or
-/// `{ path = "adapter.safetensors", scale = 0.8 }` (diffusers' `set_adapters` weight).
+/// `{ path = "adapter.safetensors", scale = 0.8 }` (diffusers' `set_adapters` weight), or
+/// `{ path = "low_noise_model.safetensors", expert = "low_noise" }` for the second DiT of a Wan2.2
+/// two-expert checkpoint.
 #[derive(Clone, Debug, PartialEq, Serialize, Deserialize, JsonSchema)]
 #[serde(untagged)]
 pub enum LoraSpec {
@@ -144,11 +146,49 @@ pub enum LoraSpec {
         /// Multiplies `alpha/rank` (1: as trained, 0: off).
         #[serde(default = "one")]
         scale: f64,
+        /// Which DiT it adapts: `high_noise` (the default: the checkpoint's DiT, Wan2.2's
+        /// high-noise expert) or `low_noise` (Wan2.2's `transformer_2`).
+        #[serde(default, skip_serializing_if = "LoraExpert::is_default")]
+        expert: LoraExpert,
     },
 }
 
 fn one() -> f64 {
     1.0
+}
+
+/// Which DiT of a checkpoint a LoRA adapts. Wan2.2 LoRAs come in pairs, one per expert
+/// (`high_noise_model.safetensors`, `low_noise_model.safetensors`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize, JsonSchema)]
+#[serde(rename_all = "snake_case")]
+pub enum LoraExpert {
+    /// The checkpoint's DiT (`transformer/`): a Wan2.1 model's only one, Wan2.2's high-noise
+    /// expert (diffusers' default target).
+    #[default]
+    HighNoise,
+    /// Wan2.2's low-noise expert (`transformer_2/`; diffusers' `load_into_transformer_2=True`).
+    LowNoise,
+}
+
+impl LoraExpert {
+    fn is_default(&self) -> bool {
+        *self == LoraExpert::HighNoise
+    }
+}
+
+/// A LoRA file to merge: where, how strongly, into which expert.
+#[derive(Clone, Debug, PartialEq)]
+pub struct LoraUse {
+    pub path: std::path::PathBuf,
+    pub scale: f64,
+    pub expert: LoraExpert,
+}
+
+impl LoraUse {
+    /// The checkpoint's (first) DiT at `scale`.
+    pub fn new(path: impl Into<std::path::PathBuf>, scale: f64) -> LoraUse {
+        LoraUse { path: path.into(), scale, expert: LoraExpert::HighNoise }
+    }
 }
 
 impl LoraSpec {
@@ -166,33 +206,55 @@ impl LoraSpec {
             LoraSpec::Scaled { scale, .. } => *scale,
         }
     }
+
+    /// The DiT it adapts.
+    pub fn expert(&self) -> LoraExpert {
+        match self {
+            LoraSpec::Path(_) => LoraExpert::HighNoise,
+            LoraSpec::Scaled { expert, .. } => *expert,
+        }
+    }
 }
 
 /// Largest |scale| a LoRA may be merged with.
 pub const MAX_LORA_SCALE: f64 = 100.0;
 
 impl LoadedModel {
-    /// Merges LoRA adapter files into the DiT, each in turn: `W + scale·(alpha/rank)·B·A` on every
-    /// adapted layer. The files may be in PEFT/diffusers (what `train.flow_matching` writes),
-    /// original-Wan or musubi-tuner layout ([`LoraWeights::load`]). Errors name the file. Call it
-    /// before [`LoadedModel::to_device`] (the merge runs on the host, in f32).
-    pub fn with_loras(self, loras: &[(std::path::PathBuf, f64)]) -> Result<LoadedModel, String> {
-        let mut dit = self.dit;
-        for (path, weight) in loras {
-            if !weight.is_finite() || weight.abs() > MAX_LORA_SCALE {
-                return Err(format!("LoRA {}: scale {weight} is not within ±{MAX_LORA_SCALE}", path.display()));
+    /// Merges LoRA adapter files into the DiT they name (the checkpoint's, or a Wan2.2 folder's
+    /// low-noise expert), each in turn: `W + scale·(alpha/rank)·B·A` on every adapted layer. The
+    /// files may be in PEFT/diffusers (what `train.flow_matching` writes), original-Wan or
+    /// musubi-tuner layout ([`LoraWeights::load`]). Errors name the file. Call it before
+    /// [`LoadedModel::to_device`] (the merge runs on the host, in f32).
+    pub fn with_loras(mut self, loras: &[LoraUse]) -> Result<LoadedModel, String> {
+        for LoraUse { path, scale, expert } in loras {
+            if !scale.is_finite() || scale.abs() > MAX_LORA_SCALE {
+                return Err(format!("LoRA {}: scale {scale} is not within ±{MAX_LORA_SCALE}", path.display()));
             }
+            let (dit, which) = match expert {
+                LoraExpert::HighNoise => (&mut self.dit, "DiT"),
+                LoraExpert::LowNoise => match self.low_noise.as_mut() {
+                    Some(x) => (&mut x.dit, "low-noise DiT (transformer_2)"),
+                    None => {
+                        return Err(format!(
+                            "the LoRA {} is for the low-noise expert, but this checkpoint has one DiT (no \
+                             transformer_2 with a boundary_ratio); drop `expert = \"low_noise\"` (--lora-2) or use \
+                             a Wan2.2 two-expert pipeline folder",
+                            path.display()
+                        ));
+                    }
+                },
+            };
             let mut lora =
                 LoraWeights::load(path, DType::F32).map_err(|e| format!("reading the LoRA {}: {e}", path.display()))?;
-            lora.alpha *= weight;
-            dit = lora.merge_into(&dit).map_err(|e| {
+            lora.alpha *= scale;
+            *dit = lora.merge_into(dit).map_err(|e| {
                 format!(
-                    "the LoRA {} does not fit this checkpoint's DiT ({e}); was it trained for another model?",
+                    "the LoRA {} does not fit this checkpoint's {which} ({e}); was it trained for another model?",
                     path.display()
                 )
             })?;
         }
-        Ok(LoadedModel { dit, ..self })
+        Ok(self)
     }
 
     /// The model with its DiT (and a Wan VAE codec) on `device`; the text encoder stays on the

@@ -1,8 +1,8 @@
 //! `sample.t2v`: prompts × checkpoints → MP4 samples.
 
 use super::{
-    LoraSpec, MAX_LORA_SCALE, SampleSettings, SamplerKind, SchedulerSource, Stopped, generate, resolve_scheduler,
-    sampler_name,
+    LoraExpert, LoraSpec, LoraUse, MAX_LORA_SCALE, SampleSettings, SamplerKind, SchedulerSource, Stopped, generate,
+    resolve_scheduler, sampler_name,
 };
 use crate::api::device::Precision;
 use crate::api::loaded::LoadedCache;
@@ -60,7 +60,9 @@ pub struct T2vParams {
     /// LoRA adapter files merged into the checkpoint's DiT before sampling, in order:
     /// `["adapter.safetensors", { path = "other.safetensors", scale = 0.8 }]`. PEFT/diffusers
     /// (what train.flow_matching writes as pytorch_lora_weights.safetensors), original-Wan or
-    /// musubi-tuner layout. A changed file (size or modification time) is sampled again.
+    /// musubi-tuner layout. For a Wan2.2 two-expert checkpoint, `expert = "low_noise"` puts a file
+    /// into the low-noise DiT (transformer_2). A changed file (size or modification time) is
+    /// sampled again.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub lora: Vec<LoraSpec>,
     /// Noise seed; each prompt uses seed + its index in blake3 order, so samples are reproducible.
@@ -106,17 +108,18 @@ struct SampleJob {
 
 /// The LoRA files as (resolved path, scale), and a string that changes when one of them does (its
 /// path, scale, size and modification time): part of each sample's memo key.
-fn lora_identity(loras: &[(PathBuf, f64)]) -> String {
+fn lora_identity(loras: &[LoraUse]) -> String {
     loras
         .iter()
-        .map(|(path, scale)| {
+        .map(|LoraUse { path, scale, expert }| {
             let (len, mtime) = std::fs::metadata(path)
                 .map(|m| {
                     let t = m.modified().ok().and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok());
                     (m.len(), t.map_or(0, |d| d.as_nanos()))
                 })
                 .unwrap_or((0, 0));
-            format!("{}×{scale} ({len} B, {mtime})", path.display())
+            let low = if *expert == LoraExpert::LowNoise { " low-noise" } else { "" };
+            format!("{}×{scale}{low} ({len} B, {mtime})", path.display())
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -153,7 +156,7 @@ fn model(
     services: &dyn Services,
     device: Device,
     precision: Precision,
-    loras: &[(PathBuf, f64)],
+    loras: &[LoraUse],
 ) -> Result<Arc<LoadedModel>, String> {
     // Keep a handful: each holds a whole DiT.
     static CACHE: LoadedCache<LoadedModel> = LoadedCache::new(4);
@@ -293,7 +296,11 @@ impl TypedOperator for SampleT2v {
             _ => None,
         });
         let fixed = p.checkpoint.as_deref().map(|d| ctx.resolve(d));
-        let loras: Vec<(PathBuf, f64)> = p.lora.iter().map(|l| (ctx.resolve(l.path()), l.scale())).collect();
+        let loras: Vec<LoraUse> = p
+            .lora
+            .iter()
+            .map(|l| LoraUse { path: ctx.resolve(l.path()), scale: l.scale(), expert: l.expert() })
+            .collect();
         let lid = lora_identity(&loras);
         let jobs = match inputs.take(ctx.scope, "checkpoints") {
             Some(ckpts) => {
@@ -365,7 +372,14 @@ impl TypedOperator for SampleT2v {
                     s.insert("guidance_2".into(), settings.low_noise_guidance().to_string());
                 }
                 if !p.lora.is_empty() {
-                    let names: Vec<String> = p.lora.iter().map(|l| format!("{}×{}", l.path(), l.scale())).collect();
+                    let names: Vec<String> = p
+                        .lora
+                        .iter()
+                        .map(|l| {
+                            let low = if l.expert() == LoraExpert::LowNoise { " (low-noise expert)" } else { "" };
+                            format!("{}×{}{low}", l.path(), l.scale())
+                        })
+                        .collect();
                     s.insert("lora".into(), names.join(", "));
                 }
                 if source == SchedulerSource::Checkpoint {
