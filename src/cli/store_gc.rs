@@ -21,7 +21,9 @@ although no graph reads them again. gc keeps what the given graphs still use and
 
   1. Each graph is dry-run against the store (as `medgen explain` does): the memo entries it reads are live.
   2. Memo entries that are not live and older than --keep-days are dropped. This includes results of nodes
-     no longer in the graphs, of old parameter values, and of inputs gone from the source folders.
+     no longer in the graphs, of old parameter values, and of inputs gone from the source folders, and
+     the caches a node reads only when it recomputes (curate.segment's per-frame scene scores, which make
+     a threshold change cheap): --keep-days spares the recent ones.
   3. Blobs that no kept memo entry refers to (and not younger than --keep-days) are deleted, and the catalog
      is compacted.
 
