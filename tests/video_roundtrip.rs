@@ -346,6 +346,44 @@ fn recordings_without_a_declared_duration_decode_over_their_whole_length() {
     }
 }
 
+/// A TS recording that starts mid-GOP: the frames before its first keyframe cannot be decoded
+/// (their references are gone), and libav would hand them out as grey smears. A uniform sample
+/// must skip them: every frame it returns shows the pattern (a white ball on black), none comes
+/// before the first frame a plain decode of the file produces.
+#[test]
+fn a_recording_that_starts_mid_gop_samples_only_whole_frames() {
+    use medgen_operators::video::probe::{ProbeParams, probe_record};
+    let dir = tempfile::tempdir().unwrap();
+    let services = MemServices::new(&dir.path().join("store"));
+    let path = synth::mid_gop_ts(dir.path(), 0.2).unwrap();
+    let gray = DecodeSpec::all().with_format(PixelFormat::Gray).with_size(Size::Fit { width: 64, height: 64 });
+    let all = decode_all(&path, &gray).unwrap();
+    assert!(!all.is_empty() && all.len() < 120, "{} frames", all.len());
+    let first = all[0].pts_s;
+    let dark = |f: &Frame| f.data().iter().map(|&v| f64::from(v)).sum::<f64>() / f.data().len() as f64;
+    for f in &all {
+        assert!(dark(f) < 40.0, "a whole decode's frame at {} has mean {}", f.pts_s, dark(f));
+    }
+    let video = Record::Video(Video {
+        source_id: "mid_gop".into(),
+        uri: path.display().to_string(),
+        size_bytes: 0,
+        probe: None,
+        metadata: BTreeMap::new(),
+    });
+    let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
+    let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
+    let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
+    let Record::Video(d) = &out[0] else { panic!() };
+    let frames: Vec<Frame> =
+        FramesReader::open(&services.blob_path(&d.metadata["frames_blob"])).unwrap().map(|f| f.unwrap()).collect();
+    assert!(frames.len() >= 3, "{} frames", frames.len());
+    for f in &frames {
+        assert!(f.pts_s >= first - 1e-6, "a frame at {} before the first whole one at {first}", f.pts_s);
+        assert!(dark(f) < 40.0, "the frame at {} is not the pattern (mean {})", f.pts_s, dark(f));
+    }
+}
+
 /// `f` (stored, packed) turned clockwise by `deg`, spelled independently of the decoder: where
 /// each stored pixel lands.
 fn turned(f: &Frame, deg: i32) -> (u32, u32, Vec<u8>) {

@@ -421,3 +421,32 @@ pub fn generate(
     let z = x.squeeze(0).map_err(kerr)?;
     Ok(m.codec.decode(&z)?)
 }
+
+#[cfg(test)]
+mod lora_spec_tests {
+    use super::{LoraExpert, LoraSpec};
+    use serde_json::json;
+
+    /// The graph forms of `lora` entries, and the memo fingerprint of the default expert: it is
+    /// left out, so graphs written before `expert` existed keep their memo keys.
+    #[test]
+    fn lora_entries_parse_and_keep_old_fingerprints() {
+        let specs: Vec<LoraSpec> = serde_json::from_value(json!([
+            "a.safetensors",
+            { "path": "b.safetensors", "scale": 0.6 },
+            { "path": "c.safetensors", "expert": "low_noise" },
+        ]))
+        .unwrap();
+        let seen: Vec<(&str, f64, LoraExpert)> = specs.iter().map(|s| (s.path(), s.scale(), s.expert())).collect();
+        assert_eq!(
+            seen,
+            [
+                ("a.safetensors", 1.0, LoraExpert::HighNoise),
+                ("b.safetensors", 0.6, LoraExpert::HighNoise),
+                ("c.safetensors", 1.0, LoraExpert::LowNoise),
+            ]
+        );
+        assert_eq!(serde_json::to_value(&specs[1]).unwrap(), json!({ "path": "b.safetensors", "scale": 0.6 }));
+        assert!(serde_json::from_value::<LoraSpec>(json!({ "path": "d", "expert": "middle" })).is_err());
+    }
+}

@@ -1042,6 +1042,12 @@ fn connect_decodebin(
         if element.find_property("max-errors").is_some() {
             element.set_property("max-errors", 10i32);
         }
+        // libav outputs the frames it decodes without their reference frames (a recording that
+        // starts mid-GOP, a seek that lands before the first keyframe) as grey smears unless told
+        // not to; dropped, the next whole frame answers for those times, as the probe counts it.
+        if element.find_property("output-corrupt").is_some_and(|p| p.value_type() == bool::static_type()) {
+            element.set_property("output-corrupt", false);
+        }
         // libav's "auto" runs one frame thread per core, and H.264 frame threads wait on each
         // other's reference rows: gst-launch's decode leaves 20–40% of a 2-core box idle. One
         // thread more than cores fills part of it (measured on 2 cores: 10% faster on 1080p

@@ -421,6 +421,28 @@ pub fn recorded_streams(dir: &Path) -> Result<Vec<Recorded>, VideoError> {
     Ok(out)
 }
 
+/// An MPEG-TS recording that starts in the middle of a GOP, as a stream captured from a running
+/// encoder (or a TS cut at a packet boundary) does: 120 frames at 30 fps of the moving-ball
+/// pattern (a white ball on black) with a keyframe every 60 frames and no B-frames, with its first
+/// `drop_fraction` of 188-byte packets removed. Frames before the first whole keyframe have lost
+/// their references. Written into `dir` as `mid_gop.ts`.
+pub fn mid_gop_ts(dir: &Path, drop_fraction: f64) -> Result<PathBuf, VideoError> {
+    let whole = dir.join("whole.ts");
+    launch_to(
+        "videotestsrc num-buffers=120 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! \
+         x264enc speed-preset=ultrafast key-int-max=60 bframes=0 threads=1 option-string=scenecut=0 ! h264parse ! \
+         mpegtsmux ! filesink name=sink",
+        &whole,
+    )?;
+    let data =
+        std::fs::read(&whole).map_err(|e| VideoError::Unreadable { path: whole.clone(), reason: e.to_string() })?;
+    let packets = data.len() / 188;
+    let skip = ((packets as f64 * drop_fraction.clamp(0.0, 1.0)) as usize).min(packets);
+    let path = dir.join("mid_gop.ts");
+    write(&path, &data[skip * 188..])?;
+    Ok(path)
+}
+
 /// Copies of the MP4 `base` that ask to be shown turned clockwise by each of `degrees` (90, 180 or
 /// 270), the way a phone stores a portrait recording: the same coded frames, with the track's
 /// display matrix (`tkhd`) set. Written into `dir` as `turned_<deg>.mp4`.
