@@ -20,10 +20,10 @@ computed, and the blobs (clips, latents, checkpoints, samples) those entries ref
 although no graph reads them again. gc keeps what the given graphs still use and removes the rest:
 
   1. Each graph is dry-run against the store (as `medgen explain` does): the memo entries it reads are live.
-  2. Memo entries that are not live and older than --keep-days are dropped. This includes results of nodes
-     no longer in the graphs, of old parameter values, and of inputs gone from the source folders, and
-     the caches a node reads only when it recomputes (curate.segment's per-frame scene scores, which make
-     a threshold change cheap): --keep-days spares the recent ones.
+  2. Memo entries that are not live and older than --keep-days are dropped: results of nodes no longer in
+     the graphs, of old parameter values, and of inputs gone from the source folders. The caches a node
+     reads only when it recomputes (curate.segment's per-frame scene scores, which make a threshold change
+     cheap) stay while their node is in a graph.
   3. Blobs that no kept memo entry refers to (and not younger than --keep-days) are deleted, and the catalog
      is compacted.
 
@@ -133,10 +133,12 @@ pub fn gc(a: &GcArgs) -> anyhow::Result<i32> {
         live_blobs.extend(blobs);
     }
 
+    let live_nodes: HashSet<String> = plans.iter().flat_map(|p| p.nodes.iter().map(|n| n.name.clone())).collect();
     let refs = |value: &[u8]| record_refs(&store, value);
     let policy = GcPolicy {
         live: &live,
         live_blobs: &live_blobs,
+        live_nodes: &live_nodes,
         keep_younger_than: Duration::from_secs_f64(a.keep_days * 86_400.0),
         refs: &refs,
     };

@@ -5,7 +5,9 @@
 //! graph would read them again. Collection has two steps:
 //!
 //! 1. **Memo entries** are dropped unless they are *live* (a dry run of the store's graphs read
-//!    them: [`Marking`]) or younger than the policy's age.
+//!    them: [`Marking`]), younger than the policy's age, or a cache of a node the graphs still have
+//!    (a value that is not a list of records, such as curate.segment's per-frame scene scores,
+//!    which a node reads only when it recomputes: they make a threshold change cheap).
 //! 2. **Blobs** are deleted unless a kept memo entry refers to them (through its records, and
 //!    through the `blob:<key>` references inside a latent's safetensors header, e.g. its codec), an
 //!    `outputs` row names them, the dry runs named them, or they are younger than the age.
@@ -32,10 +34,13 @@ pub struct GcPolicy<'a> {
     pub live: &'a HashSet<String>,
     /// Blob keys to keep whatever refers to them: what the dry runs named.
     pub live_blobs: &'a HashSet<String>,
+    /// Nodes of the graphs: their caches (memo values that are not records) are kept.
+    pub live_nodes: &'a HashSet<String>,
     /// Memo entries and blobs younger than this are kept.
     pub keep_younger_than: Duration,
-    /// The blob keys a memo value refers to ([`record_refs`] for the engine's records).
-    pub refs: &'a dyn Fn(&[u8]) -> Vec<String>,
+    /// The blob keys a memo value refers to, or `None` when the value is not a list of records
+    /// but a node's cache ([`record_refs`] for the engine's records).
+    pub refs: &'a dyn Fn(&[u8]) -> Option<Vec<String>>,
 }
 
 /// Memo entries of one node, kept and to drop.
@@ -91,11 +96,13 @@ impl Store {
                 let key: String = r.get(0)?;
                 let node: String = r.get(1)?;
                 let recent: bool = r.get(3)?;
+                let value = r.get_ref(2)?.as_blob_or_null()?.unwrap_or_default();
+                let refs = (policy.refs)(value);
+                let cache_of_live_node = refs.is_none() && policy.live_nodes.contains(&node);
                 let entry = plan.nodes.entry(node).or_default();
-                if recent || policy.live.contains(&key) {
+                if recent || cache_of_live_node || policy.live.contains(&key) {
                     entry.kept += 1;
-                    let value = r.get_ref(2)?.as_blob_or_null()?.unwrap_or_default();
-                    referenced.extend((policy.refs)(value));
+                    referenced.extend(refs.unwrap_or_default());
                 } else {
                     entry.dropped += 1;
                     plan.memo_drop.push(key);
@@ -189,11 +196,9 @@ fn links(_: &std::fs::Metadata) -> u64 {
 
 /// The blobs a memoised result (a JSON list of records) refers to: [`Record::blob_keys`], plus
 /// the `blob:<key>` values in the safetensors header of each latent it names (the patch-PCA codec
-/// a latent was encoded with). A value that is not a list of records refers to nothing.
-pub fn record_refs(store: &Store, value: &[u8]) -> Vec<String> {
-    let Ok(records) = serde_json::from_slice::<Vec<Record>>(value) else {
-        return Vec::new();
-    };
+/// a latent was encoded with). `None` for a value that is not a list of records (a node's cache).
+pub fn record_refs(store: &Store, value: &[u8]) -> Option<Vec<String>> {
+    let records = serde_json::from_slice::<Vec<Record>>(value).ok()?;
     let mut keys = Vec::new();
     for rec in &records {
         keys.extend(rec.blob_keys().into_iter().map(str::to_string));
@@ -206,7 +211,7 @@ pub fn record_refs(store: &Store, value: &[u8]) -> Vec<String> {
             }
         }
     }
-    keys
+    Some(keys)
 }
 
 /// A read-only view of a store for the dry runs that mark what a graph still uses: it records

@@ -546,9 +546,9 @@ fn gc_policy<'a>(
     live: &'a std::collections::HashSet<String>,
     none: &'a std::collections::HashSet<String>,
     keep: Duration,
-    refs: &'a dyn Fn(&[u8]) -> Vec<String>,
+    refs: &'a dyn Fn(&[u8]) -> Option<Vec<String>>,
 ) -> GcPolicy<'a> {
-    GcPolicy { live, live_blobs: none, keep_younger_than: keep, refs }
+    GcPolicy { live, live_blobs: none, live_nodes: none, keep_younger_than: keep, refs }
 }
 
 /// Collection keeps live memo entries and every blob something kept refers to; it drops the
@@ -575,6 +575,11 @@ fn gc_drops_unused_memo_entries_and_unreferenced_blobs() {
     // Everything is younger than an hour: nothing goes.
     let plan = s.gc_plan(&gc_policy(&live, &none, Duration::from_secs(3600), &refs)).unwrap();
     assert!(plan.memo_drop.is_empty() && plan.blobs_drop.is_empty(), "{plan:?}");
+
+    // A node's cache (not records) stays while the node is in a graph.
+    let nodes: std::collections::HashSet<String> = ["seg".to_string()].into_iter().collect();
+    let policy = GcPolicy { live_nodes: &nodes, ..gc_policy(&live, &none, Duration::ZERO, &refs) };
+    assert!(!s.gc_plan(&policy).unwrap().memo_drop.contains(&key(5).0));
 
     let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO, &refs)).unwrap();
     let mut dropped = plan.memo_drop.clone();
