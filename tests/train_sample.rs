@@ -275,6 +275,11 @@ fn trains_from_scratch_samples_and_reruns_from_the_cache() {
         (o.status.code(), String::from_utf8_lossy(&o.stdout).into_owned() + &String::from_utf8_lossy(&o.stderr))
     };
     let has_blob = |k: &str| store.join("blobs").join(&k[..2]).join(k).is_file();
+    let explain = |g: &Path| {
+        let o = medgen().args(["explain", "--store"]).arg(&store).arg(g).output().unwrap();
+        String::from_utf8_lossy(&o.stdout).into_owned()
+    };
+    assert!(explain(&graph2).contains("the store also holds 5 memo entries and 2 blobs"), "{}", explain(&graph2));
     let (code, out) = gc(&graph2, &["--dry-run"]);
     assert_eq!(code, Some(0), "{out}");
     let row = out.lines().find(|l| l.split_whitespace().next() == Some("samples")).unwrap_or_default();
@@ -296,6 +301,7 @@ fn trains_from_scratch_samples_and_reruns_from_the_cache() {
     assert_eq!(common::train_losses(&store).len(), 120);
     let (code, out) = gc(&graph2, &[]);
     assert!(code == Some(0) && out.contains("nothing to collect"), "{out}");
+    assert!(!explain(&graph2).contains("the store also holds"));
 
     // A graph whose inputs are not there reads nothing: gc refuses rather than empty the store.
     let elsewhere = dir.path().join("t3.toml");

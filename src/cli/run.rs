@@ -6,7 +6,7 @@ use anyhow::Context;
 use clap::Args;
 use medgen::graph::Plan;
 use medgen::runtime::{self, RunOptions, RunSummary, progress::ProgressMode};
-use medgen::store::{RunInfo, RunStatus, Store};
+use medgen::store::{Marking, RunInfo, RunStatus, Store};
 use medgen_operators::api::{RunSettings, Services};
 use medgen_operators::registry::Registry;
 use std::collections::BTreeSet;
@@ -211,7 +211,9 @@ pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
     };
     let store = Arc::new(Store::open(&store_path).with_context(|| format!("opening the run store {}", dir.display()))?);
     let base_epoch = store.next_epoch()?;
-    let summary = dry_run(&plan, &registry, store.clone(), base_epoch, a.workers)?;
+    // Through the marking view: nothing is written, and what the graph reads is known.
+    let marking = Arc::new(Marking::new(store.clone()));
+    let summary = dry_run(&plan, &registry, marking.clone(), base_epoch, a.workers)?;
     println!("plan for {} (store {}, next epoch {base_epoch})", plan.path.display(), dir.display());
     let mut rows = vec![[
         "node".to_string(),
@@ -266,5 +268,28 @@ pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
         ]);
     }
     print!("{}", runtime::render_table(&rows));
+    if store_path == dir {
+        let (live, live_blobs) = marking.marked();
+        let live_nodes: std::collections::HashSet<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
+        let refs = |value: &[u8]| medgen::store::record_refs(&store, value);
+        let policy = medgen::store::GcPolicy {
+            live: &live,
+            live_blobs: &live_blobs,
+            live_nodes: &live_nodes,
+            keep_younger_than: std::time::Duration::ZERO,
+            refs: &refs,
+        };
+        let unused = store.gc_plan(&policy)?;
+        if !unused.memo_drop.is_empty() || !unused.blobs_drop.is_empty() {
+            println!(
+                "the store also holds {} memo entries and {} blobs ({}) this graph does not use (other settings, \
+                 other graphs): `medgen store gc {} --dry-run` lists them",
+                unused.memo_drop.len(),
+                unused.blobs_drop.len(),
+                indicatif::HumanBytes(unused.bytes_freed + unused.bytes_still_linked),
+                plan.path.display()
+            );
+        }
+    }
     Ok(0)
 }
