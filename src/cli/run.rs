@@ -271,13 +271,11 @@ pub fn explain(a: &ExplainArgs) -> anyhow::Result<i32> {
     if store_path == dir {
         let (live, live_blobs) = marking.marked();
         let live_nodes: std::collections::HashSet<String> = plan.nodes.iter().map(|n| n.name.clone()).collect();
-        let refs = |value: &[u8]| medgen::store::record_refs(&store, value);
         let policy = medgen::store::GcPolicy {
             live: &live,
             live_blobs: &live_blobs,
             live_nodes: &live_nodes,
             keep_younger_than: std::time::Duration::ZERO,
-            refs: &refs,
         };
         let unused = store.gc_plan(&policy)?;
         if !unused.memo_drop.is_empty() || !unused.blobs_drop.is_empty() {

@@ -7,7 +7,7 @@ use super::store_dir;
 use anyhow::Context;
 use clap::Args;
 use indicatif::HumanBytes;
-use medgen::store::{GcPolicy, Marking, Store, record_refs};
+use medgen::store::{GcPolicy, Marking, Store};
 use medgen_operators::api::Services;
 use medgen_operators::registry::Registry;
 use std::collections::{BTreeSet, HashSet};
@@ -134,13 +134,11 @@ pub fn gc(a: &GcArgs) -> anyhow::Result<i32> {
     }
 
     let live_nodes: HashSet<String> = plans.iter().flat_map(|p| p.nodes.iter().map(|n| n.name.clone())).collect();
-    let refs = |value: &[u8]| record_refs(&store, value);
     let policy = GcPolicy {
         live: &live,
         live_blobs: &live_blobs,
         live_nodes: &live_nodes,
         keep_younger_than: Duration::from_secs_f64(a.keep_days * 86_400.0),
-        refs: &refs,
     };
     let plan = store.gc_plan(&policy)?;
 

@@ -139,7 +139,8 @@ impl Blobs {
                 let name = entry.file_name().to_string_lossy().into_owned();
                 match entry.metadata() {
                     Ok(m) if m.is_file() && is_valid_key(&name) && name.starts_with(&prefix) && prefix.len() == 2 => {
-                        blobs.push(BlobFile { key: name, path, len: m.len() });
+                        let modified = m.modified().ok();
+                        blobs.push(BlobFile { key: name, path, len: m.len(), modified, links: links(&m) });
                     }
                     _ => strays.push(path),
                 }
@@ -178,6 +179,23 @@ pub struct BlobFile {
     pub key: String,
     pub path: PathBuf,
     pub len: u64,
+    /// When it was written (`None` where the file system does not say).
+    pub modified: Option<SystemTime>,
+    /// Hard links to its bytes (a dataset clip is one more); 1 off Unix.
+    pub links: u64,
+}
+
+/// Hard links to a file's bytes (1 where the platform does not count them).
+pub(crate) fn links(meta: &fs::Metadata) -> u64 {
+    #[cfg(unix)]
+    {
+        std::os::unix::fs::MetadataExt::nlink(meta)
+    }
+    #[cfg(not(unix))]
+    {
+        let _ = meta;
+        1
+    }
 }
 
 /// A reader that reports how many bytes went through.
@@ -195,7 +213,7 @@ impl<R: Read> Read for Counting<'_, R> {
 }
 
 /// blake3 (hex) and length of everything `r` yields.
-fn hash_reader(r: &mut impl Read) -> io::Result<(String, u64)> {
+pub(crate) fn hash_reader(r: &mut impl Read) -> io::Result<(String, u64)> {
     let mut hasher = blake3::Hasher::new();
     let mut buf = vec![0u8; 256 * 1024];
     let mut len = 0u64;

@@ -19,7 +19,7 @@
 
 use super::Store;
 use super::blobs::is_valid_key as is_valid_ref;
-use super::blobs::{self, BlobFile};
+use super::blobs::{self, BlobFile, links};
 use super::error::StoreError;
 use medgen_operators::api::{Failure, FailureState, MemoKey, Record, ServiceError, Services};
 use rusqlite::params;
@@ -38,9 +38,6 @@ pub struct GcPolicy<'a> {
     pub live_nodes: &'a HashSet<String>,
     /// Memo entries and blobs younger than this are kept.
     pub keep_younger_than: Duration,
-    /// The blob keys a memo value refers to, or `None` when the value is not a list of records
-    /// but a node's cache ([`record_refs`] for the engine's records).
-    pub refs: &'a dyn Fn(&[u8]) -> Option<Vec<String>>,
 }
 
 /// Memo entries of one node, kept and to drop.
@@ -97,12 +94,13 @@ impl Store {
                 let node: String = r.get(1)?;
                 let recent: bool = r.get(3)?;
                 let value = r.get_ref(2)?.as_blob_or_null()?.unwrap_or_default();
-                let refs = (policy.refs)(value);
-                let cache_of_live_node = refs.is_none() && policy.live_nodes.contains(&node);
+                // A value that is not a list of records is a node's cache: it refers to no blob.
+                let records = serde_json::from_slice::<Vec<Record>>(value).ok();
+                let cache_of_live_node = records.is_none() && policy.live_nodes.contains(&node);
                 let entry = plan.nodes.entry(node).or_default();
                 if recent || cache_of_live_node || policy.live.contains(&key) {
                     entry.kept += 1;
-                    referenced.extend(refs.unwrap_or_default());
+                    referenced.extend(self.record_refs(records.as_deref().unwrap_or_default()));
                 } else {
                     entry.dropped += 1;
                     plan.memo_drop.push(key);
@@ -120,14 +118,13 @@ impl Store {
         let mut present: HashSet<String> = HashSet::with_capacity(files.len());
         for b in files {
             present.insert(b.key.clone());
-            let meta = std::fs::metadata(&b.path).map_err(|e| StoreError::io(&b.path, e))?;
-            let young = meta.modified().map(|m| m > cutoff).unwrap_or(true);
+            let young = b.modified.is_none_or(|m| m > cutoff);
             if referenced.contains(&b.key) || young {
                 plan.blobs_kept += 1;
                 plan.bytes_kept += b.len;
                 continue;
             }
-            if links(&meta) > 1 {
+            if b.links > 1 {
                 plan.bytes_still_linked += b.len;
             } else {
                 plan.bytes_freed += b.len;
@@ -184,34 +181,27 @@ impl Store {
     }
 }
 
-#[cfg(unix)]
-fn links(meta: &std::fs::Metadata) -> u64 {
-    std::os::unix::fs::MetadataExt::nlink(meta)
-}
-
-#[cfg(not(unix))]
-fn links(_: &std::fs::Metadata) -> u64 {
-    1
-}
-
-/// The blobs a memoised result (a JSON list of records) refers to: [`Record::blob_keys`], plus
-/// the `blob:<key>` values in the safetensors header of each latent it names (the patch-PCA codec
-/// a latent was encoded with). `None` for a value that is not a list of records (a node's cache).
-pub fn record_refs(store: &Store, value: &[u8]) -> Option<Vec<String>> {
-    let records = serde_json::from_slice::<Vec<Record>>(value).ok()?;
-    let mut keys = Vec::new();
-    for rec in &records {
-        keys.extend(rec.blob_keys().into_iter().map(str::to_string));
-        if let Record::Latent(l) = rec {
-            for blob in std::iter::once(&l.latent_blob).chain(&l.text_blob).filter(|k| is_valid_ref(k)) {
-                let Ok(meta) = medgen_operators::latent::tensor_metadata(store, blob) else { continue };
-                keys.extend(
-                    meta.values().filter_map(|v| v.strip_prefix("blob:")).filter(|k| is_valid_ref(k)).map(String::from),
-                );
+impl Store {
+    /// The blobs kept records refer to: [`Record::blob_keys`], plus the `blob:<key>` values in the
+    /// safetensors header of each latent they name (the patch-PCA codec a latent was encoded with).
+    fn record_refs(&self, records: &[Record]) -> Vec<String> {
+        let mut keys = Vec::new();
+        for rec in records {
+            keys.extend(rec.blob_keys().into_iter().map(str::to_string));
+            if let Record::Latent(l) = rec {
+                for blob in std::iter::once(&l.latent_blob).chain(&l.text_blob).filter(|k| is_valid_ref(k)) {
+                    let Ok(meta) = medgen_operators::latent::tensor_metadata(self, blob) else { continue };
+                    keys.extend(
+                        meta.values()
+                            .filter_map(|v| v.strip_prefix("blob:"))
+                            .filter(|k| is_valid_ref(k))
+                            .map(String::from),
+                    );
+                }
             }
         }
+        keys
     }
-    Some(keys)
 }
 
 /// A read-only view of a store for the dry runs that mark what a graph still uses: it records
@@ -259,8 +249,10 @@ impl Services for Marking {
     }
 
     fn blob_put_file(&self, path: &Path) -> Result<String, ServiceError> {
-        let bytes = std::fs::read(path).map_err(|source| ServiceError::Io { path: path.to_path_buf(), source })?;
-        self.blob_put(&bytes)
+        let io = |source| ServiceError::Io { path: path.to_path_buf(), source };
+        let (key, _) = blobs::hash_reader(&mut std::fs::File::open(path).map_err(io)?).map_err(io)?;
+        self.mark_blob(&key);
+        Ok(key)
     }
 
     fn blob_path(&self, key: &str) -> PathBuf {

@@ -31,7 +31,7 @@ mod tests;
 pub use blobs::BlobFile;
 pub use blobs::is_valid_key as is_valid_blob_key;
 pub use error::StoreError;
-pub use gc::{GcDone, GcPlan, GcPolicy, Marking, NodeGc, record_refs};
+pub use gc::{GcDone, GcPlan, GcPolicy, Marking, NodeGc};
 pub use ratings::{Outcome, RatingRow, WarpLevel, WarpingRow};
 pub use types::{CommitRow, FailureFilter, FailureRow, OutputRow, RunInfo, RunRow, RunStatus};
 

@@ -546,9 +546,8 @@ fn gc_policy<'a>(
     live: &'a std::collections::HashSet<String>,
     none: &'a std::collections::HashSet<String>,
     keep: Duration,
-    refs: &'a dyn Fn(&[u8]) -> Option<Vec<String>>,
 ) -> GcPolicy<'a> {
-    GcPolicy { live, live_blobs: none, live_nodes: none, keep_younger_than: keep, refs }
+    GcPolicy { live, live_blobs: none, live_nodes: none, keep_younger_than: keep }
 }
 
 /// Collection keeps live memo entries and every blob something kept refers to; it drops the
@@ -571,17 +570,16 @@ fn gc_drops_unused_memo_entries_and_unreferenced_blobs() {
 
     let live: std::collections::HashSet<String> = [key(1).0, key(2).0].into_iter().collect();
     let none = Default::default();
-    let refs = |v: &[u8]| record_refs(&s, v);
     // Everything is younger than an hour: nothing goes.
-    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::from_secs(3600), &refs)).unwrap();
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::from_secs(3600))).unwrap();
     assert!(plan.memo_drop.is_empty() && plan.blobs_drop.is_empty(), "{plan:?}");
 
     // A node's cache (not records) stays while the node is in a graph.
     let nodes: std::collections::HashSet<String> = ["seg".to_string()].into_iter().collect();
-    let policy = GcPolicy { live_nodes: &nodes, ..gc_policy(&live, &none, Duration::ZERO, &refs) };
+    let policy = GcPolicy { live_nodes: &nodes, ..gc_policy(&live, &none, Duration::ZERO) };
     assert!(!s.gc_plan(&policy).unwrap().memo_drop.contains(&key(5).0));
 
-    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO, &refs)).unwrap();
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO)).unwrap();
     let mut dropped = plan.memo_drop.clone();
     dropped.sort();
     let mut want = vec![key(3).0, key(4).0, key(5).0];
@@ -609,7 +607,7 @@ fn gc_drops_unused_memo_entries_and_unreferenced_blobs() {
     }
     assert_eq!(fs::read(&linked).unwrap(), "blob 5".repeat(105).into_bytes(), "the dataset's link keeps its bytes");
     // A second collection finds nothing more.
-    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO, &refs)).unwrap();
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO)).unwrap();
     assert!(plan.memo_drop.is_empty() && plan.blobs_drop.is_empty(), "{plan:?}");
 }
 
@@ -635,11 +633,10 @@ fn gc_keeps_the_codec_a_kept_latent_names_in_its_header() {
     s.memo_put(&key(1), "latents", &serde_json::to_vec(&vec![rec]).unwrap()).unwrap();
     let live: std::collections::HashSet<String> = [key(1).0].into_iter().collect();
     let none = Default::default();
-    let refs = |v: &[u8]| record_refs(&s, v);
-    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO, &refs)).unwrap();
+    let plan = s.gc_plan(&gc_policy(&live, &none, Duration::ZERO)).unwrap();
     assert!(plan.blobs_drop.is_empty(), "{plan:?}");
     // Once the latent's entry is not live, both go.
-    let plan = s.gc_plan(&gc_policy(&Default::default(), &none, Duration::ZERO, &refs)).unwrap();
+    let plan = s.gc_plan(&gc_policy(&Default::default(), &none, Duration::ZERO)).unwrap();
     assert_eq!(plan.blobs_drop.len(), 2, "{plan:?}");
 }
 

@@ -174,6 +174,14 @@ impl LoraExpert {
     fn is_default(&self) -> bool {
         *self == LoraExpert::HighNoise
     }
+
+    /// What follows a LoRA file's name where it is listed: nothing for the default expert.
+    pub fn label(self) -> &'static str {
+        match self {
+            LoraExpert::HighNoise => "",
+            LoraExpert::LowNoise => " (low-noise expert)",
+        }
+    }
 }
 
 /// A LoRA file to merge: where, how strongly, into which expert.

@@ -1,7 +1,7 @@
 //! `sample.t2v`: prompts × checkpoints → MP4 samples.
 
 use super::{
-    LoraExpert, LoraSpec, LoraUse, MAX_LORA_SCALE, SampleSettings, SamplerKind, SchedulerSource, Stopped, generate,
+    LoraSpec, LoraUse, MAX_LORA_SCALE, SampleSettings, SamplerKind, SchedulerSource, Stopped, generate,
     resolve_scheduler, sampler_name,
 };
 use crate::api::device::Precision;
@@ -118,8 +118,7 @@ fn lora_identity(loras: &[LoraUse]) -> String {
                     (m.len(), t.map_or(0, |d| d.as_nanos()))
                 })
                 .unwrap_or((0, 0));
-            let low = if *expert == LoraExpert::LowNoise { " low-noise" } else { "" };
-            format!("{}×{scale}{low} ({len} B, {mtime})", path.display())
+            format!("{}×{scale}{} ({len} B, {mtime})", path.display(), expert.label())
         })
         .collect::<Vec<_>>()
         .join("; ")
@@ -372,14 +371,8 @@ impl TypedOperator for SampleT2v {
                     s.insert("guidance_2".into(), settings.low_noise_guidance().to_string());
                 }
                 if !p.lora.is_empty() {
-                    let names: Vec<String> = p
-                        .lora
-                        .iter()
-                        .map(|l| {
-                            let low = if l.expert() == LoraExpert::LowNoise { " (low-noise expert)" } else { "" };
-                            format!("{}×{}{low}", l.path(), l.scale())
-                        })
-                        .collect();
+                    let names: Vec<String> =
+                        p.lora.iter().map(|l| format!("{}×{}{}", l.path(), l.scale(), l.expert().label())).collect();
                     s.insert("lora".into(), names.join(", "));
                 }
                 if source == SchedulerSource::Checkpoint {
