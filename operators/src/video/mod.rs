@@ -776,6 +776,11 @@ pub(crate) struct Selector {
     end: f64,
     targets: Targets,
     done: bool,
+    /// Uniform sampling's `(stop, count)` until the first frame inside the range arrives: when
+    /// the picture starts after the first wanted time (a recording whose first frames cannot be
+    /// decoded, a stream whose timestamps start late), the times are spread again over the span
+    /// the frames actually cover, so that `count` distinct frames still come out.
+    respread: Option<(f64, usize)>,
 }
 
 impl Selector {
@@ -783,6 +788,7 @@ impl Selector {
     pub(crate) fn new(sampling: &Sampling, range: &TimeRange, duration: Option<f64>) -> Result<Selector, VideoError> {
         let start = range.start_s.max(0.0);
         let end = range.end_s.unwrap_or(f64::INFINITY);
+        let mut respread = None;
         let targets = match sampling {
             Sampling::All => Targets::All,
             Sampling::Fps { fps } => Targets::Grid { start, step: 1.0 / fps, k: 0 },
@@ -793,10 +799,9 @@ impl Selector {
                         "uniform sampling needs a known end: give the range an end, or probe the video first".into(),
                     ));
                 }
-                let span = (stop - start).max(0.0);
                 let n = (*count).max(1) as usize;
-                let times = (0..n).map(|i| start + (i as f64 + 0.5) * span / n as f64).collect();
-                Targets::List { times, next: 0 }
+                respread = Some((stop, n));
+                Targets::List { times: spread(start, stop, n), next: 0 }
             }
             Sampling::Timestamps { times_s } => {
                 let mut times: Vec<f64> =
@@ -806,7 +811,7 @@ impl Selector {
                 Targets::List { times, next: 0 }
             }
         };
-        let mut s = Selector { start, end, targets, done: false };
+        let mut s = Selector { start, end, targets, done: false, respread };
         if s.next_target().is_none() && !matches!(s.targets, Targets::All) {
             s.done = true;
         }
@@ -838,6 +843,18 @@ impl Selector {
         self.done
     }
 
+    /// The first frame inside the range is shown from `pts`: uniform sampling whose first wanted
+    /// time lies before it spreads its times over `[pts, stop)` instead.
+    fn first_frame_at(&mut self, pts: f64) {
+        let Some((stop, n)) = self.respread.take() else { return };
+        if let Targets::List { times, next: 0 } = &mut self.targets
+            && times.first().is_some_and(|t| pts > t + TIME_TOL)
+            && stop > pts + TIME_TOL
+        {
+            *times = spread(pts, stop, n);
+        }
+    }
+
     /// Offer a frame displayed over `[pts, pts + dur)`; returns whether to keep it.
     pub(crate) fn offer(&mut self, pts: f64, dur: f64) -> bool {
         if self.done {
@@ -851,6 +868,9 @@ impl Selector {
         let frame_end = pts + dur;
         if matches!(self.targets, Targets::All) {
             return frame_end > self.start + TIME_TOL;
+        }
+        if frame_end > self.start + TIME_TOL {
+            self.first_frame_at(pts);
         }
         let mut keep = false;
         while let Some(t) = self.next_target() {
@@ -866,6 +886,12 @@ impl Selector {
         }
         keep
     }
+}
+
+/// `n` times spread evenly over `[start, stop)`: the middles of `n` equal parts.
+fn spread(start: f64, stop: f64, n: usize) -> Vec<f64> {
+    let span = (stop - start).max(0.0);
+    (0..n).map(|i| start + (i as f64 + 0.5) * span / n as f64).collect()
 }
 
 /// [`Accuracy::Keyframe`] selection: keyframes are offered in presentation order, and each wanted
@@ -924,6 +950,9 @@ impl<T> KeyPicker<T> {
         if self.held.as_ref().is_some_and(|(h, _)| pts <= h + TIME_TOL) {
             // Seen already (a seek landed on it again).
             return;
+        }
+        if self.seen == 0 {
+            self.sel.first_frame_at(pts);
         }
         self.seen += 1;
         let mut picked = false;
@@ -1404,6 +1433,14 @@ mod tests {
         // centres of 4 spans of 1 s: 0.5, 1.5, 2.5, 3.5 → frames 15, 45, 75, 105 at 30 fps
         assert_eq!(run(&mut s, 30.0, 120, 0.0), vec![15, 45, 75, 105]);
         assert!(Selector::new(&Sampling::Uniform { count: 4 }, &TimeRange::ALL, None).is_err());
+        // pictures only from 1 s on (a recording whose first GOP cannot be decoded): the five
+        // times spread over [1, 4) — 1.3, 1.9, 2.5, 3.1, 3.7 — not over [0, 4), where the first
+        // two (0.4, 1.2) would both fall on the first picture
+        let mut s = Selector::new(&Sampling::Uniform { count: 5 }, &TimeRange::ALL, Some(4.0)).unwrap();
+        assert_eq!(run(&mut s, 30.0, 90, 1.0), vec![9, 27, 45, 63, 81]);
+        // a picture at the range's start keeps the times
+        let mut s = Selector::new(&Sampling::Uniform { count: 5 }, &TimeRange::new(1.0, 4.0), Some(9.0)).unwrap();
+        assert_eq!(run(&mut s, 30.0, 150, 0.0), vec![39, 57, 75, 93, 111]);
         let ts = Sampling::Timestamps { times_s: vec![2.0, 0.0, 2.01, 9.0] };
         let mut s = Selector::new(&ts, &TimeRange::new(0.0, 5.0), None).unwrap();
         assert_eq!(run(&mut s, 30.0, 150, 0.0), vec![0, 60]);
