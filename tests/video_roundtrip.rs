@@ -386,6 +386,68 @@ fn a_recording_that_starts_mid_gop_samples_only_whole_frames() {
     }
 }
 
+/// A transport stream whose picture timestamps run 10 s ahead of its clock: its demuxer seeks on
+/// the clock, so a seek to a frame's time lands past the end. The probe finds where the frames
+/// start and how long they last; a uniform sample spreads over them; a span in the middle (what a
+/// clip asks for) and a 1 fps sample return exactly the frames of a full decode.
+#[test]
+fn a_transport_stream_whose_timestamps_run_ahead_of_its_clock_decodes_on_its_frames_timeline() {
+    use medgen_operators::video::probe::{ProbeParams, probe_record};
+    let dir = tempfile::tempdir().unwrap();
+    let services = MemServices::new(&dir.path().join("store"));
+    let path = synth::pts_ahead_ts(dir.path(), 10.0).unwrap();
+    let gray = DecodeSpec::all().with_format(PixelFormat::Gray).with_size(Size::Fit { width: 64, height: 64 });
+    let all = decode_all(&path, &gray).unwrap();
+    assert_eq!(all.len(), 150);
+    let first = all[0].pts_s;
+    assert!((10.0..10.5).contains(&first), "first frame at {first}");
+
+    let video = Record::Video(Video {
+        source_id: "ahead".into(),
+        uri: path.display().to_string(),
+        size_bytes: 0,
+        probe: None,
+        metadata: BTreeMap::new(),
+    });
+    let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
+    let Record::Video(v) = &probed else { panic!() };
+    let info = v.probe.clone().unwrap();
+    assert!((info.start() - first).abs() < 1e-3, "probed start {:?}, first frame at {first}", info.start_s);
+    assert!((info.duration_s.unwrap().0 - 5.0).abs() < 0.1, "duration {:?}", info.duration_s);
+
+    let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
+    let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
+    let Record::Video(d) = &out[0] else { panic!() };
+    let times: Vec<f64> = FramesReader::open(&services.blob_path(&d.metadata["frames_blob"]))
+        .unwrap()
+        .map(|f| f.unwrap().pts_s)
+        .collect();
+    assert_eq!(times.len(), 5, "{times:?}");
+    assert!(times[0] >= first && times[4] > first + 3.5, "{times:?}");
+
+    let (a, b) = (first + 2.0, first + 3.0);
+    let part = decode_all(&path, &gray.clone().with_range(TimeRange::new(a, b))).unwrap();
+    let expected: Vec<&Frame> = all.iter().filter(|f| f.pts_s > a - 1e-3 && f.pts_s < b - 1e-3).collect();
+    assert_eq!(part.len(), expected.len(), "frames in [{a}, {b})");
+    for (f, e) in part.iter().zip(expected) {
+        assert_eq!((f.pts_s, f.data()), (e.pts_s, e.data()));
+    }
+    // 1 fps ticks on the stream's timeline: the first frame answers every tick up to it
+    let ticks: Vec<f64> = decode_all(&path, &gray.clone().with_sampling(Sampling::Fps { fps: 1.0 }))
+        .unwrap()
+        .iter()
+        .map(|f| f.pts_s)
+        .collect();
+    let end = all.last().unwrap().pts_s + 1.0 / 30.0;
+    let mut expected: Vec<f64> = (0..)
+        .map(f64::from)
+        .take_while(|t| *t < end)
+        .map(|t| all.iter().rev().find(|f| f.pts_s <= t + 1e-3).unwrap_or(&all[0]).pts_s)
+        .collect();
+    expected.dedup();
+    assert_eq!(ticks, expected);
+}
+
 /// `f` (stored, packed) turned clockwise by `deg`, spelled independently of the decoder: where
 /// each stored pixel lands.
 fn turned(f: &Frame, deg: i32) -> (u32, u32, Vec<u8>) {

@@ -100,7 +100,10 @@ impl fmt::Display for Kind {
 
 /// Facts about a video stream, as `video.probe` measures them. All optional: a source fills what it
 /// knows (a DICOM header knows its frame count, a plain file knows nothing until probed).
-#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+///
+/// Serialised by hand (below) so that JSON leaves out an unset `start_s`: records are memo keys
+/// by their JSON, and videos probed before the field existed keep theirs.
+#[derive(Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Deserialize)]
 pub struct ProbeInfo {
     pub container: Option<String>,
     pub video_codec: Option<String>,
@@ -112,7 +115,14 @@ pub struct ProbeInfo {
     /// Frame rate as (num, den); (0, 1) for variable frame rate streams.
     pub fps: Option<(u32, u32)>,
     pub variable_fps: bool,
+    /// How long the video lasts, seconds.
     pub duration_s: Option<F64>,
+    /// Where the first frame is shown on the stream's timeline, seconds, when not at 0: MPEG
+    /// program and transport streams start where their clock stood when recording began. Clip
+    /// and decode times are on that timeline, so the frames span `[start_s, start_s +
+    /// duration_s)` ([`ProbeInfo::end_s`]).
+    #[serde(default)]
+    pub start_s: Option<F64>,
     pub bitrate: Option<u64>,
     pub frame_count: Option<u64>,
     /// True when `frame_count` is exact, false when estimated from duration × fps.
@@ -121,6 +131,66 @@ pub struct ProbeInfo {
     /// phone's portrait recording: 90). Decoded RGB and gray frames come out turned.
     pub rotation_deg: Option<i32>,
     pub has_audio: bool,
+}
+
+impl Serialize for ProbeInfo {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeStruct;
+        // Binary formats (timely's exchange between processes) read fields by position: every
+        // field is always written there.
+        // Destructured so that a new field cannot be forgotten here.
+        let ProbeInfo {
+            container,
+            video_codec,
+            audio_codec,
+            width,
+            height,
+            display_aspect,
+            fps,
+            variable_fps,
+            duration_s,
+            start_s,
+            bitrate,
+            frame_count,
+            frame_count_exact,
+            rotation_deg,
+            has_audio,
+        } = self;
+        let write_start = start_s.is_some() || !s.is_human_readable();
+        let mut st = s.serialize_struct("ProbeInfo", 14 + usize::from(write_start))?;
+        st.serialize_field("container", container)?;
+        st.serialize_field("video_codec", video_codec)?;
+        st.serialize_field("audio_codec", audio_codec)?;
+        st.serialize_field("width", width)?;
+        st.serialize_field("height", height)?;
+        st.serialize_field("display_aspect", display_aspect)?;
+        st.serialize_field("fps", fps)?;
+        st.serialize_field("variable_fps", variable_fps)?;
+        st.serialize_field("duration_s", duration_s)?;
+        if write_start {
+            st.serialize_field("start_s", start_s)?;
+        } else {
+            st.skip_field("start_s")?;
+        }
+        st.serialize_field("bitrate", bitrate)?;
+        st.serialize_field("frame_count", frame_count)?;
+        st.serialize_field("frame_count_exact", frame_count_exact)?;
+        st.serialize_field("rotation_deg", rotation_deg)?;
+        st.serialize_field("has_audio", has_audio)?;
+        st.end()
+    }
+}
+
+impl ProbeInfo {
+    /// Where the first frame is shown on the stream's timeline (0 unless `start_s` says otherwise).
+    pub fn start(&self) -> f64 {
+        self.start_s.map_or(0.0, |s| s.0)
+    }
+
+    /// Where the frames end on the stream's timeline: `start + duration`.
+    pub fn end_s(&self) -> Option<f64> {
+        self.duration_s.map(|d| self.start() + d.0)
+    }
 }
 
 /// A source video: its identity is the hash of its content.
@@ -417,6 +487,39 @@ pub fn route_hash(key: &str) -> u64 {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn probe_info_leaves_an_unset_start_out_of_json_only() {
+        let mut p = ProbeInfo {
+            container: Some("MPEG-2 Transport Stream".into()),
+            video_codec: Some("H.264".into()),
+            audio_codec: Some("AAC".into()),
+            width: Some(1280),
+            height: Some(720),
+            display_aspect: Some((16, 9)),
+            fps: Some((30, 1)),
+            variable_fps: true,
+            duration_s: Some(F64(8.25)),
+            start_s: None,
+            bitrate: Some(2_000_000),
+            frame_count: Some(249),
+            frame_count_exact: true,
+            rotation_deg: Some(90),
+            has_audio: true,
+        };
+        // JSON (memo keys, views): as before the field existed
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(!json.contains("start_s"), "{json}");
+        assert_eq!(serde_json::from_str::<ProbeInfo>(&json).unwrap(), p);
+        // bincode (between processes): every field, by position
+        assert_eq!(bincode::deserialize::<ProbeInfo>(&bincode::serialize(&p).unwrap()).unwrap(), p);
+        p.start_s = Some(F64(10.125));
+        let json = serde_json::to_string(&p).unwrap();
+        assert!(json.contains("\"start_s\":10.125"), "{json}");
+        assert_eq!(serde_json::from_str::<ProbeInfo>(&json).unwrap(), p);
+        assert_eq!(bincode::deserialize::<ProbeInfo>(&bincode::serialize(&p).unwrap()).unwrap(), p);
+        assert_eq!((p.start(), p.end_s()), (10.125, Some(18.375)));
+    }
 
     #[test]
     fn f64_orders_totally() {

@@ -232,8 +232,8 @@ pub fn facts(rec: &Record) -> Option<(Facts, String, f64, f64)> {
                 transcript: String::new(),
                 scene: None,
             };
-            let end = p.duration_s.map(|d| d.0).unwrap_or(f64::INFINITY);
-            return Some((f, v.uri.clone(), 0.0, end));
+            let end = p.end_s().unwrap_or(f64::INFINITY);
+            return Some((f, v.uri.clone(), p.start(), end));
         }
         _ => return None,
     };
@@ -340,7 +340,12 @@ impl TypedOperator for CaptionTemplate {
             let (mut f, uri, start, end) = facts(rec).ok_or_else(|| {
                 ItemError::new(ErrorClass::Unsupported, format!("cannot caption a {} record", rec.kind()))
             })?;
-            f.transcript = transcript_of(&f.metadata, start, end);
+            // A whole video takes its whole transcript (whose times count from its first frame,
+            // not from its stream timeline's origin).
+            f.transcript = match rec {
+                Record::Video(_) => transcript_of(&f.metadata, 0.0, f64::INFINITY),
+                _ => transcript_of(&f.metadata, start, end),
+            };
             f.scene = scene_of(&uri, start, end, p.frames, ictx)?;
             let (detailed, brief) = compose(&f, &p);
             Ok(vec![Record::Caption(Caption {

@@ -212,6 +212,9 @@ struct Target<'a> {
     frames_path: PathBuf,
     frames_range: TimeRange,
     duration_s: Option<f64>,
+    /// Where the frames end on the source's timeline, for a whole video (see
+    /// [`ProbeInfo::end_s`](crate::api::ProbeInfo::end_s)).
+    end_s: Option<f64>,
     metadata: &'a std::collections::BTreeMap<String, String>,
 }
 
@@ -230,6 +233,7 @@ fn target<'a>(rec: &'a Record, services: &dyn Services) -> Result<Target<'a>, It
             frames_path,
             frames_range,
             duration_s: Some(c.end_s.0 - c.start_s.0),
+            end_s: None,
             metadata: &c.metadata,
         });
     }
@@ -240,6 +244,7 @@ fn target<'a>(rec: &'a Record, services: &dyn Services) -> Result<Target<'a>, It
             frames_path: PathBuf::from(v.uri.strip_prefix("file://").unwrap_or(&v.uri)),
             frames_range: TimeRange::ALL,
             duration_s: v.probe.as_ref().and_then(|p| p.duration_s).map(|d| d.0),
+            end_s: v.probe.as_ref().and_then(|p| p.end_s()),
             metadata: &v.metadata,
         }),
         other => Err(ItemError::new(
@@ -362,7 +367,7 @@ impl Job {
             format: PixelFormat::Rgb,
             deadline: Some(ctx.deadline),
             // A whole video: its probed duration spreads the frames over all of it.
-            duration_hint: if t.frames_range.end_s.is_none() { t.duration_s } else { None },
+            duration_hint: if t.frames_range.end_s.is_none() { t.end_s } else { None },
             ..Default::default()
         };
         let decoder = Decoder::open(&t.frames_path, &spec).map_err(|e| ItemError::new(e.class(), e.to_string()))?;

@@ -164,12 +164,13 @@ const PREPARED: &str = "prepared-frames";
 /// The clip a record stands for: a clip, a scored clip, or a whole video (an already-cut clip file).
 fn as_clip(rec: &Record) -> Result<Clip, ItemError> {
     if let Record::Video(v) = rec {
-        let end = v.probe.as_ref().and_then(|p| p.duration_s).map(|d| d.0).unwrap_or(1e9);
+        let start = v.probe.as_ref().map_or(0.0, |p| p.start());
+        let end = v.probe.as_ref().and_then(|p| p.end_s()).unwrap_or(1e9);
         return Ok(Clip {
             clip_id: v.source_id.clone(),
             source_id: v.source_id.clone(),
             uri: v.uri.clone(),
-            start_s: F64(0.0),
+            start_s: F64(start),
             end_s: F64(end),
             fps: F64(0.0),
             width: 0,

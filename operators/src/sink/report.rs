@@ -105,7 +105,7 @@ fn media(rec: &Record) -> Option<(String, String, f64)> {
         Record::Clip(c) => Some(clip_media(c)),
         Record::Scores(s) => Some(clip_media(&s.clip)),
         Record::Video(v) => {
-            let mid = v.probe.as_ref().and_then(|p| p.duration_s).map(|d| d.0 / 2.0).unwrap_or(1.0);
+            let mid = v.probe.as_ref().and_then(|p| p.duration_s.map(|d| p.start() + d.0 / 2.0)).unwrap_or(1.0);
             Some((v.source_id.clone(), v.uri.clone(), mid))
         }
         _ => None,

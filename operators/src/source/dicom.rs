@@ -231,6 +231,7 @@ pub fn probe(path: &Path) -> Result<ProbeInfo, VideoError> {
         fps: info.fps.map(fraction),
         variable_fps: info.variable_fps,
         duration_s: duration.map(F64),
+        start_s: None,
         bitrate: duration.filter(|d| *d > 0.0).map(|d| (size as f64 * 8.0 / d) as u64),
         frame_count: Some(info.frames as u64),
         frame_count_exact: true,

@@ -532,14 +532,15 @@ impl GstDecoder {
             st.seek_target = check.then_some(target);
             st.kf_window.clear();
         }
-        let stop_type = if self.end.is_some() { gst::SeekType::Set } else { gst::SeekType::None };
+        // No stop position: the selector ends the range itself. MPEG program streams clip a
+        // stop to their declared duration, which their late-starting frame times overrun.
         self.pipe.pipeline.seek(
             1.0,
             gst::SeekFlags::FLUSH | gst::SeekFlags::KEY_UNIT | gst::SeekFlags::SNAP_BEFORE,
             gst::SeekType::Set,
             Some(clock(target)),
-            stop_type,
-            self.end.map(clock),
+            gst::SeekType::None,
+            gst::ClockTime::NONE,
         )
     }
 
@@ -703,6 +704,10 @@ impl GstDecoder {
                 };
             }
             if self.picker.as_ref().is_some_and(|p| p.done()) {
+                // A keyframe past the range came before any inside it.
+                if self.picker.as_ref().is_some_and(|p| p.range_without_keyframe()) && self.fall_back_to_exact() {
+                    continue;
+                }
                 return None;
             }
             self.recover();
@@ -729,6 +734,17 @@ impl GstDecoder {
                 if lock(&self.shared).overshoot.is_some() {
                     // The stream ended after a seek that landed past its target: go back.
                     continue;
+                }
+                if self.recoveries < 2 {
+                    let mut st = lock(&self.shared);
+                    if let Some(t) = st.seek_target.take() {
+                        // Not one frame came after a seek: it landed past the end of the stream.
+                        // Transport streams whose timestamps run ahead of their clock seek on
+                        // the clock, where a frame's time can lie past the end. Go back as for
+                        // an overshoot.
+                        st.overshoot = Some(t);
+                        continue;
+                    }
                 }
                 if self.delivered == 0
                     && self.start > 0.0

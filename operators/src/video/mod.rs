@@ -477,8 +477,9 @@ pub struct DecodeSpec {
     pub max_pixels: u64,
     /// Refuse streams wider or taller than this.
     pub max_side: u32,
-    /// The video's duration as `video.probe` measured it (the record's `probe.duration_s`). The
-    /// decoder takes the longer of it and what the container declares: files written while
+    /// Where the video's frames end on its timeline as `video.probe` measured it (the record's
+    /// `probe.end_s()`: start plus duration). The decoder takes the later of it and what the
+    /// container declares: files written while
     /// recording (live WebM/Matroska, MPEG-TS) declare nothing or only their first fraction of
     /// a second, which would confine uniform sampling to that fraction.
     pub duration_hint: Option<f64>,
@@ -981,6 +982,12 @@ impl<T> KeyPicker<T> {
 
     /// The stream (or what was decoded of it) ended at `stream_end`: the wanted times left
     /// before it are nearest to the last keyframe.
+    /// Finished with wanted times left and not one keyframe inside the range (the range lies
+    /// between two keyframes): only exact sampling can answer it.
+    pub(crate) fn range_without_keyframe(&self) -> bool {
+        self.finished && self.seen == 0 && self.sel.next_target().is_some()
+    }
+
     pub(crate) fn finish(&mut self, stream_end: f64) {
         if self.finished {
             return;
@@ -1209,11 +1216,13 @@ pub fn local_path(uri: &str) -> Result<PathBuf, VideoError> {
     Ok(PathBuf::from(uri.strip_prefix("file://").unwrap_or(uri)))
 }
 
-/// A Video record's probed duration (`probe.duration_s`), for [`DecodeSpec::with_duration_hint`];
-/// `None` for other records (a clip's span is its own).
+/// Where a Video record's frames end on its timeline, as probed ([`ProbeInfo::end_s`]), for
+/// [`DecodeSpec::with_duration_hint`]; `None` for other records (a clip's span is its own).
+///
+/// [`ProbeInfo::end_s`]: crate::api::ProbeInfo::end_s
 pub fn probed_duration(rec: &crate::api::Record) -> Option<f64> {
     match rec {
-        crate::api::Record::Video(v) => v.probe.as_ref().and_then(|p| p.duration_s).map(|d| d.0),
+        crate::api::Record::Video(v) => v.probe.as_ref().and_then(|p| p.end_s()),
         _ => None,
     }
 }

@@ -155,7 +155,7 @@ fn from_discoverer(
     let fps = (fr.numer() >= 0 && fr.denom() > 0).then(|| (fr.numer() as u32, fr.denom() as u32));
     let fps_f = fps.filter(|f| f.0 > 0).map(|(n, d)| n as f64 / d as f64);
     let declared = info.duration().map(gst_util::secs).filter(|d| *d > 0.0);
-    let duration_s = stream_duration(declared, counted.as_ref(), fps_f);
+    let (start_s, duration_s) = stream_span(declared, counted.as_ref(), fps_f);
     let bitrate = match video.bitrate() {
         0 => duration_s.map(|d| (size as f64 * 8.0 / d) as u64),
         b => Some(b as u64),
@@ -191,6 +191,7 @@ fn from_discoverer(
         fps,
         variable_fps,
         duration_s: duration_s.map(F64),
+        start_s: start_s.map(F64),
         bitrate,
         frame_count,
         frame_count_exact,
@@ -199,25 +200,33 @@ fn from_discoverer(
     })
 }
 
-/// The video's duration: the container's, unless counting the frames found it missing or more than
-/// 10 % (+0.1 s) short of the frames' span (files written while recording: live WebM/Matroska
-/// declare the first fraction of a second, MPEG-TS nothing); then where the last frame ends. A declared duration longer than the
-/// frames (an audio track that runs on) stays.
-fn stream_duration(declared: Option<f64>, counted: Option<&FrameCount>, fps: Option<f64>) -> Option<f64> {
-    let Some(c) = counted else { return declared };
-    let (Some(start), Some(end)) = (c.start_s, c.end_s) else { return declared };
+/// Where the first counted frame is shown on the stream's timeline when that is clearly after 0,
+/// and the video's duration.
+///
+/// Frames that start late (MPEG program and transport streams, whose timeline starts where their
+/// clock stood; a recording cut in the middle of a GOP, whose first frames are lost) last the
+/// frames' span: what such a container declares is a span of its clock, not of the frames.
+/// Otherwise the duration is the container's, unless counting the frames found it missing or more
+/// than 10 % (+0.1 s) short of the frames' span (files written while recording: live
+/// WebM/Matroska declare the first fraction of a second); then the frames' span. A declared
+/// duration longer than the frames (an audio track that runs on) stays.
+fn stream_span(declared: Option<f64>, counted: Option<&FrameCount>, fps: Option<f64>) -> (Option<f64>, Option<f64>) {
+    let Some(c) = counted else { return (None, declared) };
+    let (Some(first), Some(end)) = (c.start_s, c.end_s) else { return (None, declared) };
     // Buffers without durations: the last frame still lasts one frame interval.
     let end = end + if c.max_duration.is_some() { 0.0 } else { fps.filter(|f| *f > 0.0).map_or(0.0, |f| 1.0 / f) };
-    if end <= 0.0 {
-        return declared;
+    if !(end > 0.0 && end.is_finite()) {
+        return (None, declared);
     }
-    match declared {
-        // The frames span clearly more than declared. (MPEG program streams, whose timestamps
-        // start late, declare about the frames' span: that stays.)
-        Some(d) if end - start > d * 1.1 + 0.1 => Some(end),
-        None => Some(end),
+    let start = (first.is_finite() && first > super::TIME_TOL && first < end).then_some(first);
+    let span = end - start.unwrap_or(0.0);
+    let duration = match declared {
+        _ if start.is_some() => Some(span),
+        Some(d) if span > d * 1.1 + 0.1 => Some(span),
+        None => Some(span),
         d => d,
-    }
+    };
+    (start, duration)
 }
 
 fn gcd(a: u64, b: u64) -> u64 {

@@ -443,6 +443,62 @@ pub fn mid_gop_ts(dir: &Path, drop_fraction: f64) -> Result<PathBuf, VideoError>
     Ok(path)
 }
 
+/// An MPEG-TS whose picture timestamps run `ahead_s` seconds ahead of its clock (PCR), as some
+/// capture devices and re-muxers write them: 150 frames (5 s) at 30 fps of the moving-ball
+/// pattern with a keyframe every 30 frames, every PES PTS/DTS moved forward by `ahead_s`. Its
+/// frames are shown from about `ahead_s` on the stream's timeline while the demuxer seeks on the
+/// clock. Written into `dir` as `ahead.ts`.
+pub fn pts_ahead_ts(dir: &Path, ahead_s: f64) -> Result<PathBuf, VideoError> {
+    let whole = dir.join("on_time.ts");
+    launch_to(
+        "videotestsrc num-buffers=150 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! \
+         x264enc speed-preset=ultrafast key-int-max=30 bframes=0 threads=1 ! h264parse ! mpegtsmux ! filesink name=sink",
+        &whole,
+    )?;
+    let mut data =
+        std::fs::read(&whole).map_err(|e| VideoError::Unreadable { path: whole.clone(), reason: e.to_string() })?;
+    let ahead = (ahead_s.max(0.0) * 90_000.0).round() as u64;
+    // A 33-bit timestamp in its 5-byte PES field (marker bits kept).
+    let read = |b: &[u8]| {
+        (u64::from(b[0] >> 1) & 7) << 30
+            | u64::from(b[1]) << 22
+            | u64::from(b[2] >> 1) << 15
+            | u64::from(b[3]) << 7
+            | u64::from(b[4] >> 1)
+    };
+    let put = |b: &mut [u8], v: u64| {
+        let v = v & ((1 << 33) - 1);
+        b[0] = (b[0] & 0xf0) | (((v >> 30) & 7) as u8) << 1 | 1;
+        b[1] = (v >> 22) as u8;
+        b[2] = (((v >> 15) & 0x7f) as u8) << 1 | 1;
+        b[3] = (v >> 7) as u8;
+        b[4] = ((v & 0x7f) as u8) << 1 | 1;
+    };
+    for p in data.chunks_exact_mut(188) {
+        // Packets that start a PES with a payload.
+        if p[0] != 0x47 || p[1] & 0x40 == 0 || p[3] & 0x10 == 0 {
+            continue;
+        }
+        let at = if p[3] & 0x20 != 0 { 5 + usize::from(p[4]) } else { 4 };
+        if at + 14 > 188 || p[at..at + 3] != [0, 0, 1] || p[at + 3] < 0xbc {
+            continue;
+        }
+        let fields = p[at + 7] >> 6;
+        let t = at + 9;
+        if fields & 2 != 0 {
+            let v = read(&p[t..t + 5]);
+            put(&mut p[t..t + 5], v + ahead);
+        }
+        if fields == 3 {
+            let v = read(&p[t + 5..t + 10]);
+            put(&mut p[t + 5..t + 10], v + ahead);
+        }
+    }
+    let path = dir.join("ahead.ts");
+    write(&path, &data)?;
+    Ok(path)
+}
+
 /// Copies of the MP4 `base` that ask to be shown turned clockwise by each of `degrees` (90, 180 or
 /// 270), the way a phone stores a portrait recording: the same coded frames, with the track's
 /// display matrix (`tkhd`) set. Written into `dir` as `turned_<deg>.mp4`.
