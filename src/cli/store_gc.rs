@@ -20,10 +20,10 @@ computed, and the blobs (clips, latents, checkpoints, samples) those entries ref
 although no graph reads them again. gc keeps what the given graphs still use and removes the rest:
 
   1. Each graph is dry-run against the store (as `medgen explain` does): the memo entries it reads are live.
-  2. Memo entries that are not live and older than --keep-days are dropped: results of nodes no longer in
-     the graphs, of old parameter values, and of inputs gone from the source folders. The caches a node
-     reads only when it recomputes (curate.segment's per-frame scene scores, which make a threshold change
-     cheap) stay while their node is in a graph.
+  2. Memo entries that are not live, and that no run wrote or read in the last --keep-days, are dropped:
+     results of nodes no longer in the graphs, of old parameter values, and of inputs gone from the source
+     folders. The caches a node reads only when it recomputes (curate.segment's per-frame scene scores,
+     which make a threshold change cheap) stay while their node is in a graph.
   3. Blobs that no kept memo entry refers to (and not younger than --keep-days) are deleted, and the catalog
      is compacted.
 
@@ -48,7 +48,8 @@ pub struct GcArgs {
     /// The run directory (default: the graphs' store).
     #[arg(long)]
     pub store: Option<PathBuf>,
-    /// Keep memo entries and blobs younger than this many days, whatever the graphs read.
+    /// Keep memo entries a run wrote or read in the last this many days, and blobs written in
+    /// them, whatever the graphs' dry runs read.
     #[arg(long, default_value_t = 0.0, value_parser = days)]
     pub keep_days: f64,
     /// Only show what would be removed.

@@ -109,6 +109,11 @@ const MIGRATIONS: &[&str] = &[
         PRIMARY KEY (model, prompt_id, rater)
     ) WITHOUT ROWID;
     "#,
+    // 3: when a run last read each memo entry (NULL: not since it was written), so that
+    // `medgen store gc --keep-days` spares what is still in use.
+    r#"
+    ALTER TABLE memo ADD COLUMN used_at TEXT;
+    "#,
 ];
 
 /// The schema version this build writes.

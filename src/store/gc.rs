@@ -36,7 +36,7 @@ pub struct GcPolicy<'a> {
     pub live_blobs: &'a HashSet<String>,
     /// Nodes of the graphs: their caches (memo values that are not records) are kept.
     pub live_nodes: &'a HashSet<String>,
-    /// Memo entries and blobs younger than this are kept.
+    /// Memo entries a run wrote or read, and blobs written, more recently than this are kept.
     pub keep_younger_than: Duration,
 }
 
@@ -86,8 +86,10 @@ impl Store {
         let mut referenced: HashSet<String> = HashSet::new();
         let age = format!("-{} seconds", policy.keep_younger_than.as_secs());
         self.read("scan the memo cache", |c| {
-            let mut stmt =
-                c.prepare("SELECT key, node, value, created_at > strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) FROM memo")?;
+            let mut stmt = c.prepare(concat!(
+                "SELECT key, node, value, max(created_at, coalesce(used_at, created_at)) > ",
+                "strftime('%Y-%m-%dT%H:%M:%fZ', 'now', ?1) FROM memo"
+            ))?;
             let mut rows = stmt.query([&age])?;
             while let Some(r) = rows.next()? {
                 let key: String = r.get(0)?;
@@ -231,7 +233,8 @@ impl Marking {
 
 impl Services for Marking {
     fn memo_get(&self, key: &MemoKey) -> Result<Option<Vec<u8>>, ServiceError> {
-        let value = self.store.memo_get(key)?;
+        // Looked up, not read as a run reads it: a dry run is not a use.
+        let value = self.store.memo_lookup(key)?;
         if value.is_some() {
             self.memo.lock().unwrap_or_else(|p| p.into_inner()).insert(key.0.clone());
         }

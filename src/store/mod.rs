@@ -61,6 +61,9 @@ pub struct Store {
     /// The run begun by [`Store::begin_run`], 0 before (run ids start at 1).
     run_id: AtomicI64,
     blobs: Blobs,
+    /// Memo entries read since the last [`Store::flush_memo_use`]: their `used_at` is set when an
+    /// epoch commits or the run finishes (one write for many reads).
+    memo_used: Mutex<Vec<String>>,
 }
 
 impl fmt::Debug for Store {
@@ -107,7 +110,14 @@ impl Store {
         blobs::clear_stale_tmp(&blobs.tmp);
         let catalog = root.join(CATALOG_FILE);
         let conn = catalog::open(&catalog)?;
-        Ok(Store { root, catalog, conn: Mutex::new(conn), run_id: AtomicI64::new(0), blobs })
+        Ok(Store {
+            root,
+            catalog,
+            conn: Mutex::new(conn),
+            run_id: AtomicI64::new(0),
+            blobs,
+            memo_used: Mutex::new(Vec::new()),
+        })
     }
 
     /// Hold the store for one run (process `process` of it) until the returned guard drops: a
@@ -190,6 +200,7 @@ impl Store {
 
     /// Record the end of run `run_id` with its final status and a JSON summary.
     pub fn finish_run(&self, run_id: i64, status: RunStatus, summary_json: &str) -> Result<(), StoreError> {
+        self.flush_memo_use()?;
         let n = self.write("finish a run", |c| {
             c.execute(
                 concat!("UPDATE runs SET finished_at = ", now_sql!(), ", status = ?2, summary_json = ?3 WHERE id = ?1"),
@@ -456,6 +467,21 @@ impl Store {
         })
     }
 
+    /// Stamp the memo entries read since the last flush as used now.
+    fn flush_memo_use(&self) -> Result<(), StoreError> {
+        let keys = std::mem::take(&mut *self.memo_used.lock().unwrap_or_else(|p| p.into_inner()));
+        if keys.is_empty() {
+            return Ok(());
+        }
+        self.write("note memo entries as used", |c| {
+            let mut stmt = c.prepare_cached(concat!("UPDATE memo SET used_at = ", now_sql!(), " WHERE key = ?1"))?;
+            for k in &keys {
+                stmt.execute([k])?;
+            }
+            Ok(())
+        })
+    }
+
     fn memo_store(&self, key: &MemoKey, node: &str, value: &[u8]) -> Result<(), StoreError> {
         let run = self.current_run();
         self.write("write a memo entry", |c| {
@@ -545,8 +571,13 @@ fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
 const INVALID_BLOB_NAME: &str = "invalid-key";
 
 impl Services for Store {
+    /// A hit is noted as a use of the entry (see [`Store::flush_memo_use`]).
     fn memo_get(&self, key: &MemoKey) -> Result<Option<Vec<u8>>, ServiceError> {
-        Ok(self.memo_lookup(key)?)
+        let value = self.memo_lookup(key)?;
+        if value.is_some() {
+            self.memo_used.lock().unwrap_or_else(|p| p.into_inner()).push(key.0.clone());
+        }
+        Ok(value)
     }
 
     fn memo_put(&self, key: &MemoKey, node: &str, value: &[u8]) -> Result<(), ServiceError> {
@@ -584,6 +615,7 @@ impl Services for Store {
     }
 
     fn commit_epoch(&self, node: &str, epoch: u64, summary: &str) -> Result<(), ServiceError> {
+        self.flush_memo_use()?;
         Ok(self.epoch_commit(node, epoch, summary)?)
     }
 

@@ -611,6 +611,47 @@ fn gc_drops_unused_memo_entries_and_unreferenced_blobs() {
     assert!(plan.memo_drop.is_empty() && plan.blobs_drop.is_empty(), "{plan:?}");
 }
 
+/// `--keep-days` counts from an entry's last use: one written long ago that a run still reads is
+/// kept; one nobody has read since goes. A dry run's lookups (gc's, explain's) are not uses.
+#[test]
+fn gc_keep_age_counts_from_the_last_read() {
+    let (_dir, s) = store();
+    for k in 1..=3 {
+        s.memo_put(&key(k), "samples", b"not records").unwrap();
+    }
+    let backdate = "UPDATE memo SET created_at = strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days')";
+    s.write("backdate", |c| c.execute(backdate, [])).unwrap();
+    let week = Duration::from_secs(7 * 86_400);
+    let none = Default::default();
+    let dropped = |s: &Store| {
+        let mut d = s.gc_plan(&gc_policy(&none, &none, week)).unwrap().memo_drop;
+        d.sort();
+        d
+    };
+    let all = {
+        let mut v = vec![key(1).0, key(2).0, key(3).0];
+        v.sort();
+        v
+    };
+    assert_eq!(dropped(&s), all);
+    // A run reads entry 2 (noted when the epoch commits) and entry 3 (when the run finishes).
+    assert!(s.memo_get(&key(2)).unwrap().is_some());
+    assert_eq!(dropped(&s), all, "a read counts once it is committed");
+    s.commit_epoch("samples", 0, "{}").unwrap();
+    assert!(s.memo_get(&key(3)).unwrap().is_some());
+    let run = s.begin_run(&run_info()).unwrap();
+    s.finish_run(run, RunStatus::Succeeded, "{}").unwrap();
+    assert_eq!(dropped(&s), vec![key(1).0]);
+    // gc's own dry runs read through Marking: no use.
+    s.write("backdate", |c| c.execute(backdate.replace("created_at", "used_at").as_str(), [])).unwrap();
+    let s = Arc::new(s);
+    let marking = super::gc::Marking::new(s.clone());
+    assert!(marking.memo_get(&key(2)).unwrap().is_some());
+    let run = s.begin_run(&run_info()).unwrap();
+    s.finish_run(run, RunStatus::Succeeded, "{}").unwrap();
+    assert_eq!(dropped(&s), all);
+}
+
 /// A latent refers to its codec through its safetensors header (`codec_ref = "blob:<key>"`):
 /// collection must keep that blob while the latent is kept.
 #[test]
