@@ -448,6 +448,37 @@ fn a_transport_stream_whose_timestamps_run_ahead_of_its_clock_decodes_on_its_fra
     assert_eq!(ticks, expected);
 }
 
+/// An audio track that outlasts the picture: the container declares 4 s, the frames last 2 s. The
+/// probe's duration is the frames', and a uniform sample spreads over them.
+#[test]
+fn a_video_whose_audio_runs_on_lasts_as_long_as_its_frames() {
+    use medgen_operators::video::probe::{ProbeParams, probe_record};
+    let dir = tempfile::tempdir().unwrap();
+    let services = MemServices::new(&dir.path().join("store"));
+    let path = synth::audio_outlasts_video(dir.path()).unwrap();
+    let video = Record::Video(Video {
+        source_id: "long_audio".into(),
+        uri: path.display().to_string(),
+        size_bytes: 0,
+        probe: None,
+        metadata: BTreeMap::new(),
+    });
+    let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
+    let Record::Video(v) = &probed else { panic!() };
+    let info = v.probe.clone().unwrap();
+    assert!(info.has_audio && info.frame_count == Some(60), "{info:?}");
+    assert!((info.duration_s.unwrap().0 - 2.0).abs() < 0.05, "duration {:?}", info.duration_s);
+    let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
+    let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
+    let Record::Video(d) = &out[0] else { panic!() };
+    let times: Vec<f64> = FramesReader::open(&services.blob_path(&d.metadata["frames_blob"]))
+        .unwrap()
+        .map(|f| f.unwrap().pts_s)
+        .collect();
+    assert_eq!(times.len(), 5, "{times:?}");
+    assert!(times[4] > 1.5, "{times:?}");
+}
+
 /// `f` (stored, packed) turned clockwise by `deg`, spelled independently of the decoder: where
 /// each stored pixel lands.
 fn turned(f: &Frame, deg: i32) -> (u32, u32, Vec<u8>) {

@@ -211,7 +211,15 @@ pub struct Signal {
     /// The frame digests of the similarity samples, one per sample (empty: not measured).
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub digests: Vec<TickDigest>,
+    /// Gaps in the stream's timestamps, `(end of the frame before, start of the frame after)`:
+    /// stretches longer than [`GAP_S`] (and three frames) where nothing is shown. No clip spans
+    /// one.
+    #[serde(default, skip_serializing_if = "Vec::is_empty")]
+    pub gaps: Vec<(f64, f64)>,
 }
+
+/// The shortest stretch without a frame that counts as a gap in the timestamps, seconds.
+pub const GAP_S: f64 = 0.5;
 
 impl Signal {
     /// Duration of one frame.
@@ -233,6 +241,7 @@ pub struct SignalBuilder {
     end: f64,
     frames: u64,
     fallback_dur: f64,
+    gaps: Vec<(f64, f64)>,
 }
 
 impl SignalBuilder {
@@ -250,6 +259,7 @@ impl SignalBuilder {
             end: 0.0,
             frames: 0,
             fallback_dur: stream_fps.filter(|f| *f > 0.0).map_or(1.0 / 30.0, |f| 1.0 / f),
+            gaps: Vec::new(),
         }
     }
 
@@ -257,6 +267,9 @@ impl SignalBuilder {
     /// whether it became a similarity sample.
     pub fn push(&mut self, rgb: &[u8], w: usize, h: usize, pts: f64, dur: Option<f64>) -> bool {
         let dur = dur.filter(|d| d.is_finite() && *d > 0.0).unwrap_or(self.fallback_dur);
+        if self.start.is_some() && pts - self.end > GAP_S.max(3.0 * dur) {
+            self.gaps.push((self.end, pts));
+        }
         let desc = describe_rgb(rgb, w, h);
         if let Some(p) = &self.prev {
             self.diffs.push((pts, (1.0 - similarity(p, &desc)) as f32));
@@ -316,6 +329,7 @@ impl SignalBuilder {
             candidates,
             extra_cuts: Vec::new(),
             digests: Vec::new(),
+            gaps: self.gaps,
         })
     }
 }
@@ -328,6 +342,8 @@ pub enum Edge {
     Cut,
     Dissimilar,
     Split,
+    /// A gap in the stream's timestamps ([`Signal::gaps`]).
+    Gap,
 }
 
 impl Edge {
@@ -338,6 +354,7 @@ impl Edge {
             Edge::Cut => "cut",
             Edge::Dissimilar => "dissimilar",
             Edge::Split => "split",
+            Edge::Gap => "gap",
         }
     }
 }
@@ -403,29 +420,51 @@ pub fn cut_times(sig: &Signal, d: &Decision) -> Vec<f64> {
     out
 }
 
-/// Maximal spans of one scene (before the length rules).
+/// Maximal spans of one scene (before the length rules). Gaps in the timestamps split the signal
+/// into stretches of frames, each read on its own.
 pub fn runs(sig: &Signal, d: &Decision) -> Vec<Span> {
-    let n = sig.samples.len();
-    if n == 0 {
-        return Vec::new();
-    }
     let cuts = cut_times(sig, d);
-    let frame_s = sig.frame_s();
     let mut out = Vec::new();
-    let mut cur = (sig.start_s, Edge::VideoStart);
+    let mut from = (sig.start_s, Edge::VideoStart);
+    let mut lo = 0;
+    for &(gap_start, gap_end) in &sig.gaps {
+        let hi = sig.samples.partition_point(|t| *t < gap_start);
+        runs_in(sig, d, &cuts, lo..hi, from, (gap_start, Edge::Gap), &mut out);
+        (from, lo) = ((gap_end, Edge::Gap), hi);
+    }
+    runs_in(sig, d, &cuts, lo..sig.samples.len(), from, (sig.end_s, Edge::VideoEnd), &mut out);
+    out
+}
+
+/// The spans of one stretch of frames, from `start` to `end`, sampled at `sig.samples[range]`.
+fn runs_in(
+    sig: &Signal,
+    d: &Decision,
+    cuts: &[f64],
+    range: std::ops::Range<usize>,
+    start: (f64, Edge),
+    end: (f64, Edge),
+    out: &mut Vec<Span>,
+) {
+    let (lo, n) = (range.start, range.end);
+    if lo >= n {
+        return;
+    }
+    let frame_s = sig.frame_s();
+    let mut cur = start;
     let close = |from: (f64, Edge), to: f64, by: Edge, out: &mut Vec<Span>| {
         if to > from.0 + 1e-9 {
             out.push(Span { start: from.0, end: to, start_by: from.1, end_by: by });
         }
     };
-    let mut ci = cuts.partition_point(|c| *c <= sig.samples[0] + 1e-9);
-    for i in 0..n {
+    let mut ci = cuts.partition_point(|c| *c <= sig.samples[lo] + 1e-9);
+    for i in lo..n {
         let t = sig.samples[i];
-        let next = if i + 1 < n { sig.samples[i + 1] } else { sig.end_s - 1e-9 };
+        let next = if i + 1 < n { sig.samples[i + 1] } else { end.0 - 1e-9 };
         let mut had_cut = false;
         while ci < cuts.len() && cuts[ci] <= next + 1e-9 {
             if cuts[ci] > t + 1e-9 {
-                close(cur, cuts[ci], Edge::Cut, &mut out);
+                close(cur, cuts[ci], Edge::Cut, out);
                 cur = (cuts[ci], Edge::Cut);
                 had_cut = true;
             }
@@ -433,12 +472,11 @@ pub fn runs(sig: &Signal, d: &Decision) -> Vec<Span> {
         }
         let similar = sig.sims.get(i).is_none_or(|s| *s as f64 > d.tau);
         if i + 1 < n && !had_cut && !similar {
-            close(cur, (t + frame_s).min(next), Edge::Dissimilar, &mut out);
+            close(cur, (t + frame_s).min(next), Edge::Dissimilar, out);
             cur = (next, Edge::Dissimilar);
         }
     }
-    close(cur, sig.end_s, Edge::VideoEnd, &mut out);
-    out
+    close(cur, end.0, end.1, out);
 }
 
 /// Round `t` to the frame grid starting at `origin`.
@@ -936,11 +974,40 @@ mod tests {
             candidates: Vec::new(),
             extra_cuts: Vec::new(),
             digests: Vec::new(),
+            gaps: Vec::new(),
         }
     }
 
     fn spans(sig: &Signal, d: &Decision) -> Vec<(f64, f64)> {
         clip_spans(sig, d).iter().map(|s| (round_time(s.start), round_time(s.end))).collect()
+    }
+
+    /// Nothing is shown from 8 to 12 s of a 30 s scene: no clip spans the gap; each side is read
+    /// on its own (8 s before, 18 s after: two pieces of 9 s).
+    #[test]
+    fn no_clip_spans_a_gap_in_the_timestamps() {
+        let d = decision();
+        let mut sig = signal(30.0);
+        sig.samples.retain(|t| *t < 8.0 || *t >= 12.0);
+        sig.sims = vec![0.9; sig.samples.len() - 1];
+        sig.gaps = vec![(8.0, 12.0)];
+        let found = runs(&sig, &d);
+        let edges: Vec<(f64, f64, Edge, Edge)> = found.iter().map(|s| (s.start, s.end, s.start_by, s.end_by)).collect();
+        assert_eq!(edges, vec![(0.0, 8.0, Edge::VideoStart, Edge::Gap), (12.0, 30.0, Edge::Gap, Edge::VideoEnd)]);
+        assert_eq!(spans(&sig, &d), vec![(0.0, 8.0), (12.0, 21.0), (21.0, 30.0)]);
+        // A frame after a gap that differs from the one before it is not also a dissimilar split.
+        sig.sims[7] = 0.1;
+        assert_eq!(runs(&sig, &d).len(), 2);
+
+        // The builder finds the gap: 25 fps frames over [0, 2) and [4, 6).
+        let mut b = SignalBuilder::new(1.0, Some(25.0));
+        let px = vec![128u8; 4 * 4 * 3];
+        for i in (0..50).chain(100..150) {
+            b.push(&px, 4, 4, i as f64 / 25.0, Some(0.04));
+        }
+        let sig = b.finish(4, 4, Some(25.0)).unwrap();
+        assert_eq!(sig.gaps.len(), 1);
+        assert!((sig.gaps[0].0 - 2.0).abs() < 1e-9 && (sig.gaps[0].1 - 4.0).abs() < 1e-9, "{:?}", sig.gaps);
     }
 
     #[test]

@@ -448,11 +448,11 @@ impl GstDecoder {
         // What the container declares may be an estimate (Matroska written while recording
         // declares its first fraction of a second): only the probe's measured duration refuses a
         // range up front; past a declared end the stream itself decides (see the EOS branch).
+        // The probe's figure, when there is one, is the better one: it measured the frames where
+        // it could (an audio track that runs on, or a header written before the file was cut
+        // short, declares more than the frames last).
         let declared = pipe.pipeline.query_duration::<gst::ClockTime>().map(secs).filter(|d| *d > 0.0);
-        let duration_s = match (declared, spec.duration_hint) {
-            (Some(d), Some(h)) => Some(d.max(h)),
-            (d, h) => d.or(h),
-        };
+        let duration_s = spec.duration_hint.or(declared);
         if let Some(d) = spec.duration_hint
             && start >= d
         {
@@ -1541,6 +1541,17 @@ pub fn decode_record(
         }
     }
     let count = writer.finish().map_err(write_err)?;
+    if count == 0 {
+        // (Downstream operators would have nothing to look at; an empty blob is no result.)
+        let end = range.end_s.map_or("the end".to_string(), |e| format!("{e:.3} s"));
+        return Err(ItemError::invalid(format!(
+            "{}: no frame is shown between {:.3} s and {end} (a gap in the stream's timestamps, or past its \
+             last frame): there is nothing to decode there; drop the span, or re-encode the file with \
+             continuous timestamps",
+            path.display(),
+            range.start_s
+        )));
+    }
     let key = services.blob_put_file(file.path()).map_err(|e| ItemError::transient(e.to_string()))?;
     let mut out = rec.clone();
     let meta = match &mut out {

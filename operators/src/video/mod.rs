@@ -478,8 +478,8 @@ pub struct DecodeSpec {
     /// Refuse streams wider or taller than this.
     pub max_side: u32,
     /// Where the video's frames end on its timeline as `video.probe` measured it (the record's
-    /// `probe.end_s()`: start plus duration). The decoder takes the later of it and what the
-    /// container declares: files written while
+    /// `probe.end_s()`: start plus duration). The decoder takes it over what the container
+    /// declares: an audio track that runs on declares more than the frames last; files written while
     /// recording (live WebM/Matroska, MPEG-TS) declare nothing or only their first fraction of
     /// a second, which would confine uniform sampling to that fraction.
     pub duration_hint: Option<f64>,

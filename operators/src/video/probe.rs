@@ -203,13 +203,15 @@ fn from_discoverer(
 /// Where the first counted frame is shown on the stream's timeline when that is clearly after 0,
 /// and the video's duration.
 ///
-/// Frames that start late (MPEG program and transport streams, whose timeline starts where their
-/// clock stood; a recording cut in the middle of a GOP, whose first frames are lost) last the
-/// frames' span: what such a container declares is a span of its clock, not of the frames.
-/// Otherwise the duration is the container's, unless counting the frames found it missing or more
-/// than 10 % (+0.1 s) short of the frames' span (files written while recording: live
-/// WebM/Matroska declare the first fraction of a second); then the frames' span. A declared
-/// duration longer than the frames (an audio track that runs on) stays.
+/// Counted frames last their span where the container's figure is not about them:
+/// - frames that start late (MPEG program and transport streams, whose timeline starts where their
+///   clock stood; a recording cut in the middle of a GOP): the container declares its clock's span;
+/// - a declared duration more than 2 % (+0.1 s) longer than the frames: an audio track that runs
+///   on, or a file cut short after its header was written;
+/// - none declared, or more than 10 % (+0.1 s) short of the frames (files written while
+///   recording: live WebM/Matroska declare the first fraction of a second).
+///
+/// Otherwise (and without a count) the duration is the container's.
 fn stream_span(declared: Option<f64>, counted: Option<&FrameCount>, fps: Option<f64>) -> (Option<f64>, Option<f64>) {
     let Some(c) = counted else { return (None, declared) };
     let (Some(first), Some(end)) = (c.start_s, c.end_s) else { return (None, declared) };
@@ -221,10 +223,8 @@ fn stream_span(declared: Option<f64>, counted: Option<&FrameCount>, fps: Option<
     let start = (first.is_finite() && first > super::TIME_TOL && first < end).then_some(first);
     let span = end - start.unwrap_or(0.0);
     let duration = match declared {
-        _ if start.is_some() => Some(span),
-        Some(d) if span > d * 1.1 + 0.1 => Some(span),
-        None => Some(span),
-        d => d,
+        Some(d) if start.is_none() && d <= span * 1.02 + 0.1 && span <= d * 1.1 + 0.1 => Some(d),
+        _ => Some(span),
     };
     (start, duration)
 }

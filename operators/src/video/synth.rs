@@ -499,6 +499,22 @@ pub fn pts_ahead_ts(dir: &Path, ahead_s: f64) -> Result<PathBuf, VideoError> {
     Ok(path)
 }
 
+/// An MP4 whose audio track runs on after its picture ends, as a screen recording stopped late or
+/// a narrated clip does: 60 frames (2 s) at 30 fps of the moving-ball pattern and 4 s of AAC tone.
+/// The container declares the longer track's duration. Written into `dir` as `long_audio.mp4`.
+pub fn audio_outlasts_video(dir: &Path) -> Result<PathBuf, VideoError> {
+    let path = dir.join("long_audio.mp4");
+    launch_to(
+        "videotestsrc num-buffers=60 pattern=ball ! video/x-raw,format=I420,width=320,height=240,framerate=30/1 ! \
+         x264enc speed-preset=ultrafast key-int-max=30 threads=1 ! h264parse ! queue ! mp4mux name=mux ! \
+         filesink name=sink \
+         audiotestsrc num-buffers=188 samplesperbuffer=1024 ! audio/x-raw,rate=48000 ! audioconvert ! avenc_aac ! \
+         aacparse ! queue ! mux.",
+        &path,
+    )?;
+    Ok(path)
+}
+
 /// Copies of the MP4 `base` that ask to be shown turned clockwise by each of `degrees` (90, 180 or
 /// 270), the way a phone stores a portrait recording: the same coded frames, with the track's
 /// display matrix (`tkhd`) set. Written into `dir` as `turned_<deg>.mp4`.
