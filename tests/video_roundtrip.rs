@@ -26,6 +26,30 @@ fn ctx() -> ItemCtx {
     }
 }
 
+/// The Video record of `path`, probed by `video.probe`, and its probe.
+fn probed(path: &Path) -> (Record, medgen_operators::api::ProbeInfo) {
+    use medgen_operators::video::probe::{ProbeParams, probe_record};
+    let video = Record::Video(Video {
+        source_id: path.file_name().unwrap().to_string_lossy().into_owned(),
+        uri: path.display().to_string(),
+        size_bytes: 0,
+        probe: None,
+        metadata: BTreeMap::new(),
+    });
+    let rec = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
+    let Record::Video(v) = &rec else { panic!("{rec:?}") };
+    let info = v.probe.clone().unwrap();
+    (rec, info)
+}
+
+/// The frames `video.decode` with `count = 5` (64×64) writes for `rec`.
+fn five_frames(rec: &Record, services: &MemServices) -> Vec<Frame> {
+    let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
+    let out = decode_record(rec, &p, services, &ctx()).unwrap();
+    let Record::Video(d) = &out[0] else { panic!("{out:?}") };
+    FramesReader::open(&services.blob_path(&d.metadata["frames_blob"])).unwrap().map(|f| f.unwrap()).collect()
+}
+
 fn mean_abs_diff(a: &Frame, b: &Frame) -> f64 {
     let (a, b) = (a.data(), b.data());
     a.iter().zip(b).map(|(x, y)| (*x as i32 - *y as i32).unsigned_abs() as u64).sum::<u64>() as f64 / a.len() as f64
@@ -297,22 +321,12 @@ fn operators_decode_encode_and_cut_through_the_run_store() {
 /// decodes; a span past the real end is refused by name.
 #[test]
 fn recordings_without_a_declared_duration_decode_over_their_whole_length() {
-    use medgen_operators::video::probe::{ProbeParams, probe_record};
     let dir = tempfile::tempdir().unwrap();
     let services = MemServices::new(&dir.path().join("store"));
     for rec in synth::recorded_streams(dir.path()).unwrap() {
         let name = rec.path.file_name().unwrap().to_string_lossy().into_owned();
         let length = rec.frames as f64 / rec.fps as f64;
-        let video = Record::Video(Video {
-            source_id: name.clone(),
-            uri: rec.path.display().to_string(),
-            size_bytes: 0,
-            probe: None,
-            metadata: BTreeMap::new(),
-        });
-        let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
-        let Record::Video(v) = &probed else { panic!() };
-        let info = v.probe.as_ref().unwrap();
+        let (probed, info) = probed(&rec.path);
         assert_eq!(info.frame_count, Some(rec.frames as u64), "{name}");
         let duration = info.duration_s.unwrap_or_else(|| panic!("{name} ({}): no duration", rec.what)).0;
         // (MPEG-TS timestamps may start a little after zero, and a TS may declare an estimate
@@ -323,11 +337,7 @@ fn recordings_without_a_declared_duration_decode_over_their_whole_length() {
             "{name}: duration {duration}, {length} s of frames"
         );
 
-        let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
-        let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
-        let Record::Video(d) = &out[0] else { panic!() };
-        let reader = FramesReader::open(&services.blob_path(&d.metadata["frames_blob"])).unwrap();
-        let times: Vec<f64> = reader.map(|f| f.unwrap().pts_s).collect();
+        let times: Vec<f64> = five_frames(&probed, &services).iter().map(|f| f.pts_s).collect();
         assert_eq!(times.len(), 5, "{name}: {times:?}");
         assert!(*times.last().unwrap() > 0.7 * length, "{name}: uniform sample confined to {times:?}");
 
@@ -339,6 +349,8 @@ fn recordings_without_a_declared_duration_decode_over_their_whole_length() {
 
         // Past the end: refused, probed or not.
         let late = DecodeParams { start_s: Some(10.0), fps: Some(2.0), ..Default::default() };
+        let Record::Video(v) = &probed else { panic!() };
+        let video = Record::Video(Video { probe: None, ..v.clone() });
         for r in [&probed, &video] {
             let e = decode_record(r, &late, &services, &ctx()).unwrap_err();
             assert!(e.message.contains("after the video's end") && e.message.contains(&name), "{name}: {}", e.message);
@@ -353,7 +365,6 @@ fn recordings_without_a_declared_duration_decode_over_their_whole_length() {
 /// distinct frames as asked for (spread over the frames there are, not over the lost ones).
 #[test]
 fn a_recording_that_starts_mid_gop_samples_only_whole_frames() {
-    use medgen_operators::video::probe::{ProbeParams, probe_record};
     let dir = tempfile::tempdir().unwrap();
     let services = MemServices::new(&dir.path().join("store"));
     let path = synth::mid_gop_ts(dir.path(), 0.2).unwrap();
@@ -365,19 +376,7 @@ fn a_recording_that_starts_mid_gop_samples_only_whole_frames() {
     for f in &all {
         assert!(dark(f) < 40.0, "a whole decode's frame at {} has mean {}", f.pts_s, dark(f));
     }
-    let video = Record::Video(Video {
-        source_id: "mid_gop".into(),
-        uri: path.display().to_string(),
-        size_bytes: 0,
-        probe: None,
-        metadata: BTreeMap::new(),
-    });
-    let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
-    let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
-    let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
-    let Record::Video(d) = &out[0] else { panic!() };
-    let frames: Vec<Frame> =
-        FramesReader::open(&services.blob_path(&d.metadata["frames_blob"])).unwrap().map(|f| f.unwrap()).collect();
+    let frames = five_frames(&probed(&path).0, &services);
     assert_eq!(frames.len(), 5, "{:?}", frames.iter().map(|f| f.pts_s).collect::<Vec<_>>());
     assert!(frames.windows(2).all(|w| w[1].pts_s > w[0].pts_s));
     for f in &frames {
@@ -392,7 +391,6 @@ fn a_recording_that_starts_mid_gop_samples_only_whole_frames() {
 /// clip asks for) and a 1 fps sample return exactly the frames of a full decode.
 #[test]
 fn a_transport_stream_whose_timestamps_run_ahead_of_its_clock_decodes_on_its_frames_timeline() {
-    use medgen_operators::video::probe::{ProbeParams, probe_record};
     let dir = tempfile::tempdir().unwrap();
     let services = MemServices::new(&dir.path().join("store"));
     let path = synth::pts_ahead_ts(dir.path(), 10.0).unwrap();
@@ -402,26 +400,11 @@ fn a_transport_stream_whose_timestamps_run_ahead_of_its_clock_decodes_on_its_fra
     let first = all[0].pts_s;
     assert!((10.0..10.5).contains(&first), "first frame at {first}");
 
-    let video = Record::Video(Video {
-        source_id: "ahead".into(),
-        uri: path.display().to_string(),
-        size_bytes: 0,
-        probe: None,
-        metadata: BTreeMap::new(),
-    });
-    let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
-    let Record::Video(v) = &probed else { panic!() };
-    let info = v.probe.clone().unwrap();
+    let (probed, info) = probed(&path);
     assert!((info.start() - first).abs() < 1e-3, "probed start {:?}, first frame at {first}", info.start_s);
     assert!((info.duration_s.unwrap().0 - 5.0).abs() < 0.1, "duration {:?}", info.duration_s);
 
-    let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
-    let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
-    let Record::Video(d) = &out[0] else { panic!() };
-    let times: Vec<f64> = FramesReader::open(&services.blob_path(&d.metadata["frames_blob"]))
-        .unwrap()
-        .map(|f| f.unwrap().pts_s)
-        .collect();
+    let times: Vec<f64> = five_frames(&probed, &services).iter().map(|f| f.pts_s).collect();
     assert_eq!(times.len(), 5, "{times:?}");
     assert!(times[0] >= first && times[4] > first + 3.5, "{times:?}");
 
@@ -452,29 +435,13 @@ fn a_transport_stream_whose_timestamps_run_ahead_of_its_clock_decodes_on_its_fra
 /// probe's duration is the frames', and a uniform sample spreads over them.
 #[test]
 fn a_video_whose_audio_runs_on_lasts_as_long_as_its_frames() {
-    use medgen_operators::video::probe::{ProbeParams, probe_record};
     let dir = tempfile::tempdir().unwrap();
     let services = MemServices::new(&dir.path().join("store"));
     let path = synth::audio_outlasts_video(dir.path()).unwrap();
-    let video = Record::Video(Video {
-        source_id: "long_audio".into(),
-        uri: path.display().to_string(),
-        size_bytes: 0,
-        probe: None,
-        metadata: BTreeMap::new(),
-    });
-    let probed = probe_record(&video, &ProbeParams::default(), &ctx()).unwrap().remove(0);
-    let Record::Video(v) = &probed else { panic!() };
-    let info = v.probe.clone().unwrap();
+    let (probed, info) = probed(&path);
     assert!(info.has_audio && info.frame_count == Some(60), "{info:?}");
     assert!((info.duration_s.unwrap().0 - 2.0).abs() < 0.05, "duration {:?}", info.duration_s);
-    let p = DecodeParams { count: Some(5), width: Some(64), height: Some(64), ..Default::default() };
-    let out = decode_record(&probed, &p, &services, &ctx()).unwrap();
-    let Record::Video(d) = &out[0] else { panic!() };
-    let times: Vec<f64> = FramesReader::open(&services.blob_path(&d.metadata["frames_blob"]))
-        .unwrap()
-        .map(|f| f.unwrap().pts_s)
-        .collect();
+    let times: Vec<f64> = five_frames(&probed, &services).iter().map(|f| f.pts_s).collect();
     assert_eq!(times.len(), 5, "{times:?}");
     assert!(times[4] > 1.5, "{times:?}");
 }

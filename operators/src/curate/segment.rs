@@ -48,6 +48,9 @@
 //!   every pair of adjacent samples whose similarity is `≤ tau` without a cut between them (a
 //!   gradual change: the span before ends with the earlier sample's frame, the span after starts
 //!   at the later sample — the transition itself belongs to no clip).
+//! * A gap in the timestamps (at least 0.5 s and three frames with no picture: a recording
+//!   paused, a broken mux) ends the span before it and starts the next after it; no clip spans
+//!   one (edges `gap`).
 //! * Spans shorter than `min_seconds` are dropped; spans longer than `max_seconds` are split into
 //!   the fewest equal pieces no longer than `max_seconds` (boundaries on frame boundaries); when
 //!   those would be shorter than `min_seconds` (a span between `max` and `2 × min`), one centred
@@ -811,12 +814,13 @@ impl TypedOperator for CurateSegment {
                   thumbnail correlation) and (2) frame-to-frame dissimilarity at the full frame rate for a \
                   hard-cut detector (a cut needs d ≥ cut_threshold and d ≥ cut_ratio × the mean d within \
                   ±0.5 s). The video is split at every cut (at the first frame of the new shot) and between \
-                  adjacent samples with similarity ≤ tau; spans shorter than min_seconds are dropped, longer \
+                  adjacent samples with similarity ≤ tau, and around every gap in the timestamps (≥ 0.5 s \
+                  without a picture); spans shorter than min_seconds are dropped, longer \
                   than max_seconds split evenly (or, between max and 2×min, one centred max-long piece is \
                   kept). Videos whose shorter side is below min_height give no clips. Each Clip has clip_id = \
                   blake3(source_id|start|end), the stream's fps and stored size, the source's metadata \
                   (title, description, channel, transcript_uri, ...) and metadata segment_start/segment_end \
-                  (video_start, cut, dissimilar, split, video_end); start and end are on the stream's timeline \
+                  (video_start, cut, dissimilar, split, gap, video_end); start and end are on the stream's timeline \
                   (the decoder's presentation times, which need not start at 0). A video that yields no clip goes to \
                   `rejected` with metadata rejected_by and reason (not a failure). The measured signal is \
                   memoised per source and sample_fps: changing tau, lengths, min_height or cut thresholds \
