@@ -446,11 +446,9 @@ impl GstDecoder {
             });
         };
         // What the container declares may be an estimate (Matroska written while recording
-        // declares its first fraction of a second): only the probe's measured duration refuses a
+        // declares its first fraction of a second) or about another track (audio that runs on):
+        // the probe's figure, measured from the frames where it could, wins; only it refuses a
         // range up front; past a declared end the stream itself decides (see the EOS branch).
-        // The probe's figure, when there is one, is the better one: it measured the frames where
-        // it could (an audio track that runs on, or a header written before the file was cut
-        // short, declares more than the frames last).
         let declared = pipe.pipeline.query_duration::<gst::ClockTime>().map(secs).filter(|d| *d > 0.0);
         let duration_s = spec.duration_hint.or(declared);
         if let Some(d) = spec.duration_hint

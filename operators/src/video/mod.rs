@@ -980,14 +980,14 @@ impl<T> KeyPicker<T> {
         self.held = Some((pts, slot));
     }
 
-    /// The stream (or what was decoded of it) ended at `stream_end`: the wanted times left
-    /// before it are nearest to the last keyframe.
     /// Finished with wanted times left and not one keyframe inside the range (the range lies
     /// between two keyframes): only exact sampling can answer it.
     pub(crate) fn range_without_keyframe(&self) -> bool {
         self.finished && self.seen == 0 && self.sel.next_target().is_some()
     }
 
+    /// The stream (or what was decoded of it) ended at `stream_end`: the wanted times left
+    /// before it are nearest to the last keyframe.
     pub(crate) fn finish(&mut self, stream_end: f64) {
         if self.finished {
             return;
