@@ -344,7 +344,10 @@ impl TypedOperator for CaptionTemplate {
             // not from its stream timeline's origin).
             f.transcript = match rec {
                 Record::Video(_) => transcript_of(&f.metadata, 0.0, f64::INFINITY),
-                _ => transcript_of(&f.metadata, start, end),
+                _ => {
+                    let (a, b) = transcript::on_transcript_clock(&f.metadata, start, end);
+                    transcript_of(&f.metadata, a, b)
+                }
             };
             f.scene = scene_of(&uri, start, end, p.frames, ictx)?;
             let (detailed, brief) = compose(&f, &p);

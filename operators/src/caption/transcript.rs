@@ -1,5 +1,7 @@
 //! Transcripts for captioning: SubRip (`.srt`) and WebVTT (`.vtt`) cues, cut to a clip's span.
 
+use std::collections::BTreeMap;
+
 /// One timed cue.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Cue {
@@ -54,6 +56,17 @@ fn strip_tags(line: &str) -> String {
     out.trim().to_string()
 }
 
+/// A clip's `[start, end)` (stream timeline) on the clock of its transcript, which counts from the
+/// source's first frame ([`STREAM_START`](crate::video::STREAM_START) in the clip's metadata).
+pub fn on_transcript_clock(meta: &BTreeMap<String, String>, start: f64, end: f64) -> (f64, f64) {
+    let origin = meta
+        .get(crate::video::STREAM_START)
+        .and_then(|v| v.parse::<f64>().ok())
+        .filter(|v| v.is_finite())
+        .unwrap_or(0.0);
+    (start - origin, end - origin)
+}
+
 /// The text spoken during [start, end): every cue overlapping the span, in order.
 pub fn cut(cues: &[Cue], start_s: f64, end_s: f64) -> String {
     let mut parts: Vec<&str> = Vec::new();
@@ -77,6 +90,12 @@ mod tests {
         assert_eq!(cues[0].text, "Place the trocar.");
         assert_eq!(cut(&cues, 3.0, 8.0), "Place the trocar. Insufflate the abdomen.");
         assert_eq!(cut(&cues, 6.0, 9.0), "");
+        // a clip of a transport stream whose first frame is at 1.4 s: [4.4, 7.4) on its timeline
+        // is [3, 6) on the transcript's
+        let meta: BTreeMap<String, String> = [(crate::video::STREAM_START.to_string(), "1.4".to_string())].into();
+        let (a, b) = on_transcript_clock(&meta, 4.4, 7.4);
+        assert_eq!(cut(&cues, a, b), "Place the trocar. Insufflate the abdomen.");
+        assert_eq!(on_transcript_clock(&BTreeMap::new(), 4.4, 7.4), (4.4, 7.4));
         let vtt = "WEBVTT\n\n00:01.000 --> 00:02.000 align:start\nHello\n\nbroken --> line\nx\n";
         let cues = parse(vtt);
         assert_eq!(cues, vec![Cue { start_s: 1.0, end_s: 2.0, text: "Hello".into() }]);

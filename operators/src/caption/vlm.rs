@@ -256,7 +256,7 @@ fn target<'a>(rec: &'a Record, services: &dyn Services) -> Result<Target<'a>, It
 
 /// The transcript of the target's span: inline `transcript` metadata, or a `.srt`/`.vtt` file.
 fn transcript_for(t: &Target<'_>, end: f64) -> String {
-    let start = t.range.start_s;
+    let (start, end) = transcript::on_transcript_clock(t.metadata, t.range.start_s, end);
     let file = t
         .metadata
         .get("transcript_uri")

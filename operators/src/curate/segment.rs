@@ -779,6 +779,9 @@ pub fn segment_record(
             let mut metadata: BTreeMap<String, String> = v.metadata.clone();
             metadata.insert("segment_start".into(), s.start_by.as_str().into());
             metadata.insert("segment_end".into(), s.end_by.as_str().into());
+            if sig.start_s > crate::video::TIME_TOL {
+                metadata.insert(crate::video::STREAM_START.into(), format!("{:.6}", sig.start_s));
+            }
             if sig.digests.len() == sig.samples.len() && !sig.digests.is_empty() {
                 let inside: Vec<TickDigest> =
                     sig.digests.iter().filter(|d| d.t >= a - 1e-6 && d.t < b - 1e-6).copied().collect();

@@ -31,6 +31,12 @@
 /// source. Defined here, outside the `video` feature, so that every reader can name it.
 pub const REDACTED_BLOB: &str = "redacted_blob";
 
+/// Clip metadata: where the source's first frame is shown on its stream timeline, seconds, when
+/// that is not 0 (MPEG program and transport streams; `curate.segment` writes it). Clip times are
+/// on the stream timeline, transcripts count from the first frame: on a transcript's clock a clip
+/// spans `[start_s - this, end_s - this)`.
+pub const STREAM_START: &str = "stream_start_s";
+
 pub mod blob;
 pub mod convert;
 pub mod image;
