@@ -71,7 +71,7 @@ fn city_sample_cut_at_frame_115_is_a_clip_boundary_and_480p_floor_rejects_it() {
     assert!(spans.iter().all(|(a, e)| !(*a < cut - 0.05 && *e > cut + 0.05)), "a clip straddles the cut: {spans:?}");
     let first = clips.iter().find(|c| (span(c).1 - cut).abs() <= 0.041).unwrap();
     assert_eq!(first["metadata"]["segment_end"], "cut");
-    // where the timeline starts, for transcripts (which count from the first frame)
+    // where the program stream's pictures start, for transcripts (which count from there)
     assert_eq!(first["metadata"]["stream_start_s"], "0.540000");
     assert_eq!(
         (first["width"].as_u64(), first["height"].as_u64(), first["fps"].as_f64()),

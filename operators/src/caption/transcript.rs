@@ -56,8 +56,9 @@ fn strip_tags(line: &str) -> String {
     out.trim().to_string()
 }
 
-/// A clip's `[start, end)` (stream timeline) on the clock of its transcript, which counts from the
-/// source's first frame ([`STREAM_START`](crate::video::STREAM_START) in the clip's metadata).
+/// A clip's `[start, end)` (stream timeline) on the clock of its transcript, which counts from
+/// where an MPEG program or transport stream's pictures start
+/// ([`STREAM_START`](crate::video::STREAM_START) in the clip's metadata; 0 elsewhere).
 pub fn on_transcript_clock(meta: &BTreeMap<String, String>, start: f64, end: f64) -> (f64, f64) {
     let origin = meta
         .get(crate::video::STREAM_START)

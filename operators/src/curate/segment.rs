@@ -219,6 +219,10 @@ pub struct Signal {
     /// one.
     #[serde(default, skip_serializing_if = "Vec::is_empty")]
     pub gaps: Vec<(f64, f64)>,
+    /// The source is an MPEG program or transport stream: its timeline is its clock, and
+    /// transcripts count from `start_s` ([`crate::video::STREAM_START`]).
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub clock_timeline: bool,
 }
 
 /// The shortest stretch without a frame that counts as a gap in the timestamps, seconds.
@@ -333,6 +337,7 @@ impl SignalBuilder {
             extra_cuts: Vec::new(),
             digests: Vec::new(),
             gaps: self.gaps,
+            clock_timeline: false,
         })
     }
 }
@@ -585,6 +590,7 @@ fn analyse(v: &Video, p: &SegmentParams, ctx: &ItemCtx) -> Result<Result<Signal,
         .finish(shown_w, shown_h, info.fps_f64())
         .ok_or_else(|| ItemError::invalid(format!("{}: no frames could be decoded", v.uri)))?;
     sig.digests = digests;
+    sig.clock_timeline = info.clock_timeline;
     Ok(Ok(sig))
 }
 
@@ -779,7 +785,9 @@ pub fn segment_record(
             let mut metadata: BTreeMap<String, String> = v.metadata.clone();
             metadata.insert("segment_start".into(), s.start_by.as_str().into());
             metadata.insert("segment_end".into(), s.end_by.as_str().into());
-            if sig.start_s > crate::video::TIME_TOL {
+            // (MPEG program and transport streams have no time 0 of their own; other containers
+            // count from theirs, even when their video track starts late.)
+            if sig.clock_timeline && sig.start_s > crate::video::TIME_TOL {
                 metadata.insert(crate::video::STREAM_START.into(), format!("{:.6}", sig.start_s));
             }
             if sig.digests.len() == sig.samples.len() && !sig.digests.is_empty() {
@@ -982,6 +990,7 @@ mod tests {
             extra_cuts: Vec::new(),
             digests: Vec::new(),
             gaps: Vec::new(),
+            clock_timeline: false,
         }
     }
 

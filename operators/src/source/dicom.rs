@@ -502,6 +502,7 @@ impl DicomFrames {
             out_width,
             out_height,
             codec: Some(cine.transfer_syntax_name()),
+            clock_timeline: false,
         };
         Ok(DicomFrames {
             cine,

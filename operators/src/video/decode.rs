@@ -261,6 +261,8 @@ struct State {
     error: Option<VideoError>,
     /// decodebin asked about the file's type already.
     typefound: bool,
+    /// The file is an MPEG program or transport stream (see [`StreamInfo::clock_timeline`]).
+    clock_timeline: bool,
     linked: bool,
     audio: Option<String>,
     /// The decoded stream's size, pixel aspect and frame rate.
@@ -415,6 +417,7 @@ impl GstDecoder {
             fallback_dur: 1.0 / 30.0,
             error: None,
             typefound: false,
+            clock_timeline: false,
             linked: false,
             audio: None,
             src: None,
@@ -434,9 +437,9 @@ impl GstDecoder {
         if let Some(e) = lock(&shared).error.take() {
             return Err(e);
         }
-        let (src_info, geometry, tagged, codec) = {
+        let (src_info, geometry, tagged, codec, clock_timeline) = {
             let st = lock(&shared);
-            (st.src, st.geometry, st.tagged.unwrap_or_default(), st.codec.clone())
+            (st.src, st.geometry, st.tagged.unwrap_or_default(), st.codec.clone(), st.clock_timeline)
         };
         let (Some(SrcInfo { width: w, height: h, par, fps }), Some(geometry)) = (src_info, geometry) else {
             return Err(if prerolled {
@@ -457,8 +460,18 @@ impl GstDecoder {
             return Err(past_the_end(path, start, d));
         }
         let (out_width, out_height) = geometry.out_size();
-        let info =
-            StreamInfo { width: w, height: h, par, orientation: tagged, fps, duration_s, out_width, out_height, codec };
+        let info = StreamInfo {
+            width: w,
+            height: h,
+            par,
+            orientation: tagged,
+            fps,
+            duration_s,
+            out_width,
+            out_height,
+            codec,
+            clock_timeline,
+        };
         let mut dec = GstDecoder {
             pipe,
             sink,
@@ -1005,6 +1018,11 @@ fn connect_decodebin(
         // The first caps decodebin asks about are the type it found for the whole file.
         let from_typefind = !s.typefound;
         s.typefound = true;
+        if from_typefind {
+            s.clock_timeline = name == "video/mpegts"
+                || (name == "video/mpeg"
+                    && caps.structure(0).is_some_and(|st| st.get::<bool>("systemstream").unwrap_or(false)));
+        }
         if from_typefind && name.starts_with("image/") {
             s.error.get_or_insert_with(|| {
                 VideoError::not_video(&path_buf, format!("a still image ({}), not a video", describe_caps(&caps)))

@@ -31,10 +31,11 @@
 /// source. Defined here, outside the `video` feature, so that every reader can name it.
 pub const REDACTED_BLOB: &str = "redacted_blob";
 
-/// Clip metadata: where the source's first frame is shown on its stream timeline, seconds, when
-/// that is not 0 (MPEG program and transport streams; `curate.segment` writes it). Clip times are
-/// on the stream timeline, transcripts count from the first frame: on a transcript's clock a clip
-/// spans `[start_s - this, end_s - this)`.
+/// Clip metadata: where the pictures of an MPEG program or transport stream start on its
+/// timeline, seconds (`curate.segment` writes it from the probed container). Such a timeline is
+/// the stream's clock, not a time 0 of the file; clip times are on it, while transcripts count
+/// from where the pictures start: on a transcript's clock a clip spans `[start_s - this, end_s -
+/// this)`.
 pub const STREAM_START: &str = "stream_start_s";
 
 pub mod blob;
@@ -511,6 +512,9 @@ pub struct StreamInfo {
     pub out_height: u32,
     /// Description of the video codec, when known.
     pub codec: Option<String>,
+    /// The container is an MPEG program or transport stream, whose timeline is its clock (it
+    /// starts where the clock stood, not at a time 0 of the file).
+    pub clock_timeline: bool,
 }
 
 impl StreamInfo {
