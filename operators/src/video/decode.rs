@@ -981,6 +981,13 @@ fn is_container(caps: &gst::CapsRef) -> bool {
     })
 }
 
+/// Whether a file's type is an MPEG program or transport stream, whose timeline is its clock.
+fn is_mpeg_system(caps: &gst::CapsRef) -> bool {
+    caps.structure(0).is_some_and(|s| {
+        s.name() == "video/mpegts" || (s.name() == "video/mpeg" && s.get::<bool>("systemstream").unwrap_or(false))
+    })
+}
+
 /// The orientation an `image-orientation` tag in `tags` names.
 fn tag_orientation(tags: &gst::TagListRef) -> Option<Orientation> {
     tags.get::<gst::tags::ImageOrientation>().and_then(|v| Orientation::from_tag(v.get()))
@@ -1019,9 +1026,7 @@ fn connect_decodebin(
         let from_typefind = !s.typefound;
         s.typefound = true;
         if from_typefind {
-            s.clock_timeline = name == "video/mpegts"
-                || (name == "video/mpeg"
-                    && caps.structure(0).is_some_and(|st| st.get::<bool>("systemstream").unwrap_or(false)));
+            s.clock_timeline = is_mpeg_system(&caps);
         }
         if from_typefind && name.starts_with("image/") {
             s.error.get_or_insert_with(|| {

@@ -434,8 +434,7 @@ pub fn mid_gop_ts(dir: &Path, drop_fraction: f64) -> Result<PathBuf, VideoError>
          mpegtsmux ! filesink name=sink",
         &whole,
     )?;
-    let data =
-        std::fs::read(&whole).map_err(|e| VideoError::Unreadable { path: whole.clone(), reason: e.to_string() })?;
+    let data = read(&whole)?;
     let packets = data.len() / 188;
     let skip = ((packets as f64 * drop_fraction.clamp(0.0, 1.0)) as usize).min(packets);
     let path = dir.join("mid_gop.ts");
@@ -455,18 +454,17 @@ pub fn pts_ahead_ts(dir: &Path, ahead_s: f64) -> Result<PathBuf, VideoError> {
          x264enc speed-preset=ultrafast key-int-max=30 bframes=0 threads=1 ! h264parse ! mpegtsmux ! filesink name=sink",
         &whole,
     )?;
-    let mut data =
-        std::fs::read(&whole).map_err(|e| VideoError::Unreadable { path: whole.clone(), reason: e.to_string() })?;
+    let mut data = read(&whole)?;
     let ahead = (ahead_s.max(0.0) * 90_000.0).round() as u64;
     // A 33-bit timestamp in its 5-byte PES field (marker bits kept).
-    let read = |b: &[u8]| {
+    let get_ts = |b: &[u8]| {
         (u64::from(b[0] >> 1) & 7) << 30
             | u64::from(b[1]) << 22
             | u64::from(b[2] >> 1) << 15
             | u64::from(b[3]) << 7
             | u64::from(b[4] >> 1)
     };
-    let put = |b: &mut [u8], v: u64| {
+    let put_ts = |b: &mut [u8], v: u64| {
         let v = v & ((1 << 33) - 1);
         b[0] = (b[0] & 0xf0) | (((v >> 30) & 7) as u8) << 1 | 1;
         b[1] = (v >> 22) as u8;
@@ -486,12 +484,12 @@ pub fn pts_ahead_ts(dir: &Path, ahead_s: f64) -> Result<PathBuf, VideoError> {
         let fields = p[at + 7] >> 6;
         let t = at + 9;
         if fields & 2 != 0 {
-            let v = read(&p[t..t + 5]);
-            put(&mut p[t..t + 5], v + ahead);
+            let v = get_ts(&p[t..t + 5]);
+            put_ts(&mut p[t..t + 5], v + ahead);
         }
         if fields == 3 {
-            let v = read(&p[t + 5..t + 10]);
-            put(&mut p[t + 5..t + 10], v + ahead);
+            let v = get_ts(&p[t + 5..t + 10]);
+            put_ts(&mut p[t + 5..t + 10], v + ahead);
         }
     }
     let path = dir.join("ahead.ts");
@@ -537,8 +535,7 @@ pub fn turned_copies(base: &Path, dir: &Path, degrees: &[i32]) -> Result<Vec<(i3
 /// −1, 0 or 1; a point `(x, y)` of the stored picture is shown at `(a·x + c·y, b·x + d·y)`, moved
 /// back into the frame), written into `dir` as `<name>.mp4`: turns, mirrors and transposes.
 pub fn matrix_copies(base: &Path, dir: &Path, matrices: &[(String, [i32; 4])]) -> Result<Vec<PathBuf>, VideoError> {
-    let data =
-        std::fs::read(base).map_err(|e| VideoError::Unreadable { path: base.to_path_buf(), reason: e.to_string() })?;
+    let data = read(base)?;
     let at = find(&data, b"tkhd").ok_or_else(|| VideoError::corrupt(base, "no track header (tkhd) box"))?;
     // After the fourcc: version, flags, times and fields (40 bytes in version 0, 52 in version 1),
     // then the 3×3 matrix of 16.16 fixed-point numbers (the last column 2.30).
@@ -657,6 +654,10 @@ pub struct BadInput {
     pub expect: Expect,
 }
 
+fn read(path: &Path) -> Result<Vec<u8>, VideoError> {
+    std::fs::read(path).map_err(|e| VideoError::Unreadable { path: path.to_path_buf(), reason: e.to_string() })
+}
+
 fn write(path: &Path, bytes: &[u8]) -> Result<(), VideoError> {
     std::fs::write(path, bytes).map_err(|e| VideoError::write(path, e))
 }
@@ -688,12 +689,12 @@ pub fn bad_inputs(dir: &Path) -> Result<Vec<BadInput>, VideoError> {
         "videotestsrc num-buffers=60 pattern=ball ! video/x-raw,format=I420,width=160,height=120,framerate=30/1 ! x264enc speed-preset=ultrafast key-int-max=15 ! h264parse ! mp4mux ! filesink name=sink",
         &plain,
     )?;
-    let bytes = std::fs::read(&plain).map_err(|e| VideoError::write(&plain, e))?;
+    let bytes = read(&plain)?;
     write(&add("truncated.mp4", Expect::Fail(InvalidInput, "truncated")), &bytes[..bytes.len() / 2])?;
     std::fs::copy(&base, add("mislabeled.mkv", Expect::Ok)).map_err(|e| VideoError::write(&plain, e))?;
 
     // The bitstream overwritten with noise, the container intact (faststart: moov first).
-    let mut bytes = std::fs::read(&base).map_err(|e| VideoError::write(&base, e))?;
+    let mut bytes = read(&base)?;
     if let Some(m) = find(&bytes, b"mdat") {
         let start = m + 4;
         for (i, b) in bytes[start..].iter_mut().enumerate() {
@@ -703,7 +704,7 @@ pub fn bad_inputs(dir: &Path) -> Result<Vec<BadInput>, VideoError> {
     write(&add("corrupt_bitstream.mp4", Expect::Fail(InvalidInput, "corrupt")), &bytes)?;
 
     // Declared 20000×20000: the sample description and track header patched, the stream tiny.
-    let mut bytes = std::fs::read(&base).map_err(|e| VideoError::write(&base, e))?;
+    let mut bytes = read(&base)?;
     if let Some(a) = find(&bytes, b"avc1") {
         let (w, h) = (a + 28, a + 30);
         bytes[w..w + 2].copy_from_slice(&20000u16.to_be_bytes());
