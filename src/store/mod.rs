@@ -40,7 +40,7 @@ use catalog::now_sql;
 use medgen_operators::api::{Failure, FailureState, MemoKey, ServiceError, Services};
 use rusqlite::types::Type;
 use rusqlite::{Connection, OptionalExtension, TransactionBehavior, params};
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashSet};
 use std::fmt;
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -62,8 +62,9 @@ pub struct Store {
     run_id: AtomicI64,
     blobs: Blobs,
     /// Memo entries read since the last [`Store::flush_memo_use`]: their `used_at` is set when an
-    /// epoch commits or the run finishes (one write for many reads).
-    memo_used: Mutex<Vec<String>>,
+    /// epoch commits or the run finishes (one write for many reads), or when
+    /// [`MEMO_USE_BATCH`] distinct entries wait (a Store used outside a run).
+    memo_used: Mutex<HashSet<String>>,
 }
 
 impl fmt::Debug for Store {
@@ -116,7 +117,7 @@ impl Store {
             conn: Mutex::new(conn),
             run_id: AtomicI64::new(0),
             blobs,
-            memo_used: Mutex::new(Vec::new()),
+            memo_used: Mutex::new(HashSet::new()),
         })
     }
 
@@ -567,6 +568,9 @@ fn to_i64(what: &'static str, value: u64) -> Result<i64, StoreError> {
     i64::try_from(value).map_err(|_| StoreError::OutOfRange { what, value })
 }
 
+/// How many distinct memo reads wait before their use is written without an epoch commit.
+const MEMO_USE_BATCH: usize = 4096;
+
 /// Where [`Services::blob_path`] points for a malformed key: a name no blob has, inside `blobs/`.
 const INVALID_BLOB_NAME: &str = "invalid-key";
 
@@ -575,7 +579,14 @@ impl Services for Store {
     fn memo_get(&self, key: &MemoKey) -> Result<Option<Vec<u8>>, ServiceError> {
         let value = self.memo_lookup(key)?;
         if value.is_some() {
-            self.memo_used.lock().unwrap_or_else(|p| p.into_inner()).push(key.0.clone());
+            let waiting = {
+                let mut used = self.memo_used.lock().unwrap_or_else(|p| p.into_inner());
+                used.insert(key.0.clone());
+                used.len()
+            };
+            if waiting >= MEMO_USE_BATCH {
+                self.flush_memo_use()?;
+            }
         }
         Ok(value)
     }

@@ -652,6 +652,38 @@ fn gc_keep_age_counts_from_the_last_read() {
     assert_eq!(dropped(&s), all);
 }
 
+/// A Store read outside a run (no epoch commits) writes its reads' use once enough distinct
+/// entries wait, so the list neither grows without bound nor loses them; a repeated read is one.
+#[test]
+fn memo_use_is_written_in_batches_outside_a_run() {
+    let (_dir, s) = store();
+    let n = super::MEMO_USE_BATCH as u64;
+    s.write("fill", |c| {
+        let mut stmt = c.prepare(concat!(
+            "INSERT INTO memo (key, node, value, created_at, run_id) VALUES ",
+            "(?1, 'n', x'00', strftime('%Y-%m-%dT%H:%M:%fZ', 'now', '-30 days'), NULL)"
+        ))?;
+        for k in 0..=n {
+            stmt.execute([key(k).0])?;
+        }
+        Ok(())
+    })
+    .unwrap();
+    let week = Duration::from_secs(7 * 86_400);
+    let none = Default::default();
+    let stale = |s: &Store| s.gc_plan(&gc_policy(&none, &none, week)).unwrap().memo_drop.len() as u64;
+    assert_eq!(stale(&s), n + 1);
+    for _ in 0..3 {
+        assert!(s.memo_get(&key(0)).unwrap().is_some());
+    }
+    for k in 1..n - 1 {
+        assert!(s.memo_get(&key(k)).unwrap().is_some());
+    }
+    assert_eq!(stale(&s), n + 1, "{} distinct reads wait", n - 1);
+    assert!(s.memo_get(&key(n - 1)).unwrap().is_some());
+    assert_eq!(stale(&s), 1, "the batch is written: only the entry never read is stale");
+}
+
 /// A latent refers to its codec through its safetensors header (`codec_ref = "blob:<key>"`):
 /// collection must keep that blob while the latent is kept.
 #[test]
