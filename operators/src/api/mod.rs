@@ -11,7 +11,7 @@ pub mod services;
 pub mod spec;
 
 pub use epochs::{EpochView, on_epochs};
-pub use pool::{ItemCtx, ItemError, PoolConfig, PoolItem, pool_map, split_failures};
+pub use pool::{ItemCtx, ItemError, PoolConfig, PoolItem, pool_map, pool_stage, split_failures};
 pub use records::*;
 pub use services::{FailureState, MemServices, MemoKey, ServiceError, Services};
 pub use spec::*;

@@ -20,7 +20,7 @@
 
 use super::records::{ErrorClass, Failure, Record, route_hash};
 use super::services::{MemoKey, Services};
-use super::spec::{BuildCtx, Coll, NodeStats, RunSettings};
+use super::spec::{BuildCtx, Coll, FAILURES_PORT, NodeStats, OUT_PORT, Outputs, RunSettings};
 use differential_dataflow::{AsCollection, VecCollection};
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::hash::Hash;
@@ -499,6 +499,16 @@ where
             }
         })
         .as_collection()
+}
+
+/// The usual shape of a per-record node: `f` on each record of `input` on the pool (memoised),
+/// what it returns on `out`, the items that failed on `failures`.
+pub fn pool_stage<'s, F>(ctx: &BuildCtx<'s>, input: Coll<'s>, threads: usize, f: F) -> Outputs<'s>
+where
+    F: Fn(&Record, &ItemCtx) -> Result<Vec<Record>, ItemError> + Send + Sync + 'static,
+{
+    let (ok, failed) = split_failures(pool_map(ctx, input, PoolConfig { threads, memoise: true }, f));
+    Outputs::default().with(OUT_PORT, ok).with(FAILURES_PORT, failed)
 }
 
 /// Split a collection into its non-failure records and its failures.

@@ -254,6 +254,25 @@ pub enum BuildError {
     },
 }
 
+/// The input collection on port `in`, or a build error naming the node.
+pub fn take_input<'s>(ctx: &BuildCtx<'s>, inputs: &mut Inputs<'s>) -> Result<Coll<'s>, BuildError> {
+    inputs
+        .take(ctx.scope, "in")
+        .ok_or_else(|| BuildError::Invalid { node: ctx.node.clone(), message: "input `in` is not connected".into() })
+}
+
+/// The params JSON without the given keys: for fingerprints that leave out what does not change
+/// an item's result (concurrency, thresholds applied later, modes).
+pub fn fingerprint_without<P: serde::Serialize>(params: &P, keys: &[&str]) -> serde_json::Value {
+    let mut v = serde_json::to_value(params).unwrap_or(serde_json::Value::Null);
+    if let Some(o) = v.as_object_mut() {
+        for k in keys {
+            o.remove(*k);
+        }
+    }
+    v
+}
+
 /// An operator: implement [`Operator`] through [`TypedOperator`], which adds typed params.
 pub trait Operator: Send + Sync + 'static {
     fn spec(&self) -> OpSpec;

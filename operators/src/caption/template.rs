@@ -331,10 +331,7 @@ impl TypedOperator for CaptionTemplate {
         p: &TemplateParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = inputs.take(ctx.scope, "in").ok_or_else(|| BuildError::Invalid {
-            node: ctx.node.clone(),
-            message: "input `in` is not connected".into(),
-        })?;
+        let input = take_input(ctx, &mut inputs)?;
         let p = p.clone();
         let all = pool_map(ctx, input, PoolConfig::default(), move |rec: &Record, ictx| {
             let (mut f, uri, start, end) = facts(rec).ok_or_else(|| {

@@ -543,10 +543,7 @@ impl TypedOperator for CaptionVlm {
         p: &VlmParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = inputs.take(ctx.scope, "in").ok_or_else(|| BuildError::Invalid {
-            node: ctx.node.clone(),
-            message: "input `in` is not connected".into(),
-        })?;
+        let input = take_input(ctx, &mut inputs)?;
         let invalid = |message: String| BuildError::Invalid { node: ctx.node.clone(), message };
         let detailed = read_template(&ctx.base_dir, &p.detailed_prompt, prompt::DETAILED).map_err(invalid)?;
         let brief = read_template(&ctx.base_dir, &p.brief_prompt, prompt::BRIEF).map_err(invalid)?;

@@ -119,18 +119,6 @@ pub fn reject(s: &mut Scores, node: &str, reason: impl Into<String>) {
     s.labels.insert(REASON.into(), reason.into());
 }
 
-/// The params JSON without the given keys (for fingerprints that leave out thresholds, modes and
-/// concurrency).
-pub fn fingerprint_without<P: Serialize>(params: &P, keys: &[&str]) -> serde_json::Value {
-    let mut v = serde_json::to_value(params).unwrap_or(serde_json::Value::Null);
-    if let Some(o) = v.as_object_mut() {
-        for k in keys {
-            o.remove(*k);
-        }
-    }
-    v
-}
-
 /// The pool item of a clip measurement: identified (memo key) by its source's content hash and
 /// span only, so metadata, scores or a written blob do not invalidate the measurement.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -309,13 +297,6 @@ pub fn count_out<'s>(ctx: &BuildCtx<'s>, coll: Coll<'s>) -> Coll<'s> {
             NodeStats::add(&stats.items_out, *r as u64);
         }
     })
-}
-
-/// The input collection on port `in`, or a build error naming the node.
-pub fn take_input<'s>(ctx: &BuildCtx<'s>, inputs: &mut Inputs<'s>) -> Result<Coll<'s>, BuildError> {
-    inputs
-        .take(ctx.scope, "in")
-        .ok_or_else(|| BuildError::Invalid { node: ctx.node.clone(), message: "input `in` is not connected".into() })
 }
 
 /// Issue unless `v` is a finite number in `[lo, hi]`.

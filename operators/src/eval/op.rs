@@ -14,9 +14,10 @@
 //! only adds its own videos: the earlier ones stay memo hits.
 
 use super::vbench::{self as vb, BackboneConfig, Dimension, EvalError, Evaluator};
+use crate::api::fingerprint_without;
 use crate::api::loaded::LoadedCache;
 use crate::api::*;
-use crate::curate::{check_threads, fingerprint_without};
+use crate::curate::check_threads;
 use schemars::JsonSchema;
 use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;

@@ -84,7 +84,7 @@ impl TypedOperator for LatentDecodeVideo {
         p: &DecodeVideoParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = crate::curate::take_input(ctx, &mut inputs)?;
+        let input = crate::api::take_input(ctx, &mut inputs)?;
         let (path, vae) = match (&p.codec_from, &p.codec_file, &p.vae) {
             (Some(node), _, _) => (codec_path(&ctx.services.outputs_dir(), node), false),
             (_, Some(f), _) => (ctx.resolve(f), false),

@@ -121,7 +121,7 @@ impl TypedOperator for LatentEncodeText {
         p: &EncodeTextParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = crate::curate::take_input(ctx, &mut inputs)?;
+        let input = crate::api::take_input(ctx, &mut inputs)?;
         let dir = resolve_dir(p.text_encoder, p.text_model.as_deref(), &ctx.base_dir)
             .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
         let (kind, tokens, field) = (p.text_encoder, p.text_tokens, p.field);

@@ -324,7 +324,7 @@ impl TypedOperator for LatentEncodeVideo {
         p: &EncodeVideoParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = crate::curate::take_input(ctx, &mut inputs)?;
+        let input = crate::api::take_input(ctx, &mut inputs)?;
         let invalid = |message: String| BuildError::Invalid { node: ctx.node.clone(), message };
         let spec = p.frame_spec();
         let services = ctx.services.clone();

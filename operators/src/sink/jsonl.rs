@@ -131,9 +131,7 @@ impl TypedOperator for SinkJsonl {
         p: &JsonlParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let Some(input) = inputs.take(ctx.scope, "in") else {
-            return Err(BuildError::Invalid { node: ctx.node.clone(), message: "input `in` is not connected".into() });
-        };
+        let input = take_input(ctx, &mut inputs)?;
         let path = output_path(&ctx.services.outputs_dir(), &p.path);
         let kinds = p.kinds.clone();
         let input = if kinds.is_empty() { input } else { input.filter(move |r| kinds.contains(&r.kind())) };

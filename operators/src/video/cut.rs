@@ -247,21 +247,11 @@ impl TypedOperator for VideoCut {
     }
 
     fn check(&self, p: &CutParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
-        let mut v = Vec::new();
-        check_encoding(&mut v, p.crf, &p.preset, p.fps, p.width, p.height, p.resize, p.encoder);
-        if !(p.keyint_s > 0.0 && p.keyint_s.is_finite()) {
-            v.push(ParamIssue::error("keyint_s", "must be a positive number of seconds", None));
-        }
-        crate::api::pool::check_threads(p.threads, &mut v);
-        v
+        check_encoding(p.crf, &p.preset, p.fps, (p.width, p.height, p.resize), p.keyint_s, p.encoder, p.threads)
     }
 
     fn fingerprint(&self, p: &CutParams) -> serde_json::Value {
-        let mut v = serde_json::to_value(p).unwrap_or(serde_json::Value::Null);
-        if let Some(o) = v.as_object_mut() {
-            o.remove("threads");
-        }
-        v
+        fingerprint_without(p, &["threads"])
     }
 
     fn build<'s>(
@@ -270,17 +260,11 @@ impl TypedOperator for VideoCut {
         p: &CutParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = inputs.take(ctx.scope, "in").ok_or_else(|| BuildError::Invalid {
-            node: ctx.node.clone(),
-            message: "input `in` is not connected".into(),
-        })?;
+        let input = take_input(ctx, &mut inputs)?;
         let p = p.clone();
         let services = ctx.services.clone();
-        let out = pool_map(ctx, input, PoolConfig { threads: p.threads, memoise: true }, move |rec: &Record, ictx| {
-            cut_record(rec, &p, services.as_ref(), ictx)
-        });
-        let (ok, failed) = split_failures(out);
-        Ok(Outputs::default().with(OUT_PORT, ok).with(FAILURES_PORT, failed))
+        let threads = p.threads;
+        Ok(pool_stage(ctx, input, threads, move |rec: &Record, ictx| cut_record(rec, &p, services.as_ref(), ictx)))
     }
 }
 

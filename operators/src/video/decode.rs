@@ -1476,11 +1476,7 @@ impl TypedOperator for VideoDecode {
     }
 
     fn fingerprint(&self, p: &DecodeParams) -> serde_json::Value {
-        let mut v = serde_json::to_value(p).unwrap_or(serde_json::Value::Null);
-        if let Some(o) = v.as_object_mut() {
-            o.remove("threads");
-        }
-        v
+        fingerprint_without(p, &["threads"])
     }
 
     fn build<'s>(
@@ -1489,17 +1485,11 @@ impl TypedOperator for VideoDecode {
         p: &DecodeParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = inputs.take(ctx.scope, "in").ok_or_else(|| BuildError::Invalid {
-            node: ctx.node.clone(),
-            message: "input `in` is not connected".into(),
-        })?;
+        let input = take_input(ctx, &mut inputs)?;
         let p = p.clone();
         let services = ctx.services.clone();
-        let out = pool_map(ctx, input, PoolConfig { threads: p.threads, memoise: true }, move |rec: &Record, ictx| {
-            decode_record(rec, &p, services.as_ref(), ictx)
-        });
-        let (ok, failed) = split_failures(out);
-        Ok(Outputs::default().with(OUT_PORT, ok).with(FAILURES_PORT, failed))
+        let threads = p.threads;
+        Ok(pool_stage(ctx, input, threads, move |rec: &Record, ictx| decode_record(rec, &p, services.as_ref(), ictx)))
     }
 }
 

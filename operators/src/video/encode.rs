@@ -485,17 +485,16 @@ fn default_threads() -> usize {
 }
 
 /// Check the encoding params shared by `video.encode` and `video.cut`.
-#[allow(clippy::too_many_arguments)]
 pub(crate) fn check_encoding(
-    v: &mut Vec<ParamIssue>,
     crf: u32,
     preset: &str,
     fps: Option<f64>,
-    width: Option<u32>,
-    height: Option<u32>,
-    resize: ResizeMode,
+    (width, height, resize): (Option<u32>, Option<u32>, ResizeMode),
+    keyint_s: f64,
     encoder: H264Encoder,
-) {
+    threads: usize,
+) -> Vec<ParamIssue> {
+    let mut v = Vec::new();
     if crf > 50 {
         v.push(ParamIssue::error("crf", format!("{crf} is out of range 0–50"), Some("e.g. crf = 23".into())));
     }
@@ -522,6 +521,11 @@ pub(crate) fn check_encoding(
             Some("install gstreamer1.0-plugins-ugly, or use encoder = \"auto\"".into()),
         ));
     }
+    if !(keyint_s > 0.0 && keyint_s.is_finite()) {
+        v.push(ParamIssue::error("keyint_s", "must be a positive number of seconds", None));
+    }
+    crate::api::pool::check_threads(threads, &mut v);
+    v
 }
 
 /// Edit distance for suggestions (small strings).
@@ -629,21 +633,11 @@ impl TypedOperator for VideoEncode {
     }
 
     fn check(&self, p: &EncodeParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
-        let mut v = Vec::new();
-        check_encoding(&mut v, p.crf, &p.preset, p.fps, p.width, p.height, p.resize, p.encoder);
-        if !(p.keyint_s > 0.0 && p.keyint_s.is_finite()) {
-            v.push(ParamIssue::error("keyint_s", "must be a positive number of seconds", None));
-        }
-        crate::api::pool::check_threads(p.threads, &mut v);
-        v
+        check_encoding(p.crf, &p.preset, p.fps, (p.width, p.height, p.resize), p.keyint_s, p.encoder, p.threads)
     }
 
     fn fingerprint(&self, p: &EncodeParams) -> serde_json::Value {
-        let mut v = serde_json::to_value(p).unwrap_or(serde_json::Value::Null);
-        if let Some(o) = v.as_object_mut() {
-            o.remove("threads");
-        }
-        v
+        fingerprint_without(p, &["threads"])
     }
 
     fn build<'s>(
@@ -652,17 +646,11 @@ impl TypedOperator for VideoEncode {
         p: &EncodeParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = inputs.take(ctx.scope, "in").ok_or_else(|| BuildError::Invalid {
-            node: ctx.node.clone(),
-            message: "input `in` is not connected".into(),
-        })?;
+        let input = take_input(ctx, &mut inputs)?;
         let p = p.clone();
         let services = ctx.services.clone();
-        let out = pool_map(ctx, input, PoolConfig { threads: p.threads, memoise: true }, move |rec: &Record, ictx| {
-            encode_record(rec, &p, services.as_ref(), ictx)
-        });
-        let (ok, failed) = split_failures(out);
-        Ok(Outputs::default().with(OUT_PORT, ok).with(FAILURES_PORT, failed))
+        let threads = p.threads;
+        Ok(pool_stage(ctx, input, threads, move |rec: &Record, ictx| encode_record(rec, &p, services.as_ref(), ictx)))
     }
 }
 

@@ -612,16 +612,10 @@ impl TypedOperator for VideoProbe {
         p: &ProbeParams,
         mut inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let input = inputs.take(ctx.scope, "in").ok_or_else(|| BuildError::Invalid {
-            node: ctx.node.clone(),
-            message: "input `in` is not connected".into(),
-        })?;
+        let input = take_input(ctx, &mut inputs)?;
         let p = p.clone();
-        let out = pool_map(ctx, input, PoolConfig { threads: p.threads, memoise: true }, move |rec: &Record, ictx| {
-            probe_record(rec, &p, ictx)
-        });
-        let (ok, failed) = split_failures(out);
-        Ok(Outputs::default().with(OUT_PORT, ok).with(FAILURES_PORT, failed))
+        let threads = p.threads;
+        Ok(pool_stage(ctx, input, threads, move |rec: &Record, ictx| probe_record(rec, &p, ictx)))
     }
 }
 
