@@ -15,8 +15,7 @@
 //! The whole file is read into memory when its frames are decoded (DICOM cine files are small);
 //! the header alone is read to probe it.
 
-use super::files::Matcher;
-use super::{ScanLoop, scanning_source};
+use super::files::FolderScan;
 use crate::api::*;
 use crate::video::{
     DecodeSpec, DecodeStats, Frame, Geometry, PixelFormat, Selector, StreamInfo, VideoError, check_input_file, image,
@@ -30,7 +29,7 @@ use serde::{Deserialize, Serialize};
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
-use std::time::{Duration, Instant};
+use std::time::Instant;
 
 /// Header fields copied into a Video's metadata: (metadata key, tag). Nothing else is.
 pub const SAFE_FIELDS: &[(&str, Tag)] = &[
@@ -650,6 +649,19 @@ pub struct DicomParams {
 }
 
 /// The `source.dicom` operator.
+impl DicomParams {
+    fn scan(&self) -> FolderScan<'_> {
+        FolderScan {
+            paths: &self.paths,
+            skip_hidden: self.skip_hidden,
+            watch: self.watch,
+            poll_seconds: self.poll_seconds,
+            settle_seconds: self.settle_seconds,
+            threads: self.threads,
+        }
+    }
+}
+
 pub struct SourceDicom;
 
 impl TypedOperator for SourceDicom {
@@ -675,28 +687,8 @@ impl TypedOperator for SourceDicom {
         }
     }
 
-    fn check(&self, p: &DicomParams, _ctx: &CheckCtx) -> Vec<ParamIssue> {
-        let mut issues = Vec::new();
-        if p.paths.is_empty() {
-            issues.push(ParamIssue::error(
-                "paths",
-                "no patterns given",
-                Some("e.g. paths = [\"data/echo/**/*.dcm\"]".into()),
-            ));
-        }
-        for (i, pat) in p.paths.iter().enumerate() {
-            if let Err(e) = globset::Glob::new(pat) {
-                issues.push(ParamIssue::error(format!("paths[{i}]"), format!("bad glob pattern `{pat}`: {e}"), None));
-            }
-        }
-        if !(p.poll_seconds > 0.0 && p.poll_seconds.is_finite()) {
-            issues.push(ParamIssue::error("poll_seconds", "must be a positive number of seconds", None));
-        }
-        if !(p.settle_seconds >= 0.0 && p.settle_seconds.is_finite()) {
-            issues.push(ParamIssue::error("settle_seconds", "must be zero or a positive number of seconds", None));
-        }
-        crate::api::pool::check_threads(p.threads, &mut issues);
-        issues
+    fn check(&self, p: &DicomParams, ctx: &CheckCtx) -> Vec<ParamIssue> {
+        p.scan().check(&ctx.base_dir, "data/echo/**/*.dcm")
     }
 
     fn fingerprint(&self, p: &DicomParams) -> serde_json::Value {
@@ -709,15 +701,7 @@ impl TypedOperator for SourceDicom {
         p: &DicomParams,
         _inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let matcher = Matcher::new(&ctx.base_dir, &p.paths, p.skip_hidden)
-            .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
-        let settle = Duration::from_secs_f64(p.settle_seconds.max(0.0));
-        let watch = p.watch;
-        let mut seen = BTreeMap::new();
-        let how = ScanLoop { watch, poll: Duration::from_secs_f64(p.poll_seconds.max(0.01)) };
-        let hashed = scanning_source(ctx, how, p.threads, move || {
-            if watch && !settle.is_zero() { matcher.scan(Some((settle, &mut seen))) } else { matcher.scan(None) }
-        });
+        let hashed = p.scan().build(ctx)?;
         let (videos, scan_failures) = split_failures(hashed);
         // Second stage: read each file's header. Its counters stay private (the node's items were
         // counted by the first stage); its failures are counted into the node's.

@@ -88,6 +88,87 @@ fn normalize(p: &Path) -> PathBuf {
 pub type SettleState = BTreeMap<String, (u64, u128, std::time::Instant)>;
 
 /// A compiled set of patterns.
+impl FilesParams {
+    fn scan(&self) -> FolderScan<'_> {
+        FolderScan {
+            paths: &self.paths,
+            skip_hidden: self.skip_hidden,
+            watch: self.watch,
+            poll_seconds: self.poll_seconds,
+            settle_seconds: self.settle_seconds,
+            threads: self.threads,
+        }
+    }
+}
+
+/// The params of a source that scans folders for files (`source.files`, `source.dicom`).
+pub struct FolderScan<'a> {
+    pub paths: &'a [String],
+    pub skip_hidden: bool,
+    pub watch: bool,
+    pub poll_seconds: f64,
+    pub settle_seconds: f64,
+    pub threads: usize,
+}
+
+impl FolderScan<'_> {
+    /// Issues with the patterns (bad globs; folders that do not exist yet, as warnings), the
+    /// polling times and threads. `example` is a pattern the hint shows.
+    pub fn check(&self, base_dir: &Path, example: &str) -> Vec<ParamIssue> {
+        let mut issues = Vec::new();
+        if self.paths.is_empty() {
+            issues.push(ParamIssue::error(
+                "paths",
+                "no patterns given",
+                Some(format!("add at least one, e.g. paths = [\"{example}\"]")),
+            ));
+        }
+        for (i, pat) in self.paths.iter().enumerate() {
+            if let Err(e) = Glob::new(pat) {
+                issues.push(ParamIssue::error(
+                    format!("paths[{i}]"),
+                    format!("bad glob pattern `{pat}`: {e}"),
+                    Some("check brackets and braces".into()),
+                ));
+                continue;
+            }
+            let (root, _) = split_pattern(base_dir, pat);
+            if !root.exists() {
+                issues.push(ParamIssue::warning(
+                    format!("paths[{i}]"),
+                    format!("folder {} does not exist yet", root.display()),
+                    Some("create it, or fix the pattern; a run records it as a failure".into()),
+                ));
+            }
+        }
+        if !(self.poll_seconds > 0.0 && self.poll_seconds.is_finite()) {
+            issues.push(ParamIssue::error(
+                "poll_seconds",
+                "must be a positive number of seconds",
+                Some("e.g. poll_seconds = 2.0".into()),
+            ));
+        }
+        if !(self.settle_seconds >= 0.0 && self.settle_seconds.is_finite()) {
+            issues.push(ParamIssue::error("settle_seconds", "must be zero or a positive number of seconds", None));
+        }
+        crate::api::pool::check_threads(self.threads, &mut issues);
+        issues
+    }
+
+    /// The source: matching files as Video records (hashed on the pool), failures among them.
+    pub fn build<'s>(&self, ctx: &BuildCtx<'s>) -> Result<Coll<'s>, BuildError> {
+        let matcher = Matcher::new(&ctx.base_dir, self.paths, self.skip_hidden)
+            .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
+        let settle = Duration::from_secs_f64(self.settle_seconds.max(0.0));
+        let watch = self.watch;
+        let mut seen = BTreeMap::new();
+        let how = ScanLoop { watch, poll: Duration::from_secs_f64(self.poll_seconds.max(0.01)) };
+        Ok(scanning_source(ctx, how, self.threads, move || {
+            if watch && !settle.is_zero() { matcher.scan(Some((settle, &mut seen))) } else { matcher.scan(None) }
+        }))
+    }
+}
+
 pub struct Matcher {
     roots: Vec<(PathBuf, String)>,
     set: GlobSet,
@@ -228,44 +309,7 @@ impl TypedOperator for SourceFiles {
     }
 
     fn check(&self, p: &FilesParams, ctx: &CheckCtx) -> Vec<ParamIssue> {
-        let mut issues = Vec::new();
-        if p.paths.is_empty() {
-            issues.push(ParamIssue::error(
-                "paths",
-                "no patterns given",
-                Some("add at least one, e.g. paths = [\"videos/**/*.mp4\"]".into()),
-            ));
-        }
-        for (i, pat) in p.paths.iter().enumerate() {
-            if let Err(e) = Glob::new(pat) {
-                issues.push(ParamIssue::error(
-                    format!("paths[{i}]"),
-                    format!("bad glob pattern `{pat}`: {e}"),
-                    Some("check brackets and braces".into()),
-                ));
-                continue;
-            }
-            let (root, _) = split_pattern(&ctx.base_dir, pat);
-            if !root.exists() {
-                issues.push(ParamIssue::warning(
-                    format!("paths[{i}]"),
-                    format!("folder {} does not exist yet", root.display()),
-                    Some("create it, or fix the pattern; a run records it as a failure".into()),
-                ));
-            }
-        }
-        if !(p.poll_seconds > 0.0 && p.poll_seconds.is_finite()) {
-            issues.push(ParamIssue::error(
-                "poll_seconds",
-                "must be a positive number of seconds",
-                Some("e.g. poll_seconds = 2.0".into()),
-            ));
-        }
-        if !(p.settle_seconds >= 0.0 && p.settle_seconds.is_finite()) {
-            issues.push(ParamIssue::error("settle_seconds", "must be zero or a positive number of seconds", None));
-        }
-        crate::api::pool::check_threads(p.threads, &mut issues);
-        issues
+        p.scan().check(&ctx.base_dir, "videos/**/*.mp4")
     }
 
     fn fingerprint(&self, _p: &FilesParams) -> serde_json::Value {
@@ -279,16 +323,7 @@ impl TypedOperator for SourceFiles {
         p: &FilesParams,
         _inputs: Inputs<'s>,
     ) -> Result<Outputs<'s>, BuildError> {
-        let matcher = Matcher::new(&ctx.base_dir, &p.paths, p.skip_hidden)
-            .map_err(|message| BuildError::Invalid { node: ctx.node.clone(), message })?;
-        let settle = Duration::from_secs_f64(p.settle_seconds.max(0.0));
-        let watch = p.watch;
-        let mut seen = BTreeMap::new();
-        let how = ScanLoop { watch, poll: Duration::from_secs_f64(p.poll_seconds.max(0.01)) };
-        let all = scanning_source(ctx, how, p.threads, move || {
-            if watch && !settle.is_zero() { matcher.scan(Some((settle, &mut seen))) } else { matcher.scan(None) }
-        });
-        let (ok, failed) = split_failures(all);
+        let (ok, failed) = split_failures(p.scan().build(ctx)?);
         Ok(Outputs::default().with(OUT_PORT, ok).with(FAILURES_PORT, failed))
     }
 }
