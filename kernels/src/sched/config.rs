@@ -96,6 +96,8 @@ impl SchedulerSpec {
         };
         let refuse =
             |k: &str, why: &str| Err(bad(format!("scheduler option `{k}` = {} is not implemented: {why}", config[k])));
+        // diffusers stretches only when `shift_terminal` is truthy: 0 and null leave the schedule.
+        let terminal = || -> Result<Option<f64>> { Ok(num("shift_terminal")?.filter(|t| *t != 0.0)) };
         let mut spec = SchedulerSpec::new(kind);
         if let Some(t) = num("num_train_timesteps")? {
             if !(t >= 2.0 && t.fract() == 0.0 && t <= super::MAX_STEPS as f64) {
@@ -133,7 +135,7 @@ impl SchedulerSpec {
                 if chosen.len() > 1 {
                     return Err(bad(format!("only one of {} can be true", chosen.join(", "))));
                 }
-                spec.euler.shift_terminal = num("shift_terminal")?;
+                spec.euler.shift_terminal = terminal()?;
                 spec.euler.invert_sigmas = flag("invert_sigmas")?;
             }
             SchedulerKind::UniPc => {
@@ -145,12 +147,21 @@ impl SchedulerSpec {
                             .into(),
                     ));
                 }
-                for k in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas", "use_dynamic_shifting"] {
+                if flag("use_dynamic_shifting")? {
+                    return refuse(
+                        "use_dynamic_shifting",
+                        "the flow sigmas are then shifted by a resolution-dependent `mu` the Wan pipelines never \
+                         pass; set a fixed `flow_shift`",
+                    );
+                }
+                spec.unipc.shift_terminal = terminal()?;
+                for k in ["use_karras_sigmas", "use_exponential_sigmas", "use_beta_sigmas"] {
                     if flag(k)? {
                         return refuse(
                             k,
-                            "diffusers' UniPC takes that branch before its flow sigmas and builds the schedule from \
-                             the VP beta table, which is not a flow-matching schedule; use `use_flow_sigmas` alone",
+                            "diffusers' UniPC then spaces the σ of its VP beta table instead of the flow sigmas \
+                             (Karras maps them to σ/(1+σ) afterwards; exponential and beta spacing give no flow \
+                             schedule at all), which medgen's UniPC does not implement; use `use_flow_sigmas` alone",
                         );
                     }
                 }

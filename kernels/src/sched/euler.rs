@@ -80,14 +80,7 @@ impl FlowEuler {
             })
             .collect();
         if let Some(terminal) = options.shift_terminal {
-            if !(terminal.is_finite() && (0.0..1.0).contains(&terminal)) {
-                return Err(Error::arg("FlowEuler", format!("shift_terminal must be in [0, 1), got {terminal}")));
-            }
-            // Stretch 1 − σ so that the last σ lands on `terminal`.
-            let scale = (1.0 - sigmas[steps - 1]) / (1.0 - terminal);
-            for s in &mut sigmas {
-                *s = 1.0 - (1.0 - *s) / scale;
-            }
+            super::stretch_to_terminal("FlowEuler", &mut sigmas, terminal)?;
         }
         let (first, last) = (sigmas[0], sigmas[steps - 1]);
         // The reference's ramp is `linspace(0, 1, N)`: [0] for one step.

@@ -9,28 +9,17 @@
 //! prediction (UniC, from the second step on), then predicts the next sample (UniP). The final
 //! step (σ_N = 0, λ = ∞) lands exactly on `m_{N−1}`.
 
-use super::{Sampler, f32_pair, shift};
+use super::{Sampler, f32_pair, shift, stretch_to_terminal};
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
+use std::iter::Sum;
+use std::ops::{Add, Div, Mul, Neg, Sub};
 
 /// The UniPC sampler with flow sigmas.
 #[derive(Debug, Clone)]
 pub struct FlowUniPc {
-    sigmas: Vec<f32>,
     timesteps: Vec<i64>,
-    order: usize,
-    bh1: bool,
-    lower_order_final: bool,
-    next: usize,
-    /// The last `order` x0-predictions (oldest first).
-    history: Vec<Vec<f32>>,
-    /// The previous step's (corrected) sample.
-    last_sample: Option<Vec<f32>>,
-    /// The order the previous predictor used.
-    last_order: usize,
-    /// Steps whose corrector is skipped (diffusers' `disable_corrector`: the corrector of step
-    /// `i` is skipped when `i − 1` is listed).
-    disable_corrector: Vec<usize>,
+    core: UniPc<f32>,
 }
 
 /// The reference's options beyond the schedule (diffusers `UniPCMultistepScheduler` config names).
@@ -48,6 +37,8 @@ pub struct UniPcOptions {
     /// `solver_type = "bh1"`: `B(h) = h` instead of bh2's `B(h) = e^h − 1` (the reference
     /// recommends it for unconditional sampling in under 10 steps).
     pub bh1: bool,
+    /// `shift_terminal`: stretch the shifted schedule so that its last σ is this value.
+    pub shift_terminal: Option<f64>,
 }
 
 impl Default for UniPcOptions {
@@ -58,13 +49,98 @@ impl Default for UniPcOptions {
             final_sigma_min: false,
             disable_corrector: Vec::new(),
             bh1: false,
+            shift_terminal: None,
         }
     }
 }
 
-/// `λ(σ) = ln(1−σ) − ln σ` (log signal-to-noise), in f32 like the reference.
-fn lambda(s: f32) -> f32 {
-    (1.0 - s).ln() - s.ln()
+/// The arithmetic a UniPC trajectory runs in: f32 like the reference (which runs its scalars and
+/// updates as float32 tensors), or f64 to measure how far f32 rounding alone moves a trajectory.
+pub trait Real:
+    Copy
+    + PartialEq
+    + Add<Output = Self>
+    + Sub<Output = Self>
+    + Mul<Output = Self>
+    + Div<Output = Self>
+    + Neg<Output = Self>
+    + Sum
+    + std::fmt::Debug
+{
+    /// 0.
+    const ZERO: Self;
+    /// 1.
+    const ONE: Self;
+    /// The nearest value to an f32.
+    fn from_f32(v: f32) -> Self;
+    /// The nearest value to a count.
+    fn from_usize(v: usize) -> Self;
+    /// Natural logarithm.
+    fn ln(self) -> Self;
+    /// `eˣ − 1`, accurate near 0.
+    fn exp_m1(self) -> Self;
+    /// Integer power.
+    fn powi(self, n: i32) -> Self;
+    /// Absolute value.
+    fn abs(self) -> Self;
+    /// IEEE total order.
+    fn total_cmp(&self, other: &Self) -> std::cmp::Ordering;
+}
+
+macro_rules! real {
+    ($t:ty) => {
+        impl Real for $t {
+            const ZERO: Self = 0.0;
+            const ONE: Self = 1.0;
+            fn from_f32(v: f32) -> Self {
+                v as $t
+            }
+            fn from_usize(v: usize) -> Self {
+                v as $t
+            }
+            fn ln(self) -> Self {
+                <$t>::ln(self)
+            }
+            fn exp_m1(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+            fn powi(self, n: i32) -> Self {
+                <$t>::powi(self, n)
+            }
+            fn abs(self) -> Self {
+                <$t>::abs(self)
+            }
+            fn total_cmp(&self, other: &Self) -> std::cmp::Ordering {
+                <$t>::total_cmp(self, other)
+            }
+        }
+    };
+}
+real!(f32);
+real!(f64);
+
+/// `λ(σ) = ln(1−σ) − ln σ` (log signal-to-noise).
+fn lambda<T: Real>(s: T) -> T {
+    (T::ONE - s).ln() - s.ln()
+}
+
+/// UniPC's state over a fixed σ schedule, in the arithmetic `T`.
+#[derive(Debug, Clone)]
+pub struct UniPc<T> {
+    sigmas: Vec<T>,
+    order: usize,
+    bh1: bool,
+    lower_order_final: bool,
+    next: usize,
+    /// The last `order` x0-predictions (oldest first).
+    history: Vec<Vec<T>>,
+    /// The previous step's (corrected) sample.
+    last_sample: Option<Vec<T>>,
+    /// The order the previous predictor used.
+    last_order: usize,
+    /// Steps whose corrector is skipped (diffusers' `disable_corrector`: the corrector of step
+    /// `i` is skipped when `i − 1` is listed).
+    disable_corrector: Vec<usize>,
 }
 
 impl FlowUniPc {
@@ -83,6 +159,9 @@ impl FlowUniPc {
         let t = train_timesteps as f64;
         let lo = 1.0 / t;
         let mut sigmas: Vec<f64> = (0..steps).map(|i| shift(1.0 + (lo - 1.0) * i as f64 / steps as f64, by)).collect();
+        if let Some(terminal) = options.shift_terminal {
+            stretch_to_terminal("FlowUniPc", &mut sigmas, terminal)?;
+        }
         if (sigmas[0] - 1.0).abs() < 1e-6 {
             sigmas[0] -= 1e-6;
         }
@@ -90,9 +169,8 @@ impl FlowUniPc {
         let mut sigmas: Vec<f32> = sigmas.iter().map(|s| *s as f32).collect();
         let last = if options.final_sigma_min { sigmas[steps - 1] } else { 0.0 };
         sigmas.push(last);
-        Ok(FlowUniPc {
+        let core = UniPc {
             sigmas,
-            timesteps,
             order,
             bh1: options.bh1,
             lower_order_final: options.lower_order_final,
@@ -101,7 +179,8 @@ impl FlowUniPc {
             last_sample: None,
             last_order: 1,
             disable_corrector: options.disable_corrector.clone(),
-        })
+        };
+        Ok(FlowUniPc { timesteps, core })
     }
 
     /// The integer model timesteps, one per step.
@@ -111,7 +190,25 @@ impl FlowUniPc {
 
     /// σ_0 … σ_N (σ_N = 0).
     pub fn sigmas(&self) -> &[f32] {
-        &self.sigmas
+        &self.core.sigmas
+    }
+
+    /// A fresh sampler on the same (f32) schedule whose arithmetic is f64: the distance between
+    /// its trajectory and this sampler's is what f32 rounding alone does to the samples, a
+    /// reference's own uncertainty included (`medgen verify` judges trajectories with it).
+    pub fn f64_twin(&self) -> UniPc<f64> {
+        let c = &self.core;
+        UniPc {
+            sigmas: c.sigmas.iter().map(|s| *s as f64).collect(),
+            order: c.order,
+            bh1: c.bh1,
+            lower_order_final: c.lower_order_final,
+            next: 0,
+            history: Vec::new(),
+            last_sample: None,
+            last_order: 1,
+            disable_corrector: c.disable_corrector.clone(),
+        }
     }
 }
 
@@ -125,21 +222,28 @@ impl Sampler for FlowUniPc {
     }
 
     fn sigma(&self, i: usize) -> f32 {
-        self.sigmas[i.min(self.sigmas.len() - 1)]
+        self.core.sigmas[i.min(self.core.sigmas.len() - 1)]
     }
 
     fn step(&mut self, model_output: &Tensor, sample: &Tensor) -> Result<Tensor> {
+        let (v, x) = f32_pair("FlowUniPc::step", model_output, sample)?;
+        Tensor::from_vec(self.core.step(&v, x)?, sample.shape())
+    }
+}
+
+impl<T: Real> UniPc<T> {
+    /// One step: the model's velocity `v` at the current sample `x` → the next sample.
+    pub fn step(&mut self, v: &[T], mut x: Vec<T>) -> Result<Vec<T>> {
         let i = self.next;
-        let n = self.len();
+        let n = self.sigmas.len() - 1;
         if i >= n {
             return Err(Error::arg("FlowUniPc::step", format!("all {n} steps are taken")));
         }
-        let (v, mut x) = f32_pair("FlowUniPc::step", model_output, sample)?;
         let si = self.sigmas[i];
-        let m: Vec<f32> = x.iter().zip(&v).map(|(x, v)| x - si * v).collect();
+        let m: Vec<T> = x.iter().zip(v).map(|(x, v)| *x - si * *v).collect();
 
         // UniC: correct the sample with the new prediction, at the order the last predictor used.
-        // Scalars and element updates in f32 in the reference's order of operations (it runs them
+        // Scalars and element updates in the reference's order of operations (in f32 it runs them
         // as float32 tensors; f64 coefficients land 2–3× further from its trajectories).
         let corrector = i > 0 && !self.disable_corrector.contains(&(i - 1));
         if let (true, Some(prev)) = (corrector, &self.last_sample) {
@@ -147,15 +251,15 @@ impl Sampler for FlowUniPc {
             let (s_t, s0) = (self.sigmas[i], self.sigmas[i - 1]);
             let h = lambda(s_t) - lambda(s0);
             // Earlier predictions m_{i−1−k} with r_k = (λ(σ_{i−1−k}) − λ(σ_{i−1}))/h, k = 1..q−1.
-            let older: Vec<(f32, &Vec<f32>)> = (1..q)
+            let older: Vec<(T, &Vec<T>)> = (1..q)
                 .map(|k| ((lambda(self.sigmas[i - 1 - k]) - lambda(s0)) / h, &self.history[self.history.len() - 1 - k]))
                 .collect();
             let (h_phi_1, b_h, b) = phi_b(h, q, self.bh1);
-            let rhos = if q == 1 { vec![0.5] } else { solve(&vandermonde(&older, q), &b) };
+            let rhos = if q == 1 { vec![T::from_f32(0.5)] } else { solve(&vandermonde(&older, q), &b) };
             let m0 = &self.history[self.history.len() - 1];
-            let (ratio, a_phi, a_b) = (s_t / s0, (1.0 - s_t) * h_phi_1, (1.0 - s_t) * b_h);
+            let (ratio, a_phi, a_b) = (s_t / s0, (T::ONE - s_t) * h_phi_1, (T::ONE - s_t) * b_h);
             for k in 0..x.len() {
-                let corr: f32 = older.iter().zip(&rhos).map(|((r, mj), rho)| rho * ((mj[k] - m0[k]) / r)).sum();
+                let corr: T = older.iter().zip(&rhos).map(|((r, mj), rho)| *rho * ((mj[k] - m0[k]) / *r)).sum();
                 let base = ratio * prev[k] - a_phi * m0[k];
                 x[k] = base - a_b * (corr + rhos[q - 1] * (m[k] - m0[k]));
             }
@@ -176,85 +280,84 @@ impl Sampler for FlowUniPc {
         // UniP: predict the next sample.
         let mi = &self.history[self.history.len() - 1];
         let (s_t, s0) = (self.sigmas[i + 1], self.sigmas[i]);
-        let out: Vec<f32> = if s_t == 0.0 {
+        let out: Vec<T> = if s_t == T::ZERO {
             mi.clone()
         } else if s_t == s0 {
             // A final σ equal to the last (final_sigmas_type = "sigma_min"): h = 0, no move.
             x.clone()
         } else {
             let h = lambda(s_t) - lambda(s0);
-            let older: Vec<(f32, &Vec<f32>)> = (1..p)
+            let older: Vec<(T, &Vec<T>)> = (1..p)
                 .map(|k| ((lambda(self.sigmas[i - k]) - lambda(s0)) / h, &self.history[self.history.len() - 1 - k]))
                 .collect();
             let (h_phi_1, b_h, b) = phi_b(h, p, self.bh1);
             // The reference's fixed ρ = 0.5 at order 2; a solve of the first p−1 conditions above.
             let rhos = match p {
                 1 => Vec::new(),
-                2 => vec![0.5],
+                2 => vec![T::from_f32(0.5)],
                 _ => solve(&vandermonde(&older, p - 1), &b[..p - 1]),
             };
-            let (ratio, a_phi, a_b) = (s_t / s0, (1.0 - s_t) * h_phi_1, (1.0 - s_t) * b_h);
+            let (ratio, a_phi, a_b) = (s_t / s0, (T::ONE - s_t) * h_phi_1, (T::ONE - s_t) * b_h);
             (0..x.len())
                 .map(|k| {
                     let base = ratio * x[k] - a_phi * mi[k];
                     if rhos.is_empty() {
                         return base;
                     }
-                    let res: f32 = older.iter().zip(&rhos).map(|((r, mj), rho)| rho * ((mj[k] - mi[k]) / r)).sum();
+                    let res: T = older.iter().zip(&rhos).map(|((r, mj), rho)| *rho * ((mj[k] - mi[k]) / *r)).sum();
                     base - a_b * res
                 })
                 .collect()
         };
         self.last_sample = Some(x);
-        Tensor::from_vec(out, sample.shape())
+        Ok(out)
     }
 }
 
 /// `h·φ₁ = expm1(−h)`, `B(h)` and UniPC's `b_k = h·φ_k(−h)·k!/B(h)` for k = 1..=order, with the
 /// bh2 choice `B(h) = expm1(−h)` or bh1's `B(h) = −h` (x0-prediction, so the sign of h is
-/// flipped); f32 like the reference.
-fn phi_b(h: f32, order: usize, bh1: bool) -> (f32, f32, Vec<f32>) {
+/// flipped).
+fn phi_b<T: Real>(h: T, order: usize, bh1: bool) -> (T, T, Vec<T>) {
     let hh = -h;
     let h_phi_1 = hh.exp_m1();
     let b_h = if bh1 { hh } else { h_phi_1 };
-    let mut h_phi_k = h_phi_1 / hh - 1.0;
-    let mut factorial = 1.0f32;
+    let mut h_phi_k = h_phi_1 / hh - T::ONE;
+    let mut factorial = T::ONE;
     let mut b = Vec::with_capacity(order);
     for k in 1..=order {
         b.push(h_phi_k * factorial / b_h);
-        factorial *= (k + 1) as f32;
-        h_phi_k = h_phi_k / hh - 1.0 / factorial;
+        factorial = factorial * T::from_usize(k + 1);
+        h_phi_k = h_phi_k / hh - T::ONE / factorial;
     }
     (h_phi_1, b_h, b)
 }
 
 /// The `size × size` system `R[j][c] = r_c^j` over the older predictions' ratios, the last
 /// column `r = 1` (the newest prediction's).
-fn vandermonde(older: &[(f32, &Vec<f32>)], size: usize) -> Vec<Vec<f32>> {
-    let mut rks: Vec<f32> = older.iter().map(|(r, _)| *r).collect();
-    rks.push(1.0);
+fn vandermonde<T: Real>(older: &[(T, &Vec<T>)], size: usize) -> Vec<Vec<T>> {
+    let mut rks: Vec<T> = older.iter().map(|(r, _)| *r).collect();
+    rks.push(T::ONE);
     (0..size).map(|j| (0..size).map(|c| rks[c].powi(j as i32)).collect()).collect()
 }
 
-/// Solves the small dense system `a·x = b` (Gaussian elimination with partial pivoting, f32 like
+/// Solves the small dense system `a·x = b` (Gaussian elimination with partial pivoting, like
 /// the reference's `torch.linalg.solve`).
-fn solve(a: &[Vec<f32>], b: &[f32]) -> Vec<f32> {
+fn solve<T: Real>(a: &[Vec<T>], b: &[T]) -> Vec<T> {
     let n = b.len();
-    let mut m: Vec<Vec<f32>> =
-        a.iter().zip(b).map(|(row, bi)| row[..n].iter().copied().chain([*bi]).collect()).collect();
+    let mut m: Vec<Vec<T>> = a.iter().zip(b).map(|(row, bi)| row[..n].iter().copied().chain([*bi]).collect()).collect();
     for col in 0..n {
         let pivot = (col..n).max_by(|&x, &y| m[x][col].abs().total_cmp(&m[y][col].abs())).unwrap_or(col);
         m.swap(col, pivot);
         for row in col + 1..n {
             let f = m[row][col] / m[col][col];
             for c in col..=n {
-                m[row][c] -= f * m[col][c];
+                m[row][c] = m[row][c] - f * m[col][c];
             }
         }
     }
-    let mut x = vec![0.0; n];
+    let mut x = vec![T::ZERO; n];
     for row in (0..n).rev() {
-        let tail: f32 = (row + 1..n).map(|c| m[row][c] * x[c]).sum();
+        let tail: T = (row + 1..n).map(|c| m[row][c] * x[c]).sum();
         x[row] = (m[row][n] - tail) / m[row][row];
     }
     x
