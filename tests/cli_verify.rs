@@ -86,6 +86,53 @@ fn a_tampered_reference_fails_and_a_non_fixture_is_refused() {
     assert_eq!(v["pass"], true);
 }
 
+/// A copy of a fixture without the tensors in `drop`, its metadata `key` set to `value`.
+fn rewritten(src: &Path, dst: &Path, drop: &[&str], meta: Option<(&str, &str)>) {
+    let f = SafeTensorsFile::open(src).unwrap();
+    let tensors: Vec<(String, medgen_kernels::Tensor)> = f
+        .keys()
+        .into_iter()
+        .filter(|k| !drop.contains(&k.as_str()))
+        .map(|k| (k.clone(), f.load(&k).unwrap()))
+        .collect();
+    let mut m = f.user_metadata().cloned().unwrap();
+    if let Some((k, v)) = meta {
+        m.insert(k.into(), v.into());
+    }
+    let named: Vec<(&str, &medgen_kernels::Tensor)> = tensors.iter().map(|(k, t)| (k.as_str(), t)).collect();
+    save(dst, &named, Some(m)).unwrap();
+}
+
+/// Fixtures that cannot be judged as given are refused (exit 2) instead of passing on what is
+/// left: reference samples without the trajectory's start or a step's model output, an unknown
+/// or non-positive tolerance, a folder without fixtures.
+#[test]
+fn incomplete_fixtures_are_not_run() {
+    let dir = tempfile::tempdir().unwrap();
+    let src = fixtures().join("flow_euler_s3_n3.safetensors");
+    type Case<'a> = (&'a [&'a str], Option<(&'a str, &'a str)>, &'a str);
+    let cases: [Case; 5] = [
+        (&["in.init"], None, "no in.init"),
+        (&["in.model_output_1"], None, "each sample needs the model output"),
+        (&["out.sample_1"], None, "no out.sample_1"),
+        (&[], Some(("tolerance", r#"{"abss": 1}"#)), "\"abss\" is unknown"),
+        (&[], Some(("tolerance", r#"{"abs": -1}"#)), "must be a positive number"),
+    ];
+    for (i, (drop, meta, want)) in cases.into_iter().enumerate() {
+        let p = dir.path().join(format!("case{i}.safetensors"));
+        rewritten(&src, &p, drop, meta);
+        let out = medgen().arg("verify").arg(&p).output().unwrap();
+        let text = String::from_utf8_lossy(&out.stdout);
+        assert_eq!(out.status.code(), Some(2), "{drop:?} {meta:?}: {text}");
+        assert!(text.contains(want), "{drop:?} {meta:?}: {text}");
+    }
+    let empty = dir.path().join("empty");
+    std::fs::create_dir(&empty).unwrap();
+    let out = medgen().arg("verify").arg(&empty).output().unwrap();
+    assert_eq!(out.status.code(), Some(2), "{}", String::from_utf8_lossy(&out.stderr));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("holds no .safetensors fixtures"));
+}
+
 #[test]
 fn output_into_a_closed_pipe_ends_quietly() {
     let mut child = medgen().arg("ops").stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().unwrap();

@@ -68,6 +68,20 @@ impl Fixture {
             Some(t) => serde_json::from_str(t).map_err(|e| bad(format!("`tolerance` metadata is not JSON: {e}")))?,
             None => serde_json::Value::Null,
         };
+        match &tolerance {
+            serde_json::Value::Null => {}
+            serde_json::Value::Object(o) => {
+                for (k, v) in o {
+                    if k != "abs" && k != "grad_rel" {
+                        return Err(bad(format!("`tolerance` key {k:?} is unknown (abs, grad_rel)")));
+                    }
+                    if !v.as_f64().is_some_and(|l| l.is_finite() && l > 0.0) {
+                        return Err(bad(format!("`tolerance.{k}` must be a positive number, got {v}")));
+                    }
+                }
+            }
+            other => return Err(bad(format!("`tolerance` must be a JSON object like {{\"abs\": 1e-4}}, got {other}"))),
+        }
         Ok(Fixture { path, file, model, config, layout, tolerance, device: Device::Cpu })
     }
 
@@ -187,8 +201,10 @@ impl Check {
     /// name of the member worst on that limit.
     pub fn merge(name: &str, checks: &[Check]) -> Option<Check> {
         let first = checks.first()?;
-        let worst =
-            |f: fn(&Check) -> f64| checks.iter().map(f).fold(0.0, |a: f64, b| if b.is_nan() { b } else { a.max(b) });
+        // NaN anywhere makes the group's figure NaN (`f64::max` would drop it).
+        let worst = |f: fn(&Check) -> f64| {
+            checks.iter().map(f).fold(0.0, |a: f64, b| if a.is_nan() || b.is_nan() { f64::NAN } else { a.max(b) })
+        };
         let on_limit = |c: &Check| {
             let e = match first.limit {
                 Limit::Abs(_) => c.max_abs,
@@ -351,7 +367,11 @@ mod tests {
         assert_eq!((m.max_abs, m.elements), (0.5, 4));
         assert_eq!(m.worst.as_deref(), Some("x"), "the group names its worst member");
         let nan = compare_slices("n", &[f64::NAN], &[1.0], Limit::Abs(0.4));
-        assert_eq!(Check::merge("g", &[c.clone(), nan]).unwrap().worst.as_deref(), Some("n"));
+        assert_eq!(Check::merge("g", &[c.clone(), nan.clone()]).unwrap().worst.as_deref(), Some("n"));
+        // A NaN member that is not the last still makes the group fail.
+        let ok = compare_slices("y", &[0.0], &[0.0], Limit::Abs(0.4));
+        let m = Check::merge("g", &[ok.clone(), nan.clone(), ok]).unwrap();
+        assert!(m.max_abs.is_nan() && m.max_rel.is_nan() && !m.pass(), "{m:?}");
         let bf = VerifyOptions { device: Device::Cpu, dtype: DType::BF16 };
         assert_eq!(bf.limit(Limit::Abs(1e-4)), Limit::Rel(BF16_REL));
     }

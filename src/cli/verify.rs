@@ -74,9 +74,11 @@ fn expand(paths: &[PathBuf]) -> anyhow::Result<Vec<PathBuf>> {
 }
 
 fn limit_text(l: Limit) -> String {
+    // Two significant digits where a limit has them (1e-5, 2.1e-5).
+    let short = |v: f64| format!("{v:.1e}").replacen(".0e", "e", 1);
     match l {
-        Limit::Abs(v) => format!("abs ≤ {v:.0e}"),
-        Limit::Rel(v) => format!("rel ≤ {v:.0e}"),
+        Limit::Abs(v) => format!("abs ≤ {}", short(v)),
+        Limit::Rel(v) => format!("rel ≤ {}", short(v)),
     }
 }
 
@@ -139,7 +141,14 @@ pub fn verify(a: &VerifyArgs) -> anyhow::Result<i32> {
         },
         dtype: a.dtype.dtype(),
     };
-    let files = expand(&a.fixtures)?;
+    // A folder without fixtures cannot be run: exit 2 like any other unreadable fixture.
+    let files = match expand(&a.fixtures) {
+        Ok(files) => files,
+        Err(e) => {
+            eprintln!("error: {e:#}");
+            return Ok(2);
+        }
+    };
     let (mut failed, mut broken) = (0usize, 0usize);
     for f in &files {
         match medgen_kernels::verify::run(f, &opts) {

@@ -265,7 +265,22 @@ enum Value {
     Tensor(PthTensor),
 }
 
+/// The deepest nesting of tuples, lists and dicts a pickle may build: a state dict needs a handful
+/// of levels, and values nested tens of thousands deep would overflow the stack when copied or
+/// dropped (an abort, not an error).
+const MAX_DEPTH: usize = 1000;
+
 impl Value {
+    /// Levels of containers (0 for a scalar). Bounded: every container was checked against
+    /// [`MAX_DEPTH`] when it was built.
+    fn depth(&self) -> usize {
+        match self {
+            Value::Tuple(items) | Value::List(items) => 1 + items.iter().map(Value::depth).max().unwrap_or(0),
+            Value::Dict(kv) => 1 + kv.iter().map(|(k, v)| k.depth().max(v.depth())).max().unwrap_or(0),
+            _ => 0,
+        }
+    }
+
     fn kind(&self) -> &'static str {
         match self {
             Value::Mark => "mark",
@@ -324,6 +339,14 @@ impl<'a> Unpickler<'a> {
         let s = std::str::from_utf8(&rest[..n]).map_err(|_| self.err("GLOBAL name is not UTF-8"))?;
         self.pos += n + 1;
         Ok(s)
+    }
+
+    /// Refuses to put `items` into a container when that would nest deeper than [`MAX_DEPTH`].
+    fn nest<'v>(&self, items: impl IntoIterator<Item = &'v Value>) -> Result<()> {
+        if items.into_iter().any(|v| v.depth() >= MAX_DEPTH) {
+            return Err(self.err(format!("values nested more than {MAX_DEPTH} levels deep: not a state dict")));
+        }
+        Ok(())
     }
 
     fn pop(&mut self) -> Result<Value> {
@@ -472,6 +495,7 @@ impl<'a> Unpickler<'a> {
                 b')' => self.stack.push(Value::Tuple(Vec::new())),
                 b't' => {
                     let items = self.pop_mark()?;
+                    self.nest(&items)?;
                     self.stack.push(Value::Tuple(items));
                 }
                 0x85..=0x87 => {
@@ -480,6 +504,7 @@ impl<'a> Unpickler<'a> {
                         return Err(self.err("stack underflow"));
                     }
                     let items = self.stack.split_off(self.stack.len() - n);
+                    self.nest(&items)?;
                     self.stack.push(Value::Tuple(items));
                 }
                 b'X' => {
@@ -570,6 +595,7 @@ impl<'a> Unpickler<'a> {
                 0x89 => self.stack.push(Value::Bool(false)),
                 b'R' => {
                     let args = self.pop()?;
+                    self.nest([&args])?;
                     let f = self.pop()?;
                     let v = self.reduce(f, args, at)?;
                     self.stack.push(v);
@@ -577,6 +603,7 @@ impl<'a> Unpickler<'a> {
                 b's' => {
                     let v = self.pop()?;
                     let k = self.pop()?;
+                    self.nest([&k, &v])?;
                     match self.top_mut()? {
                         Value::Dict(d) => d.push((k, v)),
                         _ => return Err(self.err("SETITEM on a non-dict")),
@@ -587,6 +614,7 @@ impl<'a> Unpickler<'a> {
                     if items.len() % 2 != 0 {
                         return Err(self.err("SETITEMS with an odd number of items"));
                     }
+                    self.nest(&items)?;
                     let mut it = items.into_iter();
                     let Value::Dict(d) = self.top_mut()? else {
                         return Err(self.err("SETITEMS on a non-dict"));
@@ -597,6 +625,7 @@ impl<'a> Unpickler<'a> {
                 }
                 b'a' => {
                     let v = self.pop()?;
+                    self.nest([&v])?;
                     match self.top_mut()? {
                         Value::List(l) => l.push(v),
                         _ => return Err(self.err("APPEND on a non-list")),
@@ -604,6 +633,7 @@ impl<'a> Unpickler<'a> {
                 }
                 b'e' => {
                     let items = self.pop_mark()?;
+                    self.nest(&items)?;
                     match self.top_mut()? {
                         Value::List(l) => l.extend(items),
                         _ => return Err(self.err("APPENDS on a non-list")),
@@ -687,12 +717,13 @@ impl PthFile {
         for (name, t) in list {
             let rec = format!("{prefix}data/{}", t.storage);
             let &(_, len) = entries.get(&rec).ok_or_else(|| bad(path, format!("tensor {name:?}: no record {rec}")))?;
-            if len < t.storage_numel * t.kind.size() {
+            if t.storage_numel.checked_mul(t.kind.size()).is_none_or(|need| len < need) {
                 return Err(bad(
                     path,
                     format!(
-                        "tensor {name:?}: record {rec} has {len} bytes, its storage needs {}",
-                        t.storage_numel * t.kind.size()
+                        "tensor {name:?}: record {rec} has {len} bytes, its storage needs {} elements of {} bytes",
+                        t.storage_numel,
+                        t.kind.size()
                     ),
                 ));
             }
@@ -751,7 +782,7 @@ impl PthFile {
             let rec = format!("data/{}", t.storage);
             let &(_, len) =
                 entries.get(&rec).ok_or_else(|| bad(path, format!("tensor {name:?}: no storage {}", t.storage)))?;
-            if len < t.storage_numel * t.kind.size() {
+            if t.storage_numel.checked_mul(t.kind.size()).is_none_or(|need| len < need) {
                 return Err(bad(
                     path,
                     format!("tensor {name:?}: storage {} is shorter than the tensor says", t.storage),
@@ -890,6 +921,35 @@ mod tests {
             memo: HashMap::new(),
         }
         .run()
+    }
+
+    /// Nesting tens of thousands deep is an error, not a stack overflow (an abort of the whole
+    /// run); the depth a state dict needs loads.
+    #[test]
+    fn deep_nesting_is_refused() {
+        for depth in [50_000usize, 2 * MAX_DEPTH] {
+            let mut tuples = b"\x80\x02)".to_vec();
+            tuples.extend(std::iter::repeat_n(0x85u8, depth));
+            tuples.push(b'.');
+            let mut lists = b"\x80\x02]".to_vec();
+            for _ in 0..depth {
+                lists.extend(b"]\x94");
+            }
+            lists.extend(std::iter::repeat_n(b'a', depth));
+            lists.push(b'.');
+            let mut marks = b"\x80\x02".to_vec();
+            marks.extend(std::iter::repeat_n(b'(', depth));
+            marks.extend(std::iter::repeat_n(b't', depth));
+            marks.push(b'.');
+            for p in [tuples, lists, marks] {
+                let e = run(&p).unwrap_err().to_string();
+                assert!(e.contains("nested more than"), "{e}");
+            }
+        }
+        let mut ok = b"\x80\x02)".to_vec();
+        ok.extend(std::iter::repeat_n(0x85u8, 100));
+        ok.push(b'.');
+        assert_eq!(run(&ok).unwrap().depth(), 101);
     }
 
     #[test]

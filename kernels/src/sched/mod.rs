@@ -99,10 +99,13 @@ pub(crate) fn f32_pair(op: &'static str, a: &Tensor, b: &Tensor) -> Result<(Vec<
 /// trajectory of `step()` results for given model outputs.
 pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let c = &fx.config;
-    let steps = c
-        .get("num_inference_steps")
-        .and_then(|v| v.as_u64())
-        .ok_or_else(|| fx.error("config has no num_inference_steps"))? as usize;
+    let steps =
+        match c.get("num_inference_steps") {
+            None | Some(serde_json::Value::Null) => return Err(fx.error("config has no num_inference_steps")),
+            Some(v) => v.as_u64().filter(|n| *n >= 1).ok_or_else(|| {
+                fx.error(format!("config num_inference_steps = {v}: must be a whole number of steps ≥ 1"))
+            })? as usize,
+        };
     let kind = match fx.model.as_str() {
         "flow_euler" => SchedulerKind::Euler,
         "flow_unipc" => SchedulerKind::UniPc,
@@ -121,11 +124,30 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
         compare_slices("out.timesteps", &ts, &want_t, opts.limit(Limit::Rel(fx.abs_limit(1e-6)))),
         compare_slices("out.sigmas", &sig, &want_s, exact),
     ];
+    // A trajectory: in.init, then in.model_output_K and out.sample_K for K = 0, 1, … (a prefix
+    // of the steps). A reference sample without its inputs is an incomplete fixture, not a pass.
+    let samples = fx.keys_with_prefix("out.sample_").len();
+    if samples > 0 && !fx.has("in.init") {
+        return Err(fx.error(format!("{samples} out.sample_K references but no in.init to start the trajectory from")));
+    }
     if fx.has("in.init") {
         let init = fx.input("init")?.to_dtype(DType::F32)?;
         let mut outputs = Vec::new();
         while outputs.len() < sampler.len() && fx.has(&format!("in.model_output_{}", outputs.len())) {
             outputs.push(fx.input(&format!("model_output_{}", outputs.len()))?.to_dtype(DType::F32)?);
+        }
+        for k in 0..outputs.len() {
+            if !fx.has(&format!("out.sample_{k}")) {
+                return Err(fx.error(format!("in.model_output_{k} has no out.sample_{k} to compare with")));
+            }
+        }
+        if samples != outputs.len() {
+            return Err(fx.error(format!(
+                "{samples} out.sample_K references but the model outputs in.model_output_0.. stop after {} (of {} \
+                 steps): each sample needs the model output of its step",
+                outputs.len(),
+                sampler.len()
+            )));
         }
         let mut x = init.clone();
         let mut got = Vec::with_capacity(outputs.len());
