@@ -372,3 +372,42 @@ fn bias_deltas_load_and_round_trip() {
     let e = LoraWeights::load(&bad, DType::F32).unwrap_err().to_string();
     assert!(e.contains("lora_unet_blocks_0_self_attn_q.diff_b") && e.contains("want [3]"), "{e}");
 }
+
+/// PEFT metadata as PEFT applies it: `use_rslora` scales by alpha/√r, `use_dora` is refused (a
+/// DoRA magnitude would be ignored), and a per-module `.alpha` tensor beside metadata leaves the
+/// modules without one on the metadata's alpha (diffusers' result), not on scale 1.
+#[test]
+fn peft_metadata_scales_like_peft() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Tensor::from_vec(vec![1f32; 12], &[4, 3]).unwrap();
+    let b = Tensor::from_vec(vec![1f32; 8], &[2, 4]).unwrap();
+    let alpha = Tensor::from_vec(vec![8f32], &[]).unwrap();
+    let write = |name: &str, extra: serde_json::Value, with_alpha: bool| {
+        let mut meta = serde_json::json!({"transformer.r": 4, "transformer.lora_alpha": 8});
+        for (k, v) in extra.as_object().unwrap() {
+            meta[format!("transformer.{k}")] = v.clone();
+        }
+        let mut tensors = vec![
+            ("transformer.blocks.0.attn1.to_q.lora_A.weight", &a),
+            ("transformer.blocks.0.attn1.to_q.lora_B.weight", &b),
+            ("transformer.blocks.0.attn1.to_k.lora_A.weight", &a),
+            ("transformer.blocks.0.attn1.to_k.lora_B.weight", &b),
+        ];
+        if with_alpha {
+            tensors.push(("transformer.blocks.0.attn1.to_q.alpha", &alpha));
+        }
+        let path = tmp.path().join(name);
+        let m = [("lora_adapter_metadata".to_string(), meta.to_string())].into_iter().collect();
+        save(&path, &tensors, Some(m)).unwrap();
+        LoraWeights::load(&path, DType::F32)
+    };
+    assert_eq!(write("plain.safetensors", serde_json::json!({}), false).unwrap().scale(), 2.0);
+    assert_eq!(write("rs.safetensors", serde_json::json!({"use_rslora": true}), false).unwrap().scale(), 4.0);
+    let e = write("dora.safetensors", serde_json::json!({"use_dora": true}), false).unwrap_err().to_string();
+    assert!(e.contains("use_dora") && e.contains("merge"), "{e}");
+    let mixed = write("mixed.safetensors", serde_json::json!({}), true).unwrap();
+    assert_eq!(mixed.scale(), 1.0, "alphas folded into lora_A");
+    for m in &mixed.modules {
+        assert_eq!(m.a.to_vec_f32().unwrap(), vec![2f32; 12], "{}: 8/4 whichever alpha it took", m.name);
+    }
+}

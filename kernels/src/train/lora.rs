@@ -43,6 +43,24 @@ use crate::ops::linear::matmul;
 use crate::rng::Rng;
 use crate::tensor::Tensor;
 
+/// What a LoRA file's PEFT metadata says about scaling.
+#[derive(Debug, Default)]
+struct LoraMeta {
+    /// `r`, when given (must match the tensors).
+    rank: Option<usize>,
+    /// `lora_alpha`, when given.
+    alpha: Option<f64>,
+    /// `use_rslora`: PEFT scales by `alpha / √r` instead of `alpha / r`.
+    rslora: bool,
+}
+
+impl LoraMeta {
+    /// The factor on `B·A` for `alpha` at rank `r`.
+    fn scale(&self, alpha: f64, r: usize) -> f64 {
+        if self.rslora { alpha / (r as f64).sqrt() } else { alpha / r as f64 }
+    }
+}
+
 /// The safetensors `__metadata__` key diffusers reads LoRA adapter metadata from.
 pub const LORA_METADATA_KEY: &str = "lora_adapter_metadata";
 /// The key prefix diffusers' Wan loader expects on every LoRA tensor.
@@ -453,6 +471,50 @@ impl LoraWeights {
         save(path, &tensors, Some(md))
     }
 
+    /// The PEFT metadata of a LoRA file (none: PEFT's defaults, `alpha = r`), refusing what
+    /// the merge does not reproduce.
+    fn metadata(file: &SafeTensorsFile, bad: &dyn Fn(String) -> Error) -> Result<LoraMeta> {
+        let Some(raw) = file.user_metadata().and_then(|m| m.get(LORA_METADATA_KEY)) else {
+            return Ok(LoraMeta::default());
+        };
+        let v: Value = serde_json::from_str(raw).map_err(|e| bad(format!("{LORA_METADATA_KEY} is not JSON: {e}")))?;
+        let get = |k: &str| v.get(format!("{LORA_KEY_PREFIX}{k}")).or_else(|| v.get(k)).filter(|x| !x.is_null());
+        if get("alpha_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
+            || get("rank_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
+        {
+            return Err(bad("per-module rank/alpha patterns are not supported".into()));
+        }
+        let flag = |k: &str| -> Result<bool> {
+            match get(k) {
+                None => Ok(false),
+                Some(x) => x.as_bool().ok_or_else(|| bad(format!("metadata {k} = {x} is not true or false"))),
+            }
+        };
+        if flag("use_dora")? {
+            return Err(bad(
+                "use_dora = true: DoRA adapters (a learned magnitude per output row) are not supported; merge \
+                 the adapter into the weights with PEFT (`merge_and_unload`) and load the merged checkpoint"
+                    .into(),
+            ));
+        }
+        let alpha = match get("lora_alpha") {
+            None => None,
+            Some(x) => Some(
+                x.as_f64()
+                    .filter(|a| a.is_finite())
+                    .ok_or_else(|| bad(format!("metadata lora_alpha = {x} is not a number")))?,
+            ),
+        };
+        let rank = match get("r") {
+            None => None,
+            Some(x) => {
+                Some(x.as_u64().filter(|r| *r >= 1).ok_or_else(|| bad(format!("metadata r = {x} is not a rank ≥ 1")))?
+                    as usize)
+            }
+        };
+        Ok(LoraMeta { rank, alpha, rslora: flag("use_rslora")? })
+    }
+
     /// Reads adapters from a LoRA file in any of the layouts diffusers' Wan loader reads:
     /// - PEFT/diffusers: `transformer.{module}.lora_{A,B}[.default].weight`, alpha from the
     ///   `lora_adapter_metadata` or, absent that, `alpha = rank`;
@@ -466,7 +528,7 @@ impl LoraWeights {
     /// original-Wan ones and drops musubi ones with a warning, medgen applies both. Norm `.diff` /
     /// `.diff_b` keys (zeros in the files that carry them) are skipped as diffusers skips them;
     /// other keys are refused by name. Tensors are converted to `dtype`. Ranks must agree across
-    /// modules.
+    /// modules. Metadata `use_rslora` scales by `alpha/√rank`, as PEFT does; `use_dora` is refused.
     pub fn load(path: &Path, dtype: DType) -> Result<LoraWeights> {
         let bad = |msg: String| Error::SafeTensors { path: path.to_path_buf(), msg };
         let file = SafeTensorsFile::open(path)?;
@@ -509,6 +571,7 @@ impl LoraWeights {
         if a.is_empty() {
             return Err(bad("no LoRA tensors".into()));
         }
+        let meta = Self::metadata(&file, &bad)?;
         let mut modules = Vec::new();
         let mut rank = None;
         for (module, ka) in &a {
@@ -536,7 +599,14 @@ impl LoraWeights {
                 if !alpha.is_finite() || r == 0 {
                     return Err(bad(format!("{kalpha} = {alpha} (rank {r})")));
                 }
-                ta = scale(&ta, alpha as f64 / r as f64)?.to_dtype(dtype)?;
+                ta = scale(&ta, meta.scale(alpha as f64, r))?.to_dtype(dtype)?;
+            } else if !alphas.is_empty()
+                && let Some(alpha) = meta.alpha
+            {
+                // Other modules carry their own alpha tensors (folded into lora_A): this one
+                // takes the metadata's.
+                let r = ta.shape()[0];
+                ta = scale(&ta, meta.scale(alpha, r))?.to_dtype(dtype)?;
             }
             let bias = match biases.get(module) {
                 Some(kb) => {
@@ -565,29 +635,16 @@ impl LoraWeights {
             modules.push(LoraModule { name: module.clone(), a: ta, b: tb, bias });
         }
         let rank = rank.unwrap_or_else(|| unreachable!("non-empty"));
-        let alpha = match file.user_metadata().and_then(|m| m.get(LORA_METADATA_KEY)) {
-            // Per-module alphas are folded into lora_A above.
-            _ if !alphas.is_empty() => rank as f64,
-            None => rank as f64,
-            Some(raw) => {
-                let v: Value =
-                    serde_json::from_str(raw).map_err(|e| bad(format!("{LORA_METADATA_KEY} is not JSON: {e}")))?;
-                let get = |k: &str| v.get(format!("{LORA_KEY_PREFIX}{k}")).or_else(|| v.get(k));
-                if let Some(r) = get("r").and_then(Value::as_u64)
-                    && r as usize != rank
-                {
-                    return Err(bad(format!("metadata r = {r} but the tensors have rank {rank}")));
-                }
-                if get("alpha_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
-                    || get("rank_pattern").and_then(Value::as_object).is_some_and(|o| !o.is_empty())
-                {
-                    return Err(bad("per-module rank/alpha patterns are not supported".into()));
-                }
-                match get("lora_alpha") {
-                    None => rank as f64,
-                    Some(x) => x.as_f64().ok_or_else(|| bad(format!("metadata lora_alpha = {x} is not a number")))?,
-                }
-            }
+        if let Some(r) = meta.rank
+            && r != rank
+        {
+            return Err(bad(format!("metadata r = {r} but the tensors have rank {rank}")));
+        }
+        // The merge scales by alpha / rank: per-module alphas are folded into lora_A above.
+        let alpha = if alphas.is_empty() {
+            meta.scale(meta.alpha.unwrap_or(rank as f64), rank) * rank as f64
+        } else {
+            rank as f64
         };
         Ok(LoraWeights { rank, alpha, modules })
     }
