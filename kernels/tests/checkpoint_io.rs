@@ -228,3 +228,32 @@ fn wan_key_mapping() {
     assert_eq!(original_to_diffusers("blocks.x.modulation"), None);
     assert_eq!(original_to_diffusers("blocks.0.self_attn.q.weight.extra"), None);
 }
+
+/// A folder, a FIFO (which would block the open forever) or another format where a safetensors
+/// file belongs is refused with what it is.
+#[test]
+fn non_files_and_other_formats_are_named() {
+    let tmp = tempfile::tempdir().unwrap();
+    let folder = tmp.path().join("model.safetensors");
+    std::fs::create_dir(&folder).unwrap();
+    let e = SafeTensorsFile::open(&folder).unwrap_err().to_string();
+    assert!(e.contains("a folder, where a file was expected"), "{e}");
+    let fifo = tmp.path().join("fifo.safetensors");
+    let made = std::process::Command::new("mkfifo").arg(&fifo).status().map(|s| s.success()).unwrap_or(false);
+    if made {
+        let e = SafeTensorsFile::open(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+        let e = medgen_kernels::io::read_text(&fifo).unwrap_err().to_string();
+        assert!(e.contains("not a regular file"), "{e}");
+    }
+    for (name, bytes, want) in [
+        ("zip.safetensors", b"PK\x03\x04rest of a zip".to_vec(), "a zip archive"),
+        ("pickle.safetensors", b"\x80\x02}q\x00.padding".to_vec(), "a Python pickle"),
+        ("json.safetensors", b"  {\"model\": \"x\", \"padding\": 1}".to_vec(), "JSON text"),
+    ] {
+        let p = tmp.path().join(name);
+        std::fs::write(&p, bytes).unwrap();
+        let e = SafeTensorsFile::open(&p).unwrap_err().to_string();
+        assert!(e.contains("not a safetensors file") && e.contains(want), "{name}: {e}");
+    }
+}

@@ -28,7 +28,6 @@
 //! Views (offset, strides) are resolved at load time into contiguous tensors.
 
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Path, PathBuf};
 
 use half::{bf16, f16};
@@ -689,7 +688,7 @@ impl PthFile {
     /// The file is memory-mapped; it must not be modified while open.
     pub fn open(path: impl AsRef<Path>) -> Result<PthFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let file = super::open_file(path)?;
         // SAFETY: read-only private mapping; documented requirement that the file is not
         // modified while mapped. Every access is bounds-checked against the zip directory.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;

@@ -9,7 +9,6 @@
 
 use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
-use std::fs::File;
 use std::path::{Component, Path, PathBuf};
 
 use half::{bf16, f16};
@@ -57,11 +56,15 @@ impl SafeTensorsFile {
     /// The file is memory-mapped; it must not be modified while the checkpoint is open.
     pub fn open(path: impl AsRef<Path>) -> Result<SafeTensorsFile> {
         let path = path.as_ref();
-        let file = File::open(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let file = super::open_file(path)?;
         // SAFETY: read-only private mapping; documented requirement that the file is not
         // modified while mapped. Every access is bounds-checked against the validated header.
         let mmap = unsafe { Mmap::map(&file) }.map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
-        let (header_len, metadata) = SafeTensors::read_metadata(&mmap).map_err(|e| st_err(path, e.to_string()))?;
+        let (header_len, metadata) =
+            SafeTensors::read_metadata(&mmap).map_err(|e| match super::looks_like(&mmap[..mmap.len().min(16)]) {
+                Some(what) => st_err(path, format!("not a safetensors file: it is {what} ({e})")),
+                None => st_err(path, e.to_string()),
+            })?;
         Ok(SafeTensorsFile { path: path.to_path_buf(), data_start: 8 + header_len, mmap, metadata })
     }
 
@@ -210,7 +213,7 @@ impl Checkpoint {
     pub fn open_index(index: impl AsRef<Path>) -> Result<Checkpoint> {
         let index = index.as_ref();
         let bad = |msg: String| Error::CheckpointIndex { path: index.to_path_buf(), msg };
-        let text = std::fs::read_to_string(index).map_err(|source| Error::Io { path: index.to_path_buf(), source })?;
+        let text = super::read_text(index)?;
         let json: serde_json::Value = serde_json::from_str(&text).map_err(|e| bad(format!("invalid JSON: {e}")))?;
         let map =
             json.get("weight_map").and_then(|m| m.as_object()).ok_or_else(|| bad("no \"weight_map\" object".into()))?;

@@ -112,7 +112,7 @@ impl Tokenizer {
     /// Loads a `tokenizer.json` file (Hugging Face fast-tokenizer format).
     pub fn from_file(path: impl AsRef<Path>) -> Result<Tokenizer> {
         let path = path.as_ref();
-        let bytes = std::fs::read(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let bytes = crate::io::read_bytes(path)?;
         Self::from_bytes(&bytes, &path.display().to_string())
     }
 

@@ -251,7 +251,7 @@ impl UMT5Config {
     /// Reads a `config.json` file.
     pub fn from_file(path: impl AsRef<std::path::Path>) -> Result<UMT5Config> {
         let path = path.as_ref();
-        let s = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let s = crate::io::read_text(path)?;
         Self::from_json(&s).map_err(|e| match e {
             Error::Config { model, msg } => Error::Config { model, msg: format!("{}: {msg}", path.display()) },
             e => e,

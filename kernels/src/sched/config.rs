@@ -218,8 +218,12 @@ impl SchedulerSpec {
                 };
             }
         }
-        if !(spec.shift.is_finite() && spec.shift > 0.0) {
-            return Err(bad(format!("the shift must be a positive number, got {}", spec.shift)));
+        if !(spec.shift.is_finite() && spec.shift > 0.0 && spec.shift <= super::MAX_SHIFT) {
+            return Err(bad(format!(
+                "the shift must be a positive number up to {:e} (Wan uses 3–17), got {:e}",
+                super::MAX_SHIFT,
+                spec.shift
+            )));
         }
         Ok(spec)
     }
@@ -258,6 +262,17 @@ mod tests {
 
     fn parse(s: &str) -> Result<SchedulerSpec> {
         SchedulerSpec::from_json(s)
+    }
+
+    /// A shift far beyond any model's is refused instead of turning every σ into 1 or NaN.
+    #[test]
+    fn absurd_shifts_are_refused() {
+        for shift in [1e308, 1e7, 0.0, -3.0] {
+            let config = serde_json::json!({"_class_name": "FlowMatchEulerDiscreteScheduler", "shift": shift});
+            let e = SchedulerSpec::from_json(&config.to_string()).unwrap_err().to_string();
+            assert!(e.contains("shift must be a positive number up to"), "{shift}: {e}");
+        }
+        assert!(FlowEuler::new(1000, 1e9, 5).is_err());
     }
 
     #[test]

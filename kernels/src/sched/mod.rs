@@ -25,6 +25,10 @@ use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare, compare_slice
 /// enough that a typo (10^12) is refused instead of exhausting memory.
 pub const MAX_STEPS: usize = 1_000_000;
 
+/// The largest timestep shift accepted: far above any model's (Wan: 3–17); beyond it every σ is
+/// 1 to f32 precision, and 1e308 overflows to NaN.
+pub const MAX_SHIFT: f64 = 1e6;
+
 /// Checks a schedule's sizes and shift (`op` names the sampler in the error).
 pub(crate) fn check_schedule(op: &'static str, train_timesteps: usize, shift: f64, steps: usize) -> Result<()> {
     if steps == 0 || train_timesteps < 2 || steps > MAX_STEPS || train_timesteps > MAX_STEPS {
@@ -35,8 +39,11 @@ pub(crate) fn check_schedule(op: &'static str, train_timesteps: usize, shift: f6
             ),
         ));
     }
-    if !(shift.is_finite() && shift > 0.0) {
-        return Err(Error::arg(op, format!("shift must be positive, got {shift}")));
+    if !(shift.is_finite() && shift > 0.0 && shift <= MAX_SHIFT) {
+        return Err(Error::arg(
+            op,
+            format!("shift must be positive and at most {MAX_SHIFT:e} (Wan uses 3–17), got {shift:e}"),
+        ));
     }
     Ok(())
 }

@@ -157,6 +157,12 @@ pub fn video_to_rgb(video: &Tensor) -> Result<(u32, u32, Vec<Vec<u8>>), String> 
     }
     let (t, h, w) = (s[1], s[2], s[3]);
     let v = video.to_vec_f32().map_err(kerr)?;
+    if let Some(bad) = v.iter().find(|x| !x.is_finite()) {
+        return Err(format!(
+            "the decoded video holds {bad} (it would be written as a black video): a broken VAE or latent codec \
+             checkpoint (NaN or infinite weights), or an overflow in its precision"
+        ));
+    }
     let frames = (0..t)
         .map(|ti| {
             let mut px = vec![0u8; h * w * 3];
@@ -245,4 +251,21 @@ pub fn video_to_mp4(video: &Tensor, fps: f64, services: &dyn Services, ictx: &It
     let (_dir, out) = crate::video::encode::temp_mp4(services)?;
     write_mp4(video, fps, &out, Some(ictx.deadline))?;
     services.blob_put_file(&out).map_err(|e| ItemError::transient(e.to_string()))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Frames from a broken decoder are refused, not written as a black video.
+    #[test]
+    fn non_finite_frames_are_refused() {
+        let mut v = vec![0.5f32; 3 * 2 * 4 * 4];
+        let good = Tensor::from_vec(v.clone(), &[3, 2, 4, 4]).unwrap();
+        let (w, h, frames) = video_to_rgb(&good).unwrap();
+        assert_eq!((w, h, frames.len(), frames[0][0]), (4, 4, 2, 191));
+        v[37] = f32::NAN;
+        let e = video_to_rgb(&Tensor::from_vec(v, &[3, 2, 4, 4]).unwrap()).unwrap_err();
+        assert!(e.contains("NaN") && e.contains("black video"), "{e}");
+    }
 }

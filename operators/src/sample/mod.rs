@@ -393,6 +393,12 @@ pub fn generate(
     let mut x = Tensor::randn(&shape, 1.0, DType::F32, &mut rng);
     let texts = [prompt, s.negative_prompt.as_str()];
     let ctx = m.text.encode(&texts)?;
+    if let Some(bad) = ctx.to_vec_f32().map_err(kerr)?.into_iter().find(|v| !v.is_finite()) {
+        return Err(Stopped::Failed(format!(
+            "the text encoder's output holds {bad}: a broken text encoder checkpoint (NaN or infinite weights), or \
+             an overflow in its precision"
+        )));
+    }
     let cond = ctx.narrow(0, 0, 1).and_then(|t| t.to_device(dev)).map_err(kerr)?;
     let uncond = ctx.narrow(0, 1, 1).and_then(|t| t.to_device(dev)).map_err(kerr)?;
     let mut sampler = spec.sampler(s.steps).map_err(kerr)?;
@@ -427,6 +433,7 @@ pub fn generate(
         }
     }
     let z = x.squeeze(0).map_err(kerr)?;
+    // `video_to_rgb` refuses non-finite frames (a broken decoder) when the video is written.
     Ok(m.codec.decode(&z)?)
 }
 

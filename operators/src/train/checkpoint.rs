@@ -146,10 +146,9 @@ pub fn load_with(file: &dyn Fn(&str) -> Option<PathBuf>, base: &Path, dtype: DTy
             base.display()
         )
     })?;
-    let meta: CheckpointMeta = serde_json::from_slice(
-        &std::fs::read(&meta_path).map_err(|e| format!("reading {}: {e}", meta_path.display()))?,
-    )
-    .map_err(|e| format!("{} is not a medgen checkpoint description: {e}", meta_path.display()))?;
+    let meta: CheckpointMeta =
+        serde_json::from_slice(&medgen_kernels::io::read_bytes(&meta_path).map_err(|e| e.to_string())?)
+            .map_err(|e| format!("{} is not a medgen checkpoint description: {e}", meta_path.display()))?;
     if meta.format != FORMAT || meta.version != 1 {
         return Err(format!("{}: format {:?} v{} is not {FORMAT} v1", meta_path.display(), meta.format, meta.version));
     }
@@ -249,8 +248,8 @@ pub fn pipeline_scheduler(dir: &Path) -> Option<Result<SchedulerSpec, String>> {
         return None;
     }
     Some(
-        std::fs::read_to_string(&path)
-            .map_err(|e| format!("cannot read {}: {e}", path.display()))
+        medgen_kernels::io::read_text(&path)
+            .map_err(|e| e.to_string())
             .and_then(|text| SchedulerSpec::from_json(&text).map_err(|e| format!("{}: {e}", path.display()))),
     )
 }
@@ -275,7 +274,7 @@ fn component_class(v: &serde_json::Value) -> Option<Option<&str>> {
 
 /// Checks that `model_index.json` describes a Wan text-to-video pipeline; returns its entries.
 fn check_model_index(path: &Path) -> Result<serde_json::Map<String, serde_json::Value>, String> {
-    let bytes = std::fs::read(path).map_err(|e| format!("reading {}: {e}", path.display()))?;
+    let bytes = medgen_kernels::io::read_bytes(path).map_err(|e| e.to_string())?;
     let v: serde_json::Value =
         serde_json::from_slice(&bytes).map_err(|e| format!("{} is not JSON: {e}", path.display()))?;
     let serde_json::Value::Object(obj) = v else { return Err(format!("{} is not a JSON object", path.display())) };

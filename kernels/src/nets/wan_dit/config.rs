@@ -124,7 +124,7 @@ impl WanDitConfig {
     /// Reads and parses a `config.json` file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = crate::io::read_text(path)?;
         let v: Value =
             serde_json::from_str(&text).map_err(|e| cfg_err(format!("{}: not valid JSON: {e}", path.display())))?;
         Self::from_json(&v).map_err(|e| match e {

@@ -145,7 +145,7 @@ impl WanVaeConfig {
     /// Reads and validates a JSON config file.
     pub fn from_file(path: impl AsRef<Path>) -> Result<Self> {
         let path = path.as_ref();
-        let text = std::fs::read_to_string(path).map_err(|source| Error::Io { path: path.to_path_buf(), source })?;
+        let text = crate::io::read_text(path)?;
         Self::from_json(&text).map_err(|e| match e {
             Error::Config { model, msg } => Error::Config { model, msg: format!("{}: {msg}", path.display()) },
             e => e,
