@@ -8,7 +8,7 @@ use medgen_operators::sample::{
     LoraExpert, LoraUse, SampleSettings, SamplerKind, SchedulerSource, generate, resolve_scheduler, sampler_name,
 };
 use medgen_operators::train::checkpoint::load_dir;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Instant;
 
 #[derive(Args, Debug)]
@@ -171,6 +171,11 @@ fn parse_lora(arg: &str, expert: LoraExpert) -> anyhow::Result<LoraUse> {
     let path = PathBuf::from(path);
     if !path.is_file() {
         let flag = if expert == LoraExpert::LowNoise { "--lora-2" } else { "--lora" };
+        if let Some((file, scale)) = arg.rsplit_once('@')
+            && Path::new(file).is_file()
+        {
+            anyhow::bail!("{flag} {arg}: the scale after `@` must be a number (e.g. {file}@0.8), got {scale:?}");
+        }
         anyhow::bail!("{flag} {arg}: {} is not a file", path.display());
     }
     Ok(LoraUse { path, scale, expert })
@@ -193,5 +198,7 @@ mod tests {
         let low = parse_lora(&format!("{s}@2"), LoraExpert::LowNoise).unwrap();
         assert_eq!(low, LoraUse { path: f.clone(), scale: 2.0, expert: LoraExpert::LowNoise });
         assert!(parse_lora("nope", LoraExpert::LowNoise).unwrap_err().to_string().starts_with("--lora-2 nope"));
+        let e = parse_lora(&format!("{s}@abc"), high).unwrap_err().to_string();
+        assert!(e.contains("must be a number") && e.contains("\"abc\""), "{e}");
     }
 }
