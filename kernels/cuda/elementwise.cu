@@ -84,7 +84,7 @@ __device__ __forceinline__ float sigmoidf_(float x) { return 1.f / (1.f + expf(-
 #define ACT_SILU 0       // x * sigmoid(x)
 #define ACT_GELU_TANH 1  // 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3)))
 #define ACT_GELU_ERF 2   // 0.5 x (1 + erf(x / sqrt(2)))
-#define ACT_CLAMP 3      // min(max(x, lo), hi)
+#define ACT_CLAMP 3      // min(max(x, lo), hi); NaN stays NaN
 #define GELU_K0 0.7978845608028654f
 #define GELU_K1 0.044715f
 #define INV_SQRT2 0.7071067811865476f
@@ -95,7 +95,7 @@ __device__ __forceinline__ float act_value(int kind, float v, float lo, float hi
         case ACT_SILU: return v * sigmoidf_(v);
         case ACT_GELU_TANH: return 0.5f * v * (1.f + tanhf(GELU_K0 * (v + GELU_K1 * v * v * v)));
         case ACT_GELU_ERF: return 0.5f * v * (1.f + erff(v * INV_SQRT2));
-        default: return fminf(fmaxf(v, lo), hi);
+        default: return v != v ? v : fminf(fmaxf(v, lo), hi);  // NaN stays NaN, as in torch.clamp
     }
 }
 

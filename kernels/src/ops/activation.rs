@@ -237,7 +237,9 @@ pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
     dispatch!(ct, T => {
         let d = x.cpu_data::<T>("clamp")?;
         let (l, h) = (T::from_f64(lo), T::from_f64(hi));
-        Ok(Tensor::from_compute(map(&d, |v| v.max(l).min(h)), x.shape(), ot))
+        // NaN stays NaN, as torch.clamp keeps it (`max`/`min` alone would turn it into a bound).
+        #[allow(clippy::eq_op)]
+        Ok(Tensor::from_compute(map(&d, |v| if v != v { v } else { v.max(l).min(h) }), x.shape(), ot))
     })
 }
 
@@ -260,6 +262,15 @@ pub fn clamp_backward(x: &Tensor, lo: f64, hi: f64, dy: &Tensor) -> Result<Tenso
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// NaN passes through a clamp (as in torch): a broken decoder must not become a black video.
+    #[test]
+    fn clamp_keeps_nan() {
+        let x = Tensor::from_vec(vec![-3f32, f32::NAN, 0.5, 9.0], &[4]).unwrap();
+        let y = clamp(&x, -1.0, 1.0).unwrap().to_vec_f32().unwrap();
+        assert_eq!((y[0], y[2], y[3]), (-1.0, 0.5, 1.0));
+        assert!(y[1].is_nan());
+    }
     use crate::{DType, Rng};
 
     #[test]
