@@ -41,6 +41,9 @@ use crate::verify::{Check, Fixture, Limit, VerifyOptions, compare_slices};
 // ---------------------------------------------------------------------------------------------
 // shared by the text encoders
 
+/// `quick_gelu`'s slope.
+const QUICK_GELU_K: f64 = 1.702;
+
 /// A feed-forward activation named as in transformers' `ACT2FN`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Activation {
@@ -52,16 +55,22 @@ pub enum Activation {
     Relu,
     /// `silu` / `swish`.
     Silu,
+    /// `relu6`: `min(max(x, 0), 6)`.
+    Relu6,
+    /// `quick_gelu`: `x·σ(1.702·x)` (CLIP's).
+    QuickGelu,
 }
 
 impl Activation {
     /// Parses a transformers activation name.
     pub fn from_name(name: &str) -> Option<Activation> {
         match name {
-            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" => Some(Activation::GeluTanh),
-            "gelu" => Some(Activation::GeluErf),
+            "gelu_new" | "gelu_pytorch_tanh" | "gelu_fast" | "gelu_accurate" => Some(Activation::GeluTanh),
+            "gelu" | "gelu_python" => Some(Activation::GeluErf),
             "relu" => Some(Activation::Relu),
             "silu" | "swish" => Some(Activation::Silu),
+            "relu6" => Some(Activation::Relu6),
+            "quick_gelu" => Some(Activation::QuickGelu),
             _ => None,
         }
     }
@@ -81,6 +90,9 @@ impl Activation {
             Activation::GeluErf => gelu_erf(x),
             Activation::Relu => clamp(x, 0.0, f64::INFINITY),
             Activation::Silu => silu(x),
+            Activation::Relu6 => clamp(x, 0.0, 6.0),
+            // x·σ(k·x) = silu(k·x)/k.
+            Activation::QuickGelu => scale(&silu(&scale(x, QUICK_GELU_K)?)?, 1.0 / QUICK_GELU_K),
         }
     }
 }
@@ -333,7 +345,10 @@ impl UMT5Config {
         let act = if p == "gated-gelu" { "gelu_new" } else { act };
         let act = Activation::from_name(act).ok_or_else(|| Error::Config {
             model: "umt5",
-            msg: format!("feed_forward_proj {p:?}: activation {act:?} is not supported (gelu, gelu_new, relu, silu)"),
+            msg: format!(
+                "feed_forward_proj {p:?}: activation {act:?} is not supported (gelu, gelu_new, \
+                 gelu_pytorch_tanh, gelu_fast, gelu_accurate, gelu_python, relu, relu6, silu, swish, quick_gelu)"
+            ),
         })?;
         Ok(FeedForward { gated, act })
     }
@@ -666,6 +681,9 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     }
     let d = enc.cfg.d_model;
     let (g, w) = (valid_rows(&got.to_vec_f64()?, &mask, d), valid_rows(&want.to_vec_f64()?, &mask, d));
+    if g.is_empty() {
+        return Err(fx.error("in.attention_mask marks no position valid: there is nothing to compare"));
+    }
     Ok(vec![compare_slices(
         "out.last_hidden_state (valid positions)",
         &g,
@@ -687,6 +705,17 @@ mod tests {
         assert_eq!(ff("gated-silu").unwrap(), FeedForward { gated: true, act: Activation::Silu });
         assert!(ff("gated-foo").is_err());
         assert!(ff("a-b-c").is_err());
+        assert_eq!(ff("gated-quick_gelu").unwrap(), FeedForward { gated: true, act: Activation::QuickGelu });
+        assert_eq!(ff("relu6").unwrap(), FeedForward { gated: false, act: Activation::Relu6 });
+        let xs = [-8f32, -1.5, -0.1, 0.0, 0.3, 2.0, 7.5];
+        let x = Tensor::from_vec(xs.to_vec(), &[xs.len()]).unwrap();
+        let q = Activation::QuickGelu.apply(&x).unwrap().to_vec_f32().unwrap();
+        let r6 = Activation::Relu6.apply(&x).unwrap().to_vec_f32().unwrap();
+        for ((v, q), r) in xs.iter().zip(q).zip(r6) {
+            let want = v / (1.0 + (-1.702 * v).exp());
+            assert!((q - want).abs() <= 1e-6 * (1.0 + want.abs()), "quick_gelu({v}) = {q}, want {want}");
+            assert_eq!(r, v.clamp(0.0, 6.0));
+        }
     }
 
     #[test]
