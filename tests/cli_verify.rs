@@ -126,6 +126,15 @@ fn incomplete_fixtures_are_not_run() {
         assert_eq!(out.status.code(), Some(2), "{drop:?} {meta:?}: {text}");
         assert!(text.contains(want), "{drop:?} {meta:?}: {text}");
     }
+    // A config that asks for more steps than the references hold.
+    let mut config: serde_json::Value =
+        serde_json::from_str(&SafeTensorsFile::open(&src).unwrap().user_metadata().unwrap()["config"]).unwrap();
+    config["num_inference_steps"] = 4.into();
+    let p = dir.path().join("steps.safetensors");
+    rewritten(&src, &p, &[], Some(("config", &config.to_string())));
+    let out = medgen().arg("verify").arg(&p).output().unwrap();
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.code() == Some(2) && text.contains("config and tensors disagree"), "{text}");
     let empty = dir.path().join("empty");
     std::fs::create_dir(&empty).unwrap();
     let out = medgen().arg("verify").arg(&empty).output().unwrap();

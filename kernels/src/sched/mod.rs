@@ -127,6 +127,15 @@ pub fn verify(fx: &Fixture, opts: &VerifyOptions) -> Result<Vec<Check>> {
     let sig: Vec<f64> = (0..=sampler.len()).map(|i| sampler.sigma(i) as f64).collect();
     let want_t = fx.output("timesteps")?.to_vec_f64()?;
     let want_s = fx.output("sigmas")?.to_vec_f64()?;
+    for (name, want, n) in [("out.timesteps", &want_t, ts.len()), ("out.sigmas", &want_s, sig.len())] {
+        if want.len() != n {
+            return Err(fx.error(format!(
+                "{name} has {} values, but {steps} steps of this scheduler give {n}: the fixture's config and \
+                 tensors disagree",
+                want.len()
+            )));
+        }
+    }
     let mut checks = vec![
         compare_slices("out.timesteps", &ts, &want_t, opts.limit(Limit::Rel(fx.abs_limit(1e-6)))),
         compare_slices("out.sigmas", &sig, &want_s, exact),
