@@ -171,6 +171,10 @@ pub trait Float:
     fn exp(self) -> Self;
     /// Natural logarithm.
     fn ln(self) -> Self;
+    /// `eˣ − 1`, accurate near 0.
+    fn exp_m1(self) -> Self;
+    /// Integer power.
+    fn powi(self, n: i32) -> Self;
     /// Square root.
     fn sqrt(self) -> Self;
     /// Hyperbolic tangent.
@@ -183,6 +187,8 @@ pub trait Float:
     fn min(self, other: Self) -> Self;
     /// Whether the value is finite.
     fn is_finite(self) -> bool;
+    /// Whether the value is NaN.
+    fn is_nan(self) -> bool;
     /// Slice of a storage if it holds this type.
     fn storage_slice(s: &CpuStorage) -> Option<&[Self]>;
     /// Mutable slice of a storage if it holds this type.
@@ -220,6 +226,14 @@ macro_rules! impl_float {
                 <$t>::ln(self)
             }
             #[inline]
+            fn exp_m1(self) -> Self {
+                <$t>::exp_m1(self)
+            }
+            #[inline]
+            fn powi(self, n: i32) -> Self {
+                <$t>::powi(self, n)
+            }
+            #[inline]
             fn sqrt(self) -> Self {
                 <$t>::sqrt(self)
             }
@@ -242,6 +256,10 @@ macro_rules! impl_float {
             #[inline]
             fn is_finite(self) -> bool {
                 <$t>::is_finite(self)
+            }
+            #[inline]
+            fn is_nan(self) -> bool {
+                <$t>::is_nan(self)
             }
             fn storage_slice(s: &CpuStorage) -> Option<&[Self]> {
                 match s {

@@ -238,8 +238,7 @@ pub fn clamp(x: &Tensor, lo: f64, hi: f64) -> Result<Tensor> {
         let d = x.cpu_data::<T>("clamp")?;
         let (l, h) = (T::from_f64(lo), T::from_f64(hi));
         // NaN stays NaN, as torch.clamp keeps it (`max`/`min` alone would turn it into a bound).
-        #[allow(clippy::eq_op)]
-        Ok(Tensor::from_compute(map(&d, |v| if v != v { v } else { v.max(l).min(h) }), x.shape(), ot))
+        Ok(Tensor::from_compute(map(&d, |v| if v.is_nan() { v } else { v.max(l).min(h) }), x.shape(), ot))
     })
 }
 

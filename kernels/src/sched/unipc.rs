@@ -10,10 +10,9 @@
 //! step (σ_N = 0, λ = ∞) lands exactly on `m_{N−1}`.
 
 use super::{Sampler, f32_pair, shift, stretch_to_terminal};
+use crate::dtype::Float;
 use crate::error::{Error, Result};
 use crate::tensor::Tensor;
-use std::iter::Sum;
-use std::ops::{Add, Div, Mul, Neg, Sub};
 
 /// The UniPC sampler with flow sigmas.
 #[derive(Debug, Clone)]
@@ -54,73 +53,8 @@ impl Default for UniPcOptions {
     }
 }
 
-/// The arithmetic a UniPC trajectory runs in: f32 like the reference (which runs its scalars and
-/// updates as float32 tensors), or f64 to measure how far f32 rounding alone moves a trajectory.
-pub trait Real:
-    Copy
-    + PartialEq
-    + Add<Output = Self>
-    + Sub<Output = Self>
-    + Mul<Output = Self>
-    + Div<Output = Self>
-    + Neg<Output = Self>
-    + Sum
-    + std::fmt::Debug
-{
-    /// 0.
-    const ZERO: Self;
-    /// 1.
-    const ONE: Self;
-    /// The nearest value to an f32.
-    fn from_f32(v: f32) -> Self;
-    /// The nearest value to a count.
-    fn from_usize(v: usize) -> Self;
-    /// Natural logarithm.
-    fn ln(self) -> Self;
-    /// `eˣ − 1`, accurate near 0.
-    fn exp_m1(self) -> Self;
-    /// Integer power.
-    fn powi(self, n: i32) -> Self;
-    /// Absolute value.
-    fn abs(self) -> Self;
-    /// IEEE total order.
-    fn total_cmp(&self, other: &Self) -> std::cmp::Ordering;
-}
-
-macro_rules! real {
-    ($t:ty) => {
-        impl Real for $t {
-            const ZERO: Self = 0.0;
-            const ONE: Self = 1.0;
-            fn from_f32(v: f32) -> Self {
-                v as $t
-            }
-            fn from_usize(v: usize) -> Self {
-                v as $t
-            }
-            fn ln(self) -> Self {
-                <$t>::ln(self)
-            }
-            fn exp_m1(self) -> Self {
-                <$t>::exp_m1(self)
-            }
-            fn powi(self, n: i32) -> Self {
-                <$t>::powi(self, n)
-            }
-            fn abs(self) -> Self {
-                <$t>::abs(self)
-            }
-            fn total_cmp(&self, other: &Self) -> std::cmp::Ordering {
-                <$t>::total_cmp(self, other)
-            }
-        }
-    };
-}
-real!(f32);
-real!(f64);
-
 /// `λ(σ) = ln(1−σ) − ln σ` (log signal-to-noise).
-fn lambda<T: Real>(s: T) -> T {
+fn lambda<T: Float>(s: T) -> T {
     (T::ONE - s).ln() - s.ln()
 }
 
@@ -231,7 +165,7 @@ impl Sampler for FlowUniPc {
     }
 }
 
-impl<T: Real> UniPc<T> {
+impl<T: Float> UniPc<T> {
     /// One step: the model's velocity `v` at the current sample `x` → the next sample.
     pub fn step(&mut self, v: &[T], mut x: Vec<T>) -> Result<Vec<T>> {
         let i = self.next;
@@ -317,7 +251,7 @@ impl<T: Real> UniPc<T> {
 /// `h·φ₁ = expm1(−h)`, `B(h)` and UniPC's `b_k = h·φ_k(−h)·k!/B(h)` for k = 1..=order, with the
 /// bh2 choice `B(h) = expm1(−h)` or bh1's `B(h) = −h` (x0-prediction, so the sign of h is
 /// flipped).
-fn phi_b<T: Real>(h: T, order: usize, bh1: bool) -> (T, T, Vec<T>) {
+fn phi_b<T: Float>(h: T, order: usize, bh1: bool) -> (T, T, Vec<T>) {
     let hh = -h;
     let h_phi_1 = hh.exp_m1();
     let b_h = if bh1 { hh } else { h_phi_1 };
@@ -326,7 +260,7 @@ fn phi_b<T: Real>(h: T, order: usize, bh1: bool) -> (T, T, Vec<T>) {
     let mut b = Vec::with_capacity(order);
     for k in 1..=order {
         b.push(h_phi_k * factorial / b_h);
-        factorial = factorial * T::from_usize(k + 1);
+        factorial *= T::from_usize(k + 1);
         h_phi_k = h_phi_k / hh - T::ONE / factorial;
     }
     (h_phi_1, b_h, b)
@@ -334,7 +268,7 @@ fn phi_b<T: Real>(h: T, order: usize, bh1: bool) -> (T, T, Vec<T>) {
 
 /// The `size × size` system `R[j][c] = r_c^j` over the older predictions' ratios, the last
 /// column `r = 1` (the newest prediction's).
-fn vandermonde<T: Real>(older: &[(T, &Vec<T>)], size: usize) -> Vec<Vec<T>> {
+fn vandermonde<T: Float>(older: &[(T, &Vec<T>)], size: usize) -> Vec<Vec<T>> {
     let mut rks: Vec<T> = older.iter().map(|(r, _)| *r).collect();
     rks.push(T::ONE);
     (0..size).map(|j| (0..size).map(|c| rks[c].powi(j as i32)).collect()).collect()
@@ -342,11 +276,13 @@ fn vandermonde<T: Real>(older: &[(T, &Vec<T>)], size: usize) -> Vec<Vec<T>> {
 
 /// Solves the small dense system `a·x = b` (Gaussian elimination with partial pivoting, like
 /// the reference's `torch.linalg.solve`).
-fn solve<T: Real>(a: &[Vec<T>], b: &[T]) -> Vec<T> {
+fn solve<T: Float>(a: &[Vec<T>], b: &[T]) -> Vec<T> {
     let n = b.len();
     let mut m: Vec<Vec<T>> = a.iter().zip(b).map(|(row, bi)| row[..n].iter().copied().chain([*bi]).collect()).collect();
     for col in 0..n {
-        let pivot = (col..n).max_by(|&x, &y| m[x][col].abs().total_cmp(&m[y][col].abs())).unwrap_or(col);
+        let pivot = (col..n)
+            .max_by(|&x, &y| m[x][col].abs().partial_cmp(&m[y][col].abs()).unwrap_or(std::cmp::Ordering::Equal))
+            .unwrap_or(col);
         m.swap(col, pivot);
         for row in col + 1..n {
             let f = m[row][col] / m[col][col];
