@@ -257,3 +257,30 @@ fn non_files_and_other_formats_are_named() {
         assert!(e.contains("not a safetensors file") && e.contains(want), "{name}: {e}");
     }
 }
+
+/// The same tensors and metadata give the same bytes (blobs are keyed by their hash: a latent or
+/// checkpoint written again must keep its key), and the file reads back.
+#[test]
+fn saving_is_deterministic() {
+    let tmp = tempfile::tempdir().unwrap();
+    let a = Tensor::from_vec(vec![1f32, 2.0, 3.0], &[3]).unwrap();
+    let b = Tensor::from_vec(vec![4f64, 5.0], &[2]).unwrap().to_dtype(DType::BF16).unwrap();
+    let c = Tensor::from_vec(vec![6f64], &[1, 1]).unwrap();
+    let mut bytes = Vec::new();
+    for i in 0..6 {
+        // A fresh HashMap each time: its iteration order differs between instances.
+        let meta: HashMap<String, String> = (0..24).map(|k| (format!("key{k}"), format!("value{k}"))).collect();
+        let p = tmp.path().join(format!("{i}.safetensors"));
+        save(&p, &[("b", &b), ("a", &a), ("c", &c)], Some(meta)).unwrap();
+        bytes.push(std::fs::read(&p).unwrap());
+        let f = SafeTensorsFile::open(&p).unwrap();
+        assert_eq!(f.keys(), ["a", "b", "c"]);
+        assert_eq!(f.load("a").unwrap().to_vec_f32().unwrap(), vec![1.0, 2.0, 3.0]);
+        assert_eq!(f.load("b").unwrap().to_vec_f32().unwrap(), vec![4.0, 5.0]);
+        assert_eq!(f.load("c").unwrap().to_vec_f32().unwrap(), vec![6.0]);
+        assert_eq!(f.user_metadata().unwrap()["key7"], "value7");
+    }
+    assert!(bytes.windows(2).all(|w| w[0] == w[1]), "every save wrote the same bytes");
+    let e = save(tmp.path().join("dup.safetensors"), &[("a", &a), ("a", &a)], None).unwrap_err().to_string();
+    assert!(e.contains("given twice"), "{e}");
+}

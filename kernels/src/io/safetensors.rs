@@ -7,7 +7,6 @@
 //! ([`Checkpoint::load_as`]). Truncated or corrupt files, unsupported dtypes, inconsistent
 //! indexes and missing keys are typed [`Error`]s.
 
-use std::borrow::Cow;
 use std::collections::{BTreeMap, HashMap};
 use std::path::{Component, Path, PathBuf};
 
@@ -15,7 +14,7 @@ use half::{bf16, f16};
 use memmap2::Mmap;
 use rayon::prelude::*;
 use safetensors::tensor::{Metadata, TensorInfo};
-use safetensors::{Dtype, SafeTensors, View};
+use safetensors::{Dtype, SafeTensors};
 
 use crate::dtype::DType;
 use crate::error::{Error, Result};
@@ -308,21 +307,6 @@ struct Encoded {
     data: Vec<u8>,
 }
 
-impl View for &Encoded {
-    fn dtype(&self) -> Dtype {
-        self.dtype
-    }
-    fn shape(&self) -> &[usize] {
-        &self.shape
-    }
-    fn data(&self) -> Cow<'_, [u8]> {
-        Cow::Borrowed(&self.data)
-    }
-    fn data_len(&self) -> usize {
-        self.data.len()
-    }
-}
-
 fn encode(t: &Tensor) -> Result<Encoded> {
     let (dtype, data) = match t.dtype() {
         DType::F32 => (Dtype::F32, t.to_vec::<f32>()?.iter().flat_map(|v| v.to_le_bytes()).collect()),
@@ -339,9 +323,41 @@ pub fn save(
     tensors: &[(&str, &Tensor)],
     metadata: Option<HashMap<String, String>>,
 ) -> Result<()> {
+    use std::io::Write;
     let path = path.as_ref();
-    let enc: Vec<(String, Encoded)> =
+    let mut enc: Vec<(String, Encoded)> =
         tensors.iter().map(|(n, t)| Ok((n.to_string(), encode(t)?))).collect::<Result<_>>()?;
-    safetensors::serialize_to_file(enc.iter().map(|(n, e)| (n.as_str(), e)), metadata, path)
-        .map_err(|e| st_err(path, e.to_string()))
+    // The bytes must depend on the contents only (blobs are keyed by their hash): `__metadata__`
+    // in key order, not a HashMap's, and tensors laid out as the safetensors crate lays them out
+    // (widest dtype first, then by name, so that every tensor is aligned).
+    enc.sort_by(|(ln, l), (rn, r)| r.dtype.cmp(&l.dtype).then_with(|| ln.cmp(rn)));
+    let mut header = serde_json::Map::new();
+    if let Some(m) = metadata {
+        let sorted: BTreeMap<String, String> = m.into_iter().collect();
+        header.insert("__metadata__".into(), serde_json::to_value(sorted).map_err(|e| st_err(path, e.to_string()))?);
+    }
+    let mut offset = 0usize;
+    for (name, e) in &enc {
+        let info = serde_json::json!({
+            "dtype": serde_json::to_value(e.dtype).map_err(|e| st_err(path, e.to_string()))?,
+            "shape": e.shape,
+            "data_offsets": [offset, offset + e.data.len()],
+        });
+        if name == "__metadata__" || header.insert(name.clone(), info).is_some() {
+            return Err(st_err(path, format!("tensor name {name:?} given twice or reserved")));
+        }
+        offset += e.data.len();
+    }
+    let mut head = serde_json::to_vec(&serde_json::Value::Object(header)).map_err(|e| st_err(path, e.to_string()))?;
+    while !head.len().is_multiple_of(8) {
+        head.push(b' ');
+    }
+    let io = |source| Error::Io { path: path.to_path_buf(), source };
+    let mut w = std::io::BufWriter::new(std::fs::File::create(path).map_err(io)?);
+    w.write_all(&(head.len() as u64).to_le_bytes()).map_err(io)?;
+    w.write_all(&head).map_err(io)?;
+    for (_, e) in &enc {
+        w.write_all(&e.data).map_err(io)?;
+    }
+    w.into_inner().map_err(|e| io(e.into_error()))?.sync_all().map_err(io)
 }
