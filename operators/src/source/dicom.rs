@@ -648,8 +648,8 @@ pub struct DicomParams {
     pub threads: usize,
 }
 
-/// The `source.dicom` operator.
 impl DicomParams {
+    /// The folder scan these params describe.
     fn scan(&self) -> FolderScan<'_> {
         FolderScan {
             paths: &self.paths,
@@ -662,6 +662,7 @@ impl DicomParams {
     }
 }
 
+/// The `source.dicom` operator.
 pub struct SourceDicom;
 
 impl TypedOperator for SourceDicom {

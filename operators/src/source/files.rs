@@ -87,8 +87,8 @@ fn normalize(p: &Path) -> PathBuf {
 /// Per path: the size and modification time last seen, and since when they have been stable.
 pub type SettleState = BTreeMap<String, (u64, u128, std::time::Instant)>;
 
-/// A compiled set of patterns.
 impl FilesParams {
+    /// The folder scan these params describe.
     fn scan(&self) -> FolderScan<'_> {
         FolderScan {
             paths: &self.paths,
@@ -169,6 +169,7 @@ impl FolderScan<'_> {
     }
 }
 
+/// A compiled set of patterns.
 pub struct Matcher {
     roots: Vec<(PathBuf, String)>,
     set: GlobSet,
